@@ -1,0 +1,45 @@
+# One entry point for users and CI: `make demo` and `make test` set everything up themselves.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# llama.cpp's native build uses AMX instructions that crash on some x86 CPUs; pin the ISA.
+CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+export CMAKE_ARGS
+
+.PHONY: demo test lint typecheck unit bench clean
+
+$(PY):
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Orchestra needs Python >= 3.11; set PYTHON=python3.11 (or newer)")'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# Stamps record what was installed; they are redone when pyproject.toml changes.
+$(VENV)/.local-installed: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e ".[local]"
+	@touch $@
+
+$(VENV)/.dev-installed: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e ".[local,dev]"
+	@touch $@ $(VENV)/.local-installed
+
+demo: $(VENV)/.local-installed
+	$(PY) demos/quickstart.py
+
+lint: $(VENV)/.dev-installed
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+typecheck: $(VENV)/.dev-installed
+	$(PY) -m mypy
+
+unit: $(VENV)/.dev-installed
+	$(PY) -m pytest
+
+test: lint typecheck unit
+
+bench: $(VENV)/.dev-installed
+	$(PY) bench/import_time.py
+	$(PY) bench/local_model.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -1,0 +1,223 @@
+"""The thread side of the embedded provider: one loaded llama.cpp model and its decode loop.
+
+A llama.cpp context is not thread-safe, so each ``LlamaEngine`` owns one model and one lock,
+and every generation holds the lock for its whole run. Engines are shared per
+(path, context size, threads) through ``get_engine``: loading the same GGUF twice would
+double the memory and the start-up time for nothing.
+
+The decode loop is ours rather than ``Llama.create_chat_completion`` for three reasons:
+usage must be exact in streaming too (llama-cpp-python reports it only without streaming),
+streamed and non-streamed answers must be the same text by construction, and a cancelled
+caller must be able to stop generation between two tokens.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+
+from llm_abstractions.errors import LLMContextLengthError, LLMError, ModelFileError
+from llm_abstractions.types import FinishReason, LlmRequest
+
+__all__ = ["Generation", "LlamaEngine", "get_engine"]
+
+PROVIDER = "local"
+DEFAULT_TEMPERATURE = 0.2  # llama-cpp-python's chat default
+# Used only for GGUF files that carry no chat template of their own.
+_CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+class GenerationCancelled(Exception):  # noqa: N818 - a signal, not an error
+    """The caller went away; generation stopped between two tokens."""
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What one run of the decode loop produced."""
+
+    text: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class LlamaEngine:
+    """One loaded GGUF model, used by one thread at a time."""
+
+    def __init__(self, path: Path, n_ctx: int, n_threads: int) -> None:
+        self.path = path
+        self.lock = threading.Lock()
+        try:
+            self.llama = llama_cpp.Llama(
+                model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, verbose=False
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise ModelFileError(f"llama.cpp could not load {path}: {exc}") from exc
+        self.n_ctx = self.llama.n_ctx()
+        self.model_name = path.stem
+        self._formatter = self._chat_formatter()
+        # llama.cpp knows which tokens end a turn (eos, eot, im_end...); ask it, as
+        # llama-cpp-python's own completion loop does.
+        self._vocab = self.llama._model.vocab
+
+    def _chat_formatter(self) -> Jinja2ChatFormatter:
+        model = self.llama._model
+        eos, bos = self.llama.token_eos(), self.llama.token_bos()
+        return Jinja2ChatFormatter(
+            template=self.llama.metadata.get("tokenizer.chat_template", _CHATML),
+            eos_token=model.token_get_text(eos) if eos != -1 else "",
+            bos_token=model.token_get_text(bos) if bos != -1 else "",
+        )
+
+    def prompt_tokens(self, request: LlmRequest) -> list[int]:
+        """Render the chat template and tokenize it exactly as llama-cpp-python would."""
+        messages: list[Any] = (
+            [{"role": "system", "content": request.system}] if request.system else []
+        )
+        messages += [{"role": m.role, "content": m.content} for m in request.messages]
+        rendered = self._formatter(messages=messages)
+        return self.llama.tokenize(
+            rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True
+        )
+
+    def run(
+        self,
+        request: LlmRequest,
+        emit: Callable[[str], None] | None,
+        cancelled: threading.Event,
+    ) -> Generation:
+        """Generate an answer, calling ``emit`` with each new piece of text.
+
+        Holds the engine lock for the whole run. Returns when the model ends its turn, a
+        stop sequence appears, the token budget is spent, or ``cancelled`` is set (then
+        raises ``GenerationCancelled``).
+
+        Raises:
+            LLMContextLengthError: The prompt leaves no room in the context window.
+            LLMError: llama.cpp failed.
+        """
+        with self.lock:
+            if cancelled.is_set():
+                raise GenerationCancelled
+            try:
+                return self._run_locked(request, emit, cancelled)
+            except (GenerationCancelled, LLMError):
+                raise
+            except Exception as exc:
+                raise LLMError(f"local model failed: {exc}", provider=PROVIDER) from exc
+
+    def _run_locked(
+        self,
+        request: LlmRequest,
+        emit: Callable[[str], None] | None,
+        cancelled: threading.Event,
+    ) -> Generation:
+        llama = self.llama
+        prompt = self.prompt_tokens(request)
+        room = self.n_ctx - len(prompt)
+        if room <= 0:
+            raise LLMContextLengthError(
+                f"the prompt is {len(prompt)} tokens and the context window {self.n_ctx}; "
+                "shorten the prompt or raise ORCHESTRA_LOCAL_N_CTX",
+                provider=PROVIDER,
+            )
+        budget = min(request.max_tokens or room, room)
+        llama.set_seed(request.seed if request.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED)
+        text = _TextAssembler(request.stop or (), emit)
+        completion: list[int] = []
+        finish: FinishReason = "length"
+        for token in llama.generate(
+            prompt,
+            temp=request.temperature if request.temperature is not None else DEFAULT_TEMPERATURE,
+            top_p=request.top_p if request.top_p is not None else 0.95,
+            repeat_penalty=1.0,
+            grammar=_json_grammar() if request.response_format == "json" else None,
+        ):
+            if cancelled.is_set():
+                raise GenerationCancelled
+            if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+                finish = "stop"
+                break
+            completion.append(token)
+            piece = llama.detokenize([token], prev_tokens=prompt + completion[:-1])
+            if text.add(piece):
+                finish = "stop"
+                break
+            if len(completion) >= budget:
+                break
+        return Generation(text.finish(), finish, len(prompt), len(completion))
+
+
+class _TextAssembler:
+    """Decodes token bytes incrementally, cuts at stop sequences, emits safe text."""
+
+    def __init__(self, stops: tuple[str, ...], emit: Callable[[str], None] | None) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._stops = tuple(s for s in stops if s)
+        # Text that could still turn out to be the start of a stop sequence is held back.
+        self._hold = max((len(s) for s in self._stops), default=1) - 1
+        self._emit = emit
+        self._text = ""
+        self._emitted = 0
+
+    def add(self, piece: bytes) -> bool:
+        """Append token bytes; return True when a stop sequence was reached."""
+        start = max(0, len(self._text) - self._hold)
+        self._text += self._decoder.decode(piece)
+        cut = min((i for s in self._stops if (i := self._text.find(s, start)) >= 0), default=-1)
+        if cut >= 0:
+            self._text = self._text[:cut]
+            return True
+        self._flush(len(self._text) - self._hold)
+        return False
+
+    def finish(self) -> str:
+        """Flush what is held back and return the whole text."""
+        self._text += self._decoder.decode(b"", final=True)
+        self._flush(len(self._text))
+        return self._text
+
+    def _flush(self, upto: int) -> None:
+        if self._emit is not None and upto > self._emitted:
+            self._emit(self._text[self._emitted : upto])
+            self._emitted = upto
+
+
+_json_grammar_cache: list[LlamaGrammar] = []
+
+
+def _json_grammar() -> LlamaGrammar:
+    if not _json_grammar_cache:
+        _json_grammar_cache.append(LlamaGrammar.from_string(JSON_GBNF, verbose=False))
+    return _json_grammar_cache[0]
+
+
+_engines: dict[tuple[Path, int, int], LlamaEngine] = {}
+_engines_lock = threading.Lock()
+
+
+def get_engine(path: Path, n_ctx: int, n_threads: int) -> LlamaEngine:
+    """The shared engine for this model file and settings, loading it on first use."""
+    key = (path, n_ctx, n_threads)
+    with _engines_lock:
+        engine = _engines.get(key)
+        if engine is None:
+            engine = _engines[key] = LlamaEngine(path, n_ctx, n_threads)
+        return engine
+
+
+def default_threads() -> int:
+    """llama-cpp-python defaults to half the cores; generation is fastest on all of them."""
+    return max(os.cpu_count() or 1, 1)

