@@ -65,7 +65,9 @@ class LlamaEngine:
             )
         except (ValueError, RuntimeError) as exc:
             raise ModelFileError(f"llama.cpp could not load {path}: {exc}") from exc
-        self.n_ctx = self.llama.n_ctx()
+        # llama.cpp may round the context up (to 256 at least) while llama-cpp-python keeps
+        # buffers of the size asked for: the smaller of the two is the real limit.
+        self.n_ctx = min(self.llama.n_ctx(), n_ctx)
         self.model_name = path.stem
         self._formatter = self._chat_formatter()
         # llama.cpp knows which tokens end a turn (eos, eot, im_end...); ask it, as

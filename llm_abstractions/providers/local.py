@@ -1,7 +1,7 @@
 """The embedded provider: a GGUF model run in-process by llama.cpp.
 
 Generation runs in a worker thread so the event loop stays free. Calls to one model are
-serialized twice over: per event loop by an ``anyio`` capacity limiter (so queued calls wait
+serialized twice over: per event loop by an ``anyio`` semaphore (so queued calls wait
 without holding a worker thread) and per process by the engine's lock (a llama.cpp context
 is not thread-safe, and the model is shared by every instance and every loop).
 
@@ -42,8 +42,10 @@ __all__ = ["LocalLlm"]
 
 DEFAULT_N_CTX = 4096
 
-# One limiter per (event loop, engine): a RunVar is scoped to the running event loop.
-_limiters: RunVar[dict[int, anyio.CapacityLimiter]] = RunVar("orchestra_local_limiters")
+# One turnstile per (event loop, engine); a RunVar is scoped to the running event loop. A
+# semaphore rather than a lock or limiter: a stream abandoned by its consumer is closed by the
+# loop's async-generator finalizer, in another task, and must still be able to release it.
+_turnstiles: RunVar[dict[int, anyio.Semaphore]] = RunVar("orchestra_local_turnstiles")
 
 
 class LocalLlm(BaseLlm):
@@ -82,14 +84,10 @@ class LocalLlm(BaseLlm):
         cancelled = threading.Event()
         started = perf_counter()
         try:
-            result = await anyio.to_thread.run_sync(
-                engine.run,
-                request,
-                None,
-                cancelled,
-                limiter=self._limiter(engine),
-                abandon_on_cancel=True,
-            )
+            async with self._turnstile(engine):
+                result = await anyio.to_thread.run_sync(
+                    engine.run, request, None, cancelled, abandon_on_cancel=True
+                )
         finally:
             cancelled.set()
         return self._response(result, perf_counter() - started)
@@ -108,29 +106,31 @@ class LocalLlm(BaseLlm):
             try:
                 anyio.from_thread.run_sync(send.send_nowait, item, token=token)
             except (anyio.ClosedResourceError, anyio.BrokenResourceError, RuntimeError):
-                cancelled.set()  # the consumer or its event loop is gone
+                cancelled.set()  # the consumer or its event loop is gone: stop generating
 
         def produce() -> None:
+            # Ends with exactly one Generation or exception unless the consumer left first.
+            # The stream is closed on the event loop's side: closing it from this thread
+            # would not wake a receiver that is already waiting.
             try:
                 deliver(engine.run(request, deliver, cancelled))
             except GenerationCancelled:
                 pass
             except Exception as exc:  # handed to the consumer, raised there
                 deliver(exc)
-            finally:
-                send.close()
 
         try:
-            async with self._limiter(engine), receive:
+            async with self._turnstile(engine), send, receive:
                 threading.Thread(target=produce, name="orchestra-local", daemon=True).start()
                 async for item in receive:
                     if isinstance(item, str):
                         yield StreamChunk(delta=item)
-                    elif isinstance(item, BaseException):
+                        continue
+                    if isinstance(item, BaseException):
                         raise item
-                    else:
-                        response = self._response(item, perf_counter() - started)
-                        yield StreamChunk(done=True, response=response)
+                    response = self._response(item, perf_counter() - started)
+                    yield StreamChunk(done=True, response=response)
+                    return
         finally:
             cancelled.set()
 
@@ -139,16 +139,15 @@ class LocalLlm(BaseLlm):
         return await anyio.to_thread.run_sync(get_engine, self.path, self.n_ctx, self.n_threads)
 
     @staticmethod
-    def _limiter(engine: LlamaEngine) -> anyio.CapacityLimiter:
+    def _turnstile(engine: LlamaEngine) -> anyio.Semaphore:
         try:
-            limiters = _limiters.get()
+            turnstiles = _turnstiles.get()
         except LookupError:
-            limiters = {}
-            _limiters.set(limiters)
-        key = id(engine)
-        if key not in limiters:
-            limiters[key] = anyio.CapacityLimiter(1)
-        return limiters[key]
+            turnstiles = {}
+            _turnstiles.set(turnstiles)
+        if id(engine) not in turnstiles:
+            turnstiles[id(engine)] = anyio.Semaphore(1)
+        return turnstiles[id(engine)]
 
     def _response(self, result: Generation, latency: float) -> LlmResponse:
         return LlmResponse(

@@ -1,0 +1,224 @@
+"""The embedded provider, answering for real on the bundled SmolLM2-135M GGUF."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+
+from llm_abstractions import (
+    LLMContextLengthError,
+    LlmFactory,
+    LlmRequest,
+    LlmResponse,
+    ModelFileError,
+)
+from llm_abstractions.providers.gguf import default_model_path
+from llm_abstractions.providers.local import LocalLlm
+
+pytestmark = [pytest.mark.anyio, pytest.mark.model]
+
+QUESTION = "Name three colours of the rainbow."
+
+
+def ask(prompt: str = QUESTION, **params: object) -> LlmRequest:
+    params.setdefault("max_tokens", 24)
+    params.setdefault("temperature", 0.0)
+    return LlmRequest.build(prompt, **params)
+
+
+async def collect(llm: LocalLlm, request: LlmRequest) -> tuple[str, LlmResponse]:
+    pieces: list[str] = []
+    final: LlmResponse | None = None
+    async for chunk in llm.stream(request):
+        if chunk.done:
+            final = chunk.response
+        else:
+            assert chunk.response is None
+            pieces.append(chunk.delta)
+    assert final is not None, "stream ended without its final chunk"
+    return "".join(pieces), final
+
+
+@pytest.fixture
+def llm() -> LocalLlm:
+    built = LlmFactory.get_provider("local")
+    assert isinstance(built, LocalLlm)
+    return built
+
+
+async def test_answers_for_real_with_usage(llm: LocalLlm) -> None:
+    response = await llm.generate(ask())
+    assert response.text.strip()
+    assert response.provider == "local"
+    assert response.model == "SmolLM2-135M-Instruct.Q4_1"
+    assert response.usage.input_tokens and response.usage.input_tokens > 5
+    assert response.usage.output_tokens and 0 < response.usage.output_tokens <= 24
+    assert response.finish_reason in ("stop", "length")
+    assert response.latency_s and response.latency_s > 0
+
+
+async def test_temperature_zero_is_repeatable(llm: LocalLlm) -> None:
+    first = await llm.generate(ask())
+    await llm.generate(ask("Something else entirely: say hello."))  # disturb the context
+    second = await llm.generate(ask())
+    assert first.text == second.text
+    assert first.usage == second.usage
+
+
+async def test_seed_makes_sampling_repeatable(llm: LocalLlm) -> None:
+    request = ask("Write a word.", temperature=1.2, seed=7, max_tokens=16)
+    texts = {(await llm.generate(request)).text for _ in range(2)}
+    assert len(texts) == 1
+    many = {
+        (await llm.generate(ask("Write a word.", temperature=1.5, seed=s))).text for s in range(5)
+    }
+    assert len(many) > 1, "different seeds at a high temperature should not all agree"
+
+
+async def test_stream_yields_the_generated_text_and_usage(llm: LocalLlm) -> None:
+    generated = await llm.generate(ask())
+    streamed, final = await collect(llm, ask())
+    assert streamed == generated.text == final.text
+    assert final.usage == generated.usage
+    assert final.finish_reason == generated.finish_reason
+
+
+async def test_max_tokens_passes_through_the_familiar_alias(llm: LocalLlm) -> None:
+    text = await llm.generate_content_async(
+        [{"role": "user", "content": "Count from one to fifty in words."}],
+        max_tokens=5,
+        temperature=0.0,
+    )
+    response = await llm.generate(ask("Count from one to fifty in words.", max_tokens=5))
+    assert text == response.text
+    assert response.usage.output_tokens == 5
+    assert response.incomplete
+
+
+async def test_stop_sequence_cuts_the_text(llm: LocalLlm) -> None:
+    free = await llm.generate(ask("Count from one to ten: one, two,", max_tokens=30))
+    assert "," in free.text
+    stopped = await llm.generate(ask("Count from one to ten: one, two,", max_tokens=30, stop=[","]))
+    assert "," not in stopped.text
+    assert stopped.finish_reason == "stop"
+    assert free.text.startswith(stopped.text)
+    streamed, _ = await collect(
+        llm, ask("Count from one to ten: one, two,", max_tokens=30, stop=[","])
+    )
+    assert streamed == stopped.text
+
+
+async def test_json_mode_returns_json(llm: LocalLlm) -> None:
+    response = await llm.generate(
+        ask('Give a JSON object with key "colour".', response_format="json", max_tokens=40)
+    )
+    if response.finish_reason == "stop":
+        assert isinstance(json.loads(response.text), dict)
+    else:  # cut by max_tokens: still the start of an object
+        assert response.text.lstrip().startswith("{")
+
+
+async def test_concurrent_calls_share_one_model_without_crashing(llm: LocalLlm) -> None:
+    other = LocalLlm()  # same file: must reuse the loaded model, not load a second one
+    results: list[str] = []
+
+    async def one(index: int) -> None:
+        target = llm if index % 2 else other
+        if index % 3 == 0:
+            text, _ = await collect(target, ask())
+        else:
+            text = (await target.generate(ask())).text
+        results.append(text)
+
+    with anyio.fail_after(240):
+        async with anyio.create_task_group() as tg:
+            for i in range(6):
+                tg.start_soon(one, i)
+    assert len(results) == 6
+    assert len(set(results)) == 1, "same prompt at temperature 0 must give the same text"
+    assert await llm._engine() is await other._engine()
+
+
+async def test_event_loop_stays_free_while_generating(llm: LocalLlm) -> None:
+    await llm.generate(ask(max_tokens=1))  # load the model first
+    done = False
+    ticks_while_generating = 0
+
+    async def ticker() -> None:
+        nonlocal ticks_while_generating
+        while not done:
+            await anyio.sleep(0.005)
+            ticks_while_generating += not done
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        await llm.generate(ask(max_tokens=20))
+        done = True
+    assert ticks_while_generating > 0
+
+
+async def test_cancelled_calls_release_the_model(llm: LocalLlm) -> None:
+    await llm.generate(ask(max_tokens=1))
+    with anyio.move_on_after(0.05) as scope:
+        await llm.generate(ask("Write a long story about a dragon.", max_tokens=400))
+    assert scope.cancelled_caught
+    async for _chunk in llm.stream(ask("Write a long story.", max_tokens=400)):
+        break  # the consumer walks away after the first piece
+    with anyio.fail_after(60):
+        response = await llm.generate(ask())
+    assert response.text
+
+
+async def test_context_overflow_is_a_clear_error() -> None:
+    small = LocalLlm(n_ctx=64)
+    with pytest.raises(LLMContextLengthError, match="ORCHESTRA_LOCAL_N_CTX"):
+        await small.generate(ask("word " * 200))
+
+
+def test_model_path_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    bundled = default_model_path()
+    assert bundled is not None
+    monkeypatch.setenv("ORCHESTRA_LOCAL_MODEL", str(bundled))
+    assert LocalLlm().path == bundled.resolve()
+
+
+def test_missing_model_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelFileError, match="not found.*ORCHESTRA_LOCAL_MODEL"):
+        LlmFactory.get_provider("local", model=str(tmp_path / "nope.gguf"))
+    with pytest.raises(ModelFileError, match="not a file"):
+        LocalLlm(tmp_path)
+
+
+def test_non_gguf_file_is_refused_before_llama_cpp_sees_it(tmp_path: Path) -> None:
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"PK\x03\x04 this is a zip, not a model")
+    with pytest.raises(ModelFileError, match="not a GGUF model"):
+        LocalLlm(fake)
+
+
+def test_corrupt_gguf_fails_cleanly_in_a_fresh_interpreter(tmp_path: Path) -> None:
+    # llama.cpp itself parses this one, so run it where a hard crash could not hide.
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 64)
+    code = (
+        "import anyio\n"
+        "from llm_abstractions import ModelFileError\n"
+        "from llm_abstractions.providers.local import LocalLlm\n"
+        "async def main():\n"
+        f"    llm = LocalLlm({str(broken)!r})\n"
+        "    try:\n"
+        "        await llm.generate_content_async('hi', max_tokens=2)\n"
+        "    except ModelFileError as exc:\n"
+        "        print('ModelFileError:', exc)\n"
+        "anyio.run(main)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "ModelFileError: llama.cpp could not load" in done.stdout
