@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 export CMAKE_ARGS
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit bench clean print-cmake-args
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Orchestra needs Python >= 3.11; set PYTHON=python3.11 (or newer)")'
@@ -37,9 +37,17 @@ unit: $(VENV)/.dev-installed
 
 test: lint typecheck unit
 
-bench: $(VENV)/.dev-installed
+# litellm pins openai 2.x, so it is measured from a side environment of its own.
+.venv-litellm/bin/python:
+	$(PYTHON) -m venv .venv-litellm
+	.venv-litellm/bin/python -m pip install --quiet litellm
+
+bench: $(VENV)/.dev-installed .venv-litellm/bin/python
 	$(PY) bench/import_time.py
 	$(PY) bench/local_model.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
+	rm -rf $(VENV) .venv-litellm .mypy_cache .ruff_cache .pytest_cache *.egg-info
+
+print-cmake-args:
+	@echo $(CMAKE_ARGS)

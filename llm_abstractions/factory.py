@@ -11,14 +11,11 @@ import difflib
 import importlib
 import importlib.util
 import os
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from llm_abstractions.base import BaseLlm
 from llm_abstractions.errors import (
     ConfigurationError,
     MissingCredentialsError,
@@ -28,9 +25,12 @@ from llm_abstractions.errors import (
     UnknownProviderError,
 )
 
+if TYPE_CHECKING:
+    from llm_abstractions.base import BaseLlm
+
 __all__ = ["LlmFactory", "ProviderChoice", "ProviderSpec", "ProviderStatus"]
 
-ProviderTarget = str | Callable[..., BaseLlm]
+ProviderTarget = str | Callable[..., "BaseLlm"]
 Probe = Callable[[], str | None]
 
 OLLAMA_DEFAULT_HOST = "http://127.0.0.1:11434"
@@ -81,7 +81,7 @@ class ProviderSpec:
     def unusable_reason(self) -> str | None:
         """Why this provider cannot even be built here (not shipped, SDK missing), or None."""
         if not self.is_implemented():
-            return "not implemented in this version of Orchestra"
+            return "not shipped in this version"
         missing = self.missing_requirement()
         if missing is not None:
             how = (
@@ -124,6 +124,9 @@ def _module_exists(name: str) -> bool:
 
 def _http_probe(url: str, timeout: float = 0.5) -> str | None:
     """GET ``url``; None if a server answered (any status), else the reason it did not."""
+    import urllib.error  # http.client pulls in ssl: only pay for it when probing
+    import urllib.request
+
     if not url.startswith(("http://", "https://")):
         return f"{url!r} is not an http(s) URL"
     try:
@@ -332,6 +335,8 @@ class LlmFactory:
             kwargs["api_key"] = key
         elif api_key is not None:
             raise ConfigurationError(f"Provider {spec.name!r} takes no api_key; remove it.")
+        from llm_abstractions.base import BaseLlm
+
         llm = factory(model=model, **kwargs)
         if not isinstance(llm, BaseLlm):
             raise ConfigurationError(
@@ -425,21 +430,19 @@ def _load_target(spec: ProviderSpec) -> Callable[..., BaseLlm]:
 
 
 def _status(spec: ProviderSpec) -> ProviderStatus:
-    unusable = spec.unusable_reason()
-    installed = unusable is None
+    reason = spec.unusable_reason()
     credentials = bool(spec.api_key_from_env()) if spec.env_keys else None
     reachable: bool | None = None
-    reason = unusable
-    if installed and credentials is False:
+    if reason is None and credentials is False:
         reason = f"set {' or '.join(spec.env_keys)}"
-    elif installed and spec.probe is not None:
+    elif reason is None and spec.probe is not None:
         reason = spec.probe()
         reachable = reason is None
     return ProviderStatus(
         name=spec.name,
         ok=reason is None,
         implemented=spec.is_implemented(),
-        installed=installed,
+        installed=spec.missing_requirement() is None,
         credentials=credentials,
         reachable=reachable,
         reason=reason or "ready",

@@ -57,7 +57,8 @@ def providers(
         typer.echo(json.dumps([asdict(s) for s in statuses], indent=2))
         return
     table = Table(title="Providers")
-    for column in ("provider", "ready", "installed", "key", "reachable", "default model", "note"):
+    table.add_column("provider", no_wrap=True)
+    for column in ("ready", "installed", "key", "reachable", "default model", "note"):
         table.add_column(column)
     for s in statuses:
         table.add_row(

@@ -257,7 +257,7 @@ def test_key_for_unshipped_provider_is_passed_over(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("ANTHROPIC_API_KEY", "a")  # anthropic's module is not shipped yet
     choice = LlmFactory.resolve_default()
     assert choice.name == "local"
-    assert choice.skipped[0].startswith("anthropic-claude: key set but not implemented")
+    assert choice.skipped[0].startswith("anthropic-claude: key set but not shipped")
 
 
 @pytest.mark.usefixtures("all_fakes")
@@ -275,7 +275,7 @@ def test_available_reports_every_provider_with_reasons() -> None:
     statuses = {s.name: s for s in LlmFactory.available()}
     assert set(statuses) == BUILTIN
     assert statuses["huggingface"].implemented is False
-    assert "not implemented" in statuses["huggingface"].reason
+    assert statuses["huggingface"].reason == "not shipped in this version"
     local = statuses["local"]
     assert (local.ok, local.implemented, local.installed, local.reason) == (
         True,

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from orchestration.cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_providers_table_names_every_provider_and_the_default() -> None:
+    result = CliRunner().invoke(app, ["providers"], env={"COLUMNS": "160"})
+    assert result.exit_code == 0, result.output
+    for name in ("anthropic-claude", "openai-gpt", "google-gemini", "ollama", "local"):
+        assert name in result.output
+    assert "default provider: local" in result.output
+
+
+def test_providers_json_says_why_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-secret-value")
+    result = CliRunner().invoke(app, ["providers", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in json.loads(result.output)}
+    assert rows["local"]["ok"] is True
+    assert rows["anthropic-claude"]["ok"] is False
+    assert rows["anthropic-claude"]["reason"] == "not shipped in this version"
+    assert rows["anthropic-claude"]["installed"] is True  # the SDK is a core dependency
+    assert "sk-ant-secret-value" not in result.output
+
+
+def test_help_and_version() -> None:
+    runner = CliRunner()
+    assert "providers" in runner.invoke(app, ["--help"]).output
+    version = runner.invoke(app, ["--version"])
+    assert version.exit_code == 0 and version.output.strip() == "0.1.0"
+
+
+@pytest.mark.model
+def test_quickstart_streams_a_real_answer() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "demos" / "quickstart.py"), "Say hi.", "--max-tokens", "12"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    assert "provider: local" in out
+    answer = out.split("question: Say hi.\n\n", 1)[1].split("\n\nmodel:", 1)[0]
+    assert answer.strip()
+    output_tokens = int(out.split("output tokens:")[1].split()[0])
+    assert 0 < output_tokens <= 12
+    assert "tokens/s" in out or output_tokens == 1
+
+
+def test_quickstart_bad_provider_is_a_clear_error() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "demos" / "quickstart.py"), "--provider", "olama"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "Did you mean 'ollama'?" in done.stderr
+    assert "Traceback" not in done.stderr
