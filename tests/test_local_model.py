@@ -17,6 +17,7 @@ from llm_abstractions import (
     LlmResponse,
     ModelFileError,
 )
+from llm_abstractions.providers import llama_engine
 from llm_abstractions.providers.gguf import default_model_path
 from llm_abstractions.providers.local import LocalLlm
 
@@ -141,7 +142,8 @@ async def test_concurrent_calls_share_one_model_without_crashing(llm: LocalLlm) 
                 tg.start_soon(one, i)
     assert len(results) == 6
     assert len(set(results)) == 1, "same prompt at temperature 0 must give the same text"
-    assert await llm._engine() is await other._engine()
+    loaded = [key for key in llama_engine._engines if key[0] == llm.path]
+    assert len(loaded) == 1, "both instances must share one loaded model"
 
 
 async def test_event_loop_stays_free_while_generating(llm: LocalLlm) -> None:

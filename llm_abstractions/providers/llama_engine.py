@@ -1,9 +1,12 @@
-"""The thread side of the embedded provider: one loaded llama.cpp model and its decode loop.
+"""The thread side of the embedded provider: the llama.cpp thread, engines, the decode loop.
 
-A llama.cpp context is not thread-safe, so each ``LlamaEngine`` owns one model and one lock,
-and every generation holds the lock for its whole run. Engines are shared per
-(path, context size, threads) through ``get_engine``: loading the same GGUF twice would
-double the memory and the start-up time for nothing.
+Every llama.cpp call in the process runs on one dedicated thread (``LLAMA_THREAD``).
+That serializes access to contexts, which are not thread-safe, and it is also much faster:
+llama.cpp's CPU backend runs on OpenMP, which keeps a thread team per calling thread, and
+once two threads have called into it the second runs at a fraction of the speed (measured
+here: 80 tokens/s from one thread, 16-35 from the next; see docs/PROJECT-PLAN.md). Engines
+are shared per (path, context size, threads) through ``get_engine``: loading the same GGUF
+twice would double the memory and the start-up time for nothing.
 
 The decode loop is ours rather than ``Llama.create_chat_completion`` for three reasons:
 usage must be exact in streaming too (llama-cpp-python reports it only without streaming),
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import codecs
 import os
+import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +32,14 @@ from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 from llm_abstractions.errors import LLMContextLengthError, LLMError, ModelFileError
 from llm_abstractions.types import FinishReason, LlmRequest
 
-__all__ = ["Generation", "LlamaEngine", "get_engine"]
+__all__ = [
+    "LLAMA_THREAD",
+    "Generation",
+    "GenerationCancelled",
+    "LlamaEngine",
+    "SerialWorker",
+    "get_engine",
+]
 
 PROVIDER = "local"
 DEFAULT_TEMPERATURE = 0.2  # llama-cpp-python's chat default
@@ -54,11 +65,10 @@ class Generation:
 
 
 class LlamaEngine:
-    """One loaded GGUF model, used by one thread at a time."""
+    """One loaded GGUF model; only ever touched from the llama thread."""
 
     def __init__(self, path: Path, n_ctx: int, n_threads: int) -> None:
         self.path = path
-        self.lock = threading.Lock()
         try:
             self.llama = llama_cpp.Llama(
                 model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, verbose=False
@@ -102,25 +112,23 @@ class LlamaEngine:
     ) -> Generation:
         """Generate an answer, calling ``emit`` with each new piece of text.
 
-        Holds the engine lock for the whole run. Returns when the model ends its turn, a
-        stop sequence appears, the token budget is spent, or ``cancelled`` is set (then
-        raises ``GenerationCancelled``).
+        Returns when the model ends its turn, a stop sequence appears, the token budget is
+        spent, or ``cancelled`` is set (then raises ``GenerationCancelled``).
 
         Raises:
             LLMContextLengthError: The prompt leaves no room in the context window.
             LLMError: llama.cpp failed.
         """
-        with self.lock:
-            if cancelled.is_set():
-                raise GenerationCancelled
-            try:
-                return self._run_locked(request, emit, cancelled)
-            except (GenerationCancelled, LLMError):
-                raise
-            except Exception as exc:
-                raise LLMError(f"local model failed: {exc}", provider=PROVIDER) from exc
+        if cancelled.is_set():
+            raise GenerationCancelled
+        try:
+            return self._decode(request, emit, cancelled)
+        except (GenerationCancelled, LLMError):
+            raise
+        except Exception as exc:
+            raise LLMError(f"local model failed: {exc}", provider=PROVIDER) from exc
 
-    def _run_locked(
+    def _decode(
         self,
         request: LlmRequest,
         emit: Callable[[str], None] | None,
@@ -207,17 +215,51 @@ def _json_grammar() -> LlamaGrammar:
 
 
 _engines: dict[tuple[Path, int, int], LlamaEngine] = {}
-_engines_lock = threading.Lock()
 
 
 def get_engine(path: Path, n_ctx: int, n_threads: int) -> LlamaEngine:
-    """The shared engine for this model file and settings, loading it on first use."""
+    """The shared engine for this model file and settings, loading it on first use.
+
+    Call it on the llama thread only (it is not locked).
+    """
     key = (path, n_ctx, n_threads)
-    with _engines_lock:
-        engine = _engines.get(key)
-        if engine is None:
-            engine = _engines[key] = LlamaEngine(path, n_ctx, n_threads)
-        return engine
+    engine = _engines.get(key)
+    if engine is None:
+        engine = _engines[key] = LlamaEngine(path, n_ctx, n_threads)
+    return engine
+
+
+class SerialWorker:
+    """A daemon thread that runs submitted jobs one at a time, in order.
+
+    A job reports its own result; an exception escaping one is a bug and must not kill the
+    thread that every later job depends on.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Queue ``job``; the thread starts on first use."""
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
+                self._thread.start()
+        self._jobs.put(job)
+
+    def _serve(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                job()
+            except Exception:  # noqa: S112 - the job owns error reporting; keep serving
+                continue
+
+
+LLAMA_THREAD = SerialWorker("orchestra-llama")
 
 
 def default_threads() -> int:
