@@ -33,6 +33,11 @@ def ask(prompt: str = QUESTION, **params: object) -> LlmRequest:
 
 
 async def collect(llm: LocalLlm, request: LlmRequest) -> tuple[str, LlmResponse]:
+    pieces, final = await collect_pieces(llm, request)
+    return "".join(pieces), final
+
+
+async def collect_pieces(llm: LocalLlm, request: LlmRequest) -> tuple[list[str], LlmResponse]:
     pieces: list[str] = []
     final: LlmResponse | None = None
     async for chunk in llm.stream(request):
@@ -42,7 +47,7 @@ async def collect(llm: LocalLlm, request: LlmRequest) -> tuple[str, LlmResponse]
             assert chunk.response is None
             pieces.append(chunk.delta)
     assert final is not None, "stream ended without its final chunk"
-    return "".join(pieces), final
+    return pieces, final
 
 
 @pytest.fixture
@@ -82,9 +87,10 @@ async def test_seed_makes_sampling_repeatable(llm: LocalLlm) -> None:
 
 
 async def test_stream_yields_the_generated_text_and_usage(llm: LocalLlm) -> None:
-    generated = await llm.generate(ask())
-    streamed, final = await collect(llm, ask())
-    assert streamed == generated.text == final.text
+    generated = await llm.generate(ask(max_tokens=48))
+    pieces, final = await collect_pieces(llm, ask(max_tokens=48))
+    assert len(pieces) > 1, "text must arrive in pieces, not all at the end"
+    assert "".join(pieces) == generated.text == final.text
     assert final.usage == generated.usage
     assert final.finish_reason == generated.finish_reason
 
