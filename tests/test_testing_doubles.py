@@ -66,3 +66,20 @@ async def test_latency_is_applied_and_close_is_recorded() -> None:
             await llm.generate_content_async("q")
             assert anyio.current_time() - start >= 0.05
     assert llm.closed
+
+
+async def test_health_check_reports_success_and_provider_failure() -> None:
+    healthy = await ScriptedLlm(["pong"]).health_check()
+    assert (healthy.ok, healthy.provider, healthy.detail) == (True, "scripted", "scripted-model")
+    down = await ScriptedLlm([LLMRateLimitError("quota exhausted")]).health_check()
+    assert (down.ok, down.detail) == (False, "quota exhausted")
+
+
+async def test_streaming_is_optional_and_says_so() -> None:
+    from tests.support.echo_provider import EchoLlm
+
+    llm = EchoLlm()
+    assert not llm.can_stream
+    with pytest.raises(NotImplementedError, match="not supported by EchoLlm"):
+        async for _ in llm.stream(LlmRequest.build("q")):
+            pass
