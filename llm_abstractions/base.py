@@ -8,7 +8,7 @@ from time import perf_counter
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
-from llm_abstractions.errors import LLMError
+from llm_abstractions.errors import OrchestraError
 from llm_abstractions.types import HealthStatus, LlmRequest, LlmResponse, MessagesInput, StreamChunk
 
 __all__ = ["BaseLlm"]
@@ -56,11 +56,15 @@ class BaseLlm(ABC):
         yield StreamChunk()  # pragma: no cover - makes this an async generator
 
     async def health_check(self) -> HealthStatus:
-        """Send a one-token request and report whether it was answered."""
+        """Send a one-token request and report whether it was answered.
+
+        Failures are reported, not raised: a provider error and a configuration problem
+        found only at first use (a model file llama.cpp cannot load) both give ``ok=False``.
+        """
         started = perf_counter()
         try:
             await self.generate(LlmRequest.build("ping", max_tokens=1, temperature=0.0))
-        except LLMError as exc:
+        except OrchestraError as exc:
             return HealthStatus(ok=False, provider=self.provider, detail=str(exc))
         return HealthStatus(
             ok=True, provider=self.provider, detail=self.model, latency_s=perf_counter() - started

@@ -32,6 +32,7 @@ policy reads that attribute rather than matching on messages.
 from __future__ import annotations
 
 __all__ = [
+    "install_hint",
     "ConfigurationError",
     "InvalidRequestError",
     "LLMAuthenticationError",
@@ -51,6 +52,11 @@ __all__ = [
     "ProviderNotInstalledError",
     "UnknownProviderError",
 ]
+
+
+def install_hint(missing: str, extra: str | None) -> str:
+    """The pip command that installs ``missing``: through its extra when it has one."""
+    return f'pip install "orchestra[{extra}]"' if extra else f"pip install {missing}"
 
 
 class OrchestraError(Exception):
@@ -86,10 +92,9 @@ class ProviderNotInstalledError(ConfigurationError, ImportError):
         self.provider = provider
         self.missing = missing
         self.extra = extra
-        how = f'pip install "orchestra[{extra}]"' if extra else f"pip install {missing}"
         super().__init__(
             f"Provider {provider!r} needs the Python package {missing!r}, which is not "
-            f"installed. Install it with: {how}"
+            f"installed. Install it with: {install_hint(missing, extra)}"
         )
 
 

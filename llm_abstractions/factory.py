@@ -23,6 +23,7 @@ from llm_abstractions.errors import (
     ProviderNotImplementedError,
     ProviderNotInstalledError,
     UnknownProviderError,
+    install_hint,
 )
 
 if TYPE_CHECKING:
@@ -84,10 +85,7 @@ class ProviderSpec:
             return "not shipped in this version"
         missing = self.missing_requirement()
         if missing is not None:
-            how = (
-                f'pip install "orchestra[{self.extra}]"' if self.extra else f"pip install {missing}"
-            )
-            return f"{missing} is not installed ({how})"
+            return f"{missing} is not installed ({install_hint(missing, self.extra)})"
         return None
 
 
@@ -123,32 +121,55 @@ def _module_exists(name: str) -> bool:
 
 
 def _http_probe(url: str, timeout: float = 0.5) -> str | None:
-    """GET ``url``; None if a server answered (any status), else the reason it did not."""
+    """GET ``url`` directly (never through a proxy); None if a server answered, else why not.
+
+    Any HTTP status counts as an answer: the provider sorts out what it means. Reasons name
+    the URL without its credentials.
+    """
     import urllib.error  # http.client pulls in ssl: only pay for it when probing
     import urllib.request
+    from urllib.parse import urlsplit
 
-    if not url.startswith(("http://", "https://")):
-        return f"{url!r} is not an http(s) URL"
     try:
-        with urllib.request.urlopen(url, timeout=timeout):  # noqa: S310 - scheme checked above
+        parts = urlsplit(url)
+        shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return f"{shown!r} is not an http(s) URL"
+        # A proxy from the environment would answer for a dead local server.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(url, timeout=timeout):
             return None
     except urllib.error.HTTPError:
-        return None  # it answered; the provider will sort out the status
-    except (urllib.error.URLError, OSError) as exc:
+        return None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        return f"no server at {url} ({reason})"
+        return f"no server at {shown} ({reason})"
+
+
+def _server_url(raw: str, default_port: int) -> str:
+    """``host``, ``host:port`` or a URL, as a URL with a port (Ollama accepts all three)."""
+    from urllib.parse import urlsplit
+
+    url = raw.strip().rstrip("/")
+    if "://" not in url:
+        url = f"http://{url}"
+    parts = urlsplit(url)
+    try:
+        if parts.port is not None or not parts.netloc:
+            return url
+    except ValueError:
+        return url  # a malformed port: the probe reports it
+    return parts._replace(netloc=f"{parts.netloc}:{default_port}").geturl()
 
 
 def _ollama_probe() -> str | None:
-    host = os.environ.get("OLLAMA_HOST", OLLAMA_DEFAULT_HOST).rstrip("/")
-    if "://" not in host:
-        host = f"http://{host}"
+    host = _server_url(os.environ.get("OLLAMA_HOST") or OLLAMA_DEFAULT_HOST, 11434)
     return _http_probe(f"{host}/api/tags")
 
 
 def _lmstudio_probe() -> str | None:
-    base = os.environ.get("ORCHESTRA_LMSTUDIO_URL", LMSTUDIO_DEFAULT_URL).rstrip("/")
-    return _http_probe(f"{base}/models")
+    base = os.environ.get("ORCHESTRA_LMSTUDIO_URL") or LMSTUDIO_DEFAULT_URL
+    return _http_probe(f"{base.rstrip('/')}/models")
 
 
 def _local_probe() -> str | None:
@@ -337,6 +358,7 @@ class LlmFactory:
             raise ConfigurationError(f"Provider {spec.name!r} takes no api_key; remove it.")
         from llm_abstractions.base import BaseLlm
 
+        _check_options(spec.name, factory, model, kwargs)
         llm = factory(model=model, **kwargs)
         if not isinstance(llm, BaseLlm):
             raise ConfigurationError(
@@ -355,20 +377,24 @@ class LlmFactory:
     ) -> ProviderChoice:
         """Decide which provider ``default_provider`` would build, without building it.
 
-        Order: the ``provider`` argument, then ``ORCHESTRA_PROVIDER`` (with
-        ``ORCHESTRA_MODEL``), then the first of ANTHROPIC_API_KEY, OPENAI_API_KEY,
-        GOOGLE_API_KEY/GEMINI_API_KEY that is set, then a reachable Ollama, then the
-        embedded model. A provider that is configured but cannot be built (SDK missing, not
-        shipped yet) is passed over and the reason is kept in ``skipped``.
+        Order: the ``provider`` argument, then ``ORCHESTRA_PROVIDER`` (whose model
+        ``ORCHESTRA_MODEL`` names, unless ``model`` is given), then the first of
+        ANTHROPIC_API_KEY, OPENAI_API_KEY, GOOGLE_API_KEY/GEMINI_API_KEY that is set, then a
+        reachable Ollama, then the embedded model. A provider that is configured but cannot
+        be built (SDK missing, not shipped yet) is passed over and the reason is kept in
+        ``skipped``.
 
         Raises:
             UnknownProviderError: The explicit provider name is not registered.
         """
-        explicit = provider or os.environ.get("ORCHESTRA_PROVIDER")
-        if explicit:
-            source = "argument" if provider else "ORCHESTRA_PROVIDER"
+        if provider:
+            return ProviderChoice(cls.spec(provider).name, model, "chosen by argument")
+        from_env = os.environ.get("ORCHESTRA_PROVIDER")
+        if from_env:
             chosen_model = model or os.environ.get("ORCHESTRA_MODEL") or None
-            return ProviderChoice(cls.spec(explicit).name, chosen_model, f"chosen by {source}")
+            return ProviderChoice(
+                cls.spec(from_env).name, chosen_model, "chosen by ORCHESTRA_PROVIDER"
+            )
         skipped: list[str] = []
         for name in _KEYED_DEFAULTS:
             keyed = cls._specs.get(name)
@@ -381,7 +407,11 @@ class LlmFactory:
             skipped.append(f"{name}: key set but {missing}")
         for name in _SERVER_DEFAULTS:
             server = cls._specs.get(name)
-            if server is None or server.unusable_reason() is not None:
+            if server is None:
+                continue
+            unusable = server.unusable_reason()
+            if unusable is not None:
+                skipped.append(f"{name}: {unusable}")
                 continue
             down = server.probe() if server.probe else None
             if down is None:
@@ -425,8 +455,31 @@ def _load_target(spec: ProviderSpec) -> Callable[..., BaseLlm]:
     try:
         loaded: Callable[..., BaseLlm] = getattr(module, attr)
     except AttributeError:
-        raise ConfigurationError(f"Module {module_name} has no attribute {attr!r}.") from None
+        raise ConfigurationError(
+            f"Provider {spec.name!r} points at {spec.target!r}, but {module_name} has no "
+            f"attribute {attr!r}; fix the target given to register_provider()."
+        ) from None
     return loaded
+
+
+def _check_options(
+    name: str, factory: Callable[..., BaseLlm], model: str | None, kwargs: dict[str, Any]
+) -> None:
+    """Refuse options the provider does not take, naming the ones it does."""
+    import inspect
+
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return  # a builtin or C callable: let the call itself complain
+    try:
+        signature.bind(model=model, **kwargs)
+    except TypeError as exc:
+        accepted = [p for p in signature.parameters if p not in ("self", "model", "api_key")]
+        raise ConfigurationError(
+            f"Provider {name!r} does not accept these options ({exc}). "
+            f"It takes: {', '.join(accepted) or 'no options'}."
+        ) from None
 
 
 def _status(spec: ProviderSpec) -> ProviderStatus:

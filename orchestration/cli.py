@@ -50,7 +50,7 @@ def providers(
     from rich.console import Console
     from rich.table import Table
 
-    from llm_abstractions import LlmFactory
+    from llm_abstractions import ConfigurationError, LlmFactory
 
     statuses = LlmFactory.available()
     if as_json:
@@ -71,7 +71,11 @@ def providers(
             s.reason,
         )
     Console().print(table)
-    choice = LlmFactory.resolve_default()
+    try:
+        choice = LlmFactory.resolve_default()
+    except ConfigurationError as exc:
+        typer.echo(f"default provider: none ({exc})", err=True)
+        raise typer.Exit(2) from None
     typer.echo(f"default provider: {choice.name} ({choice.reason})")
 
 

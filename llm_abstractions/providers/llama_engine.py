@@ -17,6 +17,7 @@ caller must be able to stop generation between two tokens.
 from __future__ import annotations
 
 import codecs
+import logging
 import os
 import queue
 import threading
@@ -42,6 +43,7 @@ __all__ = [
 ]
 
 PROVIDER = "local"
+_log = logging.getLogger(__name__)
 DEFAULT_TEMPERATURE = 0.2  # llama-cpp-python's chat default
 # Used only for GGUF files that carry no chat template of their own.
 _CHATML = (
@@ -74,7 +76,10 @@ class LlamaEngine:
                 model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, verbose=False
             )
         except (ValueError, RuntimeError) as exc:
-            raise ModelFileError(f"llama.cpp could not load {path}: {exc}") from exc
+            raise ModelFileError(
+                f"llama.cpp could not load {path}: {exc}. The file may be truncated or made "
+                "for a newer llama.cpp: download it again or pick another .gguf."
+            ) from exc
         # llama.cpp may round the context up (to 256 at least) while llama-cpp-python keeps
         # buffers of the size asked for: the smaller of the two is the real limit.
         self.n_ctx = min(self.llama.n_ctx(), n_ctx)
@@ -161,8 +166,8 @@ class LlamaEngine:
                 finish = "stop"
                 break
             completion.append(token)
-            piece = llama.detokenize([token], prev_tokens=prompt + completion[:-1])
-            if text.add(piece):
+            # Token by token is exact here: llama-cpp-python's detokenize ignores prev_tokens.
+            if text.add(llama.detokenize([token])):
                 finish = "stop"
                 break
             if len(completion) >= budget:
@@ -181,6 +186,7 @@ class _TextAssembler:
         self._emit = emit
         self._text = ""
         self._emitted = 0
+        self._stopped = False
 
     def add(self, piece: bytes) -> bool:
         """Append token bytes; return True when a stop sequence was reached."""
@@ -189,13 +195,15 @@ class _TextAssembler:
         cut = min((i for s in self._stops if (i := self._text.find(s, start)) >= 0), default=-1)
         if cut >= 0:
             self._text = self._text[:cut]
+            self._stopped = True
             return True
         self._flush(len(self._text) - self._hold)
         return False
 
     def finish(self) -> str:
         """Flush what is held back and return the whole text."""
-        self._text += self._decoder.decode(b"", final=True)
+        if not self._stopped:  # bytes after a stop sequence are not part of the answer
+            self._text += self._decoder.decode(b"", final=True)
         self._flush(len(self._text))
         return self._text
 
@@ -255,13 +263,20 @@ class SerialWorker:
             job = self._jobs.get()
             try:
                 job()
-            except Exception:  # noqa: S112 - the job owns error reporting; keep serving
-                continue
+            except Exception:  # the job owns error reporting; this is a bug, keep serving
+                _log.exception("job on %s raised", self.name)
 
 
 LLAMA_THREAD = SerialWorker("orchestra-llama")
 
 
 def default_threads() -> int:
-    """llama-cpp-python defaults to half the cores; generation is fastest on all of them."""
-    return max(os.cpu_count() or 1, 1)
+    """Every core this process may use (llama-cpp-python defaults to half of them).
+
+    Affinity rather than ``os.cpu_count()``: in a CPU-limited container the latter counts the
+    host's cores, and OpenMP threads beyond the real ones only contend.
+    """
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # not on Linux
+        return max(os.cpu_count() or 1, 1)
