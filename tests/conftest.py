@@ -27,6 +27,13 @@ PROVIDER_ENV = (
     "GOOGLE_API_KEY",
     "HF_TOKEN",
     "OLLAMA_HOST",
+    # A proxy would route loopback probes elsewhere.
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
 )
 
 

@@ -70,3 +70,13 @@ def test_quickstart_bad_provider_is_a_clear_error() -> None:
     assert done.returncode == 2
     assert "Did you mean 'ollama'?" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_providers_with_misspelt_orchestra_provider_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ORCHESTRA_PROVIDER", "lokal")
+    result = CliRunner().invoke(app, ["providers"], env={"COLUMNS": "160"})
+    assert result.exit_code == 2
+    assert "Did you mean 'local'?" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)

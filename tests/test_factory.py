@@ -69,10 +69,11 @@ def test_unknown_provider_without_close_match_has_no_suggestion() -> None:
     assert "Did you mean" not in str(info.value)
 
 
-def test_register_lazy_target_imports_on_first_use() -> None:
-    LlmFactory.register_provider("echo", "tests.support.echo_provider:EchoLlm")
+def test_register_lazy_target_imports_on_first_use(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
+    monkeypatch.delitem(sys.modules, "tests.support.echo_provider", raising=False)
+    LlmFactory.register_provider("echo", "tests.support.echo_provider:EchoLlm")
     assert "tests.support.echo_provider" not in sys.modules
     llm = LlmFactory.get_provider("echo", model="m1")
     assert type(llm).__name__ == "EchoLlm"
@@ -236,6 +237,30 @@ def test_reachable_ollama_beats_embedded_but_not_keys(
 
 
 @pytest.mark.usefixtures("all_fakes")
+def test_orchestra_model_belongs_to_orchestra_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORCHESTRA_MODEL", "gpt-x")
+    assert LlmFactory.resolve_default().model is None  # no ORCHESTRA_PROVIDER: not applied
+    assert LlmFactory.resolve_default("local").model is None  # argument wins over env
+    monkeypatch.setenv("ORCHESTRA_PROVIDER", "openai-gpt")
+    assert LlmFactory.resolve_default().model == "gpt-x"
+    assert LlmFactory.resolve_default(model="other").model == "other"
+
+
+def test_unknown_options_name_the_accepted_ones() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        LlmFactory.get_provider("local", n_ctxx=512)
+    message = str(info.value)
+    assert "n_ctxx" in message
+    assert "n_ctx, n_threads" in message
+
+
+def test_bad_module_attribute_names_the_provider() -> None:
+    LlmFactory.register_provider("typo", "tests.support.echo_provider:EchoLLM")
+    with pytest.raises(ConfigurationError, match="Provider 'typo' points at"):
+        LlmFactory.get_provider("typo")
+
+
+@pytest.mark.usefixtures("all_fakes")
 def test_explicit_choice_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", "a")
     monkeypatch.setenv("ORCHESTRA_PROVIDER", "openai-gpt")
@@ -296,6 +321,31 @@ def test_available_explains_missing_key_and_dead_server() -> None:
     assert statuses["openai-gpt"].reason == "set OPENAI_API_KEY"
     assert statuses["ollama"].reachable is False
     assert "no server at" in statuses["ollama"].reason
+
+
+def test_ollama_host_forms_and_proxies(monkeypatch: pytest.MonkeyPatch, fake_ollama: str) -> None:
+    import llm_abstractions.factory as factory
+
+    port = fake_ollama.rsplit(":", 1)[1]
+    monkeypatch.setenv("OLLAMA_HOST", f"127.0.0.1:{port}")  # no scheme, as Ollama allows
+    assert factory._ollama_probe() is None
+    # A proxy that answers everything must not make a dead server look alive.
+    monkeypatch.setenv("http_proxy", fake_ollama)
+    monkeypatch.setenv("OLLAMA_HOST", f"http://user:hunter2@127.0.0.1:{_free_port()}")
+    down = factory._ollama_probe()
+    assert down is not None and down.startswith("no server at http://127.0.0.1:")
+    assert "hunter2" not in down
+    assert factory._server_url("127.0.0.1", 11434) == "http://127.0.0.1:11434"
+    assert factory._server_url("[::1]", 11434) == "http://[::1]:11434"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
 
 
 def test_available_sees_a_reachable_server(fake_ollama: str) -> None:

@@ -38,6 +38,15 @@ def test_importing_packages_loads_no_vendor_sdk() -> None:
     assert "llm_abstractions.factory" in modules  # the check itself ran
 
 
+def test_plain_import_loads_not_even_pydantic() -> None:
+    modules = loaded_after(
+        "import orchestration, llm_abstractions\n"
+        "from llm_abstractions import LlmFactory, LLMError\n"
+        "LlmFactory.names()"
+    )
+    assert [m for m in [*HEAVY, "pydantic"] if m in modules] == []
+
+
 def test_building_the_local_provider_loads_llama_cpp_only_then() -> None:
     modules = loaded_after(
         "from llm_abstractions import LlmFactory\nLlmFactory.get_provider('local')"

@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 
 import anyio
 import pytest
 
 from llm_abstractions import (
+    ConfigurationError,
     LLMContextLengthError,
     LlmFactory,
     LlmRequest,
@@ -24,6 +28,20 @@ from llm_abstractions.providers.local import LocalLlm
 pytestmark = [pytest.mark.anyio, pytest.mark.model]
 
 QUESTION = "Name three colours of the rainbow."
+
+
+def run_on_llama_thread(job: Callable[[], object]) -> object:
+    """Run ``job`` where the provider runs llama.cpp, and wait for its result."""
+    done: Future[object] = Future()
+
+    def wrapper() -> None:
+        try:
+            done.set_result(job())
+        except BaseException as exc:  # handed to the test
+            done.set_exception(exc)
+
+    llama_engine.LLAMA_THREAD.submit(wrapper)
+    return done.result(timeout=120)
 
 
 def ask(prompt: str = QUESTION, **params: object) -> LlmRequest:
@@ -122,12 +140,18 @@ async def test_stop_sequence_cuts_the_text(llm: LocalLlm) -> None:
 
 async def test_json_mode_returns_json(llm: LocalLlm) -> None:
     response = await llm.generate(
-        ask('Give a JSON object with key "colour".', response_format="json", max_tokens=40)
+        ask('Give a JSON object with key "colour".', response_format="json", max_tokens=80)
     )
-    if response.finish_reason == "stop":
-        assert isinstance(json.loads(response.text), dict)
-    else:  # cut by max_tokens: still the start of an object
-        assert response.text.lstrip().startswith("{")
+    assert response.finish_reason == "stop", response.text
+    assert "colour" in json.loads(response.text)
+
+
+async def test_max_tokens_is_clamped_to_the_room_left() -> None:
+    small = LocalLlm(n_ctx=256)
+    response = await small.generate(ask("Write a long story about a dragon.", max_tokens=1000))
+    assert response.usage.input_tokens is not None
+    assert response.usage.input_tokens + (response.usage.output_tokens or 0) == 256
+    assert response.finish_reason == "length"
 
 
 async def test_concurrent_calls_share_one_model_without_crashing(llm: LocalLlm) -> None:
@@ -148,8 +172,12 @@ async def test_concurrent_calls_share_one_model_without_crashing(llm: LocalLlm) 
                 tg.start_soon(one, i)
     assert len(results) == 6
     assert len(set(results)) == 1, "same prompt at temperature 0 must give the same text"
-    loaded = [key for key in llama_engine._engines if key[0] == llm.path]
-    assert len(loaded) == 1, "both instances must share one loaded model"
+    key = (llm.path, llm.n_ctx, llm.n_threads)
+    assert (other.path, other.n_ctx, other.n_threads) == key
+    before = len(llama_engine._engines)
+    await other.generate(ask(max_tokens=1))
+    assert len(llama_engine._engines) == before, "a second instance must not load the model again"
+    assert key in llama_engine._engines
 
 
 async def test_event_loop_stays_free_while_generating(llm: LocalLlm) -> None:
@@ -170,6 +198,25 @@ async def test_event_loop_stays_free_while_generating(llm: LocalLlm) -> None:
     assert ticks_while_generating > 0
 
 
+def test_engine_stops_between_tokens_when_cancelled(llm: LocalLlm) -> None:
+    cancelled = threading.Event()
+    pieces: list[str] = []
+
+    def emit(piece: str) -> None:
+        pieces.append(piece)
+        if len(pieces) == 3:
+            cancelled.set()  # what the provider does when its caller goes away
+
+    def job() -> object:
+        engine = llama_engine.get_engine(llm.path, llm.n_ctx, llm.n_threads)
+        request = ask("Write a long story about a dragon.", max_tokens=200)
+        return engine.run(request, emit, cancelled)
+
+    with pytest.raises(llama_engine.GenerationCancelled):
+        run_on_llama_thread(job)
+    assert len(pieces) == 3, "generation must stop at the first token after the cancel"
+
+
 async def test_cancelled_calls_release_the_model(llm: LocalLlm) -> None:
     await llm.generate(ask(max_tokens=1))
     with anyio.move_on_after(0.05) as scope:
@@ -186,6 +233,18 @@ async def test_context_overflow_is_a_clear_error() -> None:
     small = LocalLlm(n_ctx=64)
     with pytest.raises(LLMContextLengthError, match="ORCHESTRA_LOCAL_N_CTX"):
         await small.generate(ask("word " * 200))
+
+
+def test_settings_from_arguments_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORCHESTRA_LOCAL_N_CTX", "1024")
+    monkeypatch.setenv("ORCHESTRA_LOCAL_THREADS", "1")
+    assert (LocalLlm().n_ctx, LocalLlm().n_threads) == (1024, 1)
+    assert LocalLlm(n_ctx=2048, n_threads=2).n_ctx == 2048  # arguments win
+    monkeypatch.setenv("ORCHESTRA_LOCAL_N_CTX", "lots")
+    with pytest.raises(ConfigurationError, match="ORCHESTRA_LOCAL_N_CTX must be a positive"):
+        LocalLlm()
+    with pytest.raises(ConfigurationError, match="n_threads= must be a positive"):
+        LocalLlm(n_ctx=512, n_threads=0)
 
 
 def test_model_path_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:

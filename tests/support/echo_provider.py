@@ -1,4 +1,4 @@
-"""A provider module imported lazily by the factory tests (never imported by the tests)."""
+"""A provider module that the factory tests have the factory import lazily."""
 
 from __future__ import annotations
 
