@@ -347,7 +347,7 @@ class LlmFactory:
             ConfigurationError: A key was given to a provider that takes none.
         """
         spec = cls.spec(agent_type)
-        factory = _load_target(spec)
+        _check_buildable(spec)
         kwargs: dict[str, Any] = dict(options)
         if spec.env_keys:
             key = api_key or spec.api_key_from_env()
@@ -356,7 +356,10 @@ class LlmFactory:
             kwargs["api_key"] = key
         elif api_key is not None:
             raise ConfigurationError(f"Provider {spec.name!r} takes no api_key; remove it.")
+        # Only now pay for importing the provider (and its SDK).
         from llm_abstractions.base import BaseLlm
+
+        factory = _load_target(spec)
 
         _check_options(spec.name, factory, model, kwargs)
         llm = factory(model=model, **kwargs)
@@ -435,7 +438,8 @@ def _normalize(name: str | Enum) -> str:
     return str(value).strip().lower()
 
 
-def _load_target(spec: ProviderSpec) -> Callable[..., BaseLlm]:
+def _check_buildable(spec: ProviderSpec) -> None:
+    """Raise unless the provider ships and its SDK is installed (checked without importing)."""
     if not spec.is_implemented():
         working = sorted(s.name for s in LlmFactory._specs.values() if s.is_implemented())
         raise ProviderNotImplementedError(
@@ -445,6 +449,9 @@ def _load_target(spec: ProviderSpec) -> Callable[..., BaseLlm]:
     missing = spec.missing_requirement()
     if missing is not None:
         raise ProviderNotInstalledError(spec.name, missing, spec.extra)
+
+
+def _load_target(spec: ProviderSpec) -> Callable[..., BaseLlm]:
     if not isinstance(spec.target, str):
         return spec.target
     module_name, _, attr = spec.target.partition(":")

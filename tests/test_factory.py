@@ -141,6 +141,20 @@ def test_missing_key_names_the_variable() -> None:
     assert "ANTHROPIC_API_KEY" in str(info.value)
 
 
+def test_missing_key_is_reported_before_importing_the_provider(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    monkeypatch.delitem(sys.modules, "tests.support.echo_provider", raising=False)
+    LlmFactory.register_provider(
+        "keyed-echo", "tests.support.echo_provider:EchoLlm", env_keys=("ECHO_API_KEY",)
+    )
+    with pytest.raises(MissingCredentialsError, match="ECHO_API_KEY"):
+        LlmFactory.get_provider("keyed-echo")
+    assert "tests.support.echo_provider" not in sys.modules
+
+
 def test_key_from_argument_then_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     fake_provider("google-gemini", env_keys=("GOOGLE_API_KEY", "GEMINI_API_KEY"))
     explicit = LlmFactory.get_provider("google-gemini", api_key="arg-key")
