@@ -76,7 +76,7 @@ class _DoubleLlm(BaseLlm):
     async def stream(self, request: LlmRequest) -> AsyncIterator[StreamChunk]:
         """Yield the scripted answer word by word, then the full response."""
         response = await self.generate(request)
-        for piece in re.findall(r"\s*\S+\s*?(?=\s|$)|\s+$", response.text):
+        for piece in re.findall(r"\s*\S+|\s+$", response.text):
             yield StreamChunk(delta=piece)
         yield StreamChunk(done=True, response=response)
 
