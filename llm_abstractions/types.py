@@ -24,6 +24,7 @@ __all__ = [
     "Role",
     "StreamChunk",
     "Usage",
+    "describe_validation_error",
 ]
 
 Role = Literal["system", "user", "assistant"]
@@ -93,17 +94,21 @@ class LlmRequest(BaseModel):
         try:
             return cls.model_validate({"messages": list(messages), **params})
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or 'request'}: {err['msg']}"
-                for err in exc.errors()
-            )
-            raise InvalidRequestError(f"Invalid LLM request: {problems}") from None
+            raise InvalidRequestError(describe_validation_error("LLM request", exc)) from None
 
     def prompt_text(self) -> str:
         """The whole conversation as plain text, for logs, estimates and cache keys."""
         parts = [f"system: {self.system}"] if self.system else []
         parts += [f"{m.role}: {m.content}" for m in self.messages]
         return "\n".join(parts)
+
+
+def describe_validation_error(subject: str, exc: ValidationError) -> str:
+    """One line naming every invalid field, for errors users read."""
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'value'}: {err['msg']}" for err in exc.errors()
+    )
+    return f"Invalid {subject}: {problems}"
 
 
 class Usage(BaseModel):

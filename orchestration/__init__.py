@@ -1,8 +1,67 @@
-"""Orchestration: agent registry, task DAG executor, run ledger and the ``orchestra`` CLI.
+"""Orchestration: agent registry, task graph, executor, run ledger and the ``orchestra`` CLI.
 
-Only the CLI ships so far; ``AgentRegistry``, ``AgentTask`` and ``TaskExecutor`` land with
-the orchestration-core issue. This package uses ``llm_abstractions`` through its interface
-and never imports a vendor SDK.
+Shipped so far: the agent registry (Python and TOML), tasks and results, and graph
+validation. The executor and the ledger land next (see docs/PROJECT-PLAN.md). Public names
+resolve on first access, so importing this package stays cheap; it never imports a vendor
+SDK.
 """
 
-__all__: list[str] = []
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from orchestration.agent_registry import (
+        AgentConfig,
+        AgentInterface,
+        AgentRegistry,
+        AgentType,
+        ScriptSettings,
+    )
+    from orchestration.errors import GraphValidationError, UnknownAgentError
+    from orchestration.graph import validate_tasks
+    from orchestration.tasks import AgentTask, ExecutionMethod, TaskResult, TaskStatus
+
+_LAZY = {
+    "AgentConfig": "orchestration.agent_registry",
+    "AgentInterface": "orchestration.agent_registry",
+    "AgentRegistry": "orchestration.agent_registry",
+    "AgentType": "orchestration.agent_registry",
+    "ScriptSettings": "orchestration.agent_registry",
+    "GraphValidationError": "orchestration.errors",
+    "UnknownAgentError": "orchestration.errors",
+    "validate_tasks": "orchestration.graph",
+    "AgentTask": "orchestration.tasks",
+    "ExecutionMethod": "orchestration.tasks",
+    "TaskResult": "orchestration.tasks",
+    "TaskStatus": "orchestration.tasks",
+}
+
+__all__ = [
+    "AgentConfig",
+    "AgentInterface",
+    "AgentRegistry",
+    "AgentTask",
+    "AgentType",
+    "ExecutionMethod",
+    "GraphValidationError",
+    "ScriptSettings",
+    "TaskResult",
+    "TaskStatus",
+    "UnknownAgentError",
+    "validate_tasks",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'orchestration' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

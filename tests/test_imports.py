@@ -44,7 +44,30 @@ def test_plain_import_loads_not_even_pydantic() -> None:
         "from llm_abstractions import LlmFactory, LLMError\n"
         "LlmFactory.names()"
     )
-    assert [m for m in [*HEAVY, "pydantic"] if m in modules] == []
+    assert [m for m in [*HEAVY, "pydantic", "networkx"] if m in modules] == []
+
+
+def test_orchestration_names_resolve_lazily_and_are_locked() -> None:
+    import orchestration
+
+    assert sorted(orchestration.__all__) == [
+        "AgentConfig",
+        "AgentInterface",
+        "AgentRegistry",
+        "AgentTask",
+        "AgentType",
+        "ExecutionMethod",
+        "GraphValidationError",
+        "ScriptSettings",
+        "TaskResult",
+        "TaskStatus",
+        "UnknownAgentError",
+        "validate_tasks",
+    ]
+    for name in orchestration.__all__:
+        assert hasattr(orchestration, name), name
+    modules = loaded_after("from orchestration import AgentRegistry, AgentTask")
+    assert "networkx" not in modules  # graph validation pays for it when it runs
 
 
 def test_building_the_local_provider_loads_llama_cpp_only_then() -> None:

@@ -1,0 +1,86 @@
+"""Units of work and what became of them."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llm_abstractions.types import Usage
+
+__all__ = ["AgentTask", "ExecutionMethod", "TaskResult", "TaskStatus"]
+
+
+class TaskStatus(StrEnum):
+    """Where a task is, or how it ended."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # a dependency did not succeed
+    CANCELLED = "cancelled"
+    CRASHED = "crashed"  # left running by a process that died
+    BUDGET_EXCEEDED = "budget_exceeded"
+
+    @property
+    def finished(self) -> bool:
+        """Whether the task will not run (again) in this run."""
+        return self not in (TaskStatus.PENDING, TaskStatus.RUNNING)
+
+
+class ExecutionMethod(StrEnum):
+    """How an attempt was carried out."""
+
+    LLM_FACTORY = "llm_factory"  # in-process, through the provider
+    SCRIPT = "script"  # a subprocess speaking JSON on stdin/stdout
+    CACHE = "cache"  # answered from the response cache
+
+
+class AgentTask(BaseModel):
+    """One piece of work for one agent.
+
+    Attributes:
+        task_id: Unique within a run.
+        description: What to do: the prompt the agent receives.
+        agent: The registered agent to run it; ``TaskExecutor.execute`` may supply it.
+        depends_on: Ids of tasks whose outputs this one needs (they reach it as context).
+        metadata: Free-form; ``context`` is added to the prompt, ``system_prompt``,
+            ``max_tokens`` and ``temperature`` override the agent's settings.
+        timeout: Seconds one attempt may take.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    task_id: str = Field(min_length=1, max_length=200)
+    description: str
+    agent: str | None = None
+    depends_on: tuple[str, ...] = ()
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    timeout: float | None = Field(default=None, gt=0)
+
+
+class TaskResult(BaseModel):
+    """The outcome of a task.
+
+    ``metadata`` carries ``execution_method``, ``provider`` and ``model`` of the attempt
+    that produced the result, as earlier orchestrators reported them.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    task_id: str
+    status: TaskStatus
+    output: str | None = None
+    usage: Usage = Field(default_factory=Usage)
+    cost_usd: float | None = None
+    latency_s: float | None = None
+    attempts: int = 0
+    error: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def succeeded(self) -> bool:
+        """Whether the task produced its output."""
+        return self.status is TaskStatus.SUCCEEDED
