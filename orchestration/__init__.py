@@ -1,7 +1,8 @@
 """Orchestration: agent registry, task graph, executor, run ledger and the ``orchestra`` CLI.
 
-Shipped so far: the agent registry (Python and TOML), tasks and results, and graph
-validation. The executor and the ledger land next (see docs/PROJECT-PLAN.md). Public names
+Shipped so far: the agent registry (Python and TOML), tasks and results, graph validation
+and the DAG executor (in-process providers only). The run ledger, the script fallback and
+the history CLI land next (see docs/PROJECT-PLAN.md). Public names
 resolve on first access, so importing this package stays cheap; it never imports a vendor
 SDK.
 """
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
         ScriptSettings,
     )
     from orchestration.errors import GraphValidationError, UnknownAgentError
+    from orchestration.executor import RunResult, RunStatus, TaskExecutor
     from orchestration.graph import validate_tasks
     from orchestration.tasks import AgentTask, ExecutionMethod, TaskResult, TaskStatus
 
@@ -32,6 +34,9 @@ _LAZY = {
     "GraphValidationError": "orchestration.errors",
     "UnknownAgentError": "orchestration.errors",
     "validate_tasks": "orchestration.graph",
+    "RunResult": "orchestration.executor",
+    "RunStatus": "orchestration.executor",
+    "TaskExecutor": "orchestration.executor",
     "AgentTask": "orchestration.tasks",
     "ExecutionMethod": "orchestration.tasks",
     "TaskResult": "orchestration.tasks",
@@ -46,7 +51,10 @@ __all__ = [
     "AgentType",
     "ExecutionMethod",
     "GraphValidationError",
+    "RunResult",
+    "RunStatus",
     "ScriptSettings",
+    "TaskExecutor",
     "TaskResult",
     "TaskStatus",
     "UnknownAgentError",

@@ -1,0 +1,261 @@
+"""Running tasks: one at a time (``execute``) or as a DAG (``run``).
+
+Scheduling is event-driven, not level by level: when a task ends, each dependent whose last
+dependency just succeeded starts at once, and the dependents of a task that did not succeed
+are marked ``skipped`` without running. Concurrency is capped globally and per agent
+(``AgentConfig.max_concurrency``). A dependency's output reaches the dependent task in its
+prompt (see ``prompts.build_request``).
+
+Not here yet (see docs/PROJECT-PLAN.md): the run ledger, the script fallback, retries.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from enum import StrEnum
+from time import perf_counter
+from typing import TYPE_CHECKING
+
+import anyio
+import anyio.abc
+from pydantic import BaseModel, Field
+
+from llm_abstractions.base import BaseLlm
+from llm_abstractions.errors import ConfigurationError, OrchestraError
+from orchestration.agent_registry import AgentConfig, AgentRegistry
+from orchestration.graph import validate_tasks
+from orchestration.prompts import build_request
+from orchestration.tasks import AgentTask, ExecutionMethod, TaskResult, TaskStatus
+
+if TYPE_CHECKING:
+    import networkx as nx
+
+__all__ = ["RunResult", "RunStatus", "TaskExecutor"]
+
+
+class RunStatus(StrEnum):
+    """How a run ended."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"  # every task succeeded
+    FAILED = "failed"  # some task failed or was skipped
+    CANCELLED = "cancelled"
+
+
+class RunResult(BaseModel):
+    """The outcome of one DAG run, task by task."""
+
+    run_id: str
+    name: str | None = None
+    status: RunStatus = RunStatus.RUNNING
+    results: dict[str, TaskResult] = Field(default_factory=dict)
+    started_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    finished_at: datetime | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether every task succeeded."""
+        return self.status is RunStatus.SUCCEEDED
+
+
+class TaskExecutor:
+    """Runs ``AgentTask``s on the agents of a registry.
+
+    Args:
+        registry: The agents tasks may use.
+        max_concurrency: Tasks running at once, across all agents.
+        default_agent: Agent for tasks that name none.
+    """
+
+    def __init__(
+        self,
+        registry: AgentRegistry,
+        *,
+        max_concurrency: int = 16,
+        default_agent: str | None = None,
+    ) -> None:
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        self.registry = registry
+        self.max_concurrency = max_concurrency
+        self.default_agent = default_agent
+        self.last_run: RunResult | None = None
+        self._providers: dict[str, BaseLlm] = {}
+
+    async def execute(self, task: AgentTask, agent: str | None = None) -> TaskResult:
+        """Run one task (its dependencies are ignored) on ``agent`` or the task's own agent.
+
+        Raises:
+            UnknownAgentError: The agent is not registered.
+            ConfigurationError: No agent was given at all.
+        """
+        name = agent or task.agent or self.default_agent
+        if name is None:
+            raise ConfigurationError(
+                f"Task {task.task_id!r} names no agent: pass agent= or set AgentTask.agent."
+            )
+        return await self._run_task(task, self.registry.get(name), {})
+
+    async def run(
+        self,
+        tasks: Sequence[AgentTask],
+        *,
+        name: str | None = None,
+        default_agent: str | None = None,
+    ) -> RunResult:
+        """Run a DAG of tasks; validation errors are raised before anything runs.
+
+        Raises:
+            GraphValidationError: The graph is not runnable (every problem listed).
+        """
+        default = default_agent or self.default_agent
+        graph = validate_tasks(tasks, self.registry, default)
+        run = RunResult(run_id=uuid.uuid4().hex, name=name)
+        self.last_run = run
+        scheduler = _Scheduler(self, graph, {t.task_id: t for t in tasks}, default, run)
+        try:
+            await scheduler.run()
+        finally:
+            run.finished_at = datetime.now(UTC)
+            run.status = _run_status(run, len(tasks))
+        return run
+
+    async def aclose(self) -> None:
+        """Close every provider this executor built."""
+        providers, self._providers = list(self._providers.values()), {}
+        for llm in providers:
+            await llm.aclose()
+
+    def _provider(self, agent: AgentConfig) -> BaseLlm:
+        llm = self._providers.get(agent.name)
+        if llm is None:
+            from llm_abstractions.factory import LlmFactory
+
+            llm = LlmFactory.get_provider(
+                agent.agent_type, model=agent.model, api_key=agent.resolved_api_key()
+            )
+            self._providers[agent.name] = llm
+        return llm
+
+    async def _run_task(
+        self, task: AgentTask, agent: AgentConfig, upstream: dict[str, str]
+    ) -> TaskResult:
+        started = perf_counter()
+        base = {"execution_method": ExecutionMethod.LLM_FACTORY.value, "provider": agent.agent_type}
+        try:
+            request = build_request(task, agent, upstream)
+            llm = self._provider(agent)
+            with anyio.fail_after(task.timeout):
+                response = await llm.generate(request)
+        except TimeoutError:
+            error = f"timed out after {task.timeout} s"
+            return _failed(task, error, perf_counter() - started, {**base, "model": agent.model})
+        except OrchestraError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            return _failed(task, error, perf_counter() - started, {**base, "model": agent.model})
+        return TaskResult(
+            task_id=task.task_id,
+            status=TaskStatus.SUCCEEDED,
+            output=response.text,
+            usage=response.usage,
+            latency_s=perf_counter() - started,
+            attempts=1,
+            metadata={**base, "model": response.model, "finish_reason": response.finish_reason},
+        )
+
+
+class _Scheduler:
+    """One DAG run: starts tasks as their dependencies succeed, skips what cannot run."""
+
+    def __init__(
+        self,
+        executor: TaskExecutor,
+        graph: nx.DiGraph[str],
+        tasks: dict[str, AgentTask],
+        default_agent: str | None,
+        run: RunResult,
+    ) -> None:
+        self.executor = executor
+        self.graph = graph
+        self.tasks = tasks
+        self.default_agent = default_agent
+        self.run_result = run
+        self.waiting_on = {tid: graph.in_degree(tid) for tid in tasks}
+        self.limiter = anyio.CapacityLimiter(executor.max_concurrency)
+        self.agent_limiters: dict[str, anyio.CapacityLimiter] = {}
+        self.tg: anyio.abc.TaskGroup | None = None
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as tg:
+            self.tg = tg
+            for tid, count in self.waiting_on.items():
+                if count == 0:
+                    tg.start_soon(self._run_one, tid, name=f"task {tid}")
+
+    def _agent(self, task: AgentTask) -> AgentConfig:
+        name = task.agent or self.default_agent
+        assert name is not None  # noqa: S101 - validate_tasks guarantees it
+        return self.executor.registry.get(name)
+
+    def _agent_limiter(self, agent: AgentConfig) -> anyio.CapacityLimiter:
+        limiter = self.agent_limiters.get(agent.name)
+        if limiter is None:
+            limiter = anyio.CapacityLimiter(agent.max_concurrency or self.executor.max_concurrency)
+            self.agent_limiters[agent.name] = limiter
+        return limiter
+
+    async def _run_one(self, tid: str) -> None:
+        task = self.tasks[tid]
+        agent = self._agent(task)
+        results = self.run_result.results
+        upstream = {dep: results[dep].output or "" for dep in task.depends_on}
+        try:
+            async with self.limiter, self._agent_limiter(agent):
+                results[tid] = TaskResult(task_id=tid, status=TaskStatus.RUNNING)
+                result = await self.executor._run_task(task, agent, upstream)
+        except anyio.get_cancelled_exc_class():
+            results[tid] = TaskResult(task_id=tid, status=TaskStatus.CANCELLED, error="cancelled")
+            raise
+        results[tid] = result
+        self._release_dependents(tid, result)
+
+    def _release_dependents(self, tid: str, result: TaskResult) -> None:
+        results = self.run_result.results
+        if not result.succeeded:
+            import networkx as nx
+
+            for descendant in nx.descendants(self.graph, tid):
+                if descendant not in results:
+                    results[descendant] = TaskResult(
+                        task_id=descendant,
+                        status=TaskStatus.SKIPPED,
+                        error=f"not run: task {tid!r} {result.status.value}",
+                    )
+            return
+        for child in self.graph.successors(tid):
+            self.waiting_on[child] -= 1
+            if self.waiting_on[child] == 0 and child not in results:
+                assert self.tg is not None  # noqa: S101 - set before any task runs
+                self.tg.start_soon(self._run_one, child, name=f"task {child}")
+
+
+def _failed(task: AgentTask, error: str, latency: float, metadata: dict[str, object]) -> TaskResult:
+    return TaskResult(
+        task_id=task.task_id,
+        status=TaskStatus.FAILED,
+        error=error,
+        latency_s=latency,
+        attempts=1,
+        metadata=metadata,
+    )
+
+
+def _run_status(run: RunResult, task_count: int) -> RunStatus:
+    statuses = [r.status for r in run.results.values()]
+    if TaskStatus.CANCELLED in statuses or len(statuses) < task_count:
+        return RunStatus.CANCELLED
+    if all(s is TaskStatus.SUCCEEDED for s in statuses):
+        return RunStatus.SUCCEEDED
+    return RunStatus.FAILED

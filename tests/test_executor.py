@@ -1,0 +1,209 @@
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import pytest
+
+from llm_abstractions import LlmFactory, LlmRequest, LLMServerError
+from llm_abstractions.testing import FunctionLlm
+from orchestration import (
+    AgentRegistry,
+    AgentTask,
+    GraphValidationError,
+    RunStatus,
+    TaskExecutor,
+    TaskStatus,
+)
+
+pytestmark = pytest.mark.anyio
+
+Handler = Callable[[LlmRequest], Awaitable[str]]
+
+
+class Recorder:
+    """An async model that logs when each task's call starts and ends."""
+
+    def __init__(self, latency: float = 0.02, fail: set[str] | None = None) -> None:
+        self.latency = latency
+        self.fail = fail or set()
+        self.log: list[tuple[str, str]] = []
+        self.requests: dict[str, LlmRequest] = {}
+        self.running = 0
+        self.peak = 0
+
+    async def __call__(self, request: LlmRequest) -> str:
+        tid = str(request.metadata["task_id"])
+        self.requests[tid] = request
+        self.log.append(("start", tid))
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        try:
+            await anyio.sleep(self.latency)
+        finally:
+            self.running -= 1
+            self.log.append(("end", tid))
+        if tid in self.fail:
+            raise LLMServerError(f"boom in {tid}", status_code=500)
+        return f"output of {tid}"
+
+    def index(self, event: str, tid: str) -> int:
+        return self.log.index((event, tid))
+
+
+def registry_with(recorder: Handler, **agent_settings: object) -> AgentRegistry:
+    llm = FunctionLlm(recorder)
+    LlmFactory.register_provider("recorded", lambda **_: llm, replace=True)
+    registry = AgentRegistry()
+    registry.register_agent("worker", "recorded", **agent_settings)  # type: ignore[arg-type]
+    return registry
+
+
+def t(task_id: str, *deps: str, **kw: Any) -> AgentTask:
+    fields: dict[str, Any] = {"description": f"do {task_id}", "agent": "worker", **kw}
+    return AgentTask(task_id=task_id, depends_on=deps, **fields)
+
+
+async def test_dependencies_first_and_siblings_overlap() -> None:
+    rec = Recorder()
+    executor = TaskExecutor(registry=registry_with(rec), max_concurrency=8)
+    run = await executor.run([t("a"), t("b", "a"), t("c", "a"), t("d", "b", "c")], name="diamond")
+    assert run.ok and run.status is RunStatus.SUCCEEDED and run.name == "diamond"
+    assert len(run.run_id) == 32
+    for child, parent in [("b", "a"), ("c", "a"), ("d", "b"), ("d", "c")]:
+        assert rec.index("start", child) > rec.index("end", parent)
+    # b and c really run together: each starts before the other ends.
+    assert rec.index("start", "c") < rec.index("end", "b")
+    assert rec.index("start", "b") < rec.index("end", "c")
+
+
+async def test_a_task_starts_when_its_own_dependencies_finish() -> None:
+    # No level barrier: "fast-child" must not wait for the slow sibling of its parent.
+    class Uneven(Recorder):
+        async def __call__(self, request: LlmRequest) -> str:
+            self.latency = 0.3 if request.metadata["task_id"] == "slow" else 0.01
+            return await super().__call__(request)
+
+    rec = Uneven()
+    executor = TaskExecutor(registry=registry_with(rec))
+    run = await executor.run([t("slow"), t("fast"), t("fast-child", "fast")])
+    assert run.ok
+    assert rec.index("end", "fast-child") < rec.index("end", "slow")
+
+
+async def test_outputs_of_dependencies_reach_the_task() -> None:
+    rec = Recorder(latency=0)
+    executor = TaskExecutor(registry=registry_with(rec))
+    run = await executor.run(
+        [t("spec"), t("code", "spec", metadata={"context": "use sqlite", "max_tokens": 50})]
+    )
+    assert run.results["code"].output == "output of code"
+    prompt = rec.requests["code"].messages[-1].content
+    assert "Context:\nuse sqlite" in prompt
+    assert "Output of task spec:\noutput of spec" in prompt
+    assert rec.requests["code"].max_tokens == 50
+
+
+async def test_failure_skips_descendants_but_not_independent_branches() -> None:
+    rec = Recorder(fail={"b"})
+    executor = TaskExecutor(registry=registry_with(rec))
+    run = await executor.run([t("a"), t("b", "a"), t("c", "a"), t("d", "b"), t("e", "d"), t("x")])
+    status = {tid: r.status for tid, r in run.results.items()}
+    assert status == {
+        "a": TaskStatus.SUCCEEDED,
+        "b": TaskStatus.FAILED,
+        "c": TaskStatus.SUCCEEDED,
+        "d": TaskStatus.SKIPPED,
+        "e": TaskStatus.SKIPPED,
+        "x": TaskStatus.SUCCEEDED,
+    }
+    assert run.status is RunStatus.FAILED
+    assert "boom in b" in (run.results["b"].error or "")
+    assert run.results["d"].error == "not run: task 'b' failed"
+    assert ("start", "d") not in rec.log and ("start", "e") not in rec.log
+
+
+async def test_global_and_per_agent_concurrency_caps() -> None:
+    rec = Recorder(latency=0.02)
+    executor = TaskExecutor(registry=registry_with(rec), max_concurrency=3)
+    assert (await executor.run([t(f"t{i}") for i in range(9)])).ok
+    assert rec.peak == 3
+    capped = Recorder(latency=0.02)
+    executor = TaskExecutor(registry=registry_with(capped, max_concurrency=1), max_concurrency=8)
+    assert (await executor.run([t(f"t{i}") for i in range(4)])).ok
+    assert capped.peak == 1
+
+
+async def test_per_task_timeout_fails_only_that_task() -> None:
+    rec = Recorder(latency=30)
+    executor = TaskExecutor(registry=registry_with(rec))
+    with anyio.fail_after(10):
+        result = await executor.execute(t("slow", timeout=0.05))
+    assert result.status is TaskStatus.FAILED
+    assert result.error == "timed out after 0.05 s"
+
+
+async def test_cancelling_a_run_records_in_flight_tasks_as_cancelled() -> None:
+    rec = Recorder(latency=30)
+    executor = TaskExecutor(registry=registry_with(rec))
+    with anyio.move_on_after(0.2) as scope:
+        await executor.run([t("a"), t("b"), t("c", "a")])
+    assert scope.cancelled_caught
+    run = executor.last_run
+    assert run is not None and run.status is RunStatus.CANCELLED
+    assert run.results["a"].status is TaskStatus.CANCELLED
+    assert run.results["b"].status is TaskStatus.CANCELLED
+    assert "c" not in run.results  # never started
+    assert run.finished_at is not None
+
+
+async def test_invalid_graph_spends_nothing() -> None:
+    rec = Recorder(latency=0)
+    executor = TaskExecutor(registry=registry_with(rec))
+    with pytest.raises(GraphValidationError) as info:
+        await executor.run([t("a"), t("b", "a", agent="nobody"), t("c", "zzz")])
+    assert len(info.value.problems) == 2
+    assert rec.log == []
+
+
+async def test_unusable_provider_is_a_failed_task_with_a_clear_error() -> None:
+    registry = AgentRegistry()
+    registry.register_agent("claude", "anthropic-claude", api_key="sk-test")
+    result = await TaskExecutor(registry=registry).execute(
+        AgentTask(task_id="T1", description="hi"), agent="claude"
+    )
+    assert result.status is TaskStatus.FAILED
+    assert (result.error or "").startswith("ProviderNotImplementedError")
+    assert "sk-test" not in (result.error or "")
+    assert result.metadata["execution_method"] == "llm_factory"
+
+
+async def test_execute_needs_an_agent() -> None:
+    executor = TaskExecutor(registry=AgentRegistry())
+    with pytest.raises(ValueError, match="names no agent"):
+        await executor.execute(AgentTask(task_id="T", description="d"))
+
+
+@pytest.mark.model
+async def test_design_md_usage_example_on_the_embedded_model() -> None:
+    from orchestration.agent_registry import AgentInterface, AgentType
+
+    registry = AgentRegistry()
+    registry.register_agent(
+        name="smol",
+        agent_type=AgentType.LOCAL,
+        interface=AgentInterface.API,
+        model=None,
+        metadata={"max_tokens": 16, "temperature": 0.0, "system_prompt": "Answer briefly."},
+    )
+    task = AgentTask(task_id="TASK-001", description="Name a colour.", metadata={"context": "sky"})
+    executor = TaskExecutor(registry=registry)
+    result = await executor.execute(task, agent="smol")
+    await executor.aclose()
+    assert result.status is TaskStatus.SUCCEEDED
+    assert result.output
+    assert result.metadata["execution_method"] == "llm_factory"
+    assert result.metadata["provider"] == "local"
+    assert result.metadata["model"] == "SmolLM2-135M-Instruct.Q4_1"
+    assert result.usage.output_tokens and result.usage.output_tokens <= 16
