@@ -17,9 +17,7 @@ caller must be able to stop generation between two tokens.
 from __future__ import annotations
 
 import codecs
-import logging
 import os
-import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +29,7 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 
 from llm_abstractions.errors import LLMContextLengthError, LLMError, ModelFileError
+from llm_abstractions.threads import SerialWorker
 from llm_abstractions.types import FinishReason, LlmRequest
 
 __all__ = [
@@ -38,12 +37,10 @@ __all__ = [
     "Generation",
     "GenerationCancelled",
     "LlamaEngine",
-    "SerialWorker",
     "get_engine",
 ]
 
 PROVIDER = "local"
-_log = logging.getLogger(__name__)
 DEFAULT_TEMPERATURE = 0.2  # llama-cpp-python's chat default
 # Used only for GGUF files that carry no chat template of their own.
 _CHATML = (
@@ -235,36 +232,6 @@ def get_engine(path: Path, n_ctx: int, n_threads: int) -> LlamaEngine:
     if engine is None:
         engine = _engines[key] = LlamaEngine(path, n_ctx, n_threads)
     return engine
-
-
-class SerialWorker:
-    """A daemon thread that runs submitted jobs one at a time, in order.
-
-    A job reports its own result; an exception escaping one is a bug and must not kill the
-    thread that every later job depends on.
-    """
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._start_lock = threading.Lock()
-
-    def submit(self, job: Callable[[], None]) -> None:
-        """Queue ``job``; the thread starts on first use."""
-        with self._start_lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
-                self._thread.start()
-        self._jobs.put(job)
-
-    def _serve(self) -> None:
-        while True:
-            job = self._jobs.get()
-            try:
-                job()
-            except Exception:  # the job owns error reporting; this is a bug, keep serving
-                _log.exception("job on %s raised", self.name)
 
 
 LLAMA_THREAD = SerialWorker("orchestra-llama")

@@ -1,0 +1,93 @@
+"""Dedicated threads, and waiting for their work from async code without borrowing a thread.
+
+``SerialWorker`` runs jobs one at a time on a thread of its own (the llama.cpp thread, the
+ledger writer). ``LoopCompletion`` lets such a thread hand a result back to the event loop
+that is waiting for it: the loop waits on an ``anyio.Event``, and the thread sets it with
+``run_sync_soon``, which schedules without blocking. (``anyio.from_thread.run_sync`` blocks
+the calling thread until the loop has run the call, and ``anyio.to_thread.run_sync`` would
+hold one of anyio's worker threads for the whole wait.)
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+import anyio
+import anyio.lowlevel
+
+__all__ = ["LoopCompletion", "SerialWorker"]
+
+T = TypeVar("T")
+_log = logging.getLogger(__name__)
+
+
+class SerialWorker:
+    """A daemon thread that runs submitted jobs one at a time, in order.
+
+    A job reports its own result; an exception escaping one is a bug and must not kill the
+    thread that every later job depends on.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Queue ``job``; the thread starts on first use."""
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
+                self._thread.start()
+        self._jobs.put(job)
+
+    def _serve(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                job()
+            except Exception:  # the job owns error reporting; this is a bug, keep serving
+                _log.exception("job on %s raised", self.name)
+
+
+class LoopCompletion(Generic[T]):
+    """A result that another thread delivers to the event loop that created this object.
+
+    Create it in async code, hand it to a thread, ``await wait()``. The thread calls
+    ``set_result`` or ``set_exception`` once; if the loop is gone by then, the result is
+    dropped.
+    """
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+        self._token = anyio.lowlevel.current_token()
+        self._result: T | None = None
+        self._error: BaseException | None = None
+
+    def set_result(self, value: T) -> None:
+        """Deliver a value (from any thread)."""
+        self._result = value
+        self._wake()
+
+    def set_exception(self, error: BaseException) -> None:
+        """Deliver an exception, raised by ``wait`` (from any thread)."""
+        self._error = error
+        self._wake()
+
+    async def wait(self) -> T:
+        """Wait for the result; raise the delivered exception, if any."""
+        await self._event.wait()
+        if self._error is not None:
+            raise self._error
+        return self._result  # type: ignore[return-value]
+
+    def _wake(self) -> None:
+        try:
+            self._token.backend_class.run_sync_soon(self._event.set, (), self._token.native_token)
+        except (anyio.RunFinishedError, RuntimeError):
+            pass  # the waiting loop is gone: nobody to tell
