@@ -6,13 +6,16 @@ are marked ``skipped`` without running. Concurrency is capped globally and per a
 (``AgentConfig.max_concurrency``). A dependency's output reaches the dependent task in its
 prompt (see ``prompts.build_request``).
 
-Not here yet (see docs/PROJECT-PLAN.md): the run ledger, the script fallback, retries.
+Every run, task and attempt is recorded in the run ledger (``orchestration.ledger``) unless
+``record=False``; a task's result is committed before its dependents start.
+
+Not here yet (see docs/PROJECT-PLAN.md): the script fallback, retries.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from time import perf_counter
@@ -24,6 +27,7 @@ from pydantic import BaseModel, Field
 
 from llm_abstractions.base import BaseLlm
 from llm_abstractions.errors import ConfigurationError, OrchestraError
+from orchestration.accounting import agent_secrets, redact
 from orchestration.agent_registry import AgentConfig, AgentRegistry
 from orchestration.graph import validate_tasks
 from orchestration.prompts import build_request
@@ -31,6 +35,9 @@ from orchestration.tasks import AgentTask, ExecutionMethod, TaskResult, TaskStat
 
 if TYPE_CHECKING:
     import networkx as nx
+
+    from orchestration.ledger import Ledger
+    from orchestration.recording import Recorder
 
 __all__ = ["RunResult", "RunStatus", "TaskExecutor"]
 
@@ -67,6 +74,9 @@ class TaskExecutor:
         registry: The agents tasks may use.
         max_concurrency: Tasks running at once, across all agents.
         default_agent: Agent for tasks that name none.
+        ledger: Where runs are recorded; opened at ``default_db_url()`` on first use when
+            None.
+        record: Set False to record nothing (benchmarks, throwaway runs).
     """
 
     def __init__(
@@ -75,13 +85,18 @@ class TaskExecutor:
         *,
         max_concurrency: int = 16,
         default_agent: str | None = None,
+        ledger: Ledger | None = None,
+        record: bool = True,
     ) -> None:
         if max_concurrency < 1:
-            raise ValueError("max_concurrency must be at least 1")
+            raise ConfigurationError("max_concurrency must be at least 1")
         self.registry = registry
         self.max_concurrency = max_concurrency
         self.default_agent = default_agent
         self.last_run: RunResult | None = None
+        self.ledger = ledger
+        self.record = record
+        self._owns_ledger = False
         self._providers: dict[str, BaseLlm] = {}
 
     async def execute(self, task: AgentTask, agent: str | None = None) -> TaskResult:
@@ -96,7 +111,9 @@ class TaskExecutor:
             raise ConfigurationError(
                 f"Task {task.task_id!r} names no agent: pass agent= or set AgentTask.agent."
             )
-        return await self._run_task(task, self.registry.get(name), {})
+        self.registry.get(name)  # an UnknownAgentError, not a graph error, for one task
+        run = await self.run([task.model_copy(update={"agent": name, "depends_on": ()})])
+        return run.results[task.task_id]
 
     async def run(
         self,
@@ -112,21 +129,43 @@ class TaskExecutor:
         """
         default = default_agent or self.default_agent
         graph = validate_tasks(tasks, self.registry, default)
+        recorder = await self._recorder()
         run = RunResult(run_id=uuid.uuid4().hex, name=name)
         self.last_run = run
+        if recorder is not None:
+            await recorder.start_run(run.run_id, name, tasks, run.started_at)
         scheduler = _Scheduler(self, graph, {t.task_id: t for t in tasks}, default, run)
+        scheduler.recorder = recorder
         try:
             await scheduler.run()
         finally:
             run.finished_at = datetime.now(UTC)
             run.status = _run_status(run, len(tasks))
+            if recorder is not None:
+                await recorder.finish_run(run.run_id, run.status.value, run.finished_at)
         return run
+
+    async def _recorder(self) -> Recorder | None:
+        if not self.record:
+            return None
+        from orchestration.recording import Recorder
+
+        if self.ledger is None:
+            from orchestration.ledger import Ledger
+
+            # Opening migrates the schema: keep that file I/O off the event loop.
+            self.ledger = await anyio.to_thread.run_sync(Ledger)
+            self._owns_ledger = True
+        return Recorder(self.ledger)
 
     async def aclose(self) -> None:
         """Close every provider this executor built."""
         providers, self._providers = list(self._providers.values()), {}
         for llm in providers:
             await llm.aclose()
+        if self._owns_ledger and self.ledger is not None:
+            await anyio.to_thread.run_sync(self.ledger.close)
+            self.ledger, self._owns_ledger = None, False
 
     def _provider(self, agent: AgentConfig) -> BaseLlm:
         llm = self._providers.get(agent.name)
@@ -149,12 +188,15 @@ class TaskExecutor:
             llm = self._provider(agent)
             with anyio.fail_after(task.timeout):
                 response = await llm.generate(request)
-        except TimeoutError:
+        except TimeoutError as exc:
             error = f"timed out after {task.timeout} s"
-            return _failed(task, error, perf_counter() - started, {**base, "model": agent.model})
+            meta = {**base, "model": agent.model, "error_type": type(exc).__name__}
+            return _failed(task, error, perf_counter() - started, meta)
         except OrchestraError as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            return _failed(task, error, perf_counter() - started, {**base, "model": agent.model})
+            # Providers may echo what they were sent; keys must not travel further.
+            error = redact(f"{type(exc).__name__}: {exc}", agent_secrets(agent)) or ""
+            meta = {**base, "model": agent.model, "error_type": type(exc).__name__}
+            return _failed(task, error, perf_counter() - started, meta)
         return TaskResult(
             task_id=task.task_id,
             status=TaskStatus.SUCCEEDED,
@@ -186,6 +228,7 @@ class _Scheduler:
         self.limiter = anyio.CapacityLimiter(executor.max_concurrency)
         self.agent_limiters: dict[str, anyio.CapacityLimiter] = {}
         self.tg: anyio.abc.TaskGroup | None = None
+        self.recorder: Recorder | None = None
 
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
@@ -211,13 +254,22 @@ class _Scheduler:
         agent = self._agent(task)
         results = self.run_result.results
         upstream = {dep: results[dep].output or "" for dep in task.depends_on}
+        run_id = self.run_result.run_id
         try:
             async with self.limiter, self._agent_limiter(agent):
                 results[tid] = TaskResult(task_id=tid, status=TaskStatus.RUNNING)
+                if self.recorder is not None:
+                    self.recorder.task_started(run_id, task, agent)
                 result = await self.executor._run_task(task, agent, upstream)
         except anyio.get_cancelled_exc_class():
-            results[tid] = TaskResult(task_id=tid, status=TaskStatus.CANCELLED, error="cancelled")
+            cancelled = TaskResult(task_id=tid, status=TaskStatus.CANCELLED, error="cancelled")
+            results[tid] = cancelled
+            if self.recorder is not None:
+                self.recorder.task_ended_without_running(run_id, tid, agent.name, cancelled)
             raise
+        if self.recorder is not None:
+            # Committed before any dependent starts: a resumed run never pays for it again.
+            result = await self.recorder.task_finished(run_id, task, agent, result)
         results[tid] = result
         self._release_dependents(tid, result)
 
@@ -228,11 +280,17 @@ class _Scheduler:
 
             for descendant in nx.descendants(self.graph, tid):
                 if descendant not in results:
-                    results[descendant] = TaskResult(
+                    skipped = TaskResult(
                         task_id=descendant,
                         status=TaskStatus.SKIPPED,
                         error=f"not run: task {tid!r} {result.status.value}",
                     )
+                    results[descendant] = skipped
+                    if self.recorder is not None:
+                        agent = self._agent(self.tasks[descendant]).name
+                        self.recorder.task_ended_without_running(
+                            self.run_result.run_id, descendant, agent, skipped
+                        )
             return
         for child in self.graph.successors(tid):
             self.waiting_on[child] -= 1
@@ -241,14 +299,16 @@ class _Scheduler:
                 self.tg.start_soon(self._run_one, child, name=f"task {child}")
 
 
-def _failed(task: AgentTask, error: str, latency: float, metadata: dict[str, object]) -> TaskResult:
+def _failed(
+    task: AgentTask, error: str, latency: float, metadata: Mapping[str, object]
+) -> TaskResult:
     return TaskResult(
         task_id=task.task_id,
         status=TaskStatus.FAILED,
         error=error,
         latency_s=latency,
         attempts=1,
-        metadata=metadata,
+        metadata=dict(metadata),
     )
 
 

@@ -106,6 +106,9 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPath
         if var.startswith("ORCHESTRA_"):
             monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("OLLAMA_HOST", f"http://127.0.0.1:{_closed_port()}")
+    # Every test gets its own ledger, never the working directory's .orchestra/runs.db.
+    ledger_dir = tmp_path_factory.mktemp("ledger")
+    monkeypatch.setenv("ORCHESTRA_DB_URL", f"sqlite:///{ledger_dir / 'runs.db'}")
     monkeypatch.setenv("ORCHESTRA_LMSTUDIO_URL", f"http://127.0.0.1:{_closed_port()}/v1")
 
 

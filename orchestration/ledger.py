@@ -1,0 +1,181 @@
+"""The run ledger: every run, task and attempt, in SQLite (or any SQLAlchemy database).
+
+Writes go through one writer thread per ledger. Callers queue a write and await its
+commit; the writer takes every write queued so far and commits them in one transaction
+(group commit), so many tasks finishing together cost one fsync, and the event loop never
+blocks on the database. On SQLite the database is in WAL mode with a busy timeout, and each
+transaction starts with ``BEGIN IMMEDIATE`` so that two writing processes queue for the
+lock instead of failing on upgrade. Schema migrations run when the ledger opens.
+
+Location: ``url=``, else ``ORCHESTRA_DB_URL`` (any SQLAlchemy URL), else
+``.orchestra/runs.db`` under the working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine.url import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session
+
+from llm_abstractions.errors import OrchestraError
+from llm_abstractions.threads import LoopCompletion
+from orchestration.ledger_schema import migrate
+
+__all__ = ["DEFAULT_DB_PATH", "Ledger", "LedgerError", "default_db_url"]
+
+DEFAULT_DB_PATH = Path(".orchestra") / "runs.db"
+BUSY_TIMEOUT_S = 30.0
+Write = Callable[[Session], None]
+
+
+class LedgerError(OrchestraError):
+    """The ledger cannot be written (locked beyond the timeout, disk full, read-only...)."""
+
+
+def default_db_url() -> str:
+    """``ORCHESTRA_DB_URL``, else SQLite at ``.orchestra/runs.db`` in the working directory."""
+    return os.environ.get("ORCHESTRA_DB_URL") or f"sqlite:///{DEFAULT_DB_PATH}"
+
+
+@dataclass
+class _Job:
+    write: Write
+    done: LoopCompletion[None] | None
+
+
+class Ledger:
+    """A run ledger; open it once per process and share it.
+
+    Args:
+        url: SQLAlchemy URL; see the module docstring for the default.
+
+    Raises:
+        LedgerError: The database cannot be opened or migrated.
+    """
+
+    def __init__(self, url: str | None = None) -> None:
+        self.url = url or default_db_url()
+        self.engine = _make_engine(self.url)
+        try:
+            with self.engine.begin() as connection:
+                migrate(connection)
+        except SQLAlchemyError as exc:
+            raise LedgerError(f"Cannot open the run ledger at {self.url}: {exc}") from exc
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._failure: LedgerError | None = None
+        self._thread = threading.Thread(target=self._serve, name="orchestra-ledger", daemon=True)
+        self._thread.start()
+
+    @property
+    def path(self) -> Path | None:
+        """The SQLite file, or None for other databases."""
+        url = make_url(self.url)
+        if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+            return None
+        return Path(url.database).resolve()
+
+    async def write(self, write: Write) -> None:
+        """Queue ``write`` and wait until it is committed.
+
+        Raises:
+            LedgerError: The transaction it was part of failed; nothing in it was stored.
+        """
+        done: LoopCompletion[None] = LoopCompletion()
+        self._submit(_Job(write, done))
+        await done.wait()
+
+    def write_soon(self, write: Write) -> None:
+        """Queue ``write`` without waiting; a failure surfaces on the next ``write``."""
+        self._submit(_Job(write, None))
+
+    def session(self) -> Session:
+        """A session for reading (the CLI, tests)."""
+        return Session(self.engine)
+
+    def close(self) -> None:
+        """Commit what is queued, stop the writer and release the database."""
+        self._jobs.put(None)
+        self._thread.join(timeout=60)
+        self.engine.dispose()
+
+    def _submit(self, job: _Job) -> None:
+        if self._failure is not None:
+            error, self._failure = self._failure, None
+            raise error
+        self._jobs.put(job)
+
+    def _serve(self) -> None:
+        while True:
+            first = self._jobs.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while True:  # group commit: take everything queued so far
+                try:
+                    more = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                batch.append(more)
+            self._commit(batch)
+            if stop:
+                return
+
+    def _commit(self, batch: list[_Job]) -> None:
+        try:
+            with Session(self.engine) as session:
+                for job in batch:
+                    job.write(session)
+                session.commit()
+        except Exception as exc:  # any failure loses the whole batch; tell every writer
+            error = LedgerError(f"Could not write to the run ledger at {self.url}: {exc}")
+            waited = [job.done for job in batch if job.done is not None]
+            if len(waited) < len(batch):
+                self._failure = error
+            for done in waited:
+                done.set_exception(error)
+            return
+        for job in batch:
+            if job.done is not None:
+                job.done.set_result(None)
+
+
+def _make_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        url, connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False}
+    )
+    # pysqlite's own transaction handling would start transactions late and deferred; take
+    # control so that every transaction is BEGIN IMMEDIATE (SQLAlchemy's documented recipe).
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine

@@ -1,0 +1,171 @@
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llm_abstractions import LlmFactory, LlmRequest, LLMServerError, Usage
+from llm_abstractions.testing import FunctionLlm
+from orchestration import AgentRegistry, AgentTask, TaskExecutor, TaskStatus
+from orchestration.accounting import cost_of, redact
+from orchestration.ledger import Ledger, LedgerError, default_db_url
+
+pytestmark = pytest.mark.anyio
+CANARY = "sk-canary-4c1d9e77aa"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def db_path() -> Path:
+    return Path(default_db_url().removeprefix("sqlite:///"))
+
+
+def rows(query: str) -> list[tuple[object, ...]]:
+    with sqlite3.connect(db_path()) as connection:
+        return connection.execute(query).fetchall()
+
+
+def registry_answering(handler: Any, api_key: str | None = None) -> AgentRegistry:
+    llm = FunctionLlm(handler)
+    keys = ("RECORDED_API_KEY",) if api_key else ()
+    LlmFactory.register_provider("recorded", lambda **_: llm, env_keys=keys, replace=True)
+    registry = AgentRegistry()
+    registry.register_agent("worker", "recorded", api_key=api_key)
+    return registry
+
+
+def task(task_id: str, *deps: str) -> AgentTask:
+    return AgentTask(task_id=task_id, description=f"do {task_id}", agent="worker", depends_on=deps)
+
+
+async def test_rows_match_what_happened_attempt_by_attempt() -> None:
+    def handler(request: LlmRequest) -> str:
+        if request.metadata["task_id"] == "b":
+            raise LLMServerError("upstream exploded", status_code=503)
+        return "fine"
+
+    executor = TaskExecutor(registry=registry_answering(handler))
+    run = await executor.run([task("a"), task("b", "a"), task("c", "b"), task("d")], name="demo")
+    await executor.aclose()
+    assert rows("SELECT id, name, status, task_count FROM runs") == [
+        (run.run_id, "demo", "failed", 4)
+    ]
+    statuses = {row[0]: row[1] for row in rows("SELECT task_id, status FROM task_runs")}
+    assert statuses == {"a": "succeeded", "b": "failed", "c": "skipped", "d": "succeeded"}
+    attempts = rows(
+        "SELECT task_id, attempt, execution_method, provider, status, error_type, "
+        "input_tokens, output_tokens FROM attempts ORDER BY task_id"
+    )
+    assert attempts == [
+        ("a", 1, "llm_factory", "recorded", "succeeded", None, 3, 1),
+        ("b", 1, "llm_factory", "recorded", "failed", "LLMServerError", None, None),
+        ("d", 1, "llm_factory", "recorded", "succeeded", None, 3, 1),
+    ]
+    definitions = rows("SELECT task_id, position FROM run_tasks ORDER BY position")
+    assert definitions == [("a", 0), ("b", 1), ("c", 2), ("d", 3)]
+    assert rows("SELECT name FROM schema_migrations") == [("001_initial_tables",)]
+    assert rows("PRAGMA journal_mode") == [("wal",)]
+
+
+async def test_execute_is_recorded_as_a_one_task_run() -> None:
+    executor = TaskExecutor(registry=registry_answering(lambda request: "ok"))
+    result = await executor.execute(AgentTask(task_id="T1", description="hi"), agent="worker")
+    await executor.aclose()
+    assert result.status is TaskStatus.SUCCEEDED
+    assert rows("SELECT task_id, agent, status, output FROM task_runs") == [
+        ("T1", "worker", "succeeded", "ok")
+    ]
+
+
+async def test_canary_key_never_reaches_the_ledger_or_the_logs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+
+    def leaky(request: LlmRequest) -> str:
+        raise LLMServerError(f"bad request with key {CANARY} and sk-other-abcdefghijk")
+
+    executor = TaskExecutor(registry=registry_answering(leaky, api_key=CANARY))
+    run = await executor.run([task("a")])
+    await executor.aclose()
+    assert run.results["a"].status is TaskStatus.FAILED
+    assert CANARY not in (run.results["a"].error or "")
+    for file in db_path().parent.iterdir():  # the database, its WAL and shared memory
+        assert CANARY.encode() not in file.read_bytes(), file.name
+    assert rows("SELECT error_message FROM attempts") == [
+        ("LLMServerError: bad request with key [REDACTED] and [REDACTED]",)
+    ]
+    assert CANARY not in caplog.text
+
+
+async def test_unwritable_ledger_stops_before_spending(tmp_path: Path) -> None:
+    path = tmp_path / "ro.db"
+    Ledger(f"sqlite:///{path}").close()  # create and migrate it
+    read_only = Ledger(f"sqlite:///file:{path}?mode=ro&uri=true")
+    calls: list[str] = []
+
+    def spend(request: LlmRequest) -> str:
+        calls.append(request.prompt_text())
+        return "x"
+
+    executor = TaskExecutor(registry=registry_answering(spend), ledger=read_only)
+    with pytest.raises(LedgerError, match="Could not write to the run ledger"):
+        await executor.run([task("a")])
+    assert calls == []
+
+
+def test_costs_local_known_and_unknown(caplog: pytest.LogCaptureFixture) -> None:
+    usage = Usage(input_tokens=1000, output_tokens=100)
+    assert cost_of("local", "SmolLM2", usage) == (0.0, "local")
+    assert cost_of("ollama", "llama3", usage) == (0.0, "local")
+    cost, source = cost_of("openai-gpt", "gpt-4o-mini", usage)
+    assert source == "genai-prices" and cost is not None and 0 < cost < 0.01
+    with caplog.at_level(logging.WARNING):
+        assert cost_of("openai-gpt", "no-such-model-xyz", usage)[0] is None
+    assert "no price for openai-gpt model no-such-model-xyz" in caplog.text
+    assert cost_of("openai-gpt", "gpt-4o-mini", Usage())[0] is None  # counts unknown
+
+
+def test_redact_masks_known_secrets_and_key_shapes() -> None:
+    assert redact("key=abcd1234 and Bearer abcdefghijklmnop", ["abcd1234"]) == (
+        "key=[REDACTED] and [REDACTED]"
+    )
+    assert redact(None) is None
+
+
+WRITER = """
+import anyio, sys
+from llm_abstractions import LlmFactory
+from llm_abstractions.testing import FunctionLlm
+from orchestration import AgentRegistry, AgentTask, TaskExecutor
+LlmFactory.register_provider("echo", lambda **_: FunctionLlm(lambda r: "ok"))
+registry = AgentRegistry()
+registry.register_agent("w", "echo")
+async def main():
+    executor = TaskExecutor(registry=registry, max_concurrency=8)
+    tasks = [AgentTask(task_id=f"t{i}", description="x", agent="w") for i in range(60)]
+    for _ in range(3):
+        run = await executor.run(tasks)
+        assert run.ok, run
+    await executor.aclose()
+anyio.run(main)
+"""
+
+
+def test_two_processes_writing_one_ledger_lose_no_rows() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    writers = [
+        subprocess.Popen([sys.executable, "-c", WRITER], env=env, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    for writer in writers:
+        _, err = writer.communicate(timeout=240)
+        assert writer.returncode == 0, err.decode()[-2000:]
+    assert rows("SELECT COUNT(*) FROM runs") == [(6,)]
+    assert rows("SELECT COUNT(*) FROM attempts WHERE status = 'succeeded'") == [(360,)]
+    assert rows("PRAGMA integrity_check") == [("ok",)]
