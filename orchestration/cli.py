@@ -1,7 +1,7 @@
 """The ``orchestra`` command line.
 
 Heavy modules (SDKs, the ledger's ORM) are imported inside commands, never at module level,
-so ``orchestra --help`` answers at once.
+so ``orchestra --help`` answers at once. Every command takes ``--json``.
 """
 
 from __future__ import annotations
@@ -9,9 +9,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from importlib.metadata import PackageNotFoundError, version
-from typing import Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from orchestration.ledger import Ledger
 
 app = typer.Typer(
     name="orchestra",
@@ -19,6 +23,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
 def _version_callback(value: bool) -> None:
@@ -43,25 +48,16 @@ def _root(
 
 
 @app.command()
-def providers(
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-) -> None:
+def providers(as_json: JsonOption = False) -> None:
     """Show each provider: installed, credentials present, reachable, default model."""
-    from rich.console import Console
-    from rich.table import Table
-
     from llm_abstractions import ConfigurationError, LlmFactory
 
     statuses = LlmFactory.available()
     if as_json:
         typer.echo(json.dumps([asdict(s) for s in statuses], indent=2))
         return
-    table = Table(title="Providers")
-    table.add_column("provider", no_wrap=True)
-    for column in ("ready", "installed", "key", "reachable", "default model", "note"):
-        table.add_column(column)
-    for s in statuses:
-        table.add_row(
+    rows = [
+        [
             s.name,
             _mark(s.ok),
             _mark(s.installed),
@@ -69,8 +65,12 @@ def providers(
             _mark(s.reachable),
             s.default_model or "",
             s.reason,
-        )
-    Console().print(table)
+        ]
+        for s in statuses
+    ]
+    _table(
+        "Providers", ["provider", "ready", "installed", "key", "reachable", "model", "note"], rows
+    )
     try:
         choice = LlmFactory.resolve_default()
     except ConfigurationError as exc:
@@ -79,8 +79,195 @@ def providers(
     typer.echo(f"default provider: {choice.name} ({choice.reason})")
 
 
+@app.command()
+def db() -> None:
+    """Print the ledger's path (or URL), for ``sqlite3 "$(orchestra db)"``."""
+    from orchestration.ledger import default_db_url
+
+    url = default_db_url()
+    typer.echo(_sqlite_file(url) or url)
+
+
+@app.command()
+def runs(
+    limit: Annotated[int, typer.Option(help="How many runs, newest first.")] = 20,
+    as_json: JsonOption = False,
+) -> None:
+    """List runs: id, name, status, tasks, tokens, cost, duration."""
+    from orchestration.history import list_runs
+
+    found = list_runs(_open_ledger(), limit)
+    if as_json:
+        typer.echo(json.dumps(found, indent=2))
+        return
+    rows = [
+        [
+            r["id"],
+            r["name"] or "",
+            r["status"],
+            str(r["tasks"]),
+            _tokens(r["input_tokens"], r["output_tokens"]),
+            _cost(r["cost_usd"]),
+            _seconds(r["duration_s"]),
+        ]
+        for r in found
+    ]
+    _table("Runs", ["run", "name", "status", "tasks", "tokens in/out", "cost", "duration"], rows)
+
+
+@app.command()
+def show(
+    run: Annotated[str, typer.Argument(help="Run id, or its first characters.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Show a run task by task: agent, status, method, provider, model, tokens, cost."""
+    from orchestration.history import resolve_run, run_tasks
+
+    ledger = _open_ledger()
+    run_id = _resolve(lambda: resolve_run(ledger, run))
+    tasks = run_tasks(ledger, run_id)
+    if as_json:
+        typer.echo(json.dumps({"run_id": run_id, "tasks": tasks}, indent=2))
+        return
+    columns = ["task", "agent", "status", "method", "provider", "model", "tokens in/out"]
+    columns += ["cost", "latency", "attempts", "error"]
+    rows = [
+        [
+            t["task_id"],
+            t["agent"],
+            t["status"],
+            t["execution_method"] or "",
+            t["provider"] or "",
+            t["model"] or "",
+            _tokens(t["input_tokens"], t["output_tokens"]),
+            _cost(t["cost_usd"]),
+            _seconds(t["latency_s"]),
+            str(t["attempts"]),
+            (t["error"] or "")[:80],
+        ]
+        for t in tasks
+    ]
+    _table(f"Run {run_id}", columns, rows)
+
+
+@app.command()
+def attempts(
+    run: Annotated[str, typer.Argument(help="Run id, or its first characters.")],
+    task: Annotated[str | None, typer.Option("--task", help="Only this task.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List every attempt of a run (or of one task): method, status, tokens, cost, error."""
+    from orchestration.history import resolve_run, run_attempts
+
+    ledger = _open_ledger()
+    run_id = _resolve(lambda: resolve_run(ledger, run))
+    found = run_attempts(ledger, run_id, task)
+    if as_json:
+        typer.echo(json.dumps(found, indent=2))
+        return
+    columns = ["task", "#", "method", "provider", "model", "status", "tokens in/out", "cost"]
+    columns += ["latency", "error"]
+    rows = [
+        [
+            a["task_id"],
+            str(a["attempt"]),
+            a["execution_method"],
+            a["provider"] or "",
+            a["model"] or "",
+            a["status"],
+            _tokens(a["input_tokens"], a["output_tokens"]),
+            _cost(a["cost_usd"]),
+            _seconds(a["latency_s"]),
+            (a["error_message"] or "")[:80],
+        ]
+        for a in found
+    ]
+    _table(f"Attempts of {run_id}", columns, rows)
+
+
+@app.command("run")
+def run_file(
+    file: Annotated[Path, typer.Argument(help="A Python file defining `registry` and `tasks`.")],
+    name: Annotated[str | None, typer.Option(help="A label for the run.")] = None,
+    max_concurrency: Annotated[int, typer.Option(help="Tasks at once.")] = 8,
+    as_json: JsonOption = False,
+) -> None:
+    """Run the DAG a Python file builds (module-level `registry` and `tasks`)."""
+    from orchestration.runfile import load_run_file, run_with_progress
+
+    registry, tasks = _resolve(lambda: load_run_file(file))
+    result = _resolve(
+        lambda: run_with_progress(registry, tasks, name or file.stem, max_concurrency, as_json)
+    )
+    if as_json:
+        typer.echo(result.model_dump_json(indent=2))
+    else:
+        typer.echo(f"run {result.run_id}: {result.status.value}")
+        typer.echo(f"inspect it: orchestra show {result.run_id[:12]}")
+    raise typer.Exit(0 if result.ok else 1)
+
+
+def _resolve(call: Any) -> Any:
+    """Run ``call``; a configuration error becomes a clear message and exit code 2."""
+    from llm_abstractions.errors import ConfigurationError
+
+    try:
+        return call()
+    except ConfigurationError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _open_ledger() -> Ledger:
+    from orchestration.ledger import Ledger, LedgerError, default_db_url
+
+    url = default_db_url()
+    path = _sqlite_file(url)
+    if path is not None and not Path(path).exists():
+        typer.echo(f"No ledger at {path} yet: run something first.", err=True)
+        raise typer.Exit(1)
+    try:
+        return Ledger(url)
+    except LedgerError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _sqlite_file(url: str) -> str | None:
+    from sqlalchemy.engine.url import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return None
+    return str(Path(parsed.database).resolve())
+
+
+def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for index, column in enumerate(columns):
+        table.add_column(column, no_wrap=index == 0)
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+
+
 def _mark(value: bool | None) -> str:
     return "-" if value is None else ("yes" if value else "no")
+
+
+def _tokens(tokens_in: int | None, tokens_out: int | None) -> str:
+    return f"{'-' if tokens_in is None else tokens_in}/{'-' if tokens_out is None else tokens_out}"
+
+
+def _cost(cost: float | None) -> str:
+    return "unknown" if cost is None else f"${cost:.4f}"
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}s"
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ Not here yet (see docs/PROJECT-PLAN.md): the script fallback, retries.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from time import perf_counter
@@ -121,8 +121,16 @@ class TaskExecutor:
         *,
         name: str | None = None,
         default_agent: str | None = None,
+        on_task_done: Callable[[TaskResult], None] | None = None,
     ) -> RunResult:
         """Run a DAG of tasks; validation errors are raised before anything runs.
+
+        Args:
+            tasks: The tasks; dependencies name other tasks of the list.
+            name: A label for the run, shown by ``orchestra runs``.
+            default_agent: Agent for tasks that name none.
+            on_task_done: Called with each task's final result (including skipped ones),
+                on the event loop, as soon as it is known; for progress displays.
 
         Raises:
             GraphValidationError: The graph is not runnable (every problem listed).
@@ -136,6 +144,7 @@ class TaskExecutor:
             await recorder.start_run(run.run_id, name, tasks, run.started_at)
         scheduler = _Scheduler(self, graph, {t.task_id: t for t in tasks}, default, run)
         scheduler.recorder = recorder
+        scheduler.on_task_done = on_task_done
         try:
             await scheduler.run()
         finally:
@@ -229,6 +238,7 @@ class _Scheduler:
         self.agent_limiters: dict[str, anyio.CapacityLimiter] = {}
         self.tg: anyio.abc.TaskGroup | None = None
         self.recorder: Recorder | None = None
+        self.on_task_done: Callable[[TaskResult], None] | None = None
 
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
@@ -271,7 +281,12 @@ class _Scheduler:
             # Committed before any dependent starts: a resumed run never pays for it again.
             result = await self.recorder.task_finished(run_id, task, agent, result)
         results[tid] = result
+        self._done(result)
         self._release_dependents(tid, result)
+
+    def _done(self, result: TaskResult) -> None:
+        if self.on_task_done is not None:
+            self.on_task_done(result)
 
     def _release_dependents(self, tid: str, result: TaskResult) -> None:
         results = self.run_result.results
@@ -286,6 +301,7 @@ class _Scheduler:
                         error=f"not run: task {tid!r} {result.status.value}",
                     )
                     results[descendant] = skipped
+                    self._done(skipped)
                     if self.recorder is not None:
                         agent = self._agent(self.tasks[descendant]).name
                         self.recorder.task_ended_without_running(

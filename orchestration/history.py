@@ -1,0 +1,103 @@
+"""Reading the ledger back: runs, their tasks and attempts, as plain dicts.
+
+The CLI prints these as tables or JSON; anything else can read the same tables with
+``sqlite3 "$(orchestra db)"``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import case, func
+from sqlalchemy import select as sa_select
+from sqlmodel import col, select
+
+from llm_abstractions.errors import ConfigurationError
+from orchestration.ledger import Ledger
+from orchestration.ledger_schema import AttemptRow, RunRow, TaskRunRow
+
+__all__ = ["list_runs", "resolve_run", "run_attempts", "run_tasks"]
+
+
+def list_runs(ledger: Ledger, limit: int = 20) -> list[dict[str, Any]]:
+    """The latest runs, newest first, with their token and cost totals."""
+    totals = (
+        sa_select(
+            col(TaskRunRow.run_id),
+            func.sum(col(TaskRunRow.input_tokens)).label("input_tokens"),
+            func.sum(col(TaskRunRow.output_tokens)).label("output_tokens"),
+            func.sum(col(TaskRunRow.cost_usd)).label("cost_usd"),
+            func.count(col(TaskRunRow.cost_usd)).label("priced"),
+            func.sum(case((col(TaskRunRow.status) == "succeeded", 1), else_=0)).label("succeeded"),
+        )
+        .group_by(col(TaskRunRow.run_id))
+        .subquery()
+    )
+    query = (
+        sa_select(
+            RunRow,
+            totals.c.input_tokens,
+            totals.c.output_tokens,
+            totals.c.cost_usd,
+            totals.c.priced,
+            totals.c.succeeded,
+        )
+        .join(totals, col(RunRow.id) == totals.c.run_id, isouter=True)
+        .order_by(col(RunRow.started_at).desc())
+        .limit(limit)
+    )
+    out = []
+    with ledger.session() as session:
+        for run, tokens_in, tokens_out, cost_sum, priced, succeeded in session.execute(query):
+            duration = (
+                (run.finished_at - run.started_at).total_seconds() if run.finished_at else None
+            )
+            # A run's cost is known only when every task that ran has a known price.
+            cost = cost_sum if priced == succeeded else None
+            out.append(
+                {
+                    "id": run.id,
+                    "name": run.name,
+                    "status": run.status,
+                    "tasks": run.task_count,
+                    "input_tokens": tokens_in,
+                    "output_tokens": tokens_out,
+                    "cost_usd": cost,
+                    "started_at": run.started_at.isoformat(),
+                    "duration_s": duration,
+                }
+            )
+    return out
+
+
+def resolve_run(ledger: Ledger, ref: str) -> str:
+    """The full id of the run whose id is ``ref`` or starts with it.
+
+    Raises:
+        ConfigurationError: No run, or several, match.
+    """
+    with ledger.session() as session:
+        ids = session.exec(select(RunRow.id).where(col(RunRow.id).startswith(ref)).limit(3)).all()
+    if len(ids) == 1:
+        return ids[0]
+    if not ids:
+        raise ConfigurationError(f"No run {ref!r} in {ledger.url}; `orchestra runs` lists them.")
+    raise ConfigurationError(f"{ref!r} matches several runs ({', '.join(ids)}...); give more.")
+
+
+def run_tasks(ledger: Ledger, run_id: str) -> list[dict[str, Any]]:
+    """Every task of a run with its latest state."""
+    with ledger.session() as session:
+        query = select(TaskRunRow).where(col(TaskRunRow.run_id) == run_id)
+        found = session.exec(query.order_by(col(TaskRunRow.started_at))).all()
+        return [row.model_dump(mode="json") for row in found]
+
+
+def run_attempts(ledger: Ledger, run_id: str, task_id: str | None = None) -> list[dict[str, Any]]:
+    """Every attempt of a run (or of one of its tasks), in order."""
+    query = select(AttemptRow).where(col(AttemptRow.run_id) == run_id)
+    if task_id is not None:
+        query = query.where(col(AttemptRow.task_id) == task_id)
+    with ledger.session() as session:
+        found = session.exec(query.order_by(col(AttemptRow.id))).all()
+        return [row.model_dump(mode="json") for row in found]
