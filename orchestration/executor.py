@@ -9,16 +9,19 @@ prompt (see ``prompts.build_request``).
 Every run, task and attempt is recorded in the run ledger (``orchestration.ledger``) unless
 ``record=False``; a task's result is committed before its dependents start.
 
-Not here yet (see docs/PROJECT-PLAN.md): the script fallback, retries.
+Each task gets one in-process attempt through its provider; when the provider cannot serve
+(SDK missing, unreachable, a failure retrying could fix) and the agent allows it, one more
+through the bundled stdlib-only script (``scripts/llm_call.py``). Agents whose interface is
+``script`` or ``cli`` run their own script. Retries and fallback chains come later (see
+docs/PROJECT-PLAN.md).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
-from time import perf_counter
 from typing import TYPE_CHECKING
 
 import anyio
@@ -26,12 +29,11 @@ import anyio.abc
 from pydantic import BaseModel, Field
 
 from llm_abstractions.base import BaseLlm
-from llm_abstractions.errors import ConfigurationError, OrchestraError
-from orchestration.accounting import agent_secrets, redact
-from orchestration.agent_registry import AgentConfig, AgentRegistry
+from llm_abstractions.errors import ConfigurationError
+from orchestration.agent_registry import AgentConfig, AgentInterface, AgentRegistry
 from orchestration.graph import validate_tasks
 from orchestration.prompts import build_request
-from orchestration.tasks import AgentTask, ExecutionMethod, TaskResult, TaskStatus
+from orchestration.tasks import AgentTask, TaskResult, TaskStatus
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -189,32 +191,32 @@ class TaskExecutor:
 
     async def _run_task(
         self, task: AgentTask, agent: AgentConfig, upstream: dict[str, str]
-    ) -> TaskResult:
-        started = perf_counter()
-        base = {"execution_method": ExecutionMethod.LLM_FACTORY.value, "provider": agent.agent_type}
+    ) -> list[TaskResult]:
+        """Every attempt at ``task``, in order; the last one is the task's outcome."""
+        from orchestration.attempts import can_fall_back, llm_attempt, script_attempt
+
         try:
             request = build_request(task, agent, upstream)
-            llm = self._provider(agent)
-            with anyio.fail_after(task.timeout):
-                response = await llm.generate(request)
-        except TimeoutError as exc:
-            error = f"timed out after {task.timeout} s"
-            meta = {**base, "model": agent.model, "error_type": type(exc).__name__}
-            return _failed(task, error, perf_counter() - started, meta)
-        except OrchestraError as exc:
-            # Providers may echo what they were sent; keys must not travel further.
-            error = redact(f"{type(exc).__name__}: {exc}", agent_secrets(agent)) or ""
-            meta = {**base, "model": agent.model, "error_type": type(exc).__name__}
-            return _failed(task, error, perf_counter() - started, meta)
-        return TaskResult(
-            task_id=task.task_id,
-            status=TaskStatus.SUCCEEDED,
-            output=response.text,
-            usage=response.usage,
-            latency_s=perf_counter() - started,
-            attempts=1,
-            metadata={**base, "model": response.model, "finish_reason": response.finish_reason},
-        )
+        except ConfigurationError as exc:  # bad settings: nothing to try
+            failed = TaskResult(
+                task_id=task.task_id,
+                status=TaskStatus.FAILED,
+                error=f"{type(exc).__name__}: {exc}",
+                attempts=1,
+                metadata={
+                    "execution_method": None,
+                    "provider": agent.agent_type,
+                    "model": agent.model,
+                    "error_type": type(exc).__name__,
+                },
+            )
+            return [failed]
+        if agent.interface is not AgentInterface.API:
+            return [await script_attempt(task, agent, request)]
+        first = await llm_attempt(task, agent, request, lambda: self._provider(agent))
+        if first.succeeded or not can_fall_back(agent, first):
+            return [first]
+        return [first, await script_attempt(task, agent, request)]
 
 
 class _Scheduler:
@@ -270,7 +272,7 @@ class _Scheduler:
                 results[tid] = TaskResult(task_id=tid, status=TaskStatus.RUNNING)
                 if self.recorder is not None:
                     self.recorder.task_started(run_id, task, agent)
-                result = await self.executor._run_task(task, agent, upstream)
+                tries = await self.executor._run_task(task, agent, upstream)
         except anyio.get_cancelled_exc_class():
             cancelled = TaskResult(task_id=tid, status=TaskStatus.CANCELLED, error="cancelled")
             results[tid] = cancelled
@@ -279,7 +281,8 @@ class _Scheduler:
             raise
         if self.recorder is not None:
             # Committed before any dependent starts: a resumed run never pays for it again.
-            result = await self.recorder.task_finished(run_id, task, agent, result)
+            tries = await self.recorder.task_finished(run_id, task, agent, tries)
+        result = tries[-1].model_copy(update={"attempts": len(tries)})
         results[tid] = result
         self._done(result)
         self._release_dependents(tid, result)
@@ -313,19 +316,6 @@ class _Scheduler:
             if self.waiting_on[child] == 0 and child not in results:
                 assert self.tg is not None  # noqa: S101 - set before any task runs
                 self.tg.start_soon(self._run_one, child, name=f"task {child}")
-
-
-def _failed(
-    task: AgentTask, error: str, latency: float, metadata: Mapping[str, object]
-) -> TaskResult:
-    return TaskResult(
-        task_id=task.task_id,
-        status=TaskStatus.FAILED,
-        error=error,
-        latency_s=latency,
-        attempts=1,
-        metadata=dict(metadata),
-    )
 
 
 def _run_status(run: RunResult, task_count: int) -> RunStatus:

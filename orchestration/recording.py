@@ -68,49 +68,32 @@ class Recorder:
         self.ledger.write_soon(lambda session: _upsert(session, row))
 
     async def task_finished(
-        self, run_id: str, task: AgentTask, agent: AgentConfig, result: TaskResult
-    ) -> TaskResult:
-        """Record the attempt and the task's result; return the result with its cost."""
+        self, run_id: str, task: AgentTask, agent: AgentConfig, tries: list[TaskResult]
+    ) -> list[TaskResult]:
+        """Record every attempt and the task's outcome; return the attempts with their cost."""
         finished = datetime.now(UTC)
-        started = finished - timedelta(seconds=result.latency_s or 0.0)
-        provider = str(result.metadata.get("provider") or agent.agent_type)
-        model = result.metadata.get("model")
-        cost, source = (None, "not run")
-        if result.succeeded:
-            cost, source = cost_of(provider, str(model) if model else None, result.usage)
-        result = result.model_copy(update={"cost_usd": cost})
-        error = redact(result.error, agent_secrets(agent))
-        usage = result.usage
-        attempt = AttemptRow(
-            run_id=run_id,
-            task_id=task.task_id,
-            agent=agent.name,
-            attempt=result.attempts or 1,
-            execution_method=str(result.metadata.get("execution_method")),
-            provider=provider,
-            model=str(model) if model else None,
-            status=result.status.value,
-            error_type=result.metadata.get("error_type"),
-            error_message=error,
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            cache_read_input_tokens=usage.cache_read_tokens,
-            cache_creation_input_tokens=usage.cache_write_tokens,
-            reasoning_output_tokens=usage.reasoning_tokens,
-            cost_usd=cost,
-            price_source=source,
-            latency_s=result.latency_s,
-            started_at=started,
-            finished_at=finished,
-        )
-        row = _task_row(run_id, task, agent, result, error, started, finished)
+        priced: list[TaskResult] = []
+        rows: list[AttemptRow] = []
+        elapsed = sum(t.latency_s or 0.0 for t in tries)
+        started = finished - timedelta(seconds=elapsed)
+        attempt_start = started
+        for number, attempt in enumerate(tries, start=1):
+            attempt_end = attempt_start + timedelta(seconds=attempt.latency_s or 0.0)
+            row, attempt = _attempt_row(
+                run_id, task, agent, number, attempt, attempt_start, attempt_end
+            )
+            rows.append(row)
+            priced.append(attempt)
+            attempt_start = attempt_end
+        final = priced[-1].model_copy(update={"attempts": len(priced)})
+        task_row = _task_row(run_id, task, agent, final, started, finished)
 
         def write(session: Session) -> None:
-            session.add(attempt)
-            _upsert(session, row)
+            session.add_all(rows)
+            _upsert(session, task_row)
 
         await self.ledger.write(write)
-        return result
+        return priced
 
     def task_ended_without_running(
         self, run_id: str, task_id: str, agent: str, result: TaskResult
@@ -140,12 +123,52 @@ class Recorder:
             await self.ledger.write(write)
 
 
+def _attempt_row(
+    run_id: str,
+    task: AgentTask,
+    agent: AgentConfig,
+    number: int,
+    attempt: TaskResult,
+    started: datetime,
+    finished: datetime,
+) -> tuple[AttemptRow, TaskResult]:
+    meta = attempt.metadata
+    provider = str(meta.get("provider") or agent.agent_type)
+    model = str(meta["model"]) if meta.get("model") else None
+    cost, source = (None, "not charged: failed") if not attempt.succeeded else (None, "")
+    if attempt.succeeded:
+        cost, source = cost_of(provider, model, attempt.usage)
+    usage = attempt.usage
+    row = AttemptRow(
+        run_id=run_id,
+        task_id=task.task_id,
+        agent=agent.name,
+        attempt=number,
+        execution_method=str(meta.get("execution_method")),
+        provider=provider,
+        model=model,
+        status=attempt.status.value,
+        error_type=meta.get("error_type"),
+        error_message=redact(attempt.error, agent_secrets(agent)),
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cache_read_input_tokens=usage.cache_read_tokens,
+        cache_creation_input_tokens=usage.cache_write_tokens,
+        reasoning_output_tokens=usage.reasoning_tokens,
+        cost_usd=cost,
+        price_source=source,
+        latency_s=attempt.latency_s,
+        started_at=started,
+        finished_at=finished,
+    )
+    return row, attempt.model_copy(update={"cost_usd": cost})
+
+
 def _task_row(
     run_id: str,
     task: AgentTask,
     agent: AgentConfig,
     result: TaskResult,
-    error: str | None,
     started: datetime,
     finished: datetime,
 ) -> TaskRunRow:
@@ -156,7 +179,7 @@ def _task_row(
         agent=agent.name,
         status=result.status.value,
         output=result.output,
-        error=error,
+        error=redact(result.error, agent_secrets(agent)),
         attempts=result.attempts,
         execution_method=meta.get("execution_method"),
         provider=meta.get("provider"),

@@ -110,6 +110,12 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPath
     ledger_dir = tmp_path_factory.mktemp("ledger")
     monkeypatch.setenv("ORCHESTRA_DB_URL", f"sqlite:///{ledger_dir / 'runs.db'}")
     monkeypatch.setenv("ORCHESTRA_LMSTUDIO_URL", f"http://127.0.0.1:{_closed_port()}/v1")
+    # The script fallback runs in a subprocess, out of the socket guard's reach: point every
+    # provider it can call at a closed loopback port so that no test can leave the machine.
+    for var in ("ANTHROPIC_BASE_URL", "ORCHESTRA_GEMINI_BASE_URL"):
+        monkeypatch.setenv(var, f"http://127.0.0.1:{_closed_port()}")
+    for var in ("OPENAI_BASE_URL", "ORCHESTRA_HF_BASE_URL"):
+        monkeypatch.setenv(var, f"http://127.0.0.1:{_closed_port()}/v1")
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,207 @@
+"""One attempt at a task, by one execution method: in-process provider or script.
+
+Each function returns a ``TaskResult`` describing that attempt alone (status, output, usage,
+latency, and ``metadata`` with ``execution_method``, ``provider``, ``model``,
+``error_type``); the executor decides what to try next and records every attempt.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from time import perf_counter
+from typing import Any
+
+import anyio
+
+from llm_abstractions.base import BaseLlm
+from llm_abstractions.errors import (
+    LLMError,
+    OrchestraError,
+    ProviderNotImplementedError,
+    ProviderNotInstalledError,
+)
+from llm_abstractions.types import LlmRequest, Usage
+from orchestration.accounting import agent_secrets, redact
+from orchestration.agent_registry import AgentConfig, AgentInterface
+from orchestration.subprocess_runner import ScriptError, run_script
+from orchestration.tasks import AgentTask, ExecutionMethod, TaskResult, TaskStatus
+
+__all__ = ["BUNDLED_SCRIPT", "can_fall_back", "llm_attempt", "script_attempt"]
+
+BUNDLED_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "llm_call.py"
+DEFAULT_SCRIPT_TIMEOUT_S = 120.0
+DEFAULT_SCRIPT_OUTPUT = 1_000_000
+# What the bundled script needs from the environment, per provider: keys, then base URLs.
+_SCRIPT_ENV = {
+    "anthropic-claude": ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"),
+    "openai-gpt": ("OPENAI_API_KEY", "OPENAI_BASE_URL"),
+    "google-gemini": ("GOOGLE_API_KEY", "GEMINI_API_KEY", "ORCHESTRA_GEMINI_BASE_URL"),
+    "huggingface": ("HF_TOKEN", "ORCHESTRA_HF_BASE_URL"),
+    "ollama": ("OLLAMA_HOST",),
+    "lmstudio": ("ORCHESTRA_LMSTUDIO_URL",),
+}
+
+
+async def llm_attempt(
+    task: AgentTask, agent: AgentConfig, request: LlmRequest, build: Any
+) -> TaskResult:
+    """Answer through the agent's provider in this process; ``build()`` returns it."""
+    started = perf_counter()
+    meta: dict[str, Any] = {
+        "execution_method": ExecutionMethod.LLM_FACTORY.value,
+        "provider": agent.agent_type,
+        "model": agent.model,
+    }
+    try:
+        llm: BaseLlm = build()
+        with anyio.fail_after(task.timeout):
+            response = await llm.generate(request)
+    except (TimeoutError, OrchestraError) as exc:
+        return _failed(task, agent, exc, perf_counter() - started, meta)
+    meta.update(model=response.model, finish_reason=response.finish_reason)
+    return TaskResult(
+        task_id=task.task_id,
+        status=TaskStatus.SUCCEEDED,
+        output=response.text,
+        usage=response.usage,
+        latency_s=perf_counter() - started,
+        attempts=1,
+        metadata=meta,
+    )
+
+
+def can_fall_back(agent: AgentConfig, failed: TaskResult) -> bool:
+    """Whether a failed in-process attempt should be retried through the bundled script.
+
+    Only when the provider could not serve (SDK missing, not shipped, unreachable, or a
+    failure retrying could fix) and the agent allows it: never for the user's own mistakes
+    (a missing key, a bad request) or for answers a script would get the same way.
+    """
+    if agent.interface is not AgentInterface.API or not agent.script_fallback:
+        return False
+    if agent.agent_type not in _SCRIPT_ENV or not BUNDLED_SCRIPT.is_file():
+        return False
+    return bool(failed.metadata.get("provider_unavailable"))
+
+
+async def script_attempt(task: AgentTask, agent: AgentConfig, request: LlmRequest) -> TaskResult:
+    """Run the agent's own script (SCRIPT/CLI agents) or the bundled HTTP fallback."""
+    started = perf_counter()
+    own = agent.script is not None and agent.interface is not AgentInterface.API
+    if own and agent.script is not None:
+        argv = list(agent.script.command)
+        limit_s, max_out, cwd = (
+            agent.script.timeout_s,
+            agent.script.max_output_bytes,
+            agent.script.cwd,
+        )
+        env: dict[str, str] = {}
+        payload = _own_payload(task, agent, request)
+    else:
+        argv = [sys.executable, "-I", str(BUNDLED_SCRIPT)]
+        limit_s, max_out, cwd = DEFAULT_SCRIPT_TIMEOUT_S, DEFAULT_SCRIPT_OUTPUT, None
+        env = _provider_env(agent)
+        payload = _fallback_payload(agent, request)
+    timeout_s = min(limit_s, task.timeout) if task.timeout else limit_s
+    payload["timeout_s"] = timeout_s
+    meta: dict[str, Any] = {
+        "execution_method": ExecutionMethod.SCRIPT.value,
+        "provider": agent.agent_type,
+        "model": payload.get("model"),
+    }
+    try:
+        outcome = await run_script(
+            argv, payload, timeout_s=timeout_s, max_output_bytes=max_out, env=env, cwd=cwd
+        )
+        answer = outcome.answer
+        output = answer["output"]
+        if not isinstance(output, str):
+            raise ScriptError("protocol", "the script's `output` is not a string")
+    except (ScriptError, KeyError, OSError) as exc:
+        return _failed(task, agent, exc, perf_counter() - started, meta)
+    usage = answer.get("usage") or {}
+    meta.update(
+        model=answer.get("model") or meta["model"], finish_reason=answer.get("finish_reason")
+    )
+    return TaskResult(
+        task_id=task.task_id,
+        status=TaskStatus.SUCCEEDED,
+        output=output,
+        usage=Usage(
+            input_tokens=_count(usage.get("input_tokens")),
+            output_tokens=_count(usage.get("output_tokens")),
+        ),
+        latency_s=perf_counter() - started,
+        attempts=1,
+        metadata=meta,
+    )
+
+
+def _failed(
+    task: AgentTask, agent: AgentConfig, exc: BaseException, latency: float, meta: dict[str, Any]
+) -> TaskResult:
+    if isinstance(exc, TimeoutError) and not isinstance(exc, LLMError):
+        message = f"timed out after {task.timeout} s"
+    else:
+        # Providers and scripts may echo what they were sent; keys must not travel further.
+        message = f"{type(exc).__name__}: {exc}"
+    unavailable = isinstance(exc, ProviderNotInstalledError | ProviderNotImplementedError) or (
+        isinstance(exc, LLMError) and exc.retryable
+    )
+    error_type = f"script:{exc.kind}" if isinstance(exc, ScriptError) else type(exc).__name__
+    return TaskResult(
+        task_id=task.task_id,
+        status=TaskStatus.FAILED,
+        error=redact(message, agent_secrets(agent)),
+        latency_s=latency,
+        attempts=1,
+        metadata={**meta, "error_type": error_type, "provider_unavailable": unavailable},
+    )
+
+
+def _messages(request: LlmRequest) -> list[dict[str, str]]:
+    return [{"role": m.role, "content": m.content} for m in request.messages]
+
+
+def _fallback_payload(agent: AgentConfig, request: LlmRequest) -> dict[str, Any]:
+    from llm_abstractions.factory import LlmFactory
+
+    return {
+        "provider": agent.agent_type,
+        "model": agent.model or LlmFactory.spec(agent.agent_type).default_model,
+        "system": request.system,
+        "messages": _messages(request),
+        "max_tokens": request.max_tokens,
+        "temperature": request.temperature,
+    }
+
+
+def _own_payload(task: AgentTask, agent: AgentConfig, request: LlmRequest) -> dict[str, Any]:
+    return {
+        "task_id": task.task_id,
+        "agent": agent.name,
+        "model": agent.model,
+        "description": task.description,
+        "prompt": request.messages[-1].content,
+        "system": request.system,
+        "messages": _messages(request),
+        "metadata": task.metadata,
+    }
+
+
+def _provider_env(agent: AgentConfig) -> dict[str, str]:
+    """Only this provider's variables, with the agent's own key under the standard name."""
+    names = _SCRIPT_ENV.get(agent.agent_type, ())
+    env = {name: os.environ[name] for name in names if os.environ.get(name)}
+    if agent.api_key is not None or agent.api_key_env:
+        key_names = [n for n in names if not n.endswith(("_URL", "_HOST"))]
+        key = agent.resolved_api_key()
+        if key and key_names:
+            env[key_names[0]] = key
+    return env
+
+
+def _count(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
