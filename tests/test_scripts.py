@@ -1,0 +1,224 @@
+"""Script execution: the bundled HTTP fallback and users' own script agents."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from orchestration import AgentRegistry, AgentTask, TaskExecutor, TaskStatus
+from orchestration.ledger import default_db_url
+
+pytestmark = pytest.mark.anyio
+KEY = "sk-loopback-test-key-123"
+
+
+class ChatServer(BaseHTTPRequestHandler):
+    """Just enough of OpenAI's chat completions for the bundled script."""
+
+    seen: list[dict[str, Any]] = []
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        ChatServer.seen.append({"path": self.path, "auth": self.headers["Authorization"], **body})
+        answer = {
+            "id": "chatcmpl-1",
+            "model": body["model"],
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": "from loopback"},
+                }
+            ],
+            "usage": {"prompt_tokens": 11, "completion_tokens": 2, "total_tokens": 13},
+        }
+        data = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def chat_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    ChatServer.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ChatServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    monkeypatch.setenv("OPENAI_BASE_URL", url)
+    yield url
+    server.shutdown()
+    server.server_close()
+
+
+async def test_unavailable_provider_falls_back_to_the_script(chat_server: str) -> None:
+    registry = AgentRegistry()
+    registry.register_agent(
+        "gpt", "openai-gpt", model="gpt-4o-mini", api_key=KEY, metadata={"max_tokens": 20}
+    )
+    executor = TaskExecutor(registry=registry)
+    task = AgentTask(task_id="T1", description="Say hello", metadata={"system_prompt": "brief"})
+    result = await executor.execute(task, agent="gpt")
+    await executor.aclose()
+    assert result.status is TaskStatus.SUCCEEDED, result.error
+    assert result.output == "from loopback"
+    assert result.metadata["execution_method"] == "script"
+    assert (result.usage.input_tokens, result.usage.output_tokens) == (11, 2)
+    assert result.attempts == 2
+    (request,) = ChatServer.seen
+    assert request["path"] == "/v1/chat/completions"
+    assert request["auth"] == f"Bearer {KEY}"  # the agent's key, passed in the environment
+    assert request["messages"][0] == {"role": "system", "content": "brief"}
+    assert request["max_tokens"] == 20
+    with sqlite3.connect(default_db_url().removeprefix("sqlite:///")) as db:
+        attempts = db.execute(
+            "SELECT attempt, execution_method, status, error_type, cost_usd FROM attempts"
+        ).fetchall()
+    assert attempts[0][:4] == (1, "llm_factory", "failed", "ProviderNotImplementedError")
+    assert attempts[1][:3] == (2, "script", "succeeded")
+    assert attempts[1][4] is not None and attempts[1][4] > 0  # priced by genai-prices
+
+
+async def test_no_fallback_when_the_agent_forbids_it(chat_server: str) -> None:
+    registry = AgentRegistry()
+    registry.register_agent("gpt", "openai-gpt", api_key=KEY, script_fallback=False)
+    result = await TaskExecutor(registry=registry).execute(
+        AgentTask(task_id="T", description="x"), agent="gpt"
+    )
+    assert result.status is TaskStatus.FAILED and result.attempts == 1
+    assert ChatServer.seen == []
+
+
+def script_agent(tmp_path: Path, body: str, **script: Any) -> AgentRegistry:
+    path = tmp_path / "agent.py"
+    path.write_text(body)
+    registry = AgentRegistry()
+    registry.register_agent(
+        "tool",
+        "local",
+        interface="script",
+        script={"command": [sys.executable, str(path)], **script},
+    )
+    return registry
+
+
+async def run_tool(registry: AgentRegistry, **task: Any) -> Any:
+    executor = TaskExecutor(registry=registry)
+    try:
+        return await executor.execute(
+            AgentTask(task_id="T", description="describe", **task), agent="tool"
+        )
+    finally:
+        await executor.aclose()
+
+
+ECHO = """
+import json, os, sys
+request = json.load(sys.stdin)
+print(json.dumps({"output": request["prompt"].upper(), "usage": {"input_tokens": 3}}))
+"""
+
+
+async def test_script_agent_gets_the_task_on_stdin(tmp_path: Path) -> None:
+    result = await run_tool(script_agent(tmp_path, ECHO))
+    assert result.status is TaskStatus.SUCCEEDED, result.error
+    assert result.output == "DESCRIBE"
+    assert result.metadata["execution_method"] == "script"
+    assert (result.usage.input_tokens, result.usage.output_tokens) == (3, None)
+
+
+ENV_DUMP = """
+import json, os, sys
+json.load(sys.stdin)
+print(json.dumps({"output": json.dumps(sorted(os.environ))}))
+"""
+
+
+async def test_script_environment_holds_nothing_it_was_not_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SOME_SECRET_OF_THE_PARENT", "hunter2")
+    result = await run_tool(script_agent(tmp_path, ENV_DUMP))
+    names = set(json.loads(result.output))
+    assert "SOME_SECRET_OF_THE_PARENT" not in names
+    assert names <= {"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ", "LC_CTYPE", "PWD"}
+
+
+HANG = """
+import json, os, subprocess, sys, time
+json.load(sys.stdin)
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+with open(os.environ["HOME"] + "/child.pid", "w") as f:
+    f.write(str(child.pid))
+time.sleep(600)
+"""
+
+
+async def test_hung_script_is_killed_with_its_child(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    result = await run_tool(script_agent(tmp_path, HANG, timeout_s=1.5))
+    assert result.status is TaskStatus.FAILED
+    assert result.metadata["error_type"] == "script:timeout"
+    child = int((tmp_path / "child.pid").read_text())
+    for _ in range(200):  # SIGKILL is delivered at once, but reaping the child can lag
+        if not _alive(child):
+            break
+        await anyio.sleep(0.05)
+    assert not _alive(child), "the script's child outlived the timeout"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers; it is dead for our purpose.
+    status = Path(f"/proc/{pid}/status")
+    return not (status.exists() and "State:\tZ" in status.read_text())
+
+
+@pytest.mark.parametrize(
+    ("body", "error_type", "needle"),
+    [
+        (
+            "import sys; sys.stdin.read(); print('not json at all')",
+            "script:protocol",
+            "one JSON object",
+        ),
+        (
+            "import sys; sys.stdin.read(); sys.stderr.write('kaboom happened'); sys.exit(3)",
+            "script:exit",
+            "kaboom happened",
+        ),
+        ("import sys; sys.stdin.read(); print('[1, 2]')", "script:protocol", "one JSON object"),
+        ("import sys; sys.stdin.read(); print('{\"usage\": {}}')", "KeyError", "output"),
+        (
+            "import sys; sys.stdin.read(); sys.stdout.write('x' * 5_000_000)",
+            "script:output",
+            "more than 10000 bytes",
+        ),
+    ],
+)
+async def test_bad_scripts_fail_cleanly(
+    tmp_path: Path, body: str, error_type: str, needle: str
+) -> None:
+    result = await run_tool(script_agent(tmp_path, body, max_output_bytes=10_000, timeout_s=30))
+    assert result.status is TaskStatus.FAILED
+    assert result.metadata["error_type"] == error_type
+    assert needle in (result.error or "")
