@@ -282,6 +282,8 @@ class _Scheduler:
         if self.recorder is not None:
             # Committed before any dependent starts: a resumed run never pays for it again.
             tries = await self.recorder.task_finished(run_id, task, agent, tries)
+        for number, attempt in enumerate(tries, start=1):
+            _log_attempt(run_id, task, agent, number, attempt)
         result = tries[-1].model_copy(update={"attempts": len(tries)})
         results[tid] = result
         self._done(result)
@@ -316,6 +318,32 @@ class _Scheduler:
             if self.waiting_on[child] == 0 and child not in results:
                 assert self.tg is not None  # noqa: S101 - set before any task runs
                 self.tg.start_soon(self._run_one, child, name=f"task {child}")
+
+
+def _log_attempt(
+    run_id: str, task: AgentTask, agent: AgentConfig, number: int, attempt: TaskResult
+) -> None:
+    """One structured event per attempt; errors are already redacted, keys never passed."""
+    import structlog
+
+    meta = attempt.metadata
+    structlog.get_logger("orchestra").info(
+        "attempt",
+        run=run_id,
+        task=task.task_id,
+        agent=agent.name,
+        attempt=number,
+        method=meta.get("execution_method"),
+        provider=meta.get("provider"),
+        model=meta.get("model"),
+        status=attempt.status.value,
+        error_type=meta.get("error_type"),
+        error=attempt.error,
+        input_tokens=attempt.usage.input_tokens,
+        output_tokens=attempt.usage.output_tokens,
+        cost_usd=attempt.cost_usd,
+        latency_s=attempt.latency_s,
+    )
 
 
 def _run_status(run: RunResult, task_count: int) -> RunStatus:

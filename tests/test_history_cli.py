@@ -127,3 +127,12 @@ def test_run_file_without_registry_or_tasks(tmp_path: Path, text: str, needle: s
     result = runner.invoke(app, ["run", str(script)])
     assert result.exit_code == 2
     assert needle in result.output
+
+
+def test_verbose_logs_go_to_stderr_and_json_stays_clean(tmp_path: Path) -> None:
+    script = tmp_path / "pipeline.py"
+    script.write_text(RUN_FILE)
+    result = runner.invoke(app, ["-v", "run", str(script), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["status"] == "succeeded"
+    assert result.stderr.count("] attempt ") == 2  # one event per attempt

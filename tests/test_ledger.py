@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
+import structlog.testing
 
 from llm_abstractions import LlmFactory, LlmRequest, LLMServerError, Usage
 from llm_abstractions.testing import FunctionLlm
@@ -91,8 +93,11 @@ async def test_canary_key_never_reaches_the_ledger_or_the_logs(
         raise LLMServerError(f"bad request with key {CANARY} and sk-other-abcdefghijk")
 
     executor = TaskExecutor(registry=registry_answering(leaky, api_key=CANARY))
-    run = await executor.run([task("a")])
+    with structlog.testing.capture_logs() as events:
+        run = await executor.run([task("a")])
     await executor.aclose()
+    assert [(e["event"], e["task"], e["status"]) for e in events] == [("attempt", "a", "failed")]
+    assert CANARY not in repr(events)
     assert run.results["a"].status is TaskStatus.FAILED
     assert CANARY not in (run.results["a"].error or "")
     for file in db_path().parent.iterdir():  # the database, its WAL and shared memory
