@@ -62,7 +62,8 @@ def _configure_logging(verbose: bool) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.INFO if verbose else logging.WARNING
         ),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        # Resolved at each use: whatever sys.stderr is then (test runners swap it).
+        logger_factory=lambda *_: structlog.PrintLogger(sys.stderr),
     )
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import structlog
 
 from llm_abstractions import LlmFactory
 
@@ -123,6 +124,7 @@ def fresh_factory() -> Iterator[None]:
     LlmFactory.reset()
     yield
     LlmFactory.reset()
+    structlog.reset_defaults()  # the CLI configures logging for the whole process
 
 
 @pytest.fixture
