@@ -48,23 +48,9 @@ def _root(
     ] = False,
 ) -> None:
     """Run teams of LLM agents and inspect what they did."""
-    _configure_logging(verbose)
+    from orchestration.logs import configure_logging
 
-
-def _configure_logging(verbose: bool) -> None:
-    """Logs go to stderr, so that stdout stays clean for tables and --json."""
-    import logging
-    import sys
-
-    import structlog
-
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.INFO if verbose else logging.WARNING
-        ),
-        # Resolved at each use: whatever sys.stderr is then (test runners swap it).
-        logger_factory=lambda *_: structlog.PrintLogger(sys.stderr),
-    )
+    configure_logging(verbose)
 
 
 @app.command()

@@ -80,3 +80,33 @@ def test_providers_with_misspelt_orchestra_provider_says_so(
     assert result.exit_code == 2
     assert "Did you mean 'local'?" in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+@pytest.mark.model
+def test_team_demo_runs_its_dag_and_records_every_task() -> None:
+    import os
+    import sqlite3
+
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "demos" / "team.py"), "--max-tokens", "8"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "COLUMNS": "160"},
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    run_id = done.stdout.split("orchestra show ")[1].split()[0]
+    database = os.environ["ORCHESTRA_DB_URL"].removeprefix("sqlite:///")
+    with sqlite3.connect(database) as db:
+        rows = db.execute(
+            "SELECT task_id, status, execution_method, cost_usd FROM task_runs "
+            "WHERE run_id LIKE ? ORDER BY task_id",
+            (run_id + "%",),
+        ).fetchall()
+    assert rows == [
+        ("outline", "succeeded", "llm_factory", 0.0),
+        ("pitch", "succeeded", "llm_factory", 0.0),
+        ("review", "succeeded", "llm_factory", 0.0),
+        ("risks", "succeeded", "llm_factory", 0.0),
+    ]
