@@ -1,8 +1,11 @@
 """The run ledger: every run, task and attempt, in SQLite (or any SQLAlchemy database).
 
-Writes go through one writer thread per ledger. Callers queue a write and await its
-commit; the writer takes every write queued so far and commits them in one transaction
-(group commit), so many tasks finishing together cost one fsync, and the event loop never
+Writes go through one writer thread per ledger. A write is a list of operations (a rank, a
+SQL statement, its parameters); callers queue one and await its commit. The writer takes
+every write queued so far and commits them in one transaction (group commit): operations
+are ordered by rank (stable, so a task's "running" row always precedes its result) and
+each statement runs once with all its parameter sets (``executemany``). Many tasks
+finishing together cost one transaction and a few statements, and the event loop never
 blocks on the database. On SQLite the database is in WAL mode with a busy timeout, and each
 transaction starts with ``BEGIN IMMEDIATE`` so that two writing processes queue for the
 lock instead of failing on upgrade. Schema migrations run when the ledger opens.
@@ -16,14 +19,14 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from collections.abc import Callable
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine.url import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlmodel import Session
 
 from llm_abstractions.errors import OrchestraError
@@ -34,7 +37,8 @@ __all__ = ["DEFAULT_DB_PATH", "Ledger", "LedgerError", "default_db_url"]
 
 DEFAULT_DB_PATH = Path(".orchestra") / "runs.db"
 BUSY_TIMEOUT_S = 30.0
-Write = Callable[[Session], None]
+Operation = tuple[int, Any, dict[str, Any] | list[dict[str, Any]]]
+Write = list[Operation]
 
 
 class LedgerError(OrchestraError):
@@ -65,15 +69,26 @@ class Ledger:
     def __init__(self, url: str | None = None) -> None:
         self.url = url or default_db_url()
         self.engine = _make_engine(self.url)
-        try:
-            with self.engine.begin() as connection:
-                migrate(connection)
-        except SQLAlchemyError as exc:
-            raise LedgerError(f"Cannot open the run ledger at {self.url}: {exc}") from exc
+        self._migrate()
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._failure: LedgerError | None = None
         self._thread = threading.Thread(target=self._serve, name="orchestra-ledger", daemon=True)
         self._thread.start()
+
+    def _migrate(self) -> None:
+        # Switching a new SQLite file to WAL can answer "locked" at once, without waiting on
+        # the busy timeout, when another process opens it at the same moment: retry briefly.
+        for attempt in range(8):
+            try:
+                with self.engine.begin() as connection:
+                    migrate(connection)
+                return
+            except OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 7:
+                    raise LedgerError(f"Cannot open the run ledger at {self.url}: {exc}") from exc
+                time.sleep(0.05 * 2**attempt)
+            except SQLAlchemyError as exc:
+                raise LedgerError(f"Cannot open the run ledger at {self.url}: {exc}") from exc
 
     @property
     def path(self) -> Path | None:
@@ -134,10 +149,13 @@ class Ledger:
                 return
 
     def _commit(self, batch: list[_Job]) -> None:
+        operations = sorted(
+            (op for job in batch for op in job.write), key=lambda op: op[0]
+        )  # stable: equal ranks keep their queue order
         try:
             with Session(self.engine) as session:
-                for job in batch:
-                    job.write(session)
+                for statement, params in _grouped(operations):
+                    session.execute(statement, params)
                 session.commit()
         except Exception as exc:  # any failure loses the whole batch; tell every writer
             error = LedgerError(f"Could not write to the run ledger at {self.url}: {exc}")
@@ -150,6 +168,18 @@ class Ledger:
         for job in batch:
             if job.done is not None:
                 job.done.set_result(None)
+
+
+def _grouped(operations: list[Operation]) -> list[tuple[Any, list[dict[str, Any]]]]:
+    """Consecutive operations on one statement, merged into one executemany call."""
+    groups: list[tuple[Any, list[dict[str, Any]]]] = []
+    for _, statement, params in operations:
+        rows = params if isinstance(params, list) else [params]
+        if groups and groups[-1][0] is statement:
+            groups[-1][1].extend(rows)
+        else:
+            groups.append((statement, list(rows)))
+    return [(statement, rows) for statement, rows in groups if rows]
 
 
 def _make_engine(url: str) -> Engine:
