@@ -88,10 +88,13 @@ def providers(as_json: JsonOption = False) -> None:
 @app.command()
 def db() -> None:
     """Print the ledger's path (or URL), for ``sqlite3 "$(orchestra db)"``."""
-    from orchestration.ledger import default_db_url
+    from sqlalchemy.engine.url import make_url
+
+    from orchestration.ledger import default_db_url, sqlite_file
 
     url = default_db_url()
-    typer.echo(_sqlite_file(url) or url)
+    path = sqlite_file(url)
+    typer.echo(path or make_url(url).render_as_string(hide_password=True))
 
 
 @app.command()
@@ -225,11 +228,11 @@ def _resolve(call: Any) -> Any:
 
 
 def _open_ledger() -> Ledger:
-    from orchestration.ledger import Ledger, LedgerError, default_db_url
+    from orchestration.ledger import Ledger, LedgerError, default_db_url, sqlite_file
 
     url = default_db_url()
-    path = _sqlite_file(url)
-    if path is not None and not Path(path).exists():
+    path = sqlite_file(url)
+    if path is not None and not path.exists():
         typer.echo(f"No ledger at {path} yet: run something first.", err=True)
         raise typer.Exit(1)
     try:
@@ -237,15 +240,6 @@ def _open_ledger() -> Ledger:
     except LedgerError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-
-
-def _sqlite_file(url: str) -> str | None:
-    from sqlalchemy.engine.url import make_url
-
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or not parsed.database:
-        return None
-    return str(Path(parsed.database).resolve())
 
 
 def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:

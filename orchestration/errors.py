@@ -1,14 +1,15 @@
-"""Errors of the orchestration layer: the user's mistakes in agents and task graphs.
+"""Errors of the orchestration layer.
 
-Both are ``ConfigurationError``s (so ``ValueError``s): they are raised before anything runs
-or is spent, and retrying cannot fix them.
+``UnknownAgentError`` and ``GraphValidationError`` are the user's mistakes: both are
+``ConfigurationError``s (so ``ValueError``s), raised before anything runs or is spent.
+``LedgerError`` means runs cannot be recorded, so none are started.
 """
 
 from __future__ import annotations
 
-from llm_abstractions.errors import ConfigurationError
+from llm_abstractions.errors import ConfigurationError, OrchestraError
 
-__all__ = ["GraphValidationError", "UnknownAgentError"]
+__all__ = ["GraphValidationError", "LedgerError", "UnknownAgentError"]
 
 
 class UnknownAgentError(ConfigurationError, LookupError):
@@ -36,3 +37,10 @@ class GraphValidationError(ConfigurationError):
         self.problems = problems
         lines = "\n".join(f"  - {p}" for p in problems)
         super().__init__(f"The task graph cannot run ({len(problems)} problem(s)):\n{lines}")
+
+
+class LedgerError(OrchestraError):
+    """The run ledger cannot be written (locked beyond the timeout, disk full, read-only...).
+
+    Not a configuration error: the run stops because it could not record what it spends.
+    """

@@ -26,11 +26,14 @@ from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
+import structlog
 from pydantic import BaseModel, Field
 
 from llm_abstractions.base import BaseLlm
 from llm_abstractions.errors import ConfigurationError
+from orchestration.accounting import agent_secrets, redact
 from orchestration.agent_registry import AgentConfig, AgentInterface, AgentRegistry
+from orchestration.errors import LedgerError
 from orchestration.graph import validate_tasks
 from orchestration.prompts import build_request
 from orchestration.tasks import AgentTask, TaskResult, TaskStatus
@@ -149,11 +152,19 @@ class TaskExecutor:
         scheduler.on_task_done = on_task_done
         try:
             await scheduler.run()
+        except ExceptionGroup as group:
+            # A ledger that cannot be written stops the run; say so plainly.
+            ledger_errors = group.subgroup(lambda e: isinstance(e, LedgerError))
+            if ledger_errors is None:
+                raise
+            run.finished_at, run.status = datetime.now(UTC), RunStatus.FAILED
+            raise _first(ledger_errors) from None
         finally:
-            run.finished_at = datetime.now(UTC)
-            run.status = _run_status(run, len(tasks))
-            if recorder is not None:
-                await recorder.finish_run(run.run_id, run.status.value, run.finished_at)
+            if run.finished_at is None:
+                run.finished_at = datetime.now(UTC)
+                run.status = _run_status(run, len(tasks))
+                if recorder is not None:
+                    await recorder.finish_run(run.run_id, run.status.value, run.finished_at)
         return run
 
     async def _recorder(self) -> Recorder | None:
@@ -268,20 +279,25 @@ class _Scheduler:
         upstream = {dep: results[dep].output or "" for dep in task.depends_on}
         run_id = self.run_result.run_id
         try:
-            async with self.limiter, self._agent_limiter(agent):
+            # The agent's own cap first: its queued tasks must not sit on global slots
+            # that other agents could use.
+            async with self._agent_limiter(agent), self.limiter:
                 results[tid] = TaskResult(task_id=tid, status=TaskStatus.RUNNING)
                 if self.recorder is not None:
                     self.recorder.task_started(run_id, task, agent)
-                tries = await self.executor._run_task(task, agent, upstream)
+                tries = await self._attempts(task, agent, upstream)
         except anyio.get_cancelled_exc_class():
             cancelled = TaskResult(task_id=tid, status=TaskStatus.CANCELLED, error="cancelled")
             results[tid] = cancelled
             if self.recorder is not None:
                 self.recorder.task_ended_without_running(run_id, tid, agent.name, cancelled)
+            self._done(cancelled)
             raise
         if self.recorder is not None:
             # Committed before any dependent starts: a resumed run never pays for it again.
-            tries = await self.recorder.task_finished(run_id, task, agent, tries)
+            # Shielded: a call that was paid for is recorded even if the run is cancelled now.
+            with anyio.CancelScope(shield=True):
+                tries = await self.recorder.task_finished(run_id, task, agent, tries)
         for number, attempt in enumerate(tries, start=1):
             _log_attempt(run_id, task, agent, number, attempt)
         result = tries[-1].model_copy(update={"attempts": len(tries)})
@@ -289,9 +305,37 @@ class _Scheduler:
         self._done(result)
         self._release_dependents(tid, result)
 
+    async def _attempts(
+        self, task: AgentTask, agent: AgentConfig, upstream: dict[str, str]
+    ) -> list[TaskResult]:
+        """The task's attempts; a bug or an unmapped error fails this task, not the run."""
+        try:
+            return await self.executor._run_task(task, agent, upstream)
+        except Exception as exc:  # cancellation is a BaseException and passes through
+            error = redact(f"unexpected {type(exc).__name__}: {exc}", agent_secrets(agent))
+            meta = {
+                "execution_method": "llm_factory",
+                "provider": agent.agent_type,
+                "model": agent.model,
+                "error_type": type(exc).__name__,
+            }
+            return [
+                TaskResult(
+                    task_id=task.task_id,
+                    status=TaskStatus.FAILED,
+                    error=error,
+                    attempts=1,
+                    metadata=meta,
+                )
+            ]
+
     def _done(self, result: TaskResult) -> None:
-        if self.on_task_done is not None:
+        if self.on_task_done is None:
+            return
+        try:
             self.on_task_done(result)
+        except Exception:  # a progress display must not break the run
+            structlog.get_logger("orchestra").exception("on_task_done failed", task=result.task_id)
 
     def _release_dependents(self, tid: str, result: TaskResult) -> None:
         results = self.run_result.results
@@ -344,6 +388,11 @@ def _log_attempt(
         cost_usd=attempt.cost_usd,
         latency_s=attempt.latency_s,
     )
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    error = group.exceptions[0]
+    return _first(error) if isinstance(error, BaseExceptionGroup) else error
 
 
 def _run_status(run: RunResult, task_count: int) -> RunStatus:

@@ -77,11 +77,15 @@ def resolve_run(ledger: Ledger, ref: str) -> str:
         ConfigurationError: No run, or several, match.
     """
     with ledger.session() as session:
-        ids = session.exec(select(RunRow.id).where(col(RunRow.id).startswith(ref)).limit(3)).all()
+        ids = session.exec(
+            select(RunRow.id).where(col(RunRow.id).startswith(ref, autoescape=True)).limit(3)
+        ).all()
     if len(ids) == 1:
         return ids[0]
     if not ids:
-        raise ConfigurationError(f"No run {ref!r} in {ledger.url}; `orchestra runs` lists them.")
+        raise ConfigurationError(
+            f"No run {ref!r} in {ledger.shown_url}; `orchestra runs` lists them."
+        )
     raise ConfigurationError(f"{ref!r} matches several runs ({', '.join(ids)}...); give more.")
 
 

@@ -29,20 +29,16 @@ from sqlalchemy.engine.url import make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlmodel import Session
 
-from llm_abstractions.errors import OrchestraError
 from llm_abstractions.threads import LoopCompletion
+from orchestration.errors import LedgerError
 from orchestration.ledger_schema import migrate
 
-__all__ = ["DEFAULT_DB_PATH", "Ledger", "LedgerError", "default_db_url"]
+__all__ = ["DEFAULT_DB_PATH", "Ledger", "LedgerError", "default_db_url", "sqlite_file"]
 
 DEFAULT_DB_PATH = Path(".orchestra") / "runs.db"
 BUSY_TIMEOUT_S = 30.0
 Operation = tuple[int, Any, dict[str, Any] | list[dict[str, Any]]]
 Write = list[Operation]
-
-
-class LedgerError(OrchestraError):
-    """The ledger cannot be written (locked beyond the timeout, disk full, read-only...)."""
 
 
 def default_db_url() -> str:
@@ -68,7 +64,10 @@ class Ledger:
 
     def __init__(self, url: str | None = None) -> None:
         self.url = url or default_db_url()
+        # What messages show: never the password a database URL may carry.
+        self.shown_url = make_url(self.url).render_as_string(hide_password=True)
         self.engine = _make_engine(self.url)
+        self._closed = False
         self._migrate()
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._failure: LedgerError | None = None
@@ -85,18 +84,17 @@ class Ledger:
                 return
             except OperationalError as exc:
                 if "locked" not in str(exc) or attempt == 7:
-                    raise LedgerError(f"Cannot open the run ledger at {self.url}: {exc}") from exc
+                    raise LedgerError(
+                        f"Cannot open the run ledger at {self.shown_url}: {exc}"
+                    ) from exc
                 time.sleep(0.05 * 2**attempt)
             except SQLAlchemyError as exc:
-                raise LedgerError(f"Cannot open the run ledger at {self.url}: {exc}") from exc
+                raise LedgerError(f"Cannot open the run ledger at {self.shown_url}: {exc}") from exc
 
     @property
     def path(self) -> Path | None:
         """The SQLite file, or None for other databases."""
-        url = make_url(self.url)
-        if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
-            return None
-        return Path(url.database).resolve()
+        return sqlite_file(self.url)
 
     async def write(self, write: Write) -> None:
         """Queue ``write`` and wait until it is committed.
@@ -113,16 +111,21 @@ class Ledger:
         self._submit(_Job(write, None))
 
     def session(self) -> Session:
-        """A session for reading (the CLI, tests)."""
+        """A session for reading (the CLI, tests); it does not take the write lock."""
         return Session(self.engine)
 
     def close(self) -> None:
         """Commit what is queued, stop the writer and release the database."""
+        if self._closed:
+            return
+        self._closed = True
         self._jobs.put(None)
         self._thread.join(timeout=60)
         self.engine.dispose()
 
     def _submit(self, job: _Job) -> None:
+        if self._closed:
+            raise LedgerError(f"The run ledger at {self.shown_url} is closed.")
         if self._failure is not None:
             error, self._failure = self._failure, None
             raise error
@@ -153,12 +156,12 @@ class Ledger:
             (op for job in batch for op in job.write), key=lambda op: op[0]
         )  # stable: equal ranks keep their queue order
         try:
-            with Session(self.engine) as session:
+            with Session(self.engine.execution_options(orchestra_writer=True)) as session:
                 for statement, params in _grouped(operations):
                     session.execute(statement, params)
                 session.commit()
         except Exception as exc:  # any failure loses the whole batch; tell every writer
-            error = LedgerError(f"Could not write to the run ledger at {self.url}: {exc}")
+            error = LedgerError(f"Could not write to the run ledger at {self.shown_url}: {exc}")
             waited = [job.done for job in batch if job.done is not None]
             if len(waited) < len(batch):
                 self._failure = error
@@ -182,14 +185,28 @@ def _grouped(operations: list[Operation]) -> list[tuple[Any, list[dict[str, Any]
     return [(statement, rows) for statement, rows in groups if rows]
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL (plain path or ``file:`` URI), or None."""
+    parsed = make_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    if database.startswith("file:"):
+        database = database.removeprefix("file:").partition("?")[0]
+    return Path(database).resolve()
+
+
 def _make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url)
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        return create_engine(url, hide_parameters=True)
+    path = sqlite_file(url)
+    if path is not None and not (parsed.database or "").startswith("file:"):
+        path.parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(
-        url, connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False}
+        url,
+        connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False},
+        hide_parameters=True,  # row values (outputs, errors) stay out of error messages
     )
     # pysqlite's own transaction handling would start transactions late and deferred; take
     # control so that every transaction is BEGIN IMMEDIATE (SQLAlchemy's documented recipe).
@@ -206,6 +223,8 @@ def _make_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # The writer takes the write lock up front; readers must not wait for it.
+        writer = connection.get_execution_options().get("orchestra_writer")
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
 
     return engine

@@ -83,7 +83,7 @@ class Recorder:
             "name": name,
             "status": "running",
             "task_count": len(tasks),
-            "started_at": started,
+            "started_at": _ts(started),
         }
         definitions = [
             {
@@ -106,7 +106,7 @@ class Recorder:
             "task_id": task.task_id,
             "agent": agent.name,
             "status": "running",
-            "started_at": datetime.now(UTC),
+            "started_at": _ts(datetime.now(UTC)),
             "attempts": 0,
         }
         self.ledger.write_soon([(RANK_STARTED, _TASK_STARTED, row)])
@@ -128,8 +128,8 @@ class Recorder:
                 run_id=run_id,
                 task_id=task.task_id,
                 attempt=number,
-                started_at=attempt_start,
-                finished_at=attempt_end,
+                started_at=_ts(attempt_start),
+                finished_at=_ts(attempt_end),
             )
             attempts.append(row)
             priced.append(attempt)
@@ -152,14 +152,14 @@ class Recorder:
             "agent": agent,
             "status": result.status.value,
             "error": result.error,
-            "finished_at": datetime.now(UTC),
+            "finished_at": _ts(datetime.now(UTC)),
             "attempts": 0,
         }
         self.ledger.write_soon([(RANK_NOT_RUN, _TASK_NOT_RUN, row)])
 
     async def finish_run(self, run_id: str, status: str, finished: datetime) -> None:
         """Record how the run ended; runs even when the run was cancelled."""
-        row = {"id": run_id, "status": status, "finished_at": finished}
+        row = {"id": run_id, "status": status, "finished_at": _ts(finished)}
         with anyio.CancelScope(shield=True):
             await self.ledger.write([(RANK_END, _FINISH_RUN, row)])
 
@@ -220,6 +220,14 @@ def _task_row(
         "output_tokens": result.usage.output_tokens,
         "cost_usd": result.cost_usd,
         "latency_s": result.latency_s,
-        "started_at": started,
-        "finished_at": finished,
+        "started_at": _ts(started),
+        "finished_at": _ts(finished),
     }
+
+
+def _ts(moment: datetime) -> str:
+    """UTC, in the text form SQLAlchemy's DateTime reads back.
+
+    Passing datetimes to sqlite3 would use its own adapter, deprecated since Python 3.12.
+    """
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")

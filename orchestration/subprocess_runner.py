@@ -32,7 +32,10 @@ class ScriptError(Exception):
 
     def __init__(self, kind: str, message: str, stderr: str = "") -> None:
         self.kind = kind
-        self.stderr_tail = stderr[-STDERR_TAIL:]
+        tail = stderr[-STDERR_TAIL:]
+        if len(stderr) > STDERR_TAIL:  # start at a word: a cut key is not recognizable
+            tail = tail.split(None, 1)[-1] if " " in tail or "\n" in tail else ""
+        self.stderr_tail = tail
         detail = f"; stderr: {self.stderr_tail.strip()}" if self.stderr_tail.strip() else ""
         super().__init__(f"{message}{detail}")
 
