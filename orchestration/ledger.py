@@ -66,7 +66,13 @@ class Ledger:
         self.url = url or default_db_url()
         # What messages show: never the password a database URL may carry.
         self.shown_url = make_url(self.url).render_as_string(hide_password=True)
-        self.engine = _make_engine(self.url)
+        try:
+            self.engine = _make_engine(self.url)
+        except (ImportError, SQLAlchemyError, ValueError) as exc:
+            raise LedgerError(
+                f"Cannot open the run ledger at {self.shown_url}: {exc} (is the URL right, "
+                "and its database driver installed?)"
+            ) from exc
         self._closed = False
         self._migrate()
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()

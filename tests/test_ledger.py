@@ -108,7 +108,10 @@ async def test_canary_key_never_reaches_the_ledger_or_the_logs(
     assert CANARY not in caplog.text
 
 
-async def test_unwritable_ledger_stops_before_spending(tmp_path: Path) -> None:
+async def test_unwritable_ledger_stops_before_spending(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
     path = tmp_path / "ro.db"
     Ledger(f"sqlite:///{path}").close()  # create and migrate it
     read_only = Ledger(f"sqlite:///file:{path}?mode=ro&uri=true")
@@ -121,7 +124,24 @@ async def test_unwritable_ledger_stops_before_spending(tmp_path: Path) -> None:
     executor = TaskExecutor(registry=registry_answering(spend), ledger=read_only)
     with pytest.raises(LedgerError, match="Could not write to the run ledger"):
         await executor.run([task("a")])
+    read_only.close()
     assert calls == []
+    assert read_only.path == path.resolve()
+    assert not (tmp_path / "file:").exists()  # a URI is not a directory to create
+
+
+def test_passwords_never_show_in_messages() -> None:
+    with pytest.raises(LedgerError) as info:
+        Ledger("postgresql://user:hunter2@127.0.0.1:1/orchestra")
+    assert "hunter2" not in str(info.value)
+    assert "***" in str(info.value)
+
+
+async def test_a_closed_ledger_refuses_writes(tmp_path: Path) -> None:
+    ledger = Ledger(f"sqlite:///{tmp_path / 'c.db'}")
+    ledger.close()
+    with pytest.raises(LedgerError, match="is closed"):
+        await ledger.write([])
 
 
 def test_costs_local_known_and_unknown(caplog: pytest.LogCaptureFixture) -> None:
