@@ -78,7 +78,8 @@ async def run(topic: str, max_tokens: int) -> RunResult:
 
 
 def report(run: RunResult) -> None:
-    console = Console()
+    # Piped output (CI logs, `make demo | tee`) gets room for the whole table.
+    console = Console() if sys.stdout.isatty() else Console(width=120)
     table = Table(title=f"run {run.run_id}: {run.status.value}")
     for column in ("task", "status", "method", "provider", "model", "tokens in/out", "cost"):
         table.add_column(column, no_wrap=True)
