@@ -89,8 +89,7 @@ def can_fall_back(agent: AgentConfig, failed: TaskResult) -> bool:
 async def script_attempt(task: AgentTask, agent: AgentConfig, request: LlmRequest) -> TaskResult:
     """Run the agent's own script (SCRIPT/CLI agents) or the bundled HTTP fallback."""
     started = perf_counter()
-    own = agent.script is not None and agent.interface is not AgentInterface.API
-    if own and agent.script is not None:
+    if agent.interface is not AgentInterface.API and agent.script is not None:
         argv = list(agent.script.command)
         limit_s, max_out, cwd = (
             agent.script.timeout_s,

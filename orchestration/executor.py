@@ -209,19 +209,7 @@ class TaskExecutor:
         try:
             request = build_request(task, agent, upstream)
         except ConfigurationError as exc:  # bad settings: nothing to try
-            failed = TaskResult(
-                task_id=task.task_id,
-                status=TaskStatus.FAILED,
-                error=f"{type(exc).__name__}: {exc}",
-                attempts=1,
-                metadata={
-                    "execution_method": None,
-                    "provider": agent.agent_type,
-                    "model": agent.model,
-                    "error_type": type(exc).__name__,
-                },
-            )
-            return [failed]
+            return [_failed_before_trying(task, agent, exc, "")]
         if agent.interface is not AgentInterface.API:
             return [await script_attempt(task, agent, request)]
         first = await llm_attempt(task, agent, request, lambda: self._provider(agent))
@@ -312,22 +300,7 @@ class _Scheduler:
         try:
             return await self.executor._run_task(task, agent, upstream)
         except Exception as exc:  # cancellation is a BaseException and passes through
-            error = redact(f"unexpected {type(exc).__name__}: {exc}", agent_secrets(agent))
-            meta = {
-                "execution_method": "llm_factory",
-                "provider": agent.agent_type,
-                "model": agent.model,
-                "error_type": type(exc).__name__,
-            }
-            return [
-                TaskResult(
-                    task_id=task.task_id,
-                    status=TaskStatus.FAILED,
-                    error=error,
-                    attempts=1,
-                    metadata=meta,
-                )
-            ]
+            return [_failed_before_trying(task, agent, exc, "unexpected ")]
 
     def _done(self, result: TaskResult) -> None:
         if self.on_task_done is None:
@@ -387,6 +360,24 @@ def _log_attempt(
         output_tokens=attempt.usage.output_tokens,
         cost_usd=attempt.cost_usd,
         latency_s=attempt.latency_s,
+    )
+
+
+def _failed_before_trying(
+    task: AgentTask, agent: AgentConfig, exc: Exception, prefix: str
+) -> TaskResult:
+    """A failed attempt for an error raised outside any execution method."""
+    return TaskResult(
+        task_id=task.task_id,
+        status=TaskStatus.FAILED,
+        error=redact(f"{prefix}{type(exc).__name__}: {exc}", agent_secrets(agent)),
+        attempts=1,
+        metadata={
+            "execution_method": "llm_factory",
+            "provider": agent.agent_type,
+            "model": agent.model,
+            "error_type": type(exc).__name__,
+        },
     )
 
 
