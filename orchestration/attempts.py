@@ -23,7 +23,7 @@ from llm_abstractions.errors import (
     ProviderNotInstalledError,
 )
 from llm_abstractions.types import LlmRequest, Usage
-from orchestration.accounting import agent_secrets, redact
+from orchestration.accounting import agent_secrets, cost_of, redact
 from orchestration.agent_registry import AgentConfig, AgentInterface
 from orchestration.subprocess_runner import ScriptError, run_script
 from orchestration.tasks import AgentTask, ExecutionMethod, TaskResult, TaskStatus
@@ -56,20 +56,15 @@ async def llm_attempt(
     }
     try:
         llm: BaseLlm = build()
-        with anyio.fail_after(task.timeout):
+        if task.timeout is None:
             response = await llm.generate(request)
+        else:
+            with anyio.fail_after(task.timeout):
+                response = await llm.generate(request)
     except (TimeoutError, OrchestraError) as exc:
         return _failed(task, agent, exc, perf_counter() - started, meta)
     meta.update(model=response.model, finish_reason=response.finish_reason)
-    return TaskResult(
-        task_id=task.task_id,
-        status=TaskStatus.SUCCEEDED,
-        output=response.text,
-        usage=response.usage,
-        latency_s=perf_counter() - started,
-        attempts=1,
-        metadata=meta,
-    )
+    return _succeeded(task, response.text, response.usage, perf_counter() - started, meta)
 
 
 def can_fall_back(agent: AgentConfig, failed: TaskResult) -> bool:
@@ -124,15 +119,26 @@ async def script_attempt(task: AgentTask, agent: AgentConfig, request: LlmReques
     meta.update(
         model=answer.get("model") or meta["model"], finish_reason=answer.get("finish_reason")
     )
+    counted = Usage(
+        input_tokens=_count(usage.get("input_tokens")),
+        output_tokens=_count(usage.get("output_tokens")),
+    )
+    return _succeeded(task, output, counted, perf_counter() - started, meta)
+
+
+def _succeeded(
+    task: AgentTask, output: str, usage: Usage, latency: float, meta: dict[str, Any]
+) -> TaskResult:
+    """A successful attempt, priced; ``metadata["price_source"]`` says where the cost came from."""
+    model = str(meta["model"]) if meta.get("model") else None
+    cost, meta["price_source"] = cost_of(str(meta["provider"]), model, usage)
     return TaskResult(
         task_id=task.task_id,
         status=TaskStatus.SUCCEEDED,
         output=output,
-        usage=Usage(
-            input_tokens=_count(usage.get("input_tokens")),
-            output_tokens=_count(usage.get("output_tokens")),
-        ),
-        latency_s=perf_counter() - started,
+        usage=usage,
+        cost_usd=cost,
+        latency_s=latency,
         attempts=1,
         metadata=meta,
     )

@@ -18,14 +18,17 @@ docs/PROJECT-PLAN.md).
 
 from __future__ import annotations
 
+import itertools
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import structlog
 from pydantic import BaseModel, Field
 
@@ -41,7 +44,7 @@ from orchestration.tasks import AgentTask, TaskResult, TaskStatus
 if TYPE_CHECKING:
     import networkx as nx
 
-    from orchestration.ledger import Ledger
+    from orchestration.ledger import Commit, Ledger
     from orchestration.recording import Recorder
 
 __all__ = ["RunResult", "RunStatus", "TaskExecutor"]
@@ -218,8 +221,35 @@ class TaskExecutor:
         return [first, await script_attempt(task, agent, request)]
 
 
+class _IdleWorker:
+    """A worker waiting for its next task (None: the run is over)."""
+
+    __slots__ = ("_event", "task")
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+        self.task: str | None = None
+
+    def start(self, tid: str | None) -> None:
+        self.task = tid
+        self._event.set()
+
+    async def next_task(self) -> str | None:
+        await self._event.wait()
+        return self.task
+
+
 class _Scheduler:
-    """One DAG run: starts tasks as their dependencies succeed, skips what cannot run."""
+    """One DAG run: starts tasks as their dependencies succeed, skips what cannot run.
+
+    Tasks run on reusable workers (coroutines of one task group), not a coroutine each:
+    spawning an anyio task costs about 50 us, more than the rest of the scheduling. A task
+    needs a slot, globally and for its agent; ready tasks wait in one queue per agent and a
+    free slot goes to the one that became ready first among agents with room. A finished
+    task gives its slot back before its result is committed (only its dependents wait for
+    the commit), so a worker may outlive its slot: idle workers wait for a task, and a new
+    worker is spawned only when a slot is free and none is idle.
+    """
 
     def __init__(
         self,
@@ -232,64 +262,157 @@ class _Scheduler:
         self.executor = executor
         self.graph = graph
         self.tasks = tasks
-        self.default_agent = default_agent
         self.run_result = run
+        registry = executor.registry
+        self.agents = {
+            tid: registry.get(task.agent or default_agent or "") for tid, task in tasks.items()
+        }
         self.waiting_on = {tid: graph.in_degree(tid) for tid in tasks}
-        self.limiter = anyio.CapacityLimiter(executor.max_concurrency)
-        self.agent_limiters: dict[str, anyio.CapacityLimiter] = {}
+        self.free = executor.max_concurrency
+        self.agent_free = {
+            a.name: a.max_concurrency for a in self.agents.values() if a.max_concurrency
+        }
+        self.ready: dict[str, deque[tuple[int, str]]] = {}
+        self.order = itertools.count()
+        self.unfinished = 0  # claimed tasks whose dependents are not released yet
+        self.idle: list[_IdleWorker] = []
+        self.committing: dict[Commit, list[tuple[str, list[TaskResult]]]] = {}
+        # Bound once: binding at every event cost more than the rest of the logging.
+        self.log = structlog.get_logger("orchestra").bind(run=run.run_id)
         self.tg: anyio.abc.TaskGroup | None = None
         self.recorder: Recorder | None = None
         self.on_task_done: Callable[[TaskResult], None] | None = None
 
     async def run(self) -> None:
-        async with anyio.create_task_group() as tg:
-            self.tg = tg
-            for tid, count in self.waiting_on.items():
-                if count == 0:
-                    tg.start_soon(self._run_one, tid, name=f"task {tid}")
+        try:
+            async with anyio.create_task_group() as tg:
+                self.tg = tg
+                for tid, count in self.waiting_on.items():
+                    if count == 0:
+                        self._queue(tid)
+                self._dispatch()
+        except anyio.get_cancelled_exc_class():
+            self._cancel_queued()
+            raise
 
-    def _agent(self, task: AgentTask) -> AgentConfig:
-        name = task.agent or self.default_agent
-        assert name is not None  # noqa: S101 - validate_tasks guarantees it
-        return self.executor.registry.get(name)
+    def _queue(self, tid: str) -> None:
+        agent = self.agents[tid].name
+        self.ready.setdefault(agent, deque()).append((next(self.order), tid))
 
-    def _agent_limiter(self, agent: AgentConfig) -> anyio.CapacityLimiter:
-        limiter = self.agent_limiters.get(agent.name)
-        if limiter is None:
-            limiter = anyio.CapacityLimiter(agent.max_concurrency or self.executor.max_concurrency)
-            self.agent_limiters[agent.name] = limiter
-        return limiter
+    def _claim(self) -> str | None:
+        """Take the slots of the oldest ready task among agents with room, if any."""
+        if not self.free:
+            return None
+        best: deque[tuple[int, str]] | None = None
+        for agent, queue in self.ready.items():
+            if queue and self.agent_free.get(agent, 1) and (best is None or queue[0] < best[0]):
+                best = queue
+        if best is None:
+            return None
+        _, tid = best.popleft()
+        self._take(tid, -1)
+        self.unfinished += 1
+        return tid
+
+    def _take(self, tid: str, change: int) -> None:
+        """Take (-1) or give back (+1) the slots ``tid`` occupies."""
+        self.free += change
+        agent = self.agents[tid].name
+        if agent in self.agent_free:
+            self.agent_free[agent] += change
+
+    def _dispatch(self) -> None:
+        """Hand every task that can start now to an idle worker, or to a new one."""
+        while (tid := self._claim()) is not None:
+            if self.idle:
+                self.idle.pop().start(tid)
+            else:
+                assert self.tg is not None  # noqa: S101 - set before any task is queued
+                self.tg.start_soon(self._worker, tid, name="orchestra worker")
+
+    async def _worker(self, tid: str | None) -> None:
+        while tid is not None:
+            await self._run_one(tid)
+            tid = self._claim()
+            self._dispatch()  # what this task released beyond the one this worker took
+            if tid is None:
+                if self._over():
+                    return
+                waiting = _IdleWorker()
+                self.idle.append(waiting)
+                try:
+                    tid = await waiting.next_task()
+                except anyio.get_cancelled_exc_class():
+                    if waiting.task is not None:  # handed a task it will never run
+                        self._end_without_running(waiting.task, TaskStatus.CANCELLED, "cancelled")
+                    raise
+
+    def _over(self) -> bool:
+        """Whether the run is over (nothing runs or awaits its commit, nothing is ready).
+
+        If so, the idle workers are told to stop.
+        """
+        if self.unfinished:
+            return False
+        for worker in self.idle:
+            worker.start(None)
+        self.idle.clear()
+        return True
+
+    def _cancel_queued(self) -> None:
+        """Ready tasks that never got a slot end as cancelled, like those in flight."""
+        for queue in self.ready.values():
+            for _, tid in queue:
+                self._end_without_running(tid, TaskStatus.CANCELLED, "cancelled")
+            queue.clear()
 
     async def _run_one(self, tid: str) -> None:
         task = self.tasks[tid]
-        agent = self._agent(task)
+        agent = self.agents[tid]
         results = self.run_result.results
         upstream = {dep: results[dep].output or "" for dep in task.depends_on}
         run_id = self.run_result.run_id
         try:
-            # The agent's own cap first: its queued tasks must not sit on global slots
-            # that other agents could use.
-            async with self._agent_limiter(agent), self.limiter:
-                results[tid] = TaskResult(task_id=tid, status=TaskStatus.RUNNING)
-                if self.recorder is not None:
-                    self.recorder.task_started(run_id, task, agent)
-                tries = await self._attempts(task, agent, upstream)
-        except anyio.get_cancelled_exc_class():
-            cancelled = TaskResult(task_id=tid, status=TaskStatus.CANCELLED, error="cancelled")
-            results[tid] = cancelled
             if self.recorder is not None:
-                self.recorder.task_ended_without_running(run_id, tid, agent.name, cancelled)
-            self._done(cancelled)
+                self.recorder.task_started(run_id, tid, agent.name)
+            tries = await self._attempts(task, agent, upstream)
+        except anyio.get_cancelled_exc_class():
+            self._end_without_running(tid, TaskStatus.CANCELLED, "cancelled")
             raise
-        if self.recorder is not None:
-            # Committed before any dependent starts: a resumed run never pays for it again.
-            # Shielded: a call that was paid for is recorded even if the run is cancelled now.
-            with anyio.CancelScope(shield=True):
-                tries = await self.recorder.task_finished(run_id, task, agent, tries)
+        self._take(tid, +1)  # the provider is done: the slot may serve another task now
+        if self.recorder is None:
+            self._finish(tid, tries)
+            return
+        # Committed before any dependent starts: a resumed run never pays for it again. The
+        # tasks of one group commit are finished together, by one coroutine.
+        commit = self.recorder.task_finished(run_id, task, agent, tries)
+        finishing = self.committing.get(commit)
+        if finishing is None:
+            finishing = self.committing[commit] = []
+            assert self.tg is not None  # noqa: S101 - set before any task runs
+            self.tg.start_soon(self._after_commit, commit, name="orchestra commit")
+        finishing.append((tid, tries))
+
+    async def _after_commit(self, commit: Commit) -> None:
+        # Shielded: a call that was paid for is recorded even if the run is cancelled now.
+        with anyio.CancelScope(shield=True):
+            await commit.wait()
+        for tid, tries in self.committing.pop(commit):
+            self._finish(tid, tries)
+        await anyio.lowlevel.checkpoint_if_cancelled()  # cancelled: start nothing new
+        self._dispatch()
+        self._over()
+
+    def _finish(self, tid: str, tries: list[TaskResult]) -> None:
+        """Publish a task's result (recorded by now) and release its dependents."""
+        task, agent = self.tasks[tid], self.agents[tid]
         for number, attempt in enumerate(tries, start=1):
-            _log_attempt(run_id, task, agent, number, attempt)
-        result = tries[-1].model_copy(update={"attempts": len(tries)})
-        results[tid] = result
+            _log_attempt(self.log, task, agent, number, attempt)
+        result = tries[-1]
+        if len(tries) > 1:
+            result = result.model_copy(update={"attempts": len(tries)})
+        self.run_result.results[tid] = result
+        self.unfinished -= 1
         self._done(result)
         self._release_dependents(tid, result)
 
@@ -308,45 +431,42 @@ class _Scheduler:
         try:
             self.on_task_done(result)
         except Exception:  # a progress display must not break the run
-            structlog.get_logger("orchestra").exception("on_task_done failed", task=result.task_id)
+            self.log.exception("on_task_done failed", task=result.task_id)
+
+    def _end_without_running(self, tid: str, status: TaskStatus, error: str) -> None:
+        """Record a task that ends without a result of its own: skipped or cancelled."""
+        ended = TaskResult(task_id=tid, status=status, error=error)
+        self.run_result.results[tid] = ended
+        self._done(ended)
+        if self.recorder is not None:
+            self.recorder.task_ended_without_running(
+                self.run_result.run_id, tid, self.agents[tid].name, ended
+            )
 
     def _release_dependents(self, tid: str, result: TaskResult) -> None:
         results = self.run_result.results
         if not result.succeeded:
             import networkx as nx
 
+            reason = f"not run: task {tid!r} {result.status.value}"
             for descendant in nx.descendants(self.graph, tid):
                 if descendant not in results:
-                    skipped = TaskResult(
-                        task_id=descendant,
-                        status=TaskStatus.SKIPPED,
-                        error=f"not run: task {tid!r} {result.status.value}",
-                    )
-                    results[descendant] = skipped
-                    self._done(skipped)
-                    if self.recorder is not None:
-                        agent = self._agent(self.tasks[descendant]).name
-                        self.recorder.task_ended_without_running(
-                            self.run_result.run_id, descendant, agent, skipped
-                        )
+                    self._end_without_running(descendant, TaskStatus.SKIPPED, reason)
             return
+        waiting_on = self.waiting_on
         for child in self.graph.successors(tid):
-            self.waiting_on[child] -= 1
-            if self.waiting_on[child] == 0 and child not in results:
-                assert self.tg is not None  # noqa: S101 - set before any task runs
-                self.tg.start_soon(self._run_one, child, name=f"task {child}")
+            waiting_on[child] -= 1
+            if waiting_on[child] == 0 and child not in results:
+                self._queue(child)
 
 
 def _log_attempt(
-    run_id: str, task: AgentTask, agent: AgentConfig, number: int, attempt: TaskResult
+    log: Any, task: AgentTask, agent: AgentConfig, number: int, attempt: TaskResult
 ) -> None:
     """One structured event per attempt; errors are already redacted, keys never passed."""
-    import structlog
-
     meta = attempt.metadata
-    structlog.get_logger("orchestra").info(
+    log.info(
         "attempt",
-        run=run_id,
         task=task.task_id,
         agent=agent.name,
         attempt=number,

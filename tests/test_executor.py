@@ -260,3 +260,70 @@ async def test_a_ledger_failing_mid_run_stops_it_with_a_plain_error() -> None:
     executor = TaskExecutor(registry=registry_with(break_ledger))
     with pytest.raises(LedgerError, match="Could not write to the run ledger"):
         await executor.run([t("a"), t("b", "a")])
+
+
+def _ledger_rows(query: str) -> list[tuple[object, ...]]:
+    import sqlite3
+
+    from orchestration.ledger import default_db_url
+
+    with sqlite3.connect(default_db_url().removeprefix("sqlite:///")) as db:
+        return db.execute(query).fetchall()
+
+
+async def test_a_dependent_starts_only_after_its_dependency_is_committed() -> None:
+    seen: dict[str, list[tuple[object, ...]]] = {}
+
+    def look(request: LlmRequest) -> str:
+        tid = str(request.metadata["task_id"])
+        seen[tid] = _ledger_rows("SELECT task_id, status FROM task_runs WHERE task_id != 'c'")
+        return "ok"
+
+    run = await TaskExecutor(registry=registry_with(look)).run([t("a"), t("b", "a"), t("c", "b")])
+    assert run.ok
+    assert ("a", "succeeded") in seen["b"]
+    assert ("b", "succeeded") in seen["c"]
+
+
+async def test_cancelling_records_tasks_waiting_for_a_slot_as_cancelled() -> None:
+    rec = Recorder(latency=30)
+    executor = TaskExecutor(registry=registry_with(rec), max_concurrency=1)
+    with anyio.move_on_after(0.2):
+        await executor.run([t("a"), t("b")])
+    run = executor.last_run
+    assert run is not None and run.status is RunStatus.CANCELLED
+    assert rec.log == [("start", "a"), ("end", "a")]  # "b" never got the slot
+    assert {tid: r.status for tid, r in run.results.items()} == {
+        "a": TaskStatus.CANCELLED,
+        "b": TaskStatus.CANCELLED,
+    }
+    assert _ledger_rows("SELECT task_id, status FROM task_runs ORDER BY task_id") == [
+        ("a", "cancelled"),
+        ("b", "cancelled"),
+    ]
+
+
+async def test_tasks_share_workers_instead_of_one_coroutine_each() -> None:
+    peak_workers = 0
+
+    async def count_workers(request: LlmRequest) -> str:
+        nonlocal peak_workers
+        workers = [w for w in anyio.get_running_tasks() if w.name == "orchestra worker"]
+        peak_workers = max(peak_workers, len(workers))
+        await anyio.sleep(0.001)
+        return "ok"
+
+    executor = TaskExecutor(registry=registry_with(count_workers), max_concurrency=4, record=False)
+    run = await executor.run([t(f"t{i}") for i in range(60)])
+    assert run.ok
+    assert peak_workers == 4
+
+
+async def test_results_are_priced_without_a_ledger() -> None:
+    llm = FunctionLlm(lambda request: "ok")
+    LlmFactory.register_provider("ollama", lambda **_: llm, replace=True)
+    registry = AgentRegistry()
+    registry.register_agent("w", "ollama", model="llama3.2")
+    result = await TaskExecutor(registry=registry, record=False).execute(t("a"), agent="w")
+    assert result.cost_usd == 0.0
+    assert result.metadata["price_source"] == "local"

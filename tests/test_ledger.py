@@ -194,3 +194,22 @@ def test_two_processes_writing_one_ledger_lose_no_rows() -> None:
     assert rows("SELECT COUNT(*) FROM runs") == [(6,)]
     assert rows("SELECT COUNT(*) FROM attempts WHERE status = 'succeeded'") == [(360,)]
     assert rows("PRAGMA integrity_check") == [("ok",)]
+
+
+def test_rows_follow_the_statement_columns_whatever_the_sql_order() -> None:
+    from orchestration.ledger import Statement, _compile
+
+    ledger = Ledger()
+    try:
+        statement = Statement("UPDATE runs SET status = :status WHERE id = :id", ("id", "status"))
+        sql, convert = _compile(statement, ledger.engine)
+        assert sql == "UPDATE runs SET status = ? WHERE id = ?"
+        assert convert is not None and convert(("run-1", "failed")) == ("failed", "run-1")
+        insert = Statement.insert("runs", ["id", "status"])
+        assert insert.sql == "INSERT INTO runs (id, status) VALUES (:id, :status)"
+        assert _compile(insert, ledger.engine) == (
+            "INSERT INTO runs (id, status) VALUES (?, ?)",
+            None,
+        )
+    finally:
+        ledger.close()
