@@ -24,7 +24,7 @@ $(VENV)/.dev-installed: pyproject.toml | $(PY)
 
 demo: $(VENV)/.local-installed
 	$(PY) demos/quickstart.py
-	$(PY) demos/team.py
+	$(PY) demos/todo_app.py
 
 lint: $(VENV)/.dev-installed
 	$(PY) -m ruff check .

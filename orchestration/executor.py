@@ -19,6 +19,7 @@ docs/PROJECT-PLAN.md).
 from __future__ import annotations
 
 import itertools
+import re
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -48,6 +49,8 @@ if TYPE_CHECKING:
     from orchestration.recording import Recorder
 
 __all__ = ["RunResult", "RunStatus", "TaskExecutor"]
+
+_RUN_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 
 
 class RunStatus(StrEnum):
@@ -130,6 +133,7 @@ class TaskExecutor:
         name: str | None = None,
         default_agent: str | None = None,
         on_task_done: Callable[[TaskResult], None] | None = None,
+        run_id: str | None = None,
     ) -> RunResult:
         """Run a DAG of tasks; validation errors are raised before anything runs.
 
@@ -138,15 +142,20 @@ class TaskExecutor:
             name: A label for the run, shown by ``orchestra runs``.
             default_agent: Agent for tasks that name none.
             on_task_done: Called with each task's final result (including skipped ones),
-                on the event loop, as soon as it is known; for progress displays.
+                on the event loop, as soon as it is known, before its dependents start.
+            run_id: The new run's id (letters, digits, ``-`` and ``_``), for callers that
+                need it before the run starts; a random one when None.
 
         Raises:
             GraphValidationError: The graph is not runnable (every problem listed).
+            ConfigurationError: ``run_id`` is not a valid id.
         """
         default = default_agent or self.default_agent
+        if run_id is not None and not _RUN_ID.fullmatch(run_id):
+            raise ConfigurationError(f"run_id {run_id!r} must be 1-64 letters, digits, '-' or '_'.")
         graph = validate_tasks(tasks, self.registry, default)
         recorder = await self._recorder()
-        run = RunResult(run_id=uuid.uuid4().hex, name=name)
+        run = RunResult(run_id=run_id or uuid.uuid4().hex, name=name)
         self.last_run = run
         if recorder is not None:
             await recorder.start_run(run.run_id, name, tasks, run.started_at)

@@ -110,3 +110,45 @@ def test_team_demo_runs_its_dag_and_records_every_task() -> None:
         ("review", "succeeded", "llm_factory", 0.0),
         ("risks", "succeeded", "llm_factory", 0.0),
     ]
+
+
+@pytest.mark.model
+def test_todo_demo_builds_on_the_embedded_model_and_records_every_task(tmp_path: Path) -> None:
+    import os
+    import sqlite3
+
+    out = tmp_path / "app"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "demos" / "todo_app.py"),
+            "--max-tokens",
+            "24",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env={**os.environ, "COLUMNS": "160"},
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "QA verdict:" in done.stdout and "total cost: $0.0000" in done.stdout
+    run_id = done.stdout.split("orchestra show ")[1].split()[0]
+    database = os.environ["ORCHESTRA_DB_URL"].removeprefix("sqlite:///")
+    with sqlite3.connect(database) as db:
+        rows = db.execute(
+            "SELECT task_id, status, execution_method FROM task_runs WHERE run_id = ? "
+            "ORDER BY task_id",
+            (run_id,),
+        ).fetchall()
+    assert rows == [
+        ("architect", "succeeded", "llm_factory"),
+        ("backend", "succeeded", "llm_factory"),
+        ("devops", "succeeded", "llm_factory"),
+        ("frontend", "succeeded", "llm_factory"),
+        ("qa-run", "succeeded", "script"),
+        ("qa-tests", "succeeded", "llm_factory"),
+    ]
+    assert out.is_dir()

@@ -327,3 +327,16 @@ async def test_results_are_priced_without_a_ledger() -> None:
     result = await TaskExecutor(registry=registry, record=False).execute(t("a"), agent="w")
     assert result.cost_usd == 0.0
     assert result.metadata["price_source"] == "local"
+
+
+async def test_a_run_can_be_given_its_id_and_a_bad_one_is_refused() -> None:
+    from llm_abstractions import ConfigurationError
+
+    rec = Recorder(latency=0)
+    executor = TaskExecutor(registry=registry_with(rec))
+    with pytest.raises(ConfigurationError, match="run_id"):
+        await executor.run([t("a")], run_id="../x")
+    assert rec.log == []
+    run = await executor.run([t("a")], run_id="build-42")
+    assert run.run_id == "build-42"
+    assert _ledger_rows("SELECT id FROM runs") == [("build-42",)]

@@ -1,0 +1,128 @@
+"""The specialists' output contract: files as fenced blocks, each after a ``FILE:`` line.
+
+A well-formed answer looks like this (any text between files is ignored)::
+
+    FILE: backend/server.py
+    ```python
+    print("hello")
+    ```
+
+Parsing is strict about what could write in the wrong place: a file's path must be a plain
+relative path (letters, digits, ``._-/``; no ``..``, no absolute or home paths, no
+backslashes) under one of the directories the role may write, and a fence that is opened
+must be closed. A closing fence is a line of at least as many backticks as the opening one
+and nothing else, as in CommonMark, so a Markdown file can hold code blocks when its own
+fence is longer. Files with a bad path are refused one by one and reported; an answer whose
+fences cannot be delimited, or that holds no file at all, is refused whole.
+
+``write_files`` writes parsed files under an output directory and checks each resolved
+path again, so that a symlink inside the directory cannot lead a file outside it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+__all__ = ["ContractError", "ParsedOutput", "parse_files", "write_files"]
+
+_FILE_LINE = re.compile(r"^\s*(?:\*\*)?FILE:\s*(?P<path>\S+?)(?:\*\*)?\s*$")
+_OPENING = re.compile(r"^(?P<fence>`{3,})[\w+.#-]*\s*$")
+_SAFE_PATH = re.compile(r"^[A-Za-z0-9._\-/]+$")
+MAX_PATH = 200
+
+
+class ContractError(ValueError):
+    """An answer that cannot be used at all (no file, or fences that never close)."""
+
+
+@dataclass
+class ParsedOutput:
+    """The files of one answer, and the ones refused with their reasons."""
+
+    files: dict[str, str] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+def parse_files(text: str, allowed: Sequence[str] = ("",)) -> ParsedOutput:
+    """Parse an answer under the contract.
+
+    Args:
+        text: The model's answer.
+        allowed: Path prefixes the role may write (``"backend/"``, or ``""`` for anywhere
+            under the output directory).
+
+    Raises:
+        ContractError: No usable file, or a fence that is never closed.
+    """
+    parsed = ParsedOutput()
+    lines = text.splitlines()
+    index = 0
+    while index < len(lines):
+        match = _FILE_LINE.match(lines[index])
+        index += 1
+        if match is None:
+            continue
+        path = match["path"].strip("`")
+        while index < len(lines) and not lines[index].strip():
+            index += 1
+        opening = _OPENING.match(lines[index]) if index < len(lines) else None
+        if opening is None:
+            parsed.problems.append(f"{path}: no fenced block after its FILE: line")
+            continue
+        body, index = _fenced_body(lines, index + 1, opening["fence"], path)
+        problem = _path_problem(path, allowed)
+        if problem is not None:
+            parsed.problems.append(f"{path}: {problem}")
+        elif path in parsed.files:
+            parsed.problems.append(f"{path}: given twice; the first one is kept")
+        else:
+            parsed.files[path] = body
+    if not parsed.files:
+        reasons = "; ".join(parsed.problems) or "expected `FILE: path` lines with fenced blocks"
+        raise ContractError(f"no usable file in the answer ({reasons})")
+    return parsed
+
+
+def _fenced_body(lines: list[str], start: int, fence: str, path: str) -> tuple[str, int]:
+    for end in range(start, len(lines)):
+        closing = lines[end].strip()
+        if len(closing) >= len(fence) and set(closing) == {"`"}:
+            return "\n".join(lines[start:end]) + "\n", end + 1
+    raise ContractError(f"{path}: its code fence is never closed")
+
+
+def _path_problem(path: str, allowed: Sequence[str]) -> str | None:
+    """Why ``path`` may not be written, or None."""
+    if len(path) > MAX_PATH or not _SAFE_PATH.match(path):
+        return "not a plain relative path (letters, digits, '._-/' only)"
+    parts = PurePosixPath(path).parts
+    if path.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        return "escapes the output directory"
+    if not any(path.startswith(prefix) for prefix in allowed):
+        return f"outside what this role writes ({', '.join(allowed)})"
+    return None
+
+
+def write_files(files: dict[str, str], root: Path) -> list[Path]:
+    """Write ``files`` under ``root``; return the paths written.
+
+    Raises:
+        ContractError: A path is unsafe or resolves outside ``root`` (nothing is written).
+    """
+    base = root.resolve()
+    targets = []
+    for name, _ in files.items():
+        problem = _path_problem(name, ("",))
+        target = (base / name).resolve()
+        if problem is None and not target.is_relative_to(base):
+            problem = "resolves outside the output directory"
+        if problem is not None:
+            raise ContractError(f"{name}: {problem}")
+        targets.append(target)
+    for target, content in zip(targets, files.values(), strict=True):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content, encoding="utf-8")
+    return targets

@@ -1,0 +1,162 @@
+"""Specialist agents: a role, its instructions, what it may write, and how strong a model.
+
+A ``SpecialistAgent`` is a recipe, not a provider: ``register`` puts an agent for the role
+in an ``AgentRegistry`` (on the provider and model ``agents.routing`` picks for its tier),
+``task`` turns a request into an ``AgentTask`` carrying the role's system prompt, and
+``parse`` reads the answer under the file contract (``agents.contract``). ``run`` does all
+three for a single request through a ``TaskExecutor``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from agents.contract import ParsedOutput, parse_files
+from orchestration import AgentRegistry, AgentTask, TaskExecutor, TaskResult
+
+if TYPE_CHECKING:
+    from agents.routing import ModelChoice
+
+__all__ = [
+    "ARCHITECT",
+    "BACKEND",
+    "DEVOPS",
+    "FRONTEND",
+    "QA",
+    "SPECIALISTS",
+    "SpecialistAgent",
+    "Tier",
+]
+
+Tier = Literal["strong", "cheap"]
+
+CONTRACT = (
+    "Answer with files only. For each file write a line `FILE: <path>` and then the whole "
+    "file in a fenced code block. Use a fence of four backticks for Markdown files."
+)
+
+
+@dataclass(frozen=True)
+class SpecialistAgent:
+    """One role of the team.
+
+    Attributes:
+        name: The agent's name in the registry and the ledger.
+        role: What it is, in a few words (shown in reports).
+        instructions: The system prompt, before the output contract.
+        writes: Path prefixes its files must start with.
+        tier: ``strong`` for design and code, ``cheap`` for short, formulaic work.
+        first_file: The file its answer should start with (small models need the hint).
+    """
+
+    name: str
+    role: str
+    instructions: str
+    writes: tuple[str, ...]
+    tier: Tier
+    first_file: str
+
+    @property
+    def system_prompt(self) -> str:
+        """The instructions followed by the output contract and where files go."""
+        where = ", ".join(f"`{prefix or './'}`" for prefix in self.writes)
+        return f"{self.instructions}\n\n{CONTRACT} Paths start with {where}."
+
+    def register(self, registry: AgentRegistry, choice: ModelChoice, max_tokens: int) -> None:
+        """Register this role on the provider and model chosen for it."""
+        registry.register_agent(
+            self.name,
+            choice.provider,
+            model=choice.model,
+            metadata={"max_tokens": max_tokens, "temperature": 0.2, "seed": 7},
+            replace=True,
+        )
+
+    def task(
+        self, request: str, *, task_id: str | None = None, depends_on: tuple[str, ...] = ()
+    ) -> AgentTask:
+        """The task asking this role for ``request``; dependencies' outputs become context."""
+        return AgentTask(
+            task_id=task_id or self.name,
+            agent=self.name,
+            description=f"{request}\n\nStart your answer with the line `FILE: {self.first_file}`.",
+            depends_on=depends_on,
+            metadata={"system_prompt": self.system_prompt, "role": self.role},
+        )
+
+    def parse(self, output: str) -> ParsedOutput:
+        """The files of an answer (see ``agents.contract.parse_files``).
+
+        Raises:
+            ContractError: The answer holds no usable file.
+        """
+        return parse_files(output, self.writes)
+
+    async def run(self, executor: TaskExecutor, request: str) -> TaskResult:
+        """Ask this role once, on the executor's registry (where it must be registered)."""
+        return await executor.execute(self.task(request), agent=self.name)
+
+
+ARCHITECT = SpecialistAgent(
+    name="architect",
+    first_file="docs/SPEC.md",
+    role="product architect",
+    instructions=(
+        "You are a product architect. Write docs/SPEC.md: the features, the data model "
+        "(fields and types), and the HTTP API contract (method, path, request and response "
+        "JSON for each endpoint). Be brief and exact."
+    ),
+    writes=("docs/",),
+    tier="strong",
+)
+BACKEND = SpecialistAgent(
+    name="backend",
+    first_file="backend/server.py",
+    role="backend engineer",
+    instructions=(
+        "You are a backend engineer. Implement the API of the spec in backend/server.py "
+        "with the Python standard library only (http.server, json, sqlite3 or a JSON file). "
+        "Keep the storage logic in functions importable without starting the server, and "
+        "start the server only under `if __name__ == '__main__':`."
+    ),
+    writes=("backend/",),
+    tier="strong",
+)
+FRONTEND = SpecialistAgent(
+    name="frontend",
+    first_file="frontend/index.html",
+    role="frontend engineer",
+    instructions=(
+        "You are a frontend engineer. Write frontend/index.html: one static page with "
+        "inline CSS and JavaScript (fetch) that lists, adds, completes and deletes todos "
+        "through the API of the spec. No external libraries."
+    ),
+    writes=("frontend/",),
+    tier="strong",
+)
+QA = SpecialistAgent(
+    name="qa",
+    first_file="tests/test_backend.py",
+    role="QA engineer",
+    instructions=(
+        "You are a QA engineer. Write tests/test_backend.py with unittest for the backend "
+        "module backend/server.py (import it by path or add backend/ to sys.path). Test the "
+        "storage functions directly; do not start a server or use the network."
+    ),
+    writes=("tests/",),
+    tier="cheap",
+)
+DEVOPS = SpecialistAgent(
+    name="devops",
+    first_file="run.sh",
+    role="devops engineer",
+    instructions=(
+        "You are a devops engineer. Write run.sh (starts backend/server.py), a Dockerfile "
+        "based on python:3.12-slim that runs it, and README.md telling how to run the app "
+        "and its tests."
+    ),
+    writes=("run.sh", "Dockerfile", "README.md"),
+    tier="cheap",
+)
+SPECIALISTS = (ARCHITECT, BACKEND, FRONTEND, QA, DEVOPS)

@@ -1,0 +1,83 @@
+"""Run a generated app's unittest suite and report the verdict (the Todo demo's ``qa-run``).
+
+Speaks the script-agent protocol: a JSON task on stdin, a JSON answer on stdout whose
+``output`` is itself JSON: ``ran``, ``passed``, ``failed``, ``errors``, ``verdict``
+(``passed``, ``failed`` or ``no tests``) and the tail of the test log. The suite is
+``tests/test_*.py`` under the working directory, which the agent's settings point at the
+generated app. It runs in a child interpreter with a timeout a little under the task's, so
+that a hanging suite still gets a verdict; the executor kills the whole process group if
+even that fails. Standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+LOG_TAIL = 4000
+_RAN = re.compile(r"^Ran (\d+) tests? in", re.MULTILINE)
+_FAILED = re.compile(r"^FAILED \(([^)]*)\)", re.MULTILINE)
+
+
+def verdict(log: str, returncode: int) -> dict[str, object]:
+    """Counts and verdict from unittest's summary lines."""
+    ran_match = _RAN.search(log)
+    ran = int(ran_match.group(1)) if ran_match else 0
+    counts = {"failures": 0, "errors": 0, "skipped": 0, "expected failures": 0}
+    failed_match = _FAILED.search(log)
+    if failed_match:
+        for part in failed_match.group(1).split(","):
+            key, _, value = part.strip().partition("=")
+            if key in counts and value.isdigit():
+                counts[key] = int(value)
+    failed, errors = counts["failures"], counts["errors"]
+    if ran == 0 and returncode != 0 and not errors:
+        errors = 1  # the suite did not even load (a syntax error, a missing module)
+    passed = max(ran - failed - errors - counts["skipped"], 0)
+    if failed or errors or returncode != 0:
+        outcome = "failed"
+    else:
+        outcome = "passed" if passed else "no tests"
+    return {"ran": ran, "passed": passed, "failed": failed, "errors": errors, "verdict": outcome}
+
+
+def _text(output: str | bytes | None) -> str:
+    """What a timed-out child printed (undecoded bytes, whatever ``text=`` said)."""
+    if isinstance(output, bytes):
+        return output.decode("utf-8", "replace")
+    return output or ""
+
+
+def main() -> int:
+    """Answer one task from stdin with the verdict of ``tests/`` in the working directory."""
+    task = json.load(sys.stdin)
+    limit = float(task.get("timeout_s") or 120.0)
+    if not any(Path("tests").glob("test_*.py")):
+        result: dict[str, object] = {
+            "ran": 0,
+            "passed": 0,
+            "failed": 0,
+            "errors": 0,
+            "verdict": "no tests",
+            "log": "no tests/test_*.py in the generated app",
+        }
+    else:
+        argv = [sys.executable, "-m", "unittest", "discover", "-s", "tests"]
+        try:
+            done = subprocess.run(  # noqa: S603 - our interpreter, fixed arguments
+                argv, capture_output=True, text=True, timeout=max(limit - 5.0, 1.0), check=False
+            )
+            log, code = done.stdout + done.stderr, done.returncode
+        except subprocess.TimeoutExpired as exc:
+            log = f"{_text(exc.stdout)}{_text(exc.stderr)}\ntimed out after {exc.timeout:.0f} s"
+            code = -1
+        result = {**verdict(log, code), "log": log[-LOG_TAIL:]}
+    json.dump({"output": json.dumps(result), "model": "unittest"}, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

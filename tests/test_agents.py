@@ -1,0 +1,251 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from agents import (
+    ARCHITECT,
+    BACKEND,
+    SPECIALISTS,
+    ContractError,
+    TodoBuild,
+    parse_files,
+    qa_verdict,
+    route,
+    route_team,
+    write_files,
+)
+from llm_abstractions import ConfigurationError, LlmFactory, LlmRequest
+from llm_abstractions.testing import FunctionLlm
+from orchestration import TaskExecutor, TaskStatus
+
+GOOD = """Here is the spec.
+
+FILE: docs/SPEC.md
+````markdown
+# Todo
+```json
+{"id": 1}
+```
+````
+
+FILE: docs/api.md
+```
+GET /todos
+```
+"""
+
+
+def test_well_formed_answer_gives_every_file() -> None:
+    parsed = parse_files(GOOD, ("docs/",))
+    assert parsed.files == {
+        "docs/SPEC.md": '# Todo\n```json\n{"id": 1}\n```\n',
+        "docs/api.md": "GET /todos\n",
+    }
+    assert parsed.problems == []
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        ("../evil.py", "escapes"),
+        ("docs/../../evil.py", "escapes"),
+        ("/etc/passwd", "escapes"),
+        ("~/x", "plain relative path"),
+        ("docs\\x.py", "plain relative path"),
+        ("backend/x.py", "outside what this role writes"),
+    ],
+)
+def test_unsafe_or_foreign_paths_are_refused(path: str, reason: str) -> None:
+    text = f"FILE: {path}\n```\nx\n```\nFILE: docs/ok.md\n```\nok\n```\n"
+    parsed = parse_files(text, ("docs/",))
+    assert parsed.files == {"docs/ok.md": "ok\n"}
+    assert len(parsed.problems) == 1 and reason in parsed.problems[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("just some prose, no files", "no usable file"),
+        ("```python\nprint(1)\n```", "no usable file"),
+        ("FILE: docs/a.md\nno fence here", "no fenced block"),
+        ("FILE: docs/a.md\n```\nnever closed\n", "never closed"),
+        ("FILE: ../../a.md\n```\nx\n```", "escapes"),
+    ],
+)
+def test_unusable_answers_are_refused_whole(text: str, message: str) -> None:
+    with pytest.raises(ContractError, match=message):
+        parse_files(text, ("docs/",))
+
+
+def test_a_duplicate_path_keeps_the_first() -> None:
+    parsed = parse_files("FILE: docs/a\n```\n1\n```\nFILE: docs/a\n```\n2\n```\n", ("docs/",))
+    assert parsed.files == {"docs/a": "1\n"} and "twice" in parsed.problems[0]
+
+
+def test_writing_never_leaves_the_output_directory(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / "docs").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.symlink(outside, out / "docs" / "link")
+    with pytest.raises(ContractError, match="outside the output directory"):
+        write_files({"docs/ok.md": "ok", "docs/link/evil.md": "x"}, out)
+    assert list(outside.iterdir()) == []
+    assert not (out / "docs" / "ok.md").exists()  # all or nothing
+    with pytest.raises(ContractError, match="escapes"):
+        write_files({"../evil": "x"}, out)
+    assert write_files({"docs/ok.md": "ok"}, out) == [(out / "docs" / "ok.md").resolve()]
+
+
+def test_routing_without_keys_runs_everything_locally() -> None:
+    choices = route_team(SPECIALISTS, env={})
+    assert {c.provider for c in choices.values()} == {"local"}
+
+
+def test_routing_sends_design_to_the_strongest_and_short_work_to_the_cheapest() -> None:
+    env = {"ANTHROPIC_API_KEY": "k", "OPENAI_API_KEY": "k"}
+    assert route("strong", env=env).model == "claude-sonnet-4-5"
+    cheap = route("cheap", env=env)
+    assert (cheap.provider, cheap.model) == ("openai-gpt", "gpt-4.1-mini")
+    assert route("cheap", env={"ANTHROPIC_API_KEY": "k"}).model == "claude-haiku-4-5"
+
+
+def test_role_overrides_from_environment_beat_the_file(tmp_path: Path) -> None:
+    roles = tmp_path / "roles.toml"
+    roles.write_text(
+        '[roles.backend]\nprovider = "openai-gpt"\nmodel = "gpt-4.1"\n'
+        '[roles.qa]\nprovider = "ollama"\n'
+    )
+    env = {"ORCHESTRA_ROLE_QA": "lmstudio:qwen"}
+    choices = route_team(SPECIALISTS, config=roles, env=env)
+    assert (choices["backend"].provider, choices["backend"].model) == ("openai-gpt", "gpt-4.1")
+    assert (choices["qa"].provider, choices["qa"].model) == ("lmstudio", "qwen")
+    roles.write_text('[roles.tester]\nprovider = "local"\n')
+    with pytest.raises(ConfigurationError, match="unknown roles"):
+        route_team(SPECIALISTS, config=roles, env={})
+    roles.write_text("[roles.qa]\nmodel = 'x'\n")
+    with pytest.raises(ConfigurationError, match="needs provider"):
+        route_team(SPECIALISTS, config=roles, env={})
+
+
+def test_the_todo_dag_has_the_promised_shape(tmp_path: Path) -> None:
+    deps = {t.task_id: set(t.depends_on) for t in TodoBuild(output_dir=tmp_path).tasks()}
+    assert deps == {
+        "architect": set(),
+        "backend": {"architect"},
+        "frontend": {"architect"},
+        "qa-tests": {"backend"},
+        "qa-run": {"qa-tests"},
+        "devops": {"backend", "frontend"},
+    }
+
+
+SERVER = """FILE: backend/server.py
+```python
+TODOS = []
+
+
+def add(title):
+    TODOS.append({"title": title, "done": False})
+    return len(TODOS) - 1
+
+
+def complete(index):
+    TODOS[index]["done"] = {done}
+```
+"""
+TESTS = """FILE: tests/test_backend.py
+```python
+import sys
+import unittest
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "backend"))
+import server
+
+
+class TodoTest(unittest.TestCase):
+    def test_add(self):
+        self.assertEqual(server.TODOS[server.add("a")]["title"], "a")
+
+    def test_complete(self):
+        index = server.add("b")
+        server.complete(index)
+        self.assertTrue(server.TODOS[index]["done"])
+```
+"""
+
+
+def scripted_team(done_value: str) -> dict[str, str]:
+    answers = {
+        role.name: f"FILE: {role.first_file}\n```\n{role.name}\n```\n" for role in SPECIALISTS
+    }
+    answers["backend"] = SERVER.replace("{done}", done_value)
+    answers["qa"] = TESTS
+    return answers
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("done_value", "verdict"), [("True", "passed"), ("None", "failed")])
+async def test_qa_verdict_comes_from_really_running_the_generated_tests(
+    tmp_path: Path, done_value: str, verdict: str
+) -> None:
+    answers = scripted_team(done_value)
+
+    def answer(request: LlmRequest) -> str:
+        return answers[str(request.metadata["agent"])]
+
+    LlmFactory.register_provider("scripted-team", lambda **_: FunctionLlm(answer), replace=True)
+    build = TodoBuild(output_dir=tmp_path / "app", test_timeout_s=60)
+    build.choices = route_team(
+        SPECIALISTS, env={f"ORCHESTRA_ROLE_{r.name.upper()}": "scripted-team" for r in SPECIALISTS}
+    )
+    executor = TaskExecutor(registry=build.registry(), max_concurrency=4)
+    try:
+        run = await executor.run(build.tasks(), on_task_done=build.on_task_done)
+    finally:
+        await executor.aclose()
+    assert run.ok
+    assert (tmp_path / "app" / "backend" / "server.py").is_file()
+    assert build.files["qa-tests"].written == ["tests/test_backend.py"]
+    outcome = qa_verdict(run.results["qa-run"])
+    assert outcome["verdict"] == verdict, outcome["log"]
+    assert outcome["ran"] == 2
+    assert outcome["failed"] == (0 if verdict == "passed" else 1)
+    assert run.results["qa-run"].metadata["execution_method"] == "script"
+
+
+@pytest.mark.anyio
+async def test_a_broken_answer_is_reported_and_writes_nothing(tmp_path: Path) -> None:
+    def answer(request: LlmRequest) -> str:
+        if request.metadata["agent"] == "architect":
+            return "FILE: ../../escape.md\n```\nx\n```\nFILE: docs/SPEC.md\n```\nnever closed"
+        return "no files at all"
+
+    LlmFactory.register_provider("broken-team", lambda **_: FunctionLlm(answer), replace=True)
+    build = TodoBuild(output_dir=tmp_path / "app")
+    build.choices = route_team(
+        SPECIALISTS, env={f"ORCHESTRA_ROLE_{r.name.upper()}": "broken-team" for r in SPECIALISTS}
+    )
+    executor = TaskExecutor(registry=build.registry(), max_concurrency=4)
+    try:
+        run = await executor.run(build.tasks(), on_task_done=build.on_task_done)
+    finally:
+        await executor.aclose()
+    assert run.results["architect"].status is TaskStatus.SUCCEEDED
+    assert "never closed" in build.files["architect"].problems[0]
+    assert "no usable file" in build.files["backend"].problems[0]
+    assert qa_verdict(run.results["qa-run"])["verdict"] == "no tests"
+    assert not (tmp_path / "escape.md").exists()
+    assert not any((tmp_path / "app").rglob("*.md"))
+
+
+def test_a_specialist_task_carries_its_role() -> None:
+    task = BACKEND.task("Build it.", depends_on=("architect",))
+    assert task.agent == "backend" and task.depends_on == ("architect",)
+    assert "FILE: backend/server.py" in task.description
+    assert "`backend/`" in task.metadata["system_prompt"]
+    assert ARCHITECT.tier == "strong"
