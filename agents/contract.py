@@ -81,8 +81,8 @@ def parse_files(text: str, allowed: Sequence[str] = ("",)) -> ParsedOutput:
         else:
             parsed.files[path] = body
     if not parsed.files:
-        reasons = "; ".join(parsed.problems) or "expected `FILE: path` lines with fenced blocks"
-        raise ContractError(f"no usable file in the answer ({reasons})")
+        reasons = "; ".join(parsed.problems) or "no `FILE: path` line before a fenced block"
+        raise ContractError(f"no usable file in the answer: {reasons}")
     return parsed
 
 

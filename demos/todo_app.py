@@ -77,6 +77,7 @@ def report(run: RunResult, build: TodoBuild, console: Console) -> None:
             _files_cell(build, result.task_id),
         )
     console.print(table)
+    _refusals(build, console)
     cost = f"${total:.4f}" if priced else "unknown (a price is missing)"
     console.print(f"total cost: {cost}")
     verdict = qa_verdict(run.results.get("qa-run"))
@@ -84,7 +85,7 @@ def report(run: RunResult, build: TodoBuild, console: Console) -> None:
         f"{k} {verdict[k]}" for k in ("ran", "passed", "failed", "errors") if k in verdict
     )
     console.print(
-        f"QA verdict: [bold]{verdict['verdict']}[/bold] {counts or verdict.get('reason', '')}"
+        f"QA verdict: [bold]{verdict['verdict']}[/bold] ({counts or verdict.get('reason', '')})"
     )
     console.print(f"files: {build.output_dir}")
     console.print("\ninspect it:")
@@ -97,10 +98,17 @@ def _files_cell(build: TodoBuild, task_id: str) -> str:
     files = build.files.get(task_id)
     if files is None:
         return ""
-    cell = ", ".join(files.written) or "none written"
+    cell = ", ".join(files.written) or "none"
     if files.problems:
-        cell += f" [red]({'; '.join(files.problems)})[/red]"
+        cell += f" [red]({len(files.problems)} refused)[/red]"
     return cell
+
+
+def _refusals(build: TodoBuild, console: Console) -> None:
+    """What the file contract refused, task by task."""
+    for task_id, files in build.files.items():
+        for problem in files.problems:
+            console.print(f"  {task_id}: {problem}", soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> int:
