@@ -54,12 +54,13 @@ async def build_app(build: TodoBuild, run_id: str, console: Console) -> RunResul
 def report(run: RunResult, build: TodoBuild, console: Console) -> None:
     """The per-task table, total cost, QA verdict and inspect commands."""
     table = Table(title=f"run {run.run_id}: {run.status.value}")
-    columns = ("task", "status", "method", "provider", "model", "tokens in/out", "cost")
+    columns = ("task", "agent", "status", "method", "provider", "model", "tokens in/out", "cost")
     for column in columns:
         table.add_column(column, no_wrap=True)
     table.add_column("latency", justify="right", no_wrap=True)
     table.add_column("files")
     total, priced = 0.0, True
+    agents = {task.task_id: task.agent or "" for task in build.tasks()}
     for result in run.results.values():
         meta = result.metadata
         if result.cost_usd is None:
@@ -67,6 +68,7 @@ def report(run: RunResult, build: TodoBuild, console: Console) -> None:
         total += result.cost_usd or 0.0
         table.add_row(
             result.task_id,
+            agents.get(result.task_id, ""),
             result.status.value,
             str(meta.get("execution_method", "")),
             str(meta.get("provider", "")),

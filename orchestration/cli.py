@@ -103,7 +103,7 @@ def runs(
     as_json: JsonOption = False,
 ) -> None:
     """List runs: id, name, status, tasks, tokens, cost, duration."""
-    from orchestration.history import list_runs
+    from orchestration.history import fmt_cost, fmt_seconds, fmt_tokens, list_runs
 
     found = list_runs(_open_ledger(), limit)
     if as_json:
@@ -115,9 +115,9 @@ def runs(
             r["name"] or "",
             r["status"],
             str(r["tasks"]),
-            _tokens(r["input_tokens"], r["output_tokens"]),
-            _cost(r["cost_usd"]),
-            _seconds(r["duration_s"]),
+            fmt_tokens(r["input_tokens"], r["output_tokens"]),
+            fmt_cost(r["cost_usd"]),
+            fmt_seconds(r["duration_s"]),
         ]
         for r in found
     ]
@@ -130,7 +130,7 @@ def show(
     as_json: JsonOption = False,
 ) -> None:
     """Show a run task by task: agent, status, method, provider, model, tokens, cost."""
-    from orchestration.history import resolve_run, run_tasks
+    from orchestration.history import fmt_cost, fmt_seconds, fmt_tokens, resolve_run, run_tasks
 
     ledger = _open_ledger()
     run_id = _resolve(lambda: resolve_run(ledger, run))
@@ -148,9 +148,9 @@ def show(
             t["execution_method"] or "",
             t["provider"] or "",
             t["model"] or "",
-            _tokens(t["input_tokens"], t["output_tokens"]),
-            _cost(t["cost_usd"]),
-            _seconds(t["latency_s"]),
+            fmt_tokens(t["input_tokens"], t["output_tokens"]),
+            fmt_cost(t["cost_usd"]),
+            fmt_seconds(t["latency_s"]),
             str(t["attempts"]),
             (t["error"] or "")[:80],
         ]
@@ -166,7 +166,13 @@ def attempts(
     as_json: JsonOption = False,
 ) -> None:
     """List every attempt of a run (or of one task): method, status, tokens, cost, error."""
-    from orchestration.history import resolve_run, run_attempts
+    from orchestration.history import (
+        fmt_cost,
+        fmt_seconds,
+        fmt_tokens,
+        resolve_run,
+        run_attempts,
+    )
 
     ledger = _open_ledger()
     run_id = _resolve(lambda: resolve_run(ledger, run))
@@ -184,14 +190,51 @@ def attempts(
             a["provider"] or "",
             a["model"] or "",
             a["status"],
-            _tokens(a["input_tokens"], a["output_tokens"]),
-            _cost(a["cost_usd"]),
-            _seconds(a["latency_s"]),
+            fmt_tokens(a["input_tokens"], a["output_tokens"]),
+            fmt_cost(a["cost_usd"]),
+            fmt_seconds(a["latency_s"]),
             (a["error_message"] or "")[:80],
         ]
         for a in found
     ]
     _table(f"Attempts of {run_id}", columns, rows)
+
+
+@app.command()
+def report(
+    run: Annotated[str, typer.Argument(help="Run id, or its first characters.")],
+    html: Annotated[
+        Path | None,
+        typer.Option("--html", help="Write a self-contained HTML page (graph, timeline) here."),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Report on a run: summary, tasks, attempts; with --html, a page with its DAG and timeline."""
+    from rich.console import Console
+
+    from orchestration.report import (
+        load_report,
+        print_report,
+        render_html,
+        report_json,
+        summary_line,
+    )
+
+    ledger = _open_ledger()
+    found = _resolve(lambda: load_report(ledger, run))
+    if html is not None:
+        try:
+            html.write_text(render_html(found), encoding="utf-8")
+        except OSError as exc:
+            typer.echo(f"error: cannot write {html}: {exc.strerror or exc}", err=True)
+            raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(json.dumps(report_json(found), indent=2))
+    elif html is not None:
+        typer.echo(f"wrote {html.resolve()}")
+        typer.echo(summary_line(found))
+    else:
+        print_report(found, Console())
 
 
 @app.command("run")
@@ -256,18 +299,6 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
 
 def _mark(value: bool | None) -> str:
     return "-" if value is None else ("yes" if value else "no")
-
-
-def _tokens(tokens_in: int | None, tokens_out: int | None) -> str:
-    return f"{'-' if tokens_in is None else tokens_in}/{'-' if tokens_out is None else tokens_out}"
-
-
-def _cost(cost: float | None) -> str:
-    return "unknown" if cost is None else f"${cost:.4f}"
-
-
-def _seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}s"
 
 
 def main() -> None:

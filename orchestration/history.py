@@ -16,7 +16,15 @@ from llm_abstractions.errors import ConfigurationError
 from orchestration.ledger import Ledger
 from orchestration.ledger_schema import AttemptRow, RunRow, TaskRunRow
 
-__all__ = ["list_runs", "resolve_run", "run_attempts", "run_tasks"]
+__all__ = [
+    "fmt_cost",
+    "fmt_seconds",
+    "fmt_tokens",
+    "list_runs",
+    "resolve_run",
+    "run_attempts",
+    "run_tasks",
+]
 
 
 def list_runs(ledger: Ledger, limit: int = 20) -> list[dict[str, Any]]:
@@ -105,3 +113,18 @@ def run_attempts(ledger: Ledger, run_id: str, task_id: str | None = None) -> lis
     with ledger.session() as session:
         found = session.exec(query.order_by(col(AttemptRow.id))).all()
         return [row.model_dump(mode="json") for row in found]
+
+
+def fmt_tokens(tokens_in: int | None, tokens_out: int | None) -> str:
+    """``in/out``, ``-`` for an unknown count."""
+    return f"{'-' if tokens_in is None else tokens_in}/{'-' if tokens_out is None else tokens_out}"
+
+
+def fmt_cost(cost: float | None) -> str:
+    """Dollars to four places, or ``unknown``."""
+    return "unknown" if cost is None else f"${cost:.4f}"
+
+
+def fmt_seconds(value: float | None) -> str:
+    """Seconds to two places, or ``-``."""
+    return "-" if value is None else f"{value:.2f}s"

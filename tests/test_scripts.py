@@ -6,9 +6,7 @@ import json
 import os
 import sqlite3
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -17,52 +15,17 @@ import pytest
 
 from orchestration import AgentRegistry, AgentTask, TaskExecutor, TaskStatus
 from orchestration.ledger import default_db_url
+from tests import loopback
 
 pytestmark = pytest.mark.anyio
 KEY = "sk-loopback-test-key-123"
 
 
-class ChatServer(BaseHTTPRequestHandler):
-    """Just enough of OpenAI's chat completions for the bundled script."""
-
-    seen: list[dict[str, Any]] = []
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        ChatServer.seen.append({"path": self.path, "auth": self.headers["Authorization"], **body})
-        answer = {
-            "id": "chatcmpl-1",
-            "model": body["model"],
-            "choices": [
-                {
-                    "index": 0,
-                    "finish_reason": "stop",
-                    "message": {"role": "assistant", "content": "from loopback"},
-                }
-            ],
-            "usage": {"prompt_tokens": 11, "completion_tokens": 2, "total_tokens": 13},
-        }
-        data = json.dumps(answer).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def chat_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    ChatServer.seen = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), ChatServer)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    monkeypatch.setenv("OPENAI_BASE_URL", url)
-    yield url
-    server.shutdown()
-    server.server_close()
+    with loopback.chat_server() as url:
+        monkeypatch.setenv("OPENAI_BASE_URL", url)
+        yield url
 
 
 async def test_unavailable_provider_falls_back_to_the_script(chat_server: str) -> None:
@@ -79,7 +42,7 @@ async def test_unavailable_provider_falls_back_to_the_script(chat_server: str) -
     assert result.metadata["execution_method"] == "script"
     assert (result.usage.input_tokens, result.usage.output_tokens) == (11, 2)
     assert result.attempts == 2
-    (request,) = ChatServer.seen
+    (request,) = loopback.ChatServer.seen
     assert request["path"] == "/v1/chat/completions"
     assert request["auth"] == f"Bearer {KEY}"  # the agent's key, passed in the environment
     assert request["messages"][0] == {"role": "system", "content": "brief"}
@@ -100,7 +63,7 @@ async def test_no_fallback_when_the_agent_forbids_it(chat_server: str) -> None:
         AgentTask(task_id="T", description="x"), agent="gpt"
     )
     assert result.status is TaskStatus.FAILED and result.attempts == 1
-    assert ChatServer.seen == []
+    assert loopback.ChatServer.seen == []
 
 
 def script_agent(tmp_path: Path, body: str, **script: Any) -> AgentRegistry:
