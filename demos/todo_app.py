@@ -26,6 +26,7 @@ from agents.specialists import SPECIALISTS
 from agents.todo import DEFAULT_REQUEST
 from llm_abstractions import ConfigurationError
 from orchestration import RunResult, TaskExecutor, TaskResult
+from orchestration.history import fmt_tokens
 from orchestration.logs import configure_logging
 
 OUTPUT_ROOT = Path(__file__).resolve().parent / "output"
@@ -73,7 +74,7 @@ def report(run: RunResult, build: TodoBuild, console: Console) -> None:
             str(meta.get("execution_method", "")),
             str(meta.get("provider", "")),
             str(meta.get("model", "")),
-            f"{result.usage.input_tokens}/{result.usage.output_tokens}",
+            fmt_tokens(result.usage.input_tokens, result.usage.output_tokens),
             "unknown" if result.cost_usd is None else f"${result.cost_usd:.4f}",
             f"{result.latency_s or 0:.1f}s",
             _files_cell(build, result.task_id),
@@ -100,10 +101,10 @@ def _files_cell(build: TodoBuild, task_id: str) -> str:
     files = build.files.get(task_id)
     if files is None:
         return ""
-    cell = ", ".join(files.written) or "none"
-    if files.problems:
-        cell += f" [red]({len(files.problems)} refused)[/red]"
-    return cell
+    if not files.written:
+        return "[red]none: answer refused[/red]"
+    refused = f" [red]({len(files.problems)} refused)[/red]" if files.problems else ""
+    return ", ".join(files.written) + refused
 
 
 def _refusals(build: TodoBuild, console: Console) -> None:
