@@ -46,6 +46,8 @@ test: lint typecheck unit
 bench: $(VENV)/.dev-installed .venv-litellm/bin/python
 	$(PY) bench/import_time.py
 	$(PY) bench/local_model.py
+	$(PY) bench/executor.py
+	$(PY) bench/todo_demo.py
 
 clean:
 	rm -rf $(VENV) .venv-litellm .mypy_cache .ruff_cache .pytest_cache *.egg-info
