@@ -78,12 +78,22 @@ def parse_files(text: str, allowed: Sequence[str] = ("",)) -> ParsedOutput:
             parsed.problems.append(f"{path}: {problem}")
         elif path in parsed.files:
             parsed.problems.append(f"{path}: given twice; the first one is kept")
+        elif clash := _clash(path, parsed.files):
+            parsed.problems.append(f"{path}: {clash} is already a file of this answer")
         else:
             parsed.files[path] = body
     if not parsed.files:
         reasons = "; ".join(parsed.problems) or "no `FILE: path` line before a fenced block"
         raise ContractError(f"no usable file in the answer: {reasons}")
     return parsed
+
+
+def _clash(path: str, files: dict[str, str]) -> str | None:
+    """A file of ``files`` that ``path`` would need as a directory, or the reverse."""
+    for other in files:
+        if path.startswith(other + "/") or other.startswith(path + "/"):
+            return other
+    return None
 
 
 def _fenced_body(lines: list[str], start: int, fence: str, path: str) -> tuple[str, int]:
@@ -101,6 +111,8 @@ def _path_problem(path: str, allowed: Sequence[str]) -> str | None:
     parts = PurePosixPath(path).parts
     if path.startswith("/") or any(part in ("", ".", "..") for part in parts):
         return "escapes the output directory"
+    if path.endswith("/"):
+        return "names a directory, not a file"
     if not any(path.startswith(prefix) for prefix in allowed):
         return f"outside what this role writes ({', '.join(allowed)})"
     return None
@@ -110,7 +122,9 @@ def write_files(files: dict[str, str], root: Path) -> list[Path]:
     """Write ``files`` under ``root``; return the paths written.
 
     Raises:
-        ContractError: A path is unsafe or resolves outside ``root`` (nothing is written).
+        ContractError: A path is unsafe or resolves outside ``root`` (then nothing is
+            written), or the file system refused a write (a file where a directory must go,
+            a full disk): the files before it are written.
     """
     base = root.resolve()
     targets = []
@@ -122,7 +136,14 @@ def write_files(files: dict[str, str], root: Path) -> list[Path]:
         if problem is not None:
             raise ContractError(f"{name}: {problem}")
         targets.append(target)
-    for target, content in zip(targets, files.values(), strict=True):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(content, encoding="utf-8")
+    for index, (target, content) in enumerate(zip(targets, files.values(), strict=True)):
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(content, encoding="utf-8")
+        except OSError as exc:
+            written = ", ".join(str(t.relative_to(base)) for t in targets[:index]) or "none"
+            raise ContractError(
+                f"{target.relative_to(base)}: cannot be written ({exc.strerror or exc}); "
+                f"written before it: {written}"
+            ) from exc
     return targets

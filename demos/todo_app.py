@@ -19,7 +19,9 @@ from pathlib import Path
 
 import anyio
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from agents import TodoBuild, qa_verdict, route_team
 from agents.specialists import SPECIALISTS
@@ -38,12 +40,14 @@ async def build_app(build: TodoBuild, run_id: str, console: Console) -> RunResul
     for role in SPECIALISTS:
         choice = build.choices[role.name]
         console.print(
-            f"  {role.name:<10} {choice.provider}:{choice.model or 'default'} ({choice.reason})"
+            escape(
+                f"  {role.name:<10} {choice.provider}:{choice.model or 'default'} ({choice.reason})"
+            )
         )
 
     def done(result: TaskResult) -> None:
         build.on_task_done(result)
-        console.print(f"  {result.task_id:<10} {result.status.value}")
+        console.print(Text(f"  {result.task_id:<10} {result.status.value}"))
 
     executor = TaskExecutor(registry=registry, max_concurrency=4)
     try:
@@ -68,12 +72,12 @@ def report(run: RunResult, build: TodoBuild, console: Console) -> None:
             priced = priced and not result.succeeded
         total += result.cost_usd or 0.0
         table.add_row(
-            result.task_id,
-            agents.get(result.task_id, ""),
+            escape(result.task_id),
+            escape(agents.get(result.task_id, "")),
             result.status.value,
             str(meta.get("execution_method", "")),
-            str(meta.get("provider", "")),
-            str(meta.get("model", "")),
+            escape(str(meta.get("provider", ""))),
+            escape(str(meta.get("model", ""))),
             fmt_tokens(result.usage.input_tokens, result.usage.output_tokens),
             "unknown" if result.cost_usd is None else f"${result.cost_usd:.4f}",
             f"{result.latency_s or 0:.1f}s",
@@ -88,7 +92,8 @@ def report(run: RunResult, build: TodoBuild, console: Console) -> None:
         f"{k} {verdict[k]}" for k in ("ran", "passed", "failed", "errors") if k in verdict
     )
     console.print(
-        f"QA verdict: [bold]{verdict['verdict']}[/bold] ({counts or verdict.get('reason', '')})"
+        f"QA verdict: [bold]{escape(str(verdict['verdict']))}[/bold] "
+        f"({escape(counts or str(verdict.get('reason', '')))})"
     )
     console.print(f"files: {build.output_dir}")
     console.print("\ninspect it:")
@@ -104,14 +109,14 @@ def _files_cell(build: TodoBuild, task_id: str) -> str:
     if not files.written:
         return "[red]none: answer refused[/red]"
     refused = f" [red]({len(files.problems)} refused)[/red]" if files.problems else ""
-    return ", ".join(files.written) + refused
+    return escape(", ".join(files.written)) + refused
 
 
 def _refusals(build: TodoBuild, console: Console) -> None:
     """What the file contract refused, task by task."""
     for task_id, files in build.files.items():
         for problem in files.problems:
-            console.print(f"  {task_id}: {problem}", soft_wrap=True)
+            console.print(Text(f"  {task_id}: {problem}"), soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,7 +63,8 @@ def cost_of(provider: str, model: str | None, usage: Usage) -> tuple[float | Non
     except LookupError:
         _log.warning("no price for %s model %s; cost recorded as unknown", provider, model)
         return None, f"unknown: genai-prices has no price for {model}"
-    except ValueError as exc:  # counts it cannot price (negative, inconsistent)
+    except Exception as exc:  # counts it cannot price, or a bug in the price data
+        # An answer that was paid for must not be lost to its price: it is recorded unknown.
         _log.warning("cannot price %s model %s: %s", provider, model, exc)
         return None, f"unknown: {exc}"
     return float(price.total_price), "genai-prices"

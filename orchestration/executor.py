@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import sys
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -155,10 +156,13 @@ class TaskExecutor:
             raise ConfigurationError(f"run_id {run_id!r} must be 1-64 letters, digits, '-' or '_'.")
         graph = validate_tasks(tasks, self.registry, default)
         recorder = await self._recorder()
+        if run_id is not None and recorder is not None:
+            await self._check_new(run_id)
         run = RunResult(run_id=run_id or uuid.uuid4().hex, name=name)
         self.last_run = run
         if recorder is not None:
-            await recorder.start_run(run.run_id, name, tasks, run.started_at)
+            with anyio.CancelScope(shield=True):  # a recorded start is always finished
+                await recorder.start_run(run.run_id, name, tasks, run.started_at)
         scheduler = _Scheduler(self, graph, {t.task_id: t for t in tasks}, default, run)
         scheduler.recorder = recorder
         scheduler.on_task_done = on_task_done
@@ -169,15 +173,22 @@ class TaskExecutor:
             ledger_errors = group.subgroup(lambda e: isinstance(e, LedgerError))
             if ledger_errors is None:
                 raise
-            run.finished_at, run.status = datetime.now(UTC), RunStatus.FAILED
+            run.status = RunStatus.FAILED
             raise _first(ledger_errors) from None
         finally:
-            if run.finished_at is None:
-                run.finished_at = datetime.now(UTC)
+            run.finished_at = datetime.now(UTC)
+            if run.status is RunStatus.RUNNING:
                 run.status = _run_status(run, len(tasks))
-                if recorder is not None:
-                    await recorder.finish_run(run.run_id, run.status.value, run.finished_at)
+            if recorder is not None:
+                await _record_end(recorder, run)
         return run
+
+    async def _check_new(self, run_id: str) -> None:
+        assert self.ledger is not None  # noqa: S101 - a recorder implies a ledger
+        if await anyio.to_thread.run_sync(self.ledger.has_run, run_id):
+            raise ConfigurationError(
+                f"A run with id {run_id!r} is already in the ledger; pass a new run_id."
+            )
 
     async def _recorder(self) -> Recorder | None:
         if not self.record:
@@ -303,6 +314,9 @@ class _Scheduler:
         except anyio.get_cancelled_exc_class():
             self._cancel_queued()
             raise
+        # A task can end its worker with a stray cancellation that is not the run's own:
+        # what it left queued never ran.
+        self._cancel_queued()
 
     def _queue(self, tid: str) -> None:
         agent = self.agents[tid].name
@@ -508,6 +522,16 @@ def _failed_before_trying(
             "error_type": type(exc).__name__,
         },
     )
+
+
+async def _record_end(recorder: Recorder, run: RunResult) -> None:
+    """Record how the run ended; a failure to do so is raised unless another error is."""
+    try:
+        await recorder.finish_run(run.run_id, run.status.value, run.finished_at or run.started_at)
+    except LedgerError:
+        if sys.exception() is None:
+            raise
+        structlog.get_logger("orchestra").warning("could not record the end of the run")
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -91,7 +91,6 @@ class _Job:
 
     write: Write
     done: LoopCompletion[None]
-    unwaited: bool = False  # holds writes nobody awaits: a failure is kept for the next one
 
 
 class Ledger:
@@ -121,7 +120,7 @@ class Ledger:
         self._statements: dict[Statement, tuple[str, Callable[[Row], Any] | None]] = {}
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._gathering: dict[EventLoopToken, _Job] = {}
-        self._failure: LedgerError | None = None
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._serve, name="orchestra-ledger", daemon=True)
         self._thread.start()
 
@@ -154,40 +153,39 @@ class Ledger:
         Raises:
             LedgerError: The transaction it was part of failed; nothing in it was stored.
         """
-        await self.submit(write).wait()
+        await self.write_soon(write).wait()
 
-    def submit(self, write: Write) -> Commit:
-        """Queue ``write``; the caller must await the returned commit's ``wait()``."""
-        return self._gather(write).done
+    def write_soon(self, write: Write) -> Commit:
+        """Queue ``write`` without waiting; await the returned commit to learn how it went.
 
-    def write_soon(self, write: Write) -> None:
-        """Queue ``write`` without waiting; a failure surfaces on the next ``write``."""
-        self._gather(write).unwaited = True
-
-    def _gather(self, write: Write) -> _Job:
-        """Add ``write`` to what this event loop hands the writer at its next iteration.
-
-        Every write of one loop iteration (all the tasks that just finished) travels to the
-        writer thread as one job: one wake-up of the writer and one of the loop per batch,
-        instead of a pair per write contending for the GIL.
+        Raises:
+            LedgerError: The ledger is closed.
         """
-        if self._closed:
-            raise LedgerError(f"The run ledger at {self.shown_url} is closed.")
-        if self._failure is not None:
-            error, self._failure = self._failure, None
-            raise error
         token = anyio.lowlevel.current_token()
-        job = self._gathering.get(token)
-        if job is None:
-            job = self._gathering[token] = _Job([], LoopCompletion())
-            token.backend_class.run_sync_soon(self._hand_over, (token,), token.native_token)
-        job.write.extend(write)
-        return job
+        with self._lock:
+            if self._closed:
+                raise LedgerError(f"The run ledger at {self.shown_url} is closed.")
+            job = self._gathering.get(token)
+            if job is None:
+                # Every write of one loop iteration (all the tasks that just finished)
+                # travels to the writer as one job: one wake-up of the writer and one of the
+                # loop per batch, instead of a pair per write contending for the GIL.
+                job = self._gathering[token] = _Job([], LoopCompletion())
+                token.backend_class.run_sync_soon(self._hand_over, (token,), token.native_token)
+            job.write.extend(write)
+        return job.done
 
     def _hand_over(self, token: EventLoopToken) -> None:
-        job = self._gathering.pop(token, None)
-        if job is not None:
-            self._jobs.put(job)
+        with self._lock:  # never after close() has queued the writer's stop
+            job = self._gathering.pop(token, None)
+            if job is not None:
+                self._jobs.put(job)
+
+    def has_run(self, run_id: str) -> bool:
+        """Whether a run with this id is recorded (blocking: call it from a thread)."""
+        with self.session() as session:
+            found = session.execute(text("SELECT 1 FROM runs WHERE id = :id"), {"id": run_id})
+            return found.first() is not None
 
     def session(self) -> Session:
         """A session for reading (the CLI, tests); it does not take the write lock."""
@@ -195,32 +193,22 @@ class Ledger:
 
     def close(self) -> None:
         """Commit what is queued, stop the writer and release the database."""
-        if self._closed:
-            return
-        self._closed = True
-        for token in list(self._gathering):
-            self._hand_over(token)
-        self._jobs.put(None)
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for token in list(self._gathering):
+                self._jobs.put(self._gathering.pop(token))
+            self._jobs.put(None)
         self._thread.join(timeout=60)
         self.engine.dispose()
 
     def _serve(self) -> None:
-        try:
-            commit, release = self._open_writer()
-        except Exception as exc:
-            message = f"Cannot open the run ledger at {self.shown_url}: {exc}"
-            self._fail_forever(LedgerError(message))
-            return
-        try:
-            while (batch := self._next_batch()) is not None:
-                self._commit(commit, batch)
-        finally:
-            release()
-
-    def _open_writer(self) -> tuple[Callable[[list[_Group]], None], Callable[[], None]]:
-        """How this ledger commits (a function of statement groups), and how to let go."""
-        connection = self.engine.raw_connection()
-        return (lambda groups: self._commit_here(connection, groups)), connection.close
+        connection: Any = None
+        while (batch := self._next_batch()) is not None:
+            connection = self._commit(connection, batch)
+        if connection is not None:
+            connection.close()
 
     def _next_batch(self) -> list[_Job] | None:
         """Every job queued so far (group commit); None once the ledger is closed."""
@@ -238,35 +226,51 @@ class Ledger:
                 return batch
             batch.append(more)
 
-    def _fail_forever(self, error: LedgerError) -> None:
-        """The writer cannot run: every write, queued or to come, gets ``error``."""
-        self._failure = error
-        while (batch := self._next_batch()) is not None:
-            for job in batch:
-                job.done.set_exception(error)
+    def _commit(self, connection: Any, batch: list[_Job]) -> Any:
+        """Commit ``batch`` in one transaction, or else each job in its own.
 
-    def _commit(self, commit: Callable[[list[_Group]], None], batch: list[_Job]) -> None:
-        operations = sorted(
-            (op for job in batch for op in job.write), key=lambda op: op[0]
-        )  # stable: equal ranks keep their queue order
-        try:
-            commit(_grouped(operations))
-        except Exception as exc:  # any failure loses the whole batch; tell every writer
-            error = LedgerError(f"Could not write to the run ledger at {self.shown_url}: {exc}")
-            if any(job.unwaited for job in batch):
-                self._failure = error
-            for job in batch:
-                job.done.set_exception(error)
-            return
+        A job that cannot be written (a duplicate key, a value the driver refuses) then
+        fails alone instead of taking other runs' rows with it. A connection that saw a
+        failure is dropped and the next batch opens a new one: a database server that
+        restarted, or an idle connection it closed, does not fail every later write.
+
+        Returns:
+            The connection for the next batch (None: open a new one).
+        """
+        connection, error = self._try(connection, batch)
+        if error is None:
+            return connection
+        if len(batch) == 1:
+            batch[0].done.set_exception(error)
+            return connection
         for job in batch:
-            job.done.set_result(None)
+            connection, alone = self._try(connection, [job])
+            if alone is not None:
+                job.done.set_exception(alone)
+        return connection
 
-    def _commit_here(self, connection: Any, groups: list[_Group]) -> None:
+    def _try(self, connection: Any, jobs: list[_Job]) -> tuple[Any, LedgerError | None]:
+        """Commit ``jobs`` together and tell them; on failure, return the error instead."""
+        try:
+            connection = connection or self.engine.raw_connection()
+            self._transaction(connection, jobs)
+        except Exception as exc:
+            error = LedgerError(f"Could not write to the run ledger at {self.shown_url}: {exc}")
+            _discard(connection)
+            return None, error
+        for job in jobs:
+            job.done.set_result(None)
+        return connection, None
+
+    def _transaction(self, connection: Any, jobs: list[_Job]) -> None:
+        operations = sorted(
+            (op for job in jobs for op in job.write), key=lambda op: op[0]
+        )  # stable: equal ranks keep their queue order
         cursor = connection.cursor()
         try:
             if self._sqlite:  # the driver is in autocommit mode: open the transaction here
                 cursor.execute("BEGIN IMMEDIATE")
-            for statement, rows in groups:
+            for statement, rows in _grouped(operations):
                 sql, convert = self._compiled(statement)
                 cursor.executemany(sql, rows if convert is None else [convert(r) for r in rows])
             connection.commit()
@@ -301,6 +305,16 @@ def _rollback(connection: Any) -> None:
     try:
         connection.rollback()
     except Exception:  # noqa: S110 - the commit's own error is the one worth reporting
+        pass
+
+
+def _discard(connection: Any) -> None:
+    """Close a connection that saw a failure, and take it out of the pool."""
+    if connection is None:
+        return
+    try:
+        connection.invalidate()
+    except Exception:  # noqa: S110 - it is being thrown away anyway
         pass
 
 

@@ -81,6 +81,9 @@ class Recorder:
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
         self._agent_secrets: dict[str, list[str]] = {}
+        # Commits of the writes nobody awaits yet; finish_run awaits them, so that a failed
+        # one is this run's error, raised by this run.
+        self._unawaited: dict[Commit, None] = {}
 
     def _secrets(self, agent: AgentConfig) -> list[str]:
         """The agent's secrets, looked up once per recorder (one run)."""
@@ -105,7 +108,7 @@ class Recorder:
     def task_started(self, run_id: str, task_id: str, agent: str) -> None:
         """Mark a task running (queued, not awaited)."""
         row = (run_id, task_id, agent, "running", _epoch_ts(time.time()), 0)
-        self.ledger.write_soon([(RANK_STARTED, _TASK_STARTED, [row])])
+        self._unawaited[self.ledger.write_soon([(RANK_STARTED, _TASK_STARTED, [row])])] = None
 
     def task_finished(
         self, run_id: str, task: AgentTask, agent: AgentConfig, tries: Sequence[TaskResult]
@@ -139,7 +142,7 @@ class Recorder:
             len(tries),
             meta.get("execution_method"),
             meta.get("provider"),
-            meta.get("model"),
+            str(meta["model"]) if meta.get("model") else None,
             final.usage.input_tokens,
             final.usage.output_tokens,
             final.cost_usd,
@@ -147,7 +150,7 @@ class Recorder:
             _epoch_ts(started),
             _epoch_ts(finished),
         )
-        return self.ledger.submit(
+        return self.ledger.write_soon(
             [(RANK_ATTEMPT, _INSERT_ATTEMPT, attempts), (RANK_TASK, _TASK_FINISHED, [task_row])]
         )
 
@@ -156,12 +159,19 @@ class Recorder:
     ) -> None:
         """Record a skipped or cancelled task (queued, not awaited)."""
         row = (run_id, task_id, agent, result.status.value, result.error, _epoch_ts(time.time()), 0)
-        self.ledger.write_soon([(RANK_NOT_RUN, _TASK_NOT_RUN, [row])])
+        self._unawaited[self.ledger.write_soon([(RANK_NOT_RUN, _TASK_NOT_RUN, [row])])] = None
 
     async def finish_run(self, run_id: str, status: str, finished: datetime) -> None:
-        """Record how the run ended; runs even when the run was cancelled."""
+        """Record how the run ended; runs even when the run was cancelled.
+
+        Raises:
+            LedgerError: This run's end, or a write of it nobody awaited, was not stored.
+        """
+        row = (status, _ts(finished), run_id)
         with anyio.CancelScope(shield=True):
-            await self.ledger.write([(RANK_END, _FINISH_RUN, [(status, _ts(finished), run_id)])])
+            ended = self.ledger.write_soon([(RANK_END, _FINISH_RUN, [row])])
+            for commit in [*self._unawaited, ended]:
+                await commit.wait()
 
 
 def _attempt_row(
@@ -216,6 +226,7 @@ def _epoch_ts(moment: float) -> str:
     """
     global _second  # noqa: PLW0603 - a one-entry cache
     whole = int(moment // 1)
-    if _second[0] != whole:
-        _second = (whole, _ts(datetime.fromtimestamp(whole, UTC))[:19])
-    return f"{_second[1]}.{min(int((moment - whole) * 1_000_000), 999_999):06d}"
+    cached = _second  # read once: another thread may replace it
+    if cached[0] != whole:
+        cached = _second = (whole, _ts(datetime.fromtimestamp(whole, UTC))[:19])
+    return f"{cached[1]}.{min(int((moment - whole) * 1_000_000), 999_999):06d}"

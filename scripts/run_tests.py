@@ -12,14 +12,17 @@ even that fails. Standard library only.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 LOG_TAIL = 4000
 _RAN = re.compile(r"^Ran (\d+) tests? in", re.MULTILINE)
-_FAILED = re.compile(r"^FAILED \(([^)]*)\)", re.MULTILINE)
+_SUMMARY = re.compile(r"^(?:OK|FAILED) \(([^)]*)\)", re.MULTILINE)
+NO_TESTS_RAN = 5  # unittest's exit code for an empty suite, since Python 3.12
 
 
 def verdict(log: str, returncode: int) -> dict[str, object]:
@@ -27,13 +30,15 @@ def verdict(log: str, returncode: int) -> dict[str, object]:
     ran_match = _RAN.search(log)
     ran = int(ran_match.group(1)) if ran_match else 0
     counts = {"failures": 0, "errors": 0, "skipped": 0, "expected failures": 0}
-    failed_match = _FAILED.search(log)
-    if failed_match:
-        for part in failed_match.group(1).split(","):
+    summary = _SUMMARY.search(log)
+    if summary:
+        for part in summary.group(1).split(","):
             key, _, value = part.strip().partition("=")
             if key in counts and value.isdigit():
                 counts[key] = int(value)
     failed, errors = counts["failures"], counts["errors"]
+    if ran == 0 and returncode == NO_TESTS_RAN:
+        returncode = 0
     if ran == 0 and returncode != 0 and not errors:
         errors = 1  # the suite did not even load (a syntax error, a missing module)
     passed = max(ran - failed - errors - counts["skipped"], 0)
@@ -42,6 +47,29 @@ def verdict(log: str, returncode: int) -> dict[str, object]:
     else:
         outcome = "passed" if passed else "no tests"
     return {"ran": ran, "passed": passed, "failed": failed, "errors": errors, "verdict": outcome}
+
+
+def _run_suite(argv: list[str], timeout_s: float) -> tuple[str, int]:
+    """Run the suite in a process group of its own; whatever it started dies with it."""
+    child = subprocess.Popen(  # noqa: S603 - our interpreter, fixed arguments
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        output, _ = child.communicate(timeout=timeout_s)
+        log, code = _text(output), child.returncode
+    except subprocess.TimeoutExpired:
+        _kill_group(child.pid)
+        output, _ = child.communicate()
+        log, code = f"{_text(output)}\ntimed out after {timeout_s:.0f} s", -1
+    _kill_group(child.pid)  # servers or workers the tests left behind
+    return log, code
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _text(output: str | bytes | None) -> str:
@@ -66,14 +94,7 @@ def main() -> int:
         }
     else:
         argv = [sys.executable, "-m", "unittest", "discover", "-s", "tests"]
-        try:
-            done = subprocess.run(  # noqa: S603 - our interpreter, fixed arguments
-                argv, capture_output=True, text=True, timeout=max(limit - 5.0, 1.0), check=False
-            )
-            log, code = done.stdout + done.stderr, done.returncode
-        except subprocess.TimeoutExpired as exc:
-            log = f"{_text(exc.stdout)}{_text(exc.stderr)}\ntimed out after {exc.timeout:.0f} s"
-            code = -1
+        log, code = _run_suite(argv, max(limit - 5.0, 1.0))
         result = {**verdict(log, code), "log": log[-LOG_TAIL:]}
     json.dump({"output": json.dumps(result), "model": "unittest"}, sys.stdout)
     return 0

@@ -249,3 +249,37 @@ def test_a_specialist_task_carries_its_role() -> None:
     assert "FILE: backend/server.py" in task.description
     assert "`backend/`" in task.metadata["system_prompt"]
     assert ARCHITECT.tier == "strong"
+
+
+def test_a_path_that_clashes_with_another_file_or_names_a_directory_is_refused() -> None:
+    text = (
+        "FILE: backend/a\n```\n1\n```\nFILE: backend/a/b.py\n```\n2\n```\n"
+        "FILE: backend/\n```\n3\n```\n"
+    )
+    parsed = parse_files(text, ("backend/",))
+    assert parsed.files == {"backend/a": "1\n"}
+    assert "backend/a is already a file" in parsed.problems[0]
+    assert "names a directory" in parsed.problems[1]
+
+
+def test_a_write_the_file_system_refuses_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "backend").write_text("a file where a directory must go")
+    with pytest.raises(ContractError, match="cannot be written"):
+        write_files({"backend/server.py": "x"}, tmp_path)
+
+
+def test_the_verdict_counts_skipped_tests_apart() -> None:
+    from scripts.run_tests import verdict
+
+    ok_log = "..s\n----\nRan 3 tests in 0.001s\n\nOK (skipped=1)\n"
+    assert verdict(ok_log, 0) == {
+        "ran": 3,
+        "passed": 2,
+        "failed": 0,
+        "errors": 0,
+        "verdict": "passed",
+    }
+    assert verdict("\nRan 0 tests in 0.000s\n\nNO TESTS RAN\n", 5)["verdict"] == "no tests"
+    failed = verdict("Ran 2 tests in 0.1s\n\nFAILED (failures=1, errors=1)\n", 1)
+    assert (failed["failed"], failed["errors"], failed["verdict"]) == (1, 1, "failed")
+    assert verdict("SyntaxError: invalid syntax\n", 1)["errors"] == 1

@@ -340,3 +340,31 @@ async def test_a_run_can_be_given_its_id_and_a_bad_one_is_refused() -> None:
     run = await executor.run([t("a")], run_id="build-42")
     assert run.run_id == "build-42"
     assert _ledger_rows("SELECT id FROM runs") == [("build-42",)]
+
+
+async def test_a_run_id_already_in_the_ledger_is_refused_before_anything_runs() -> None:
+    from llm_abstractions import ConfigurationError
+
+    rec = Recorder(latency=0)
+    executor = TaskExecutor(registry=registry_with(rec))
+    assert (await executor.run([t("a")], run_id="twice")).ok
+    with pytest.raises(ConfigurationError, match="already in the ledger"):
+        await executor.run([t("b")], run_id="twice")
+    assert [tid for event, tid in rec.log if event == "start"] == ["a"]
+    await executor.aclose()
+
+
+async def test_a_stray_cancellation_from_a_provider_leaves_no_task_without_a_result() -> None:
+    import asyncio
+
+    def handler(request: LlmRequest) -> str:
+        raise asyncio.CancelledError  # not the run's own cancellation
+
+    executor = TaskExecutor(registry=registry_with(handler), max_concurrency=1)
+    run = await executor.run([t("a"), t("b")])
+    assert run.status is RunStatus.CANCELLED
+    assert set(run.results) == {"a", "b"}
+    assert _ledger_rows("SELECT task_id, status FROM task_runs ORDER BY task_id") == [
+        ("a", "cancelled"),
+        ("b", "cancelled"),
+    ]

@@ -213,3 +213,50 @@ def test_rows_follow_the_statement_columns_whatever_the_sql_order() -> None:
         )
     finally:
         ledger.close()
+
+
+@pytest.mark.anyio
+async def test_a_job_that_cannot_be_written_fails_alone_and_the_writer_recovers(
+    tmp_path: Path,
+) -> None:
+    from llm_abstractions.threads import LoopCompletion
+    from orchestration.ledger import Statement, _Job
+
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    insert = Statement.insert("runs", ["id", "status", "task_count", "started_at"])
+    when = "2026-01-01 00:00:00.000000"
+    good = _Job([(0, insert, [("good", "running", 1, when)])], LoopCompletion())
+    bad = _Job([(0, insert, [("bad", None, 1, when)])], LoopCompletion())
+    try:
+        connection = ledger._commit(None, [good, bad])  # one batch, as the writer takes them
+        await good.done.wait()
+        with pytest.raises(LedgerError, match="NOT NULL"):
+            await bad.done.wait()
+        assert connection is None  # the connection that saw a failure was dropped
+        await ledger.write([(0, insert, [("later", "running", 1, when)])])
+    finally:
+        ledger.close()
+    with sqlite3.connect(tmp_path / "l.db") as db:
+        assert db.execute("SELECT id FROM runs ORDER BY id").fetchall() == [("good",), ("later",)]
+
+
+@pytest.mark.anyio
+async def test_a_lost_write_nobody_awaited_is_the_error_of_its_own_run(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from orchestration.recording import Recorder
+    from orchestration.tasks import TaskResult
+
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    recorder = Recorder(ledger)
+    try:
+        await recorder.start_run("r1", None, [task("a")], datetime.now(UTC))
+        skipped = TaskResult(task_id="a", status=TaskStatus.SKIPPED, error="not run")
+        recorder.task_ended_without_running("no-such-run", "a", "w", skipped)  # breaks the FK
+        with pytest.raises(LedgerError, match="FOREIGN KEY"):
+            await recorder.finish_run("r1", "failed", datetime.now(UTC))
+        other = Recorder(ledger)  # another run on the same ledger is not blamed
+        await other.start_run("r2", None, [task("a")], datetime.now(UTC))
+        await other.finish_run("r2", "succeeded", datetime.now(UTC))
+    finally:
+        ledger.close()
