@@ -203,8 +203,14 @@ class TaskExecutor:
             self._owns_ledger = True
         return Recorder(self.ledger)
 
+    async def __aenter__(self) -> TaskExecutor:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
     async def aclose(self) -> None:
-        """Close every provider this executor built."""
+        """Close every provider this executor built (their HTTP clients), and its own ledger."""
         providers, self._providers = list(self._providers.values()), {}
         for llm in providers:
             await llm.aclose()

@@ -13,13 +13,22 @@ ANSWER = "from loopback"
 
 
 class ChatServer(BaseHTTPRequestHandler):
-    """Answers every chat completion with ``ANSWER``; ``seen`` keeps each request."""
+    """Answers every chat completion with ``ANSWER``; ``seen`` keeps each request.
+
+    The first ``unavailable`` requests get a 503 instead: the in-process provider then
+    gives up as "cannot serve" and the executor falls back to the bundled script.
+    """
 
     seen: list[dict[str, Any]] = []
+    unavailable = 0
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         ChatServer.seen.append({"path": self.path, "auth": self.headers["Authorization"], **body})
+        if ChatServer.unavailable > 0:
+            ChatServer.unavailable -= 1
+            self._send(503, {"error": {"message": "overloaded, try later", "type": "server"}})
+            return
         answer = {
             "id": "chatcmpl-1",
             "model": body["model"],
@@ -32,8 +41,11 @@ class ChatServer(BaseHTTPRequestHandler):
             ],
             "usage": {"prompt_tokens": 11, "completion_tokens": 2, "total_tokens": 13},
         }
+        self._send(200, answer)
+
+    def _send(self, status: int, answer: dict[str, Any]) -> None:
         data = json.dumps(answer).encode()
-        self.send_response(200)
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -44,9 +56,10 @@ class ChatServer(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def chat_server() -> Iterator[str]:
+def chat_server(unavailable: int = 0) -> Iterator[str]:
     """Serve ``ChatServer`` on a free loopback port; yields its ``/v1`` base URL."""
     ChatServer.seen = []
+    ChatServer.unavailable = unavailable
     server = ThreadingHTTPServer(("127.0.0.1", 0), ChatServer)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:

@@ -41,7 +41,7 @@ TASK_IDS = ["fetch", EVIL, "summarize", "fallback"]
 
 @pytest.fixture
 def chat_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    with loopback.chat_server() as url:
+    with loopback.chat_server(unavailable=1) as url:
         monkeypatch.setenv("OPENAI_BASE_URL", url)
         yield None
 
@@ -123,7 +123,7 @@ def test_cli_report_prints_writes_html_and_json(run_id: str, tmp_path: Path) -> 
     table = runner.invoke(app, ["report", run_id[:8]], env=WIDE)
     assert table.exit_code == 0, table.output
     assert f"run {run_id} (report-test): failed" in table.output
-    for needle in (*TASK_IDS, "ProviderNotImplementedError", "Attempts of"):
+    for needle in (*TASK_IDS, "LLMServerError", "Attempts of"):
         assert needle in table.output
     page = tmp_path / "out" / "report.html"
     page.parent.mkdir()

@@ -23,7 +23,7 @@ KEY = "sk-loopback-test-key-123"
 
 @pytest.fixture
 def chat_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    with loopback.chat_server() as url:
+    with loopback.chat_server(unavailable=1) as url:
         monkeypatch.setenv("OPENAI_BASE_URL", url)
         yield url
 
@@ -42,7 +42,8 @@ async def test_unavailable_provider_falls_back_to_the_script(chat_server: str) -
     assert result.metadata["execution_method"] == "script"
     assert (result.usage.input_tokens, result.usage.output_tokens) == (11, 2)
     assert result.attempts == 2
-    (request,) = loopback.ChatServer.seen
+    in_process, request = loopback.ChatServer.seen  # the SDK's call got a 503; the script's
+    assert in_process["max_completion_tokens"] == 20
     assert request["path"] == "/v1/chat/completions"
     assert request["auth"] == f"Bearer {KEY}"  # the agent's key, passed in the environment
     assert request["messages"][0] == {"role": "system", "content": "brief"}
@@ -51,7 +52,7 @@ async def test_unavailable_provider_falls_back_to_the_script(chat_server: str) -
         attempts = db.execute(
             "SELECT attempt, execution_method, status, error_type, cost_usd FROM attempts"
         ).fetchall()
-    assert attempts[0][:4] == (1, "llm_factory", "failed", "ProviderNotImplementedError")
+    assert attempts[0][:4] == (1, "llm_factory", "failed", "LLMServerError")
     assert attempts[1][:3] == (2, "script", "succeeded")
     assert attempts[1][4] is not None and attempts[1][4] > 0  # priced by genai-prices
 
@@ -59,11 +60,11 @@ async def test_unavailable_provider_falls_back_to_the_script(chat_server: str) -
 async def test_no_fallback_when_the_agent_forbids_it(chat_server: str) -> None:
     registry = AgentRegistry()
     registry.register_agent("gpt", "openai-gpt", api_key=KEY, script_fallback=False)
-    result = await TaskExecutor(registry=registry).execute(
-        AgentTask(task_id="T", description="x"), agent="gpt"
-    )
+    executor = TaskExecutor(registry=registry)
+    result = await executor.execute(AgentTask(task_id="T", description="x"), agent="gpt")
+    await executor.aclose()
     assert result.status is TaskStatus.FAILED and result.attempts == 1
-    assert loopback.ChatServer.seen == []
+    assert len(loopback.ChatServer.seen) == 1  # the in-process call only
 
 
 def script_agent(tmp_path: Path, body: str, **script: Any) -> AgentRegistry:

@@ -1,0 +1,1 @@
+"""Loopback servers that speak vendors' wire protocols, for the providers' real SDKs."""
