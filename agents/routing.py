@@ -32,7 +32,7 @@ __all__ = ["CATALOG", "ModelChoice", "load_overrides", "route", "route_team"]
 
 # Per provider: the key that configures it, its strongest model, and its cheaper models.
 CATALOG: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "anthropic-claude": ("ANTHROPIC_API_KEY", "claude-sonnet-4-5", ("claude-haiku-4-5",)),
+    "anthropic-claude": ("ANTHROPIC_API_KEY", "claude-sonnet-4-6", ("claude-haiku-4-5",)),
     "openai-gpt": ("OPENAI_API_KEY", "gpt-4.1", ("gpt-4.1-mini",)),
 }
 _PRICE_PROBE = Usage(input_tokens=1_000_000, output_tokens=1_000_000)

@@ -189,7 +189,7 @@ BUILTIN_PROVIDERS: tuple[ProviderSpec, ...] = (
         f"{_PROVIDERS}.anthropic:AnthropicLlm",
         requires=("anthropic",),
         env_keys=("ANTHROPIC_API_KEY",),
-        default_model="claude-sonnet-4-5",
+        default_model="claude-sonnet-4-6",
     ),
     ProviderSpec(
         "openai-gpt",

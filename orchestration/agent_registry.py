@@ -4,7 +4,7 @@ Agents come from Python (``register_agent``) or a TOML file (``AgentRegistry.fro
 
     [agents.writer]
     type = "anthropic-claude"          # a provider name, see AgentType
-    model = "claude-sonnet-4-5"
+    model = "claude-sonnet-4-6"
     api_key_env = "WRITER_ANTHROPIC_KEY"   # keys never live in the file
     fallbacks = ["local-writer"]
     max_concurrency = 4

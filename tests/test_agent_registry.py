@@ -17,7 +17,7 @@ def test_register_agent_with_the_familiar_signature() -> None:
         name="claude-sonnet",
         agent_type=AgentType.ANTHROPIC_CLAUDE,
         interface=AgentInterface.API,
-        model="claude-sonnet-4-5",
+        model="claude-sonnet-4-6",
         metadata={"max_tokens": 4096, "temperature": 0.7, "system_prompt": "be brief"},
     )
     assert isinstance(config, AgentConfig)
@@ -103,7 +103,7 @@ def test_script_agents_keep_their_settings() -> None:
 AGENTS_TOML = """
 [agents.writer]
 type = "anthropic-claude"
-model = "claude-sonnet-4-5"
+model = "claude-sonnet-4-6"
 api_key_env = "WRITER_KEY"
 fallbacks = ["local-writer"]
 max_concurrency = 4
@@ -127,7 +127,7 @@ def test_agents_load_from_toml(tmp_path: Path) -> None:
     writer = registry.get("writer")
     assert (writer.agent_type, writer.model, writer.max_concurrency) == (
         "anthropic-claude",
-        "claude-sonnet-4-5",
+        "claude-sonnet-4-6",
         4,
     )
     assert writer.fallbacks == ("local-writer",)

@@ -107,7 +107,7 @@ def test_routing_without_keys_runs_everything_locally() -> None:
 
 def test_routing_sends_design_to_the_strongest_and_short_work_to_the_cheapest() -> None:
     env = {"ANTHROPIC_API_KEY": "k", "OPENAI_API_KEY": "k"}
-    assert route("strong", env=env).model == "claude-sonnet-4-5"
+    assert route("strong", env=env).model == "claude-sonnet-4-6"
     cheap = route("cheap", env=env)
     assert (cheap.provider, cheap.model) == ("openai-gpt", "gpt-4.1-mini")
     assert route("cheap", env={"ANTHROPIC_API_KEY": "k"}).model == "claude-haiku-4-5"

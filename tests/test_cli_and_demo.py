@@ -27,9 +27,10 @@ def test_providers_json_says_why_not(monkeypatch: pytest.MonkeyPatch) -> None:
     assert result.exit_code == 0, result.output
     rows = {row["name"]: row for row in json.loads(result.output)}
     assert rows["local"]["ok"] is True
-    assert rows["anthropic-claude"]["ok"] is False
-    assert rows["anthropic-claude"]["reason"] == "not shipped in this version"
+    assert rows["anthropic-claude"]["ok"] is True  # its key is set
     assert rows["anthropic-claude"]["installed"] is True  # the SDK is a core dependency
+    assert (rows["openai-gpt"]["ok"], rows["openai-gpt"]["reason"]) == (False, "set OPENAI_API_KEY")
+    assert rows["ollama"]["reachable"] is False
     assert "sk-ant-secret-value" not in result.output
 
 

@@ -178,10 +178,10 @@ async def test_invalid_graph_spends_nothing() -> None:
 async def test_unusable_provider_is_a_failed_task_with_a_clear_error() -> None:
     registry = AgentRegistry()
     registry.register_agent("claude", "anthropic-claude", api_key="sk-test")
-    result = await TaskExecutor(registry=registry).execute(
-        AgentTask(task_id="T1", description="hi"), agent="claude"
-    )
-    # Not shipped in-process, so the script fallback tried too, and found nobody listening.
+    async with TaskExecutor(registry=registry) as executor:
+        result = await executor.execute(AgentTask(task_id="T1", description="hi"), agent="claude")
+    # Nobody listens at the API's address: the in-process call cannot connect, so the
+    # script fallback tries too, and finds nobody either.
     assert result.status is TaskStatus.FAILED
     assert result.attempts == 2
     assert result.metadata["execution_method"] == "script"

@@ -128,9 +128,10 @@ def test_missing_sdk_of_builtin_names_extra(monkeypatch: pytest.MonkeyPatch) -> 
     assert 'pip install "orchestra[local]"' in str(info.value)
 
 
-def test_unshipped_builtin_says_not_implemented() -> None:
+def test_a_provider_whose_module_is_not_shipped_says_so() -> None:
+    LlmFactory.register_provider("future", "llm_abstractions.providers.future:FutureLlm")
     with pytest.raises(ProviderNotImplementedError) as info:
-        LlmFactory.get_provider("huggingface", api_key="hf_x")
+        LlmFactory.get_provider("future")
     assert "local" in str(info.value)  # names what does work
 
 
@@ -292,8 +293,13 @@ def test_explicit_choice_wins(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_key_for_unshipped_provider_is_passed_over(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_TOKEN", "x")
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "a")  # anthropic's module is not shipped yet
+    LlmFactory.register_provider(
+        "anthropic-claude",
+        "llm_abstractions.providers.future:FutureLlm",
+        env_keys=("ANTHROPIC_API_KEY",),
+        replace=True,
+    )
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "a")
     choice = LlmFactory.resolve_default()
     assert choice.name == "local"
     assert choice.skipped[0].startswith("anthropic-claude: key set but not shipped")
@@ -313,8 +319,9 @@ def test_default_provider_builds_the_choice(monkeypatch: pytest.MonkeyPatch) -> 
 def test_available_reports_every_provider_with_reasons() -> None:
     statuses = {s.name: s for s in LlmFactory.available()}
     assert set(statuses) == BUILTIN
-    assert statuses["huggingface"].implemented is False
-    assert statuses["huggingface"].reason == "not shipped in this version"
+    assert all(status.implemented for status in statuses.values())
+    assert statuses["huggingface"].reason == "set HF_TOKEN"
+    assert statuses["ollama"].reachable is False
     local = statuses["local"]
     assert (local.ok, local.implemented, local.installed, local.reason) == (
         True,

@@ -1,0 +1,277 @@
+"""Google Gemini through the official ``google-genai`` SDK (``genai.Client``, its async API).
+
+The SDK's async calls run over aiohttp (an Orchestra dependency) and never retry: the
+executor owns retries. Retry options are set explicitly (one attempt) because without them
+the SDK's aiohttp transport quietly retries a refused or dropped connection after sleeping
+one to ten seconds. The API version is ``v1beta`` (Google's REST reference and the bundled
+script use it; the SDK's own default moved to ``v1`` in later releases) unless ``base_url``
+(or ``ORCHESTRA_GEMINI_BASE_URL``, shared with the script) ends in another one.
+
+Usage follows the OpenTelemetry GenAI rules: ``promptTokenCount`` already includes cached
+content (reported again as ``cache_read_tokens``), but Gemini counts thinking apart from
+the answer, so ``output_tokens`` is ``candidatesTokenCount + thoughtsTokenCount``. A stream
+takes its usage from the last event that carries some, and a stream that ends before a
+finish reason arrived is an error, never a short success. Answers withheld for safety,
+recitation or blocklists, and prompts blocked outright, raise ``LLMContentFilterError``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import AsyncIterator, Mapping
+from time import perf_counter
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import aiohttp
+
+from llm_abstractions.base import BaseLlm
+from llm_abstractions.errors import (
+    LLMAuthenticationError,
+    LLMBadResponseError,
+    LLMConnectionError,
+    LLMContentFilterError,
+    LLMContextLengthError,
+    LLMRateLimitError,
+    LLMTimeoutError,
+    MissingCredentialsError,
+    OrchestraError,
+)
+from llm_abstractions.providers.http_errors import error_from_status
+from llm_abstractions.types import FinishReason, LlmRequest, LlmResponse, StreamChunk, Usage
+
+if TYPE_CHECKING:
+    from google.genai import Client
+    from google.genai import types as gt
+
+__all__ = ["GeminiLlm"]
+
+_KEY_ENV = ("GOOGLE_API_KEY", "GEMINI_API_KEY")  # the SDK's own order of precedence
+_FINISH: dict[str, FinishReason] = {"STOP": "stop", "MAX_TOKENS": "length"}  # others: "error"
+_FILTERED = {"SAFETY", "RECITATION", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "IMAGE_SAFETY"}
+_VERSIONED = re.compile(r"^(?P<root>.+?)/(?P<version>v\d+(?:alpha|beta)?\d*)/?$")
+_TOKEN_LIMIT = re.compile(r"token count|number of tokens|too many tokens", re.IGNORECASE)
+_BAD_KEY = re.compile(r"API key not valid|API_KEY_INVALID", re.IGNORECASE)
+_SECONDS = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
+
+
+class GeminiLlm(BaseLlm):
+    """Google's Gemini API (``generateContent``), the Gemini Developer API with a key.
+
+    Args:
+        model: The model; ``gemini-2.5-flash`` when None.
+        api_key: The key; ``GOOGLE_API_KEY``, then ``GEMINI_API_KEY`` when None.
+        base_url: The API root, optionally ending in its version; ``ORCHESTRA_GEMINI_BASE_URL``
+            or Google's own when None.
+        timeout: Seconds one call may take.
+
+    Raises:
+        MissingCredentialsError: No key was given or found in the environment.
+    """
+
+    provider: ClassVar[str] = "google-gemini"
+    default_model: ClassVar[str | None] = "gemini-2.5-flash"
+    can_stream: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout: float = 120.0,
+    ) -> None:
+        super().__init__(model)
+        from google import genai
+        from google.genai import types
+
+        key = api_key or next((os.environ[v] for v in _KEY_ENV if os.environ.get(v)), None)
+        if not key:
+            raise MissingCredentialsError(self.provider, _KEY_ENV)
+        self.base_url = base_url or os.environ.get("ORCHESTRA_GEMINI_BASE_URL")
+        versioned = _VERSIONED.match(self.base_url or "")
+        self._client: Client = genai.Client(
+            api_key=key,
+            vertexai=False,
+            http_options=types.HttpOptions(
+                base_url=versioned["root"] if versioned else self.base_url,
+                api_version=versioned["version"] if versioned else "v1beta",
+                timeout=max(1, round(timeout * 1000)),  # milliseconds
+                retry_options=types.HttpRetryOptions(attempts=1),
+            ),
+        )
+
+    async def generate(self, request: LlmRequest) -> LlmResponse:
+        """Answer one request (see the module docstring for usage and errors)."""
+        started = perf_counter()
+        try:
+            answer = await self._client.aio.models.generate_content(**self._params(request))
+        except Exception as exc:
+            raise self._error(exc) from exc
+        self._refuse_blocked_prompt(answer)
+        if not answer.candidates:
+            raise LLMBadResponseError(
+                f"{self.provider}: the answer has no candidates", provider=self.provider
+            )
+        candidate = answer.candidates[0]
+        return LlmResponse(
+            text=_text(candidate),
+            provider=self.provider,
+            model=answer.model_version or self.model,
+            finish_reason=self._finish(candidate.finish_reason),
+            usage=_usage(answer.usage_metadata),
+            latency_s=perf_counter() - started,
+            response_id=answer.response_id,
+        )
+
+    async def stream(self, request: LlmRequest) -> AsyncIterator[StreamChunk]:
+        """Stream one answer; the last chunk carries the whole response and its usage."""
+        started = perf_counter()
+        parts: list[str] = []
+        reason: object = None
+        usage = Usage()
+        model, response_id = self.model, None
+        try:
+            events = await self._client.aio.models.generate_content_stream(**self._params(request))
+            async for event in events:
+                model, response_id = event.model_version or model, event.response_id or response_id
+                if event.usage_metadata is not None:
+                    usage = _usage(event.usage_metadata)
+                self._refuse_blocked_prompt(event)
+                for candidate in (event.candidates or [])[:1]:
+                    if delta := _text(candidate):
+                        parts.append(delta)
+                        yield StreamChunk(delta=delta)
+                    reason = candidate.finish_reason or reason
+        except OrchestraError:
+            raise
+        except Exception as exc:
+            raise self._error(exc) from exc
+        if reason is None:
+            raise LLMBadResponseError(
+                f"{self.provider}: the stream ended before the answer was complete",
+                provider=self.provider,
+            )
+        response = LlmResponse(
+            text="".join(parts),
+            provider=self.provider,
+            model=model,
+            finish_reason=self._finish(reason),
+            usage=usage,
+            latency_s=perf_counter() - started,
+            response_id=response_id,
+        )
+        yield StreamChunk(done=True, response=response)
+
+    async def aclose(self) -> None:
+        """Close the client's aiohttp sessions and its HTTP clients."""
+        await self._client.aio.aclose()
+        self._client.close()
+
+    def _params(self, request: LlmRequest) -> dict[str, Any]:
+        from google.genai import types
+
+        contents = [
+            types.Content(
+                role="model" if m.role == "assistant" else "user",
+                parts=[types.Part(text=m.content)],
+            )
+            for m in request.messages
+        ]
+        config = types.GenerateContentConfig(
+            system_instruction=request.system,
+            max_output_tokens=request.max_tokens,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            stop_sequences=list(request.stop) if request.stop else None,
+            seed=request.seed,
+            response_mime_type="application/json" if request.response_format == "json" else None,
+        )
+        return {"model": request.model or self.model, "contents": contents, "config": config}
+
+    def _finish(self, reason: object) -> FinishReason | None:
+        """The finish reason in our terms; an answer withheld by a filter raises."""
+        if reason is None:
+            return None
+        name = str(getattr(reason, "value", reason))
+        if name in _FILTERED:
+            raise LLMContentFilterError(
+                f"{self.provider}: the answer was withheld ({name})", provider=self.provider
+            )
+        return _FINISH.get(name, "error")
+
+    def _refuse_blocked_prompt(self, answer: gt.GenerateContentResponse) -> None:
+        feedback = answer.prompt_feedback
+        if feedback is not None and feedback.block_reason is not None:
+            reason = getattr(feedback.block_reason, "value", feedback.block_reason)
+            raise LLMContentFilterError(
+                f"{self.provider}: the prompt was blocked ({reason})", provider=self.provider
+            )
+
+    def _error(self, exc: Exception) -> OrchestraError:
+        """The error tree's class for an SDK or transport exception, most specific first."""
+        from google.genai import errors
+
+        if isinstance(exc, errors.APIError):
+            code = exc.code if isinstance(exc.code, int) else 500  # an error event without one
+            message = exc.message or str(exc)
+            text = f"{self.provider}: HTTP {code} {exc.status}: {message}"
+            if code == 400 and _BAD_KEY.search(f"{message} {exc.details}"):
+                return LLMAuthenticationError(f"{text} (check the API key)", provider=self.provider)
+            if code == 400 and _TOKEN_LIMIT.search(message):
+                return LLMContextLengthError(text, provider=self.provider)
+            headers = getattr(exc.response, "headers", None)  # aiohttp's, or the SDK's own
+            error = error_from_status(
+                code,
+                message,
+                provider=self.provider,
+                headers=headers if isinstance(headers, Mapping) else None,
+                code=exc.status,
+            )
+            if isinstance(error, LLMRateLimitError) and error.retry_after is None:
+                error.retry_after = _retry_delay(exc.details)
+            return error
+        # aiohttp's read and connect timeouts are TimeoutErrors (and connection errors).
+        if isinstance(exc, TimeoutError):
+            return LLMTimeoutError(f"{self.provider}: timed out", provider=self.provider)
+        if isinstance(exc, aiohttp.ClientConnectionError | OSError):
+            return LLMConnectionError(
+                f"{self.provider}: cannot reach {self.base_url or 'the API'}: {exc}",
+                provider=self.provider,
+            )
+        # Unparsable JSON, a body that fails validation, a payload cut mid-chunk.
+        return LLMBadResponseError(
+            f"{self.provider}: malformed answer: {type(exc).__name__}: {exc}",
+            provider=self.provider,
+        )
+
+
+def _text(candidate: gt.Candidate) -> str:
+    """The answer's text, without thought summaries."""
+    parts = candidate.content.parts if candidate.content else None
+    return "".join(p.text for p in parts or [] if p.text and not p.thought)
+
+
+def _usage(meta: gt.GenerateContentResponseUsageMetadata | None) -> Usage:
+    if meta is None:
+        return Usage()
+    answer, thoughts = meta.candidates_token_count, meta.thoughts_token_count
+    both = (answer or 0) + (thoughts or 0)
+    return Usage(
+        input_tokens=meta.prompt_token_count,
+        output_tokens=None if answer is None and thoughts is None else both,
+        cache_read_tokens=meta.cached_content_token_count,
+        reasoning_tokens=thoughts,
+    )
+
+
+def _retry_delay(body: Any) -> float | None:
+    """Seconds from the ``google.rpc.RetryInfo`` detail (``"retryDelay": "7s"``), if any."""
+    error = body.get("error", body) if isinstance(body, dict) else None
+    details = error.get("details") if isinstance(error, dict) else None
+    for detail in details if isinstance(details, list) else []:
+        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("rpc.RetryInfo"):
+            seconds = _SECONDS.match(str(detail.get("retryDelay", "")))
+            if seconds:
+                return float(seconds[1])
+    return None

@@ -1,0 +1,264 @@
+"""Hugging Face chat models through ``huggingface_hub.AsyncInferenceClient.chat_completion``.
+
+The client is built with ``base_url`` only (its ``model`` argument is an alias of
+``base_url`` and the two are mutually exclusive): the model travels in each request's
+payload. With a base URL ending in ``/v1`` the client posts to ``{base_url}/chat/completions``
+(``/v1/chat/completions`` is appended to a bare host), so the default base URL is Hugging
+Face's OpenAI-compatible router, ``https://router.huggingface.co/v1``, the same URL shape
+``ORCHESTRA_HF_BASE_URL`` has for the bundled script fallback. The token is ``api_key=``,
+else ``HF_TOKEN``, else the one ``hf auth login`` saved; with none, requests go without
+``Authorization`` (a self-hosted TGI server needs none, the router answers 401).
+
+Retries: huggingface_hub 1.x sends every request once (its inference client does not go
+through ``http_backoff``; the tests check it for 429 and 5xx), and a 503 "model is loading"
+becomes ``LLMOverloadedError`` at once. Releases before 1.0 (aiohttp-based) looped on that
+503 inside the client until its ``timeout`` and raised aiohttp's own errors: this module is
+written and tested against 1.x.
+
+Usage is the answer's ``prompt_tokens`` and ``completion_tokens``; a stream asks for it in a
+last chunk (``stream_options.include_usage``). A stream that ends before a finish reason
+arrived is an error, never a short success. ``aclose`` closes the client's HTTP session.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from time import perf_counter
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from llm_abstractions.base import BaseLlm
+from llm_abstractions.errors import (
+    InvalidRequestError,
+    LLMBadResponseError,
+    LLMConnectionError,
+    LLMContentFilterError,
+    LLMOverloadedError,
+    LLMServerError,
+    LLMTimeoutError,
+    OrchestraError,
+)
+from llm_abstractions.providers.http_errors import error_from_status
+from llm_abstractions.types import FinishReason, LlmRequest, LlmResponse, StreamChunk, Usage
+
+if TYPE_CHECKING:
+    from huggingface_hub import AsyncInferenceClient
+
+__all__ = ["HF_ROUTER_URL", "HuggingFaceLlm"]
+
+HF_ROUTER_URL = "https://router.huggingface.co/v1"
+# OpenAI's finish reasons, and TGI's own (``eos_token``, ``stop_sequence``).
+_FINISH: dict[str, FinishReason] = {k: k for k in ("length", "content_filter", "tool_calls")}
+
+
+class HuggingFaceLlm(BaseLlm):
+    """A chat model on Hugging Face's router, an Inference Endpoint or a TGI server.
+
+    Args:
+        model: The Hub model id; ``Qwen/Qwen2.5-7B-Instruct`` when None.
+        api_key: The token; ``HF_TOKEN`` (or the saved login) when None.
+        base_url: The API root; ``ORCHESTRA_HF_BASE_URL`` or the router's when None.
+        timeout: Seconds to wait for the server (to connect, and between bytes read).
+    """
+
+    provider: ClassVar[str] = "huggingface"
+    default_model: ClassVar[str | None] = "Qwen/Qwen2.5-7B-Instruct"
+    can_stream: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout: float = 120.0,
+    ) -> None:
+        super().__init__(model)
+        from huggingface_hub import AsyncInferenceClient
+
+        self.base_url = base_url or os.environ.get("ORCHESTRA_HF_BASE_URL") or HF_ROUTER_URL
+        self._client: AsyncInferenceClient = AsyncInferenceClient(
+            base_url=self.base_url,
+            token=api_key or os.environ.get("HF_TOKEN") or None,
+            timeout=timeout,
+        )
+
+    async def generate(self, request: LlmRequest) -> LlmResponse:
+        """Answer one request (see the module docstring for usage and errors)."""
+        started = perf_counter()
+        try:
+            completion = await self._client.chat_completion(**self._params(request))
+        except Exception as exc:
+            raise self._error(exc) from exc
+        if not completion.choices:
+            raise LLMBadResponseError(
+                "huggingface: the answer has no choices", provider=self.provider
+            )
+        choice = completion.choices[0]
+        finish = _finish(choice.finish_reason)
+        _refuse_filtered(finish)
+        return LlmResponse(
+            text=choice.message.content or "",
+            provider=self.provider,
+            model=completion.model or request.model or self.model,
+            finish_reason=finish,
+            usage=_usage(completion.usage),
+            latency_s=perf_counter() - started,
+            response_id=completion.id,
+        )
+
+    async def stream(self, request: LlmRequest) -> AsyncIterator[StreamChunk]:
+        """Stream one answer; the last chunk carries the whole response and its usage."""
+        from huggingface_hub import ChatCompletionInputStreamOptions
+
+        started = perf_counter()
+        parts: list[str] = []
+        finish: FinishReason | None = None
+        usage = Usage()
+        model, response_id = request.model or self.model, None
+        try:
+            events = await self._client.chat_completion(
+                **self._params(request),
+                stream=True,
+                stream_options=ChatCompletionInputStreamOptions(include_usage=True),
+            )
+            async for event in events:
+                model, response_id = event.model or model, event.id or response_id
+                if event.usage is not None:
+                    usage = _usage(event.usage)
+                for choice in event.choices:
+                    if choice.delta.content:
+                        parts.append(choice.delta.content)
+                        yield StreamChunk(delta=choice.delta.content)
+                    if choice.finish_reason:
+                        finish = _finish(choice.finish_reason)
+        except OrchestraError:
+            raise
+        except Exception as exc:
+            raise self._error(exc) from exc
+        if finish is None:
+            raise LLMBadResponseError(
+                "huggingface: the stream ended before the answer was complete",
+                provider=self.provider,
+            )
+        _refuse_filtered(finish)
+        response = LlmResponse(
+            text="".join(parts),
+            provider=self.provider,
+            model=model,
+            finish_reason=finish,
+            usage=usage,
+            latency_s=perf_counter() - started,
+            response_id=response_id,
+        )
+        yield StreamChunk(done=True, response=response)
+
+    async def aclose(self) -> None:
+        """Close the client's HTTP session (a no-op when it never opened one)."""
+        await self._client.close()  # type: ignore[no-untyped-call]
+
+    def _params(self, request: LlmRequest) -> dict[str, Any]:
+        from huggingface_hub import ChatCompletionInputResponseFormatJSONObject
+
+        messages = [{"role": "system", "content": request.system}] if request.system else []
+        messages += [{"role": m.role, "content": m.content} for m in request.messages]
+        json_object = ChatCompletionInputResponseFormatJSONObject(type="json_object")
+        # None values are dropped by the client before sending.
+        return {
+            "messages": messages,
+            "model": request.model or self.model,
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "seed": request.seed,
+            "stop": list(request.stop) if request.stop else None,
+            "response_format": json_object if request.response_format == "json" else None,
+        }
+
+    def _error(self, exc: Exception) -> OrchestraError:
+        """The error tree's class for a client exception, most specific first."""
+        from huggingface_hub.errors import (
+            HfHubHTTPError,
+            IncompleteGenerationError,
+            OverloadedError,
+            TextGenerationError,
+            ValidationError,
+        )
+
+        if isinstance(exc, HfHubHTTPError):
+            return _status_error(exc.response)
+        if isinstance(exc, TextGenerationError):  # an error event inside a stream
+            text = f"huggingface: the server failed mid-stream: {exc}"
+            if isinstance(exc, OverloadedError):
+                return LLMOverloadedError(text, provider=self.provider)
+            if isinstance(exc, ValidationError):
+                return InvalidRequestError(text)
+            if isinstance(exc, IncompleteGenerationError):
+                return LLMBadResponseError(text, provider=self.provider)
+            return LLMServerError(text, provider=self.provider)
+        # Transport errors differ between releases (aiohttp, httpx, httpx2): read the causes.
+        if _caused_by(exc, TimeoutError):
+            return LLMTimeoutError("huggingface: timed out", provider=self.provider)
+        if _caused_by(exc, OSError):
+            return LLMConnectionError(
+                f"huggingface: cannot reach {self.base_url}: {exc!r}", provider=self.provider
+            )
+        return LLMBadResponseError(
+            f"huggingface: malformed answer: {type(exc).__name__}: {exc}", provider=self.provider
+        )
+
+
+def _status_error(response: Any) -> OrchestraError:
+    """An HTTP failure; HF's body is ``{"error": "..."}`` or OpenAI's ``{"error": {...}}``."""
+    try:
+        body = response.json()
+    except Exception:  # not JSON, or a stream whose body was not read
+        body = None
+    error = body.get("error") if isinstance(body, dict) else None
+    code = None
+    if isinstance(error, dict):
+        code = error.get("code")
+        error = error.get("message")
+    message = str(error or getattr(response, "reason_phrase", "") or "no message")
+    status = int(response.status_code)
+    if status == 503 and "loading" in message.lower():
+        estimate = body.get("estimated_time") if isinstance(body, dict) else None
+        wait = f" (ready in about {estimate:.0f} s)" if isinstance(estimate, int | float) else ""
+        return LLMOverloadedError(
+            f"huggingface: HTTP 503: {message}{wait}", provider="huggingface", status_code=status
+        )
+    return error_from_status(
+        status,
+        message,
+        provider="huggingface",
+        headers=response.headers,
+        code=str(code) if code is not None else None,
+    )
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    from huggingface_hub.errors import HfHubHTTPError  # an OSError that is no transport failure
+
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, kind) and not isinstance(cause, HfHubHTTPError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def _finish(reason: str | None) -> FinishReason | None:
+    return _FINISH.get(reason or "", "stop" if reason else None)
+
+
+def _refuse_filtered(finish: FinishReason | None) -> None:
+    if finish == "content_filter":
+        raise LLMContentFilterError(
+            "huggingface: the answer was withheld by the content filter", provider="huggingface"
+        )
+
+
+def _usage(usage: Any) -> Usage:
+    if usage is None:
+        return Usage()
+    return Usage(input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens)

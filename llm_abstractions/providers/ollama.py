@@ -1,0 +1,239 @@
+"""Ollama through its native API (``POST /api/chat``), over aiohttp directly.
+
+Ollama has no SDK worth its weight: the API is one JSON route, so this module speaks it
+with one ``aiohttp.ClientSession`` per provider instance, opened lazily inside the running
+event loop (a session belongs to the loop that created it) and closed in ``aclose``.
+
+The host comes from ``host=``, else ``OLLAMA_HOST`` (``host``, ``host:port`` or a URL, as
+Ollama itself accepts), else ``http://127.0.0.1:11434``: the factory's probe reads it the
+same way, through the same function. Usage is Ollama's ``prompt_eval_count`` (input) and
+``eval_count`` (output); calls run on the user's machine and cost nothing.
+
+A stream is NDJSON, one message delta per line; the last line has ``done: true``, the finish
+reason and the counts. A stream that ends without that line, or that carries an
+``{"error": ...}`` line, fails: a short answer is never passed off as a whole one. Nothing
+is retried here: the executor owns retries.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator
+from time import perf_counter
+from typing import Any, ClassVar
+
+import aiohttp
+
+from llm_abstractions.base import BaseLlm
+from llm_abstractions.errors import (
+    LLMBadResponseError,
+    LLMConnectionError,
+    LLMServerError,
+    LLMTimeoutError,
+    OrchestraError,
+)
+from llm_abstractions.factory import OLLAMA_DEFAULT_HOST, _server_url
+from llm_abstractions.providers.http_errors import error_from_status
+from llm_abstractions.types import (
+    FinishReason,
+    HealthStatus,
+    LlmRequest,
+    LlmResponse,
+    StreamChunk,
+    Usage,
+)
+
+__all__ = ["OllamaLlm"]
+
+_FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length"}
+
+
+class OllamaLlm(BaseLlm):
+    """A model served by a local (or LAN) Ollama server.
+
+    Args:
+        model: The model tag (``llama3.2``, ``qwen2.5:7b``); ``llama3.2`` when None.
+        host: The server; ``OLLAMA_HOST`` or ``http://127.0.0.1:11434`` when None.
+        timeout: Seconds one call may take, the whole stream included.
+    """
+
+    provider: ClassVar[str] = "ollama"
+    default_model: ClassVar[str | None] = "llama3.2"
+    can_stream: ClassVar[bool] = True
+    is_local: ClassVar[bool] = True
+
+    def __init__(
+        self, model: str | None = None, *, host: str | None = None, timeout: float = 120.0
+    ) -> None:
+        super().__init__(model)
+        self.host = _server_url(host or os.environ.get("OLLAMA_HOST") or OLLAMA_DEFAULT_HOST, 11434)
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._chat = f"{self.host}/api/chat"
+        self._session: aiohttp.ClientSession | None = None
+
+    async def generate(self, request: LlmRequest) -> LlmResponse:
+        """Answer one request (see the module docstring for usage and errors)."""
+        started = perf_counter()
+        model = request.model or self.model
+        try:
+            body = self._body(request, stream=False)
+            async with self._session_now().post(self._chat, json=body) as response:
+                await self._raise_for_status(response, model)
+                raw = await response.read()
+        except OrchestraError:
+            raise
+        except Exception as exc:
+            raise self._error(exc) from exc
+        answer = _decode(raw)
+        if not isinstance(answer.get("message"), dict):
+            raise LLMBadResponseError("ollama: the answer has no message", provider=self.provider)
+        return self._response(answer, str(answer["message"].get("content") or ""), started)
+
+    async def stream(self, request: LlmRequest) -> AsyncIterator[StreamChunk]:
+        """Stream one answer; the last chunk carries the whole response and its usage."""
+        started = perf_counter()
+        model = request.model or self.model
+        parts: list[str] = []
+        final: dict[str, Any] | None = None
+        try:
+            body = self._body(request, stream=True)
+            async with self._session_now().post(self._chat, json=body) as response:
+                await self._raise_for_status(response, model)
+                async for line in response.content:
+                    if not line.strip():
+                        continue
+                    event = _decode(line)
+                    if event.get("error"):
+                        raise _stream_error(str(event["error"]), model)
+                    delta = str((event.get("message") or {}).get("content") or "")
+                    if delta:
+                        parts.append(delta)
+                        yield StreamChunk(delta=delta)
+                    if event.get("done"):
+                        final = event
+                        break
+        except OrchestraError:
+            raise
+        except Exception as exc:
+            raise self._error(exc) from exc
+        if final is None:
+            raise LLMBadResponseError(
+                "ollama: the stream ended before the answer was complete", provider=self.provider
+            )
+        yield StreamChunk(done=True, response=self._response(final, "".join(parts), started))
+
+    async def health_check(self) -> HealthStatus:
+        """Ask ``GET /api/tags`` (cheap, loads no model) and say whether the model is pulled."""
+        started = perf_counter()
+        try:
+            async with self._session_now().get(f"{self.host}/api/tags") as response:
+                await self._raise_for_status(response, self.model)
+                tags = _decode(await response.read())
+        except OrchestraError as exc:
+            return HealthStatus(ok=False, provider=self.provider, detail=str(exc))
+        except Exception as exc:
+            return HealthStatus(ok=False, provider=self.provider, detail=str(self._error(exc)))
+        names = [str(m.get("name")) for m in tags.get("models") or [] if isinstance(m, dict)]
+        if self.model in names or f"{self.model}:latest" in names:
+            detail = f"model {self.model} is available"
+        else:
+            pulled = ", ".join(names) or "none"
+            detail = f"model {self.model} is not pulled (run `ollama pull {self.model}`); "
+            detail += f"pulled: {pulled}"
+        return HealthStatus(
+            ok=True, provider=self.provider, detail=detail, latency_s=perf_counter() - started
+        )
+
+    async def aclose(self) -> None:
+        """Close the HTTP session, if one was opened."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _session_now(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self._session
+
+    def _body(self, request: LlmRequest, *, stream: bool) -> dict[str, Any]:
+        messages = [{"role": "system", "content": request.system}] if request.system else []
+        messages += [{"role": m.role, "content": m.content} for m in request.messages]
+        options: dict[str, Any] = {}
+        if request.max_tokens is not None:
+            options["num_predict"] = request.max_tokens
+        for name in ("temperature", "top_p", "seed"):
+            if getattr(request, name) is not None:
+                options[name] = getattr(request, name)
+        if request.stop:
+            options["stop"] = list(request.stop)
+        body: dict[str, Any] = {
+            "model": request.model or self.model,
+            "messages": messages,
+            "stream": stream,
+            "options": options,
+        }
+        if request.response_format == "json":
+            body["format"] = "json"
+        return body
+
+    def _response(self, final: dict[str, Any], text: str, started: float) -> LlmResponse:
+        reason = final.get("done_reason")
+        return LlmResponse(
+            text=text,
+            provider=self.provider,
+            model=str(final.get("model") or self.model),
+            finish_reason=_FINISH.get(str(reason), "stop") if reason else None,
+            usage=Usage(
+                input_tokens=final.get("prompt_eval_count"),
+                output_tokens=final.get("eval_count"),
+            ),
+            latency_s=perf_counter() - started,
+        )
+
+    async def _raise_for_status(self, response: aiohttp.ClientResponse, model: str) -> None:
+        if response.status < 400:
+            return
+        raw = await response.read()
+        try:
+            message = str(json.loads(raw).get("error") or raw.decode(errors="replace"))
+        except (ValueError, AttributeError):
+            message = raw.decode(errors="replace") or response.reason or "no message"
+        if response.status == 404 and "not found" in message:
+            message += f" (pull it first: `ollama pull {model}`)"
+        raise error_from_status(
+            response.status, message, provider=self.provider, headers=response.headers
+        )
+
+    def _error(self, exc: Exception) -> OrchestraError:
+        """The error tree's class for a transport failure (timeouts first: some are both)."""
+        if isinstance(exc, TimeoutError):
+            return LLMTimeoutError("ollama: timed out", provider=self.provider)
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            return LLMConnectionError(
+                f"ollama: Ollama is not running at {self.host} (start it with `ollama serve`, "
+                f"or set OLLAMA_HOST): {exc}",
+                provider=self.provider,
+            )
+        if isinstance(exc, aiohttp.ClientConnectionError | OSError):
+            return LLMConnectionError(
+                f"ollama: the connection to {self.host} failed: {exc}", provider=self.provider
+            )
+        return LLMBadResponseError(f"ollama: {type(exc).__name__}: {exc}", provider=self.provider)
+
+
+def _decode(raw: bytes) -> dict[str, Any]:
+    try:
+        decoded = json.loads(raw)
+    except ValueError as exc:
+        raise LLMBadResponseError(f"ollama: malformed answer: {exc}", provider="ollama") from exc
+    if not isinstance(decoded, dict):
+        raise LLMBadResponseError("ollama: the answer is not a JSON object", provider="ollama")
+    return decoded
+
+
+def _stream_error(message: str, model: str) -> OrchestraError:
+    """An ``{"error": ...}`` line in a stream that had already answered 200."""
+    if "not found" in message:
+        return error_from_status(404, f"{message} (`ollama pull {model}`)", provider="ollama")
+    return LLMServerError(f"ollama: the server failed mid-stream: {message}", provider="ollama")

@@ -1,0 +1,132 @@
+"""Anthropic's Messages API (``POST /v1/messages``), plain and as server-sent events.
+
+Faithful to what the ``anthropic`` SDK reads: the Message object, the named SSE events of a
+stream (``message_start``, ``content_block_start``, ``ping``, ``content_block_delta`` with
+``text_delta``, ``content_block_stop``, ``message_delta``, ``message_stop``), and errors as
+``{"type": "error", "error": {"type", "message"}}`` with their HTTP status. A scripted
+error on a stream (``Scripted(status=200, body=...)``) is sent as an ``error`` event after
+the first words, the way Anthropic reports an overload mid-answer.
+
+Usage is in Anthropic's own fields (``input_tokens`` excludes the cache counts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import web
+
+from tests.fakes.server import LoopbackServer, Scripted, answer_error
+
+MESSAGE_ID = "msg_loopback"
+
+
+def anthropic_app(server: LoopbackServer) -> web.Application:
+    """The application ``LoopbackServer`` serves."""
+
+    async def messages(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        scripted = server.next_answer(body, dict(request.headers))
+        await asyncio.sleep(scripted.delay)
+        stream = bool(body.get("stream"))
+        if scripted.status is not None and not (stream and scripted.status == 200):
+            return await answer_error(scripted)
+        if isinstance(scripted.body, bytes):
+            return web.Response(body=scripted.body, content_type="application/json")
+        usage = _usage(body, scripted)
+        if stream:
+            return await _stream(request, body, scripted, usage)
+        message = _message(body, scripted.finish or "end_turn", usage)
+        message["content"] = [{"type": "text", "text": scripted.text}]
+        return web.json_response(message)
+
+    app = web.Application()
+    app.router.add_post("/v1/messages", messages)
+    return app
+
+
+def error_body(kind: str, message: str) -> dict[str, Any]:
+    """Anthropic's error body, as an HTTP answer and in an ``error`` event."""
+    return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+def _message(
+    body: dict[str, Any], stop_reason: str | None, usage: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "id": MESSAGE_ID,
+        "type": "message",
+        "role": "assistant",
+        "model": body["model"],
+        "content": [],
+        "stop_reason": stop_reason,
+        "stop_sequence": None,
+        "usage": usage,
+    }
+
+
+async def _stream(
+    request: web.Request, body: dict[str, Any], scripted: Scripted, usage: dict[str, Any]
+) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    words = scripted.text.split(" ")
+    deltas = [word if i == 0 else f" {word}" for i, word in enumerate(words)]
+    start = _message(body, None, {**usage, "output_tokens": 1})
+    events: list[tuple[str, dict[str, Any]]] = [
+        ("message_start", {"type": "message_start", "message": start}),
+        ("content_block_start", _block_start()),
+        ("ping", {"type": "ping"}),
+    ]
+    events += [("content_block_delta", _text_delta(delta)) for delta in deltas]
+    if scripted.status == 200:  # an error event after the first words, then the end
+        events = events[:4] + [("error", scripted.body)]
+    events += [
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": scripted.finish or "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": usage["output_tokens"]},
+            },
+        ),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    for count, (name, data) in enumerate(events):
+        if scripted.cut is not None and count >= scripted.cut:
+            return response  # the connection ends here: no message_delta, no message_stop
+        await response.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+        if name == "error":
+            return response
+    return response
+
+
+def _block_start() -> dict[str, Any]:
+    return {
+        "type": "content_block_start",
+        "index": 0,
+        "content_block": {"type": "text", "text": ""},
+    }
+
+
+def _text_delta(text: str) -> dict[str, Any]:
+    return {
+        "type": "content_block_delta",
+        "index": 0,
+        "delta": {"type": "text_delta", "text": text},
+    }
+
+
+def _usage(body: dict[str, Any], scripted: Scripted) -> dict[str, Any]:
+    if scripted.usage is not None:
+        return {"cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, **scripted.usage}
+    prompt = sum(len(str(m.get("content", "")).split()) for m in body["messages"])
+    return {
+        "input_tokens": prompt + len(str(body.get("system", "")).split()),
+        "output_tokens": len(scripted.text.split()),
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+    }

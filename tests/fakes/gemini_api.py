@@ -1,0 +1,109 @@
+"""Gemini's ``generateContent`` and ``streamGenerateContent`` under ``/v1beta/models/``.
+
+Faithful to what the ``google-genai`` SDK reads: a ``GenerateContentResponse`` (candidates
+with ``content.parts[].text`` and ``finishReason``, ``usageMetadata``, ``modelVersion``,
+``responseId``); for ``streamGenerateContent?alt=sse``, one such response per ``data:`` event,
+every event carrying the running usage and the last one the finish reason and the full
+counts, as Gemini does. Errors are ``{"error": {"code", "message", "status", "details"}}``
+with their HTTP status, and a request without ``x-goog-api-key`` is refused with 403.
+
+Beyond ``Scripted``'s usual fields: a ``dict`` body with no status is answered verbatim with
+200, for the shapes a script cannot describe (a blocked prompt, an answer without candidates).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import web
+
+from tests.fakes.server import LoopbackServer, Scripted, answer_error
+
+_UNREGISTERED = {
+    "error": {
+        "code": 403,
+        "message": "Method doesn't allow unregistered callers (callers without established "
+        "identity). Please use API Key or other form of API consumer identity to call this API.",
+        "status": "PERMISSION_DENIED",
+    }
+}
+
+
+def gemini_app(server: LoopbackServer) -> web.Application:
+    """The application ``LoopbackServer`` serves."""
+
+    async def models(request: web.Request) -> web.StreamResponse:
+        model, _, method = request.match_info["target"].rpartition(":")
+        if method not in ("generateContent", "streamGenerateContent"):
+            raise web.HTTPNotFound()
+        body = await request.json()
+        scripted = server.next_answer(body, dict(request.headers))
+        await asyncio.sleep(scripted.delay)
+        if "x-goog-api-key" not in request.headers:
+            return web.json_response(_UNREGISTERED, status=403)
+        if scripted.status is not None:
+            return await answer_error(scripted)
+        if isinstance(scripted.body, bytes):
+            return web.Response(body=scripted.body, content_type="application/json")
+        if isinstance(scripted.body, dict):
+            return web.json_response(scripted.body)
+        usage = scripted.usage or _usage(body, scripted.text)
+        if method == "streamGenerateContent":
+            if request.query.get("alt") != "sse":
+                raise web.HTTPBadRequest(text="this fake streams server-sent events only")
+            return await _stream(request, model, scripted, usage)
+        candidate = _candidate(scripted.text, scripted.finish or "STOP")
+        return web.json_response(_answer(model, [candidate], usage))
+
+    app = web.Application()
+    app.router.add_post("/v1beta/models/{target}", models)
+    return app
+
+
+async def _stream(
+    request: web.Request, model: str, scripted: Scripted, usage: dict[str, Any]
+) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    words = scripted.text.split(" ")
+    deltas = [word if i == 0 else f" {word}" for i, word in enumerate(words)]
+    running = {"promptTokenCount": usage.get("promptTokenCount", 0)}
+    for count, delta in enumerate(deltas):
+        if scripted.cut is not None and count >= scripted.cut:
+            return response  # the connection ends here: no finish reason, no final usage
+        last = count == len(deltas) - 1
+        candidate = _candidate(delta, (scripted.finish or "STOP") if last else None)
+        event = _answer(model, [candidate], usage if last else running)
+        await response.write(f"data: {json.dumps(event)}\r\n\r\n".encode())
+    return response
+
+
+def _candidate(text: str, finish: str | None) -> dict[str, Any]:
+    candidate: dict[str, Any] = {"index": 0}
+    if text:
+        candidate["content"] = {"role": "model", "parts": [{"text": text}]}
+    if finish is not None:
+        candidate["finishReason"] = finish
+    return candidate
+
+
+def _answer(model: str, candidates: list[dict[str, Any]], usage: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "candidates": candidates,
+        "usageMetadata": usage,
+        "modelVersion": model,
+        "responseId": "loopback-response",
+    }
+
+
+def _usage(body: dict[str, Any], text: str) -> dict[str, Any]:
+    turns = body["contents"] + [body.get("systemInstruction") or {"parts": []}]
+    prompt = sum(len(str(p.get("text", "")).split()) for t in turns for p in t["parts"])
+    candidates = len(text.split())
+    return {
+        "promptTokenCount": prompt,
+        "candidatesTokenCount": candidates,
+        "totalTokenCount": prompt + candidates,
+    }

@@ -1,0 +1,197 @@
+"""The Ollama provider over aiohttp, against a loopback server speaking Ollama's native API."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from llm_abstractions import LlmFactory, LlmRequest
+from llm_abstractions.errors import (
+    InvalidRequestError,
+    LLMAuthenticationError,
+    LLMBadResponseError,
+    LLMConnectionError,
+    LLMRateLimitError,
+    LLMServerError,
+    LLMTimeoutError,
+    OrchestraError,
+)
+from llm_abstractions.providers.ollama import OllamaLlm
+from tests.fakes.ollama_api import ollama_app
+from tests.fakes.server import LoopbackServer, Scripted
+
+pytestmark = pytest.mark.anyio
+
+COUNTS = {"prompt_eval_count": 26, "eval_count": 7}
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[LoopbackServer]:
+    loopback = LoopbackServer(ollama_app)
+    yield loopback
+    loopback.close()
+
+
+@pytest.fixture
+def api(server: LoopbackServer) -> Iterator[LoopbackServer]:
+    server.reset()
+    yield server
+    server.reset()
+
+
+def llm(api: LoopbackServer, **options: object) -> OllamaLlm:
+    return OllamaLlm("llama3.2", host=api.url, **options)  # type: ignore[arg-type]
+
+
+async def test_a_plain_answer_with_exact_usage_and_the_request_as_sent(
+    api: LoopbackServer,
+) -> None:
+    api.script(Scripted(text="Four.", usage=COUNTS))
+    request = LlmRequest.build(
+        "2+2?", system="Be brief.", max_tokens=5, temperature=0.0, top_p=0.9, stop=["\n"], seed=3
+    )
+    async with llm(api) as provider:
+        response = await provider.generate(request)
+    assert (response.text, response.model, response.finish_reason) == ("Four.", "llama3.2", "stop")
+    assert (response.usage.input_tokens, response.usage.output_tokens) == (26, 7)
+    assert response.provider == "ollama" and not response.incomplete
+    assert api.requests[0] == {
+        "model": "llama3.2",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "2+2?"},
+        ],
+        "stream": False,
+        "options": {"num_predict": 5, "temperature": 0.0, "top_p": 0.9, "stop": ["\n"], "seed": 3},
+    }
+
+
+async def test_json_mode_and_a_per_request_model(api: LoopbackServer) -> None:
+    async with llm(api) as provider:
+        response = await provider.generate(
+            LlmRequest.build("a JSON object", response_format="json", model="qwen2.5:0.5b")
+        )
+    assert api.requests[0]["format"] == "json"
+    assert api.requests[0]["model"] == response.model == "qwen2.5:0.5b"
+    assert api.requests[0]["options"] == {}
+
+
+async def test_a_stream_delivers_the_text_and_usage_at_the_end(api: LoopbackServer) -> None:
+    api.script(Scripted(text="one two three", usage=COUNTS))
+    async with llm(api) as provider:
+        chunks = [c async for c in provider.stream(LlmRequest.build("count", max_tokens=9))]
+    assert [c.delta for c in chunks[:-1]] == ["one", " two", " three"]
+    final = chunks[-1]
+    assert final.done and final.response is not None
+    assert (final.response.text, final.response.finish_reason) == ("one two three", "stop")
+    assert (final.response.usage.input_tokens, final.response.usage.output_tokens) == (26, 7)
+    assert api.requests[0]["stream"] is True and api.requests[0]["options"]["num_predict"] == 9
+
+
+async def test_a_stream_cut_midway_is_an_error_never_a_short_answer(api: LoopbackServer) -> None:
+    api.script(Scripted(text="one two three four", cut=2))
+    async with llm(api) as provider:
+        seen: list[str] = []
+        with pytest.raises(LLMBadResponseError, match="before the answer was complete"):
+            async for chunk in provider.stream(LlmRequest.build("count")):
+                seen.append(chunk.delta)
+    assert seen == ["one", " two"]
+
+
+async def test_an_error_line_mid_stream_is_raised(api: LoopbackServer) -> None:
+    api.script(Scripted(text="one two three", cut=1, body={"error": "llama runner crashed"}))
+    async with llm(api) as provider:
+        with pytest.raises(LLMServerError, match="llama runner crashed"):
+            async for _ in provider.stream(LlmRequest.build("count")):
+                pass
+
+
+def _error(status: int, message: str, **headers: str) -> Scripted:
+    return Scripted(status=status, body={"error": message}, headers=headers)
+
+
+@pytest.mark.parametrize(
+    ("scripted", "expected"),
+    [
+        (_error(401, "unauthorized"), LLMAuthenticationError),
+        (_error(429, "too many requests", **{"retry-after": "2"}), LLMRateLimitError),
+        (_error(500, "llama runner process has terminated"), LLMServerError),
+        (_error(503, "server busy, please try again"), LLMServerError),
+        (_error(400, "invalid options: num_predict"), InvalidRequestError),
+        (Scripted(body=b"{not json"), LLMBadResponseError),
+    ],
+)
+async def test_each_failure_maps_to_its_class_and_is_asked_once(
+    api: LoopbackServer, scripted: Scripted, expected: type[OrchestraError]
+) -> None:
+    api.script(scripted)
+    async with llm(api) as provider:
+        with pytest.raises(expected) as info:
+            await provider.generate(LlmRequest.build("hi"))
+    assert len(api.requests) == 1
+    if isinstance(info.value, LLMRateLimitError):
+        assert info.value.retry_after == 2.0
+
+
+async def test_a_missing_model_says_how_to_pull_it(api: LoopbackServer) -> None:
+    api.script(_error(404, 'model "mistral" not found, try pulling it first'))
+    async with OllamaLlm("mistral", host=api.url) as provider:
+        with pytest.raises(InvalidRequestError, match="ollama pull mistral"):
+            await provider.generate(LlmRequest.build("hi"))
+
+
+async def test_a_cut_off_answer_is_marked_incomplete(api: LoopbackServer) -> None:
+    api.script(Scripted(text="The answer is", finish="length"))
+    async with llm(api) as provider:
+        response = await provider.generate(LlmRequest.build("hi", max_tokens=3))
+    assert response.incomplete
+
+
+async def test_timeouts_and_a_server_that_is_not_running(api: LoopbackServer) -> None:
+    api.script(Scripted(delay=2.0))
+    async with llm(api, timeout=0.3) as provider:
+        with pytest.raises(LLMTimeoutError):
+            await provider.generate(LlmRequest.build("hi"))
+    async with OllamaLlm("llama3.2") as closed:  # conftest points OLLAMA_HOST at a closed port
+        with pytest.raises(LLMConnectionError, match=f"Ollama is not running at {closed.host}"):
+            await closed.generate(LlmRequest.build("hi"))
+    assert closed.host == os.environ["OLLAMA_HOST"]
+
+
+async def test_one_session_per_instance_reused_and_closed(api: LoopbackServer) -> None:
+    provider = llm(api)
+    await provider.generate(LlmRequest.build("one"))
+    session = provider._session
+    await provider.generate(LlmRequest.build("two"))
+    assert session is not None and provider._session is session
+    await provider.aclose()
+    assert session.closed and provider._session is None
+
+
+async def test_the_health_check_reads_the_model_list(api: LoopbackServer) -> None:
+    async with llm(api) as provider:
+        healthy = await provider.health_check()
+    assert healthy.ok and healthy.detail == "model llama3.2 is available"
+    async with OllamaLlm("mistral", host=api.url) as provider:
+        missing = await provider.health_check()
+    assert missing.ok and "ollama pull mistral" in missing.detail
+    assert "llama3.2:latest" in missing.detail
+    assert [r for r in api.requests if "GET" not in r] == []  # no model was run
+    async with OllamaLlm() as closed:
+        down = await closed.health_check()
+    assert not down.ok and "not running" in down.detail
+
+
+async def test_the_factory_builds_it_from_the_environment(
+    api: LoopbackServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host = api.url.removeprefix("http://")  # OLLAMA_HOST may be a bare host:port
+    monkeypatch.setenv("OLLAMA_HOST", host)
+    assert LlmFactory.spec("ollama").probe() is None  # type: ignore[misc]
+    provider = LlmFactory.get_provider("ollama", model="qwen2.5:0.5b")
+    assert isinstance(provider, OllamaLlm) and provider.is_local
+    async with provider:
+        response = await provider.generate(LlmRequest.build("hi"))
+    assert (provider.host, response.model) == (api.url, "qwen2.5:0.5b")
