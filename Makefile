@@ -47,6 +47,7 @@ bench: $(VENV)/.dev-installed .venv-litellm/bin/python
 	$(PY) bench/import_time.py
 	$(PY) bench/local_model.py
 	$(PY) bench/executor.py
+	$(PY) bench/provider_path.py
 	$(PY) bench/todo_demo.py
 
 clean:
