@@ -35,6 +35,7 @@ from llm_abstractions.lazy import lazy_exports
 if TYPE_CHECKING:
     from llm_abstractions.base import BaseLlm
     from llm_abstractions.factory import LlmFactory, ProviderChoice, ProviderSpec, ProviderStatus
+    from llm_abstractions.providers.search import SearchAugmentedLlm
     from llm_abstractions.types import (
         HealthStatus,
         LlmRequest,
@@ -56,6 +57,7 @@ _LAZY = {
     "Message": "llm_abstractions.types",
     "StreamChunk": "llm_abstractions.types",
     "Usage": "llm_abstractions.types",
+    "SearchAugmentedLlm": "llm_abstractions.providers.search",
 }
 
 __all__ = [
@@ -85,6 +87,7 @@ __all__ = [
     "ProviderNotInstalledError",
     "ProviderSpec",
     "ProviderStatus",
+    "SearchAugmentedLlm",
     "StreamChunk",
     "UnknownProviderError",
     "Usage",

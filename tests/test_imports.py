@@ -110,6 +110,7 @@ def test_public_names_are_locked() -> None:
             "ProviderNotInstalledError",
             "ProviderSpec",
             "ProviderStatus",
+            "SearchAugmentedLlm",
             "StreamChunk",
             "UnknownProviderError",
             "Usage",
