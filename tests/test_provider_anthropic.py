@@ -254,3 +254,17 @@ async def test_the_factory_builds_it_from_the_environment(
     assert response.text and response.provider == "anthropic-claude"
     assert api.requests[0]["model"] == "claude-sonnet-4-6"  # the default, not deprecated
     assert _lower(api.headers[0])["authorization"] == "Bearer sk-ant-from-env"
+
+
+async def test_a_malformed_answer_body_is_a_bad_response(api: LoopbackServer) -> None:
+    api.script(Scripted(status=200, body={"type": "message", "id": "msg_1"}))  # no usage
+    async with llm(api) as provider:
+        with pytest.raises(LLMBadResponseError, match="malformed"):
+            await provider.generate(LlmRequest.build("hi"))
+
+
+def test_no_key_at_all_is_a_configuration_error() -> None:
+    from llm_abstractions.errors import MissingCredentialsError
+
+    with pytest.raises(MissingCredentialsError, match="ANTHROPIC_API_KEY"):
+        AnthropicLlm()

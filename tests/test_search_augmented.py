@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -140,9 +141,8 @@ async def test_google_returns_results_and_sends_key_cx_and_query(api: LoopbackSe
     assert results[0] == SearchResult(
         "Result 1 for latest rust release", "https://example.com/1", "Snippet 1."
     )
-    assert api.requests == [
-        {"key": "gkey", "cx": "engine-1", "q": "latest rust release", "num": "2"}
-    ]
+    assert api.requests == [{"cx": "engine-1", "q": "latest rust release", "num": "2"}]
+    assert api.headers[0]["X-Goog-Api-Key"] == "gkey"  # never in the URL
 
 
 async def test_google_reads_its_settings_from_the_environment(
@@ -156,7 +156,7 @@ async def test_google_reads_its_settings_from_the_environment(
         await backend.search("news", 1)
     finally:
         await backend.aclose()
-    assert (api.requests[0]["key"], api.requests[0]["cx"]) == ("env-key", "env-cx")
+    assert (api.headers[0]["X-Goog-Api-Key"], api.requests[0]["cx"]) == ("env-key", "env-cx")
 
 
 async def test_google_without_key_or_engine_is_a_configuration_error(
@@ -241,3 +241,20 @@ async def test_duckduckgo_through_the_client_seam() -> None:
         {"title": "Hit 2", "url": "https://ddg.example/2"},
     ]
     assert "[2] Hit 2 (https://ddg.example/2)\nBody 2." in (inner.calls[0].system or "")
+
+
+class SlowDdgs:
+    """A DuckDuckGo client that blocks, as the real one does on a slow network."""
+
+    def text(self, query: str, max_results: int = 5) -> list[dict[str, str]]:
+        time.sleep(1.5)
+        return []
+
+
+async def test_a_blocking_search_client_still_obeys_the_search_timeout() -> None:
+    inner = FunctionLlm(lambda request: "ok")
+    llm = SearchAugmentedLlm(inner, DuckDuckGoSearch(client_factory=SlowDdgs), search_timeout=0.2)
+    response = await llm.generate(LlmRequest.build("What is the latest news?"))
+    # Not waited for: the answer came without search, and says the search timed out.
+    assert response.metadata["search"]["used"] is False
+    assert "tim" in response.metadata["search"]["error"].lower()

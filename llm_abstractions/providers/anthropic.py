@@ -34,6 +34,7 @@ from llm_abstractions.errors import (
     LLMConnectionError,
     LLMContentFilterError,
     LLMTimeoutError,
+    MissingCredentialsError,
     OrchestraError,
 )
 from llm_abstractions.providers.http_errors import error_from_status
@@ -98,9 +99,12 @@ class AnthropicLlm(BaseLlm):
         super().__init__(model)
         from anthropic import AsyncAnthropic, DefaultAioHttpClient
 
+        key = api_key or os.environ.get("ANTHROPIC_API_KEY")
+        if not key:  # the SDK would only fail at the first call, with a TypeError
+            raise MissingCredentialsError(self.provider, ("ANTHROPIC_API_KEY",))
         self.base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL")
         self._client: AsyncAnthropic = AsyncAnthropic(
-            api_key=api_key or os.environ.get("ANTHROPIC_API_KEY"),
+            api_key=key,
             base_url=self.base_url,
             timeout=timeout,
             max_retries=0,
@@ -117,15 +121,20 @@ class AnthropicLlm(BaseLlm):
         except Exception as exc:
             raise self._error(exc) from exc
         finish = self._finish(message.stop_reason)
-        return LlmResponse(
-            text="".join(block.text for block in message.content if block.type == "text"),
-            provider=self.provider,
-            model=message.model or self.model,
-            finish_reason=finish,
-            usage=_usage(message.usage.model_dump()),
-            latency_s=perf_counter() - started,
-            response_id=message.id,
-        )
+        try:  # the SDK does not validate a 200's body: a malformed one fails here
+            return LlmResponse(
+                text="".join(block.text for block in message.content if block.type == "text"),
+                provider=self.provider,
+                model=message.model or self.model,
+                finish_reason=finish,
+                usage=_usage(message.usage.model_dump()),
+                latency_s=perf_counter() - started,
+                response_id=message.id,
+            )
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise LLMBadResponseError(
+                f"{self.provider}: malformed answer ({type(exc).__name__})", provider=self.provider
+            ) from exc
 
     async def stream(self, request: LlmRequest) -> AsyncIterator[StreamChunk]:
         """Stream one answer; the last chunk carries the whole response and its usage."""

@@ -79,7 +79,9 @@ class HuggingFaceLlm(BaseLlm):
         self.base_url = base_url or os.environ.get("ORCHESTRA_HF_BASE_URL") or HF_ROUTER_URL
         self._client: AsyncInferenceClient = AsyncInferenceClient(
             base_url=self.base_url,
-            token=api_key or os.environ.get("HF_TOKEN") or None,
+            # A token read from a file often ends in a newline; sent as is, the HTTP library
+            # rejects the header and quotes it, key included, in its error.
+            token=(api_key or os.environ.get("HF_TOKEN") or "").strip() or None,
             timeout=timeout,
         )
 
@@ -97,15 +99,20 @@ class HuggingFaceLlm(BaseLlm):
         choice = completion.choices[0]
         finish = _finish(choice.finish_reason)
         _refuse_filtered(finish)
-        return LlmResponse(
-            text=choice.message.content or "",
-            provider=self.provider,
-            model=completion.model or request.model or self.model,
-            finish_reason=finish,
-            usage=_usage(completion.usage),
-            latency_s=perf_counter() - started,
-            response_id=completion.id,
-        )
+        try:  # a malformed body fails here, not in the client
+            return LlmResponse(
+                text=choice.message.content or "",
+                provider=self.provider,
+                model=completion.model or request.model or self.model,
+                finish_reason=finish,
+                usage=_usage(completion.usage),
+                latency_s=perf_counter() - started,
+                response_id=completion.id,
+            )
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise LLMBadResponseError(
+                f"huggingface: malformed answer ({type(exc).__name__})", provider=self.provider
+            ) from exc
 
     async def stream(self, request: LlmRequest) -> AsyncIterator[StreamChunk]:
         """Stream one answer; the last chunk carries the whole response and its usage."""
@@ -201,10 +208,11 @@ class HuggingFaceLlm(BaseLlm):
             return LLMTimeoutError("huggingface: timed out", provider=self.provider)
         if _caused_by(exc, OSError):
             return LLMConnectionError(
-                f"huggingface: cannot reach {self.base_url}: {exc!r}", provider=self.provider
+                f"huggingface: cannot reach {self.base_url}: {type(exc).__name__}",
+                provider=self.provider,
             )
         return LLMBadResponseError(
-            f"huggingface: malformed answer: {type(exc).__name__}: {exc}", provider=self.provider
+            f"huggingface: malformed answer: {type(exc).__name__}", provider=self.provider
         )
 
 

@@ -185,8 +185,8 @@ class OllamaLlm(BaseLlm):
             model=str(final.get("model") or self.model),
             finish_reason=_FINISH.get(str(reason), "stop") if reason else None,
             usage=Usage(
-                input_tokens=final.get("prompt_eval_count"),
-                output_tokens=final.get("eval_count"),
+                input_tokens=_count(final.get("prompt_eval_count")),
+                output_tokens=_count(final.get("eval_count")),
             ),
             latency_s=perf_counter() - started,
         )
@@ -237,3 +237,8 @@ def _stream_error(message: str, model: str) -> OrchestraError:
     if "not found" in message:
         return error_from_status(404, f"{message} (`ollama pull {model}`)", provider="ollama")
     return LLMServerError(f"ollama: the server failed mid-stream: {message}", provider="ollama")
+
+
+def _count(value: object) -> int | None:
+    """A token count as reported, or None when it is missing or not a count."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None

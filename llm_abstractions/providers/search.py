@@ -189,7 +189,9 @@ class DuckDuckGoSearch:
             hits: list[dict[str, Any]] = self._client_factory().text(query, max_results=max_results)
             return hits
 
-        hits = await anyio.to_thread.run_sync(run)
+        # Abandoned on cancellation, so that the wrapper's search timeout holds for a
+        # blocking client too (the thread finishes on its own; its answer is dropped).
+        hits = await anyio.to_thread.run_sync(run, abandon_on_cancel=True)
         return [
             SearchResult(
                 title=str(hit.get("title", "")),
@@ -251,8 +253,12 @@ class GoogleSearch:
         """Query the API; HTTP errors raise the error tree's class for their status."""
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
-        params = {"key": self._key, "cx": self._cx, "q": query, "num": str(min(max_results, 10))}
-        async with self._session.get(f"{self.base_url}/customsearch/v1", params=params) as resp:
+        params = {"cx": self._cx, "q": query, "num": str(min(max_results, 10))}
+        # The key travels in a header: aiohttp quotes the full URL in some errors, and those
+        # end up in response metadata, ledgers and logs.
+        headers = {"X-Goog-Api-Key": self._key}
+        url = f"{self.base_url}/customsearch/v1"
+        async with self._session.get(url, params=params, headers=headers) as resp:
             if resp.status >= 400:
                 message = (await resp.text())[:200]
                 raise error_from_status(
