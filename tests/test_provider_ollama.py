@@ -176,7 +176,7 @@ async def test_the_health_check_reads_the_model_list(api: LoopbackServer) -> Non
     assert healthy.ok and healthy.detail == "model llama3.2 is available"
     async with OllamaLlm("mistral", host=api.url) as provider:
         missing = await provider.health_check()
-    assert missing.ok and "ollama pull mistral" in missing.detail
+    assert not missing.ok and "ollama pull mistral" in missing.detail
     assert "llama3.2:latest" in missing.detail
     assert [r for r in api.requests if "GET" not in r] == []  # no model was run
     async with OllamaLlm() as closed:

@@ -135,14 +135,14 @@ class OllamaLlm(BaseLlm):
         except Exception as exc:
             return HealthStatus(ok=False, provider=self.provider, detail=str(self._error(exc)))
         names = [str(m.get("name")) for m in tags.get("models") or [] if isinstance(m, dict)]
-        if self.model in names or f"{self.model}:latest" in names:
+        pulled = self.model in names or f"{self.model}:latest" in names
+        if pulled:
             detail = f"model {self.model} is available"
-        else:
-            pulled = ", ".join(names) or "none"
+        else:  # the server is up, but every call for this model would fail with a 404
             detail = f"model {self.model} is not pulled (run `ollama pull {self.model}`); "
-            detail += f"pulled: {pulled}"
+            detail += f"pulled: {', '.join(names) or 'none'}"
         return HealthStatus(
-            ok=True, provider=self.provider, detail=detail, latency_s=perf_counter() - started
+            ok=pulled, provider=self.provider, detail=detail, latency_s=perf_counter() - started
         )
 
     async def aclose(self) -> None:
