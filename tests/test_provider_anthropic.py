@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 from email.utils import formatdate
 
 import pytest
@@ -29,7 +28,7 @@ from llm_abstractions.providers.anthropic import (
     AnthropicLlm,
 )
 from tests.fakes.anthropic_api import anthropic_app, error_body
-from tests.fakes.server import LoopbackServer, Scripted
+from tests.fakes.server import LoopbackServer, Scripted, loopback_fixtures
 
 pytestmark = pytest.mark.anyio
 
@@ -37,18 +36,7 @@ pytestmark = pytest.mark.anyio
 MODEL = "claude-sonnet-4-6"
 
 
-@pytest.fixture(scope="session")
-def server() -> Iterator[LoopbackServer]:
-    loopback = LoopbackServer(anthropic_app)
-    yield loopback
-    loopback.close()
-
-
-@pytest.fixture
-def api(server: LoopbackServer) -> Iterator[LoopbackServer]:
-    server.reset()
-    yield server
-    server.reset()
+server, api = loopback_fixtures(anthropic_app)
 
 
 def llm(api: LoopbackServer, timeout: float = 120.0) -> AnthropicLlm:

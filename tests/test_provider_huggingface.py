@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ from llm_abstractions.errors import (
 )
 from llm_abstractions.providers.huggingface import HuggingFaceLlm
 from tests.fakes.hf_api import hf_app
-from tests.fakes.server import LoopbackServer, Scripted
+from tests.fakes.server import LoopbackServer, Scripted, loopback_fixtures
 
 pytestmark = pytest.mark.anyio
 
@@ -31,18 +30,7 @@ MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 USAGE = {"prompt_tokens": 120, "completion_tokens": 30, "total_tokens": 150}
 
 
-@pytest.fixture(scope="session")
-def server() -> Iterator[LoopbackServer]:
-    loopback = LoopbackServer(hf_app)
-    yield loopback
-    loopback.close()
-
-
-@pytest.fixture
-def api(server: LoopbackServer) -> Iterator[LoopbackServer]:
-    server.reset()
-    yield server
-    server.reset()
+server, api = loopback_fixtures(hf_app)
 
 
 def llm(api: LoopbackServer, **options: object) -> HuggingFaceLlm:

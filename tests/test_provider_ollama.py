@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 
 import pytest
 
@@ -20,25 +19,14 @@ from llm_abstractions.errors import (
 )
 from llm_abstractions.providers.ollama import OllamaLlm
 from tests.fakes.ollama_api import ollama_app
-from tests.fakes.server import LoopbackServer, Scripted
+from tests.fakes.server import LoopbackServer, Scripted, loopback_fixtures
 
 pytestmark = pytest.mark.anyio
 
 COUNTS = {"prompt_eval_count": 26, "eval_count": 7}
 
 
-@pytest.fixture(scope="session")
-def server() -> Iterator[LoopbackServer]:
-    loopback = LoopbackServer(ollama_app)
-    yield loopback
-    loopback.close()
-
-
-@pytest.fixture
-def api(server: LoopbackServer) -> Iterator[LoopbackServer]:
-    server.reset()
-    yield server
-    server.reset()
+server, api = loopback_fixtures(ollama_app)
 
 
 def llm(api: LoopbackServer, **options: object) -> OllamaLlm:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from email.utils import formatdate
 
 import pytest
@@ -25,23 +24,12 @@ from llm_abstractions.errors import (
 from llm_abstractions.providers.lmstudio import LmStudioLlm
 from llm_abstractions.providers.openai import OpenAILlm
 from tests.fakes.openai_api import openai_app
-from tests.fakes.server import LoopbackServer, Scripted
+from tests.fakes.server import LoopbackServer, Scripted, loopback_fixtures
 
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(scope="session")
-def server() -> Iterator[LoopbackServer]:
-    loopback = LoopbackServer(openai_app)
-    yield loopback
-    loopback.close()
-
-
-@pytest.fixture
-def api(server: LoopbackServer) -> Iterator[LoopbackServer]:
-    server.reset()
-    yield server
-    server.reset()
+server, api = loopback_fixtures(openai_app)
 
 
 def llm(api: LoopbackServer, **options: object) -> OpenAILlm:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,23 +17,12 @@ from llm_abstractions.providers.search import (
 )
 from llm_abstractions.testing import FunctionLlm
 from tests.fakes.search_api import search_app
-from tests.fakes.server import LoopbackServer, Scripted
+from tests.fakes.server import LoopbackServer, Scripted, loopback_fixtures
 
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(scope="session")
-def server() -> Iterator[LoopbackServer]:
-    loopback = LoopbackServer(search_app)
-    yield loopback
-    loopback.close()
-
-
-@pytest.fixture
-def api(server: LoopbackServer) -> Iterator[LoopbackServer]:
-    server.reset()
-    yield server
-    server.reset()
+server, api = loopback_fixtures(search_app)
 
 
 class StaticSearch:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from aiohttp import web
 
 
@@ -99,3 +100,24 @@ async def answer_error(scripted: Scripted) -> web.Response:
     if isinstance(scripted.body, bytes):
         return web.Response(status=scripted.status, body=scripted.body, headers=scripted.headers)
     return web.json_response(scripted.body or {}, status=scripted.status, headers=scripted.headers)
+
+
+def loopback_fixtures(make_app: Callable[[LoopbackServer], web.Application]) -> tuple[Any, Any]:
+    """The ``server`` fixture (one per session) and ``api`` (reset around each test) for an app.
+
+    A test module binds them by name: ``server, api = loopback_fixtures(openai_app)``.
+    """
+
+    @pytest.fixture(scope="session", name="server")
+    def server() -> Iterator[LoopbackServer]:
+        loopback = LoopbackServer(make_app)
+        yield loopback
+        loopback.close()
+
+    @pytest.fixture(name="api")
+    def api(server: LoopbackServer) -> Iterator[LoopbackServer]:
+        server.reset()
+        yield server
+        server.reset()
+
+    return server, api
