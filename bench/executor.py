@@ -84,13 +84,21 @@ def bound(tasks: list[AgentTask], latency: float) -> float:
     return max(depth(tasks), math.ceil(len(tasks) / CAP)) * latency
 
 
-async def baseline(tasks: list[AgentTask], llm: FunctionLlm) -> None:
-    """The smallest correct scheduler: dependency counters, a limiter, a task group."""
+def dependency_counters(
+    tasks: list[AgentTask],
+) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """Each task's dependents, and how many dependencies each task still waits for."""
     children: dict[str, list[str]] = {t.task_id: [] for t in tasks}
     waiting = {t.task_id: len(t.depends_on) for t in tasks}
     for task in tasks:
         for dep in task.depends_on:
             children[dep].append(task.task_id)
+    return children, waiting
+
+
+async def baseline(tasks: list[AgentTask], llm: FunctionLlm) -> None:
+    """The smallest correct scheduler: dependency counters, a limiter, a task group."""
+    children, waiting = dependency_counters(tasks)
     request = LlmRequest.build("x")
     limiter = anyio.CapacityLimiter(CAP)
 
@@ -111,11 +119,7 @@ async def baseline(tasks: list[AgentTask], llm: FunctionLlm) -> None:
 
 async def worker_pool(tasks: list[AgentTask], llm: FunctionLlm) -> None:
     """The same, with CAP long-lived workers taking tasks from a ready queue."""
-    children: dict[str, list[str]] = {t.task_id: [] for t in tasks}
-    waiting = {t.task_id: len(t.depends_on) for t in tasks}
-    for task in tasks:
-        for dep in task.depends_on:
-            children[dep].append(task.task_id)
+    children, waiting = dependency_counters(tasks)
     request = LlmRequest.build("x")
     send, receive = anyio.create_memory_object_stream[str | None](len(tasks) + CAP)
     remaining = len(tasks)
