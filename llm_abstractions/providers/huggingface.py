@@ -39,6 +39,7 @@ from llm_abstractions.errors import (
     OrchestraError,
 )
 from llm_abstractions.providers.http_errors import error_from_status
+from llm_abstractions.providers.openai import ChatStream
 from llm_abstractions.types import FinishReason, LlmRequest, LlmResponse, StreamChunk, Usage
 
 if TYPE_CHECKING:
@@ -119,10 +120,7 @@ class HuggingFaceLlm(BaseLlm):
         from huggingface_hub import ChatCompletionInputStreamOptions
 
         started = perf_counter()
-        parts: list[str] = []
-        finish: FinishReason | None = None
-        usage = Usage()
-        model, response_id = request.model or self.model, None
+        answer = ChatStream(self.provider, request.model or self.model, _finish, _usage)
         try:
             events = await self._client.chat_completion(
                 **self._params(request),
@@ -130,35 +128,14 @@ class HuggingFaceLlm(BaseLlm):
                 stream_options=ChatCompletionInputStreamOptions(include_usage=True),
             )
             async for event in events:
-                model, response_id = event.model or model, event.id or response_id
-                if event.usage is not None:
-                    usage = _usage(event.usage)
-                for choice in event.choices:
-                    if choice.delta.content:
-                        parts.append(choice.delta.content)
-                        yield StreamChunk(delta=choice.delta.content)
-                    if choice.finish_reason:
-                        finish = _finish(choice.finish_reason)
+                for delta in answer.add(event):
+                    yield StreamChunk(delta=delta)
         except OrchestraError:
             raise
         except Exception as exc:
             raise self._error(exc) from exc
-        if finish is None:
-            raise LLMBadResponseError(
-                "huggingface: the stream ended before the answer was complete",
-                provider=self.provider,
-            )
-        _refuse_filtered(finish)
-        response = LlmResponse(
-            text="".join(parts),
-            provider=self.provider,
-            model=model,
-            finish_reason=finish,
-            usage=usage,
-            latency_s=perf_counter() - started,
-            response_id=response_id,
-        )
-        yield StreamChunk(done=True, response=response)
+        _refuse_filtered(answer.complete())
+        yield StreamChunk(done=True, response=answer.response(started))
 
     async def aclose(self) -> None:
         """Close the client's HTTP session (a no-op when it never opened one)."""

@@ -18,7 +18,7 @@ OpenAI (LM Studio, llama.cpp's server, vLLM): ``max_tokens`` instead of
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -36,7 +36,7 @@ from llm_abstractions.types import FinishReason, LlmRequest, LlmResponse, Stream
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
 
-__all__ = ["OpenAICompatibleLlm", "OpenAILlm"]
+__all__ = ["ChatStream", "OpenAICompatibleLlm", "OpenAILlm"]
 
 _FINISH: dict[str, FinishReason] = {
     "stop": "stop",
@@ -119,44 +119,20 @@ class OpenAILlm(BaseLlm):
     async def stream(self, request: LlmRequest) -> AsyncIterator[StreamChunk]:
         """Stream one answer; the last chunk carries the whole response and its usage."""
         started = perf_counter()
-        parts: list[str] = []
-        finish: FinishReason | None = None
-        usage = Usage()
-        model, response_id = self.model, None
+        answer = ChatStream(self.provider, self.model, _finish, _usage)
         try:
             events = await self._client.chat.completions.create(
                 **self._params(request), stream=True, stream_options={"include_usage": True}
             )
             async for event in events:
-                model, response_id = event.model or model, event.id or response_id
-                if event.usage is not None:
-                    usage = _usage(event.usage)
-                for choice in event.choices:
-                    if choice.delta.content:
-                        parts.append(choice.delta.content)
-                        yield StreamChunk(delta=choice.delta.content)
-                    if choice.finish_reason:
-                        finish = _finish(choice.finish_reason)
+                for delta in answer.add(event):
+                    yield StreamChunk(delta=delta)
         except OrchestraError:
             raise
         except Exception as exc:
             raise self._error(exc) from exc
-        if finish is None:
-            raise LLMBadResponseError(
-                f"{self.provider}: the stream ended before the answer was complete",
-                provider=self.provider,
-            )
-        _refuse_filtered(self.provider, finish)
-        response = LlmResponse(
-            text="".join(parts),
-            provider=self.provider,
-            model=model,
-            finish_reason=finish,
-            usage=usage,
-            latency_s=perf_counter() - started,
-            response_id=response_id,
-        )
-        yield StreamChunk(done=True, response=response)
+        _refuse_filtered(self.provider, answer.complete())
+        yield StreamChunk(done=True, response=answer.response(started))
 
     async def aclose(self) -> None:
         """Close the HTTP client."""
@@ -216,6 +192,68 @@ class OpenAICompatibleLlm(OpenAILlm):
 
     def _default_key(self) -> str | None:
         return "not-needed"  # the SDK insists on a key; local servers ignore it
+
+
+class ChatStream:
+    """An answer streamed as OpenAI-format chunks, put together (OpenAI, HF, compatible servers).
+
+    Args:
+        provider: Named in errors and in the response.
+        model: The model until a chunk names it.
+        finish_of: The provider's finish-reason mapping.
+        usage_of: The provider's usage mapping.
+    """
+
+    def __init__(
+        self,
+        provider: str,
+        model: str,
+        finish_of: Callable[[str | None], FinishReason | None],
+        usage_of: Callable[[Any], Usage],
+    ) -> None:
+        self.provider, self.model = provider, model
+        self.parts: list[str] = []
+        self.finish: FinishReason | None = None
+        self.usage = Usage()
+        self.response_id: str | None = None
+        self._finish_of, self._usage_of = finish_of, usage_of
+
+    def add(self, event: Any) -> Iterator[str]:
+        """Take one chunk; yield its text deltas."""
+        self.model, self.response_id = event.model or self.model, event.id or self.response_id
+        if event.usage is not None:
+            self.usage = self._usage_of(event.usage)
+        for choice in event.choices:
+            if choice.delta.content:
+                self.parts.append(choice.delta.content)
+                yield choice.delta.content
+            if choice.finish_reason:
+                self.finish = self._finish_of(choice.finish_reason)
+
+    def complete(self) -> FinishReason:
+        """The finish reason, once the stream has ended.
+
+        Raises:
+            LLMBadResponseError: The stream ended before one arrived (it was cut).
+        """
+        if self.finish is None:
+            raise LLMBadResponseError(
+                f"{self.provider}: the stream ended before the answer was complete",
+                provider=self.provider,
+            )
+        return self.finish
+
+    def response(self, started: float) -> LlmResponse:
+        """The whole answer, with the usage of the last chunk that carried one."""
+        return LlmResponse(
+            text="".join(self.parts),
+            provider=self.provider,
+            model=self.model,
+            finish_reason=self.finish,
+            usage=self.usage,
+            latency_s=perf_counter() - started,
+            response_id=self.response_id,
+        )
 
 
 def _refused(exc: BaseException) -> bool:
