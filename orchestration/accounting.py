@@ -2,6 +2,11 @@
 
 Prices come from genai-prices. A model that runs on this machine or on a local server
 costs exactly 0; a price that cannot be found is None (unknown), never 0, and is logged.
+
+genai-prices takes about 150 us per call, a sixth of a whole call on a fast server, so a
+model whose price is flat (no tiers, no price varying with time or context) is priced with
+its per-token rates, read once per model from genai-prices itself and checked against it
+(``_LinearPrice.of``); other models go through genai-prices on every call.
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ import logging
 import os
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from llm_abstractions.types import Usage
@@ -49,17 +56,20 @@ def cost_of(provider: str, model: str | None, usage: Usage) -> tuple[float | Non
     provider_id = _PRICE_PROVIDER.get(provider)
     if provider_id is None:
         return None, f"unknown: no price data for provider {provider}"
-    from genai_prices import Usage as PriceUsage
-    from genai_prices import calc_price
-
-    priced = PriceUsage(
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
-        cache_read_tokens=usage.cache_read_tokens,
-        cache_write_tokens=usage.cache_write_tokens,
+    counts = (
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cache_read_tokens or 0,
+        usage.cache_write_tokens or 0,
     )
     try:
-        price = calc_price(priced, model_ref=model, provider_id=provider_id)
+        key = (provider_id, model)
+        if key not in _linear:
+            _linear[key] = _LinearPrice.of(provider_id, model)
+        linear = _linear[key]
+        if linear is not None:
+            return float(linear.price(*counts)), "genai-prices"
+        price = _genai_price(provider_id, model, *counts)
     except LookupError:
         _log.warning("no price for %s model %s; cost recorded as unknown", provider, model)
         return None, f"unknown: genai-prices has no price for {model}"
@@ -67,7 +77,87 @@ def cost_of(provider: str, model: str | None, usage: Usage) -> tuple[float | Non
         # An answer that was paid for must not be lost to its price: it is recorded unknown.
         _log.warning("cannot price %s model %s: %s", provider, model, exc)
         return None, f"unknown: {exc}"
-    return float(price.total_price), "genai-prices"
+    return float(price), "genai-prices"
+
+
+def _genai_price(
+    provider_id: str, model: str, input_: int, output: int, cache_read: int, cache_write: int
+) -> Decimal:
+    from genai_prices import Usage as PriceUsage
+    from genai_prices import calc_price
+
+    priced = PriceUsage(
+        input_tokens=input_,
+        output_tokens=output,
+        cache_read_tokens=cache_read,
+        cache_write_tokens=cache_write,
+    )
+    return calc_price(priced, model_ref=model, provider_id=provider_id).total_price
+
+
+_MTOK = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class _LinearPrice:
+    """A flat price: USD per token of each kind, plus any price per request.
+
+    Input tokens include cache reads and writes (as genai-prices counts them); the rest of
+    the input is priced at the plain input rate.
+    """
+
+    fixed: Decimal
+    input: Decimal
+    output: Decimal
+    cache_read: Decimal
+    cache_write: Decimal
+
+    def price(self, input_: int, output: int, cache_read: int, cache_write: int) -> Decimal:
+        return (
+            self.fixed
+            + self.input * (input_ - cache_read - cache_write)
+            + self.output * output
+            + self.cache_read * cache_read
+            + self.cache_write * cache_write
+        )
+
+    @classmethod
+    def of(cls, provider_id: str, model: str) -> _LinearPrice | None:
+        """The model's flat price, or None when genai-prices must price each call.
+
+        The rates are genai-prices' own answers for a million tokens of each kind, and the
+        result must agree with genai-prices on a mixed call, or it is not used.
+
+        Raises:
+            LookupError: genai-prices does not know the model.
+        """
+        from genai_prices import data_snapshot, types
+
+        _, info = data_snapshot.get_snapshot().find_provider_model(model, None, provider_id, None)
+        prices = info.prices
+        # Price variants (service tier, batch) apply only to a price context; we pass none.
+        if not isinstance(prices, types.ModelPrice):
+            return None  # the price depends on the time
+        if any(isinstance(rate, types.TieredPrices) for rate in vars(prices).values()):
+            return None  # the price depends on the prompt's length
+
+        def per_token(*counts: int) -> Decimal:
+            return (_genai_price(provider_id, model, *counts) - fixed) / _MTOK
+
+        fixed = _genai_price(provider_id, model, 0, 0, 0, 0)
+        linear = cls(
+            fixed=fixed,
+            input=per_token(_MTOK, 0, 0, 0),
+            output=per_token(0, _MTOK, 0, 0),
+            cache_read=per_token(_MTOK, 0, _MTOK, 0),
+            cache_write=per_token(_MTOK, 0, 0, _MTOK),
+        )
+        check = (7_654_321, 1_234_567, 2_345_678, 1_111_111)
+        return linear if linear.price(*check) == _genai_price(provider_id, model, *check) else None
+
+
+# (genai-prices provider id, model) -> its flat price, or None: priced by genai-prices.
+_linear: dict[tuple[str, str], _LinearPrice | None] = {}
 
 
 def redact(text: str | None, secrets: Iterable[str] = ()) -> str | None:

@@ -156,6 +156,51 @@ def test_costs_local_known_and_unknown(caplog: pytest.LogCaptureFixture) -> None
     assert cost_of("openai-gpt", "gpt-4o-mini", Usage())[0] is None  # counts unknown
 
 
+def test_flat_prices_agree_with_genai_prices_for_every_catalog_model() -> None:
+    """The per-token fast path must give genai-prices' own answer, to the last digit."""
+    import random
+
+    from genai_prices import Usage as PriceUsage
+    from genai_prices import calc_price, data_snapshot
+
+    from orchestration import accounting
+
+    rng = random.Random(5)
+    flat = compared = 0
+    for ours, theirs in accounting._PRICE_PROVIDER.items():
+        try:
+            models = data_snapshot.get_snapshot().find_provider(None, theirs, None).models
+        except LookupError:  # genai-prices has no prices for this provider
+            continue
+        for model in models:
+            for _ in range(3):
+                cache_read, cache_write = rng.randrange(5000), rng.randrange(5000)
+                counts = (
+                    cache_read + cache_write + rng.randrange(300_000),
+                    rng.randrange(20_000),
+                    cache_read,
+                    cache_write,
+                )
+                try:
+                    expected = calc_price(
+                        PriceUsage(**dict(zip(_FIELDS, counts, strict=True))),
+                        model_ref=model.id,
+                        provider_id=theirs,
+                    ).total_price
+                except Exception:  # noqa: BLE001, S112 - genai-prices cannot price these counts
+                    continue
+                cost, source = cost_of(
+                    ours, model.id, Usage(**dict(zip(_FIELDS, counts, strict=True)))
+                )
+                assert (cost, source) == (float(expected), "genai-prices"), (ours, model.id)
+                compared += 1
+            flat += accounting._linear.get((theirs, model.id)) is not None
+    assert compared > 300 and flat > 100  # the fast path is taken, and checked, widely
+
+
+_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+
+
 def test_redact_masks_known_secrets_and_key_shapes() -> None:
     assert redact("key=abcd1234 and Bearer abcdefghijklmnop", ["abcd1234"]) == (
         "key=[REDACTED] and [REDACTED]"
