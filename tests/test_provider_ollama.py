@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
 
 import pytest
@@ -151,11 +153,33 @@ async def test_timeouts_and_a_server_that_is_not_running(api: LoopbackServer) ->
 async def test_one_session_per_instance_reused_and_closed(api: LoopbackServer) -> None:
     provider = llm(api)
     await provider.generate(LlmRequest.build("one"))
-    session = provider._session
+    session = await provider._sessions.get()
     await provider.generate(LlmRequest.build("two"))
-    assert session is not None and provider._session is session
+    assert await provider._sessions.get() is session
     await provider.aclose()
-    assert session.closed and provider._session is None
+    assert session.closed
+    assert await provider._sessions.get() is not session  # a closed provider opens anew
+    await provider.aclose()
+
+
+def test_one_provider_serves_two_event_loops(api: LoopbackServer) -> None:
+    provider = llm(api)
+    sessions = []
+
+    async def ask() -> tuple[str, str]:
+        answer = await provider.generate(LlmRequest.build("hi"))
+        chunks = [chunk async for chunk in provider.stream(LlmRequest.build("hi"))]
+        sessions.append(await provider._sessions.get())
+        assert chunks[-1].response is not None
+        return answer.text, chunks[-1].response.text
+
+    first = asyncio.run(ask())
+    assert sessions[0].closed  # closed by its own loop before that loop shut down
+    second = asyncio.run(ask())  # the first session's loop is closed: a new session
+    asyncio.run(provider.aclose())
+    gc.collect()  # a session or socket left open would warn here, and warnings are errors
+    assert first == second == ("Hello from the loopback server.",) * 2
+    assert sessions[0] is not sessions[1] and sessions[1].closed
 
 
 async def test_the_health_check_reads_the_model_list(api: LoopbackServer) -> None:

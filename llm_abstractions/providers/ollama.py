@@ -1,8 +1,10 @@
 """Ollama through its native API (``POST /api/chat``), over aiohttp directly.
 
 Ollama has no SDK worth its weight: the API is one JSON route, so this module speaks it
-with one ``aiohttp.ClientSession`` per provider instance, opened lazily inside the running
-event loop (a session belongs to the loop that created it) and closed in ``aclose``.
+with an ``aiohttp.ClientSession`` opened lazily inside the running event loop. A session
+belongs to the loop that created it, so a provider called from two loops (two
+``asyncio.run``) keeps one per loop, each closed when its loop shuts down (``LoopBound``),
+and all of them in ``aclose``.
 
 The host comes from ``host=``, else ``OLLAMA_HOST`` (``host``, ``host:port`` or a URL, as
 Ollama itself accepts), else ``http://127.0.0.1:11434``: the factory's probe reads it the
@@ -34,6 +36,7 @@ from llm_abstractions.errors import (
     OrchestraError,
 )
 from llm_abstractions.factory import OLLAMA_DEFAULT_HOST, _server_url
+from llm_abstractions.providers._loop_bound import LoopBound
 from llm_abstractions.providers.http_errors import error_from_status
 from llm_abstractions.types import (
     FinishReason,
@@ -70,7 +73,7 @@ class OllamaLlm(BaseLlm):
         self.host = _server_url(host or os.environ.get("OLLAMA_HOST") or OLLAMA_DEFAULT_HOST, 11434)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._chat = f"{self.host}/api/chat"
-        self._session: aiohttp.ClientSession | None = None
+        self._sessions = LoopBound(self._new_session, aiohttp.ClientSession.close)
 
     async def generate(self, request: LlmRequest) -> LlmResponse:
         """Answer one request (see the module docstring for usage and errors)."""
@@ -78,7 +81,7 @@ class OllamaLlm(BaseLlm):
         model = request.model or self.model
         try:
             body = self._body(request, stream=False)
-            async with self._session_now().post(self._chat, json=body) as response:
+            async with (await self._sessions.get()).post(self._chat, json=body) as response:
                 await self._raise_for_status(response, model)
                 raw = await response.read()
         except OrchestraError:
@@ -98,7 +101,7 @@ class OllamaLlm(BaseLlm):
         final: dict[str, Any] | None = None
         try:
             body = self._body(request, stream=True)
-            async with self._session_now().post(self._chat, json=body) as response:
+            async with (await self._sessions.get()).post(self._chat, json=body) as response:
                 await self._raise_for_status(response, model)
                 async for line in response.content:
                     if not line.strip():
@@ -127,7 +130,7 @@ class OllamaLlm(BaseLlm):
         """Ask ``GET /api/tags`` (cheap, loads no model) and say whether the model is pulled."""
         started = perf_counter()
         try:
-            async with self._session_now().get(f"{self.host}/api/tags") as response:
+            async with (await self._sessions.get()).get(f"{self.host}/api/tags") as response:
                 await self._raise_for_status(response, self.model)
                 tags = _decode(await response.read())
         except OrchestraError as exc:
@@ -146,15 +149,11 @@ class OllamaLlm(BaseLlm):
         )
 
     async def aclose(self) -> None:
-        """Close the HTTP session, if one was opened."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        """Close the HTTP sessions that were opened."""
+        await self._sessions.aclose()
 
-    def _session_now(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
-        return self._session
+    def _new_session(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(timeout=self._timeout)
 
     def _body(self, request: LlmRequest, *, stream: bool) -> dict[str, Any]:
         messages = [{"role": "system", "content": request.system}] if request.system else []
