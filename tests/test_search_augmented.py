@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import time
 from typing import Any
 
@@ -202,6 +204,20 @@ async def test_aclose_closes_the_backend_and_the_inner_provider() -> None:
     inner, backend = FunctionLlm(lambda r: "ok"), StaticSearch(HITS)
     await SearchAugmentedLlm(inner, backend).aclose()
     assert inner.closed and backend.closed
+
+
+def test_one_google_backend_serves_two_event_loops(api: LoopbackServer) -> None:
+    backend = google(api)
+    first = asyncio.run(backend.search("first loop", 1))
+    # The first session's loop is closed now; the backend makes another for this one.
+    second = asyncio.run(backend.search("second loop", 1))
+    asyncio.run(backend.aclose())
+    gc.collect()  # a session or socket left open would warn here, and warnings are errors
+    assert [r.title for r in first + second] == [
+        "Result 1 for first loop",
+        "Result 1 for second loop",
+    ]
+    assert [r["q"] for r in api.requests] == ["first loop", "second loop"]
 
 
 class FakeDdgs:

@@ -18,9 +18,10 @@ thread; no key needed) and ``GoogleSearch`` (the Custom Search JSON API over aio
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -248,17 +249,18 @@ class GoogleSearch:
         self.base_url = url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
+        self._session_loop: asyncio.AbstractEventLoop | None = None
+        self._closer: AsyncGenerator[None, None] | None = None
 
     async def search(self, query: str, max_results: int) -> list[SearchResult]:
         """Query the API; HTTP errors raise the error tree's class for their status."""
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        session = await self._session_for_running_loop()
         params = {"cx": self._cx, "q": query, "num": str(min(max_results, 10))}
         # The key travels in a header: aiohttp quotes the full URL in some errors, and those
         # end up in response metadata, ledgers and logs.
         headers = {"X-Goog-Api-Key": self._key}
         url = f"{self.base_url}/customsearch/v1"
-        async with self._session.get(url, params=params, headers=headers) as resp:
+        async with session.get(url, params=params, headers=headers) as resp:
             if resp.status >= 400:
                 message = (await resp.text())[:200]
                 raise error_from_status(
@@ -275,8 +277,38 @@ class GoogleSearch:
             for item in items[:max_results]
         ]
 
+    async def _session_for_running_loop(self) -> aiohttp.ClientSession:
+        """The session of the running loop; a new one if it was made on another loop.
+
+        An aiohttp session belongs to the loop it was made on, and a backend can outlive
+        that loop (one ``GoogleSearch`` used from two ``asyncio.run`` calls). Each session
+        is therefore closed by its own loop: an async generator holding it is started
+        here, and asyncio closes every unfinished async generator before the loop shuts
+        down (``loop.shutdown_asyncgens``, which ``asyncio.run`` calls). A session left
+        behind on another loop is never touched from this one.
+        """
+        loop = asyncio.get_running_loop()
+        session = self._session
+        if session is not None and not session.closed and self._session_loop is loop:
+            return session
+        session = aiohttp.ClientSession(timeout=self._timeout)
+        self._session, self._session_loop = session, loop
+        self._closer = _close_before_loop_ends(session)
+        await anext(self._closer)
+        return session
+
     async def aclose(self) -> None:
-        """Close the aiohttp session, if one was opened."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        """Close the aiohttp session, if this loop has one open."""
+        closer, loop = self._closer, self._session_loop
+        self._session = self._session_loop = self._closer = None
+        # Another loop's session is left to that loop, which closes it when it shuts down.
+        if closer is not None and loop is asyncio.get_running_loop():
+            await closer.aclose()
+
+
+async def _close_before_loop_ends(session: aiohttp.ClientSession) -> AsyncGenerator[None, None]:
+    """Hold ``session`` open until closed by ``aclose`` or by the loop's shutdown."""
+    try:
+        yield
+    finally:
+        await session.close()
