@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from ddgs.exceptions import DDGSException
 
 from llm_abstractions import LlmRequest
 from llm_abstractions.errors import ConfigurationError, MissingCredentialsError
@@ -18,6 +19,7 @@ from llm_abstractions.providers.search import (
     SearchResult,
 )
 from llm_abstractions.testing import FunctionLlm
+from tests.fakes.ddg_proxy import DDG_HOST, RATELIMIT_PAGE, DuckDuckGoProxy
 from tests.fakes.search_api import search_app
 from tests.fakes.server import LoopbackServer, Scripted, loopback_fixtures
 
@@ -25,6 +27,31 @@ pytestmark = pytest.mark.anyio
 
 
 server, api = loopback_fixtures(search_app)
+
+
+@pytest.fixture(scope="session")
+def ddg_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DuckDuckGoProxy]:
+    proxy = DuckDuckGoProxy(tmp_path_factory.mktemp("ddg-ca"))
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def ddg(ddg_proxy: DuckDuckGoProxy, monkeypatch: pytest.MonkeyPatch) -> Iterator[DuckDuckGoProxy]:
+    """The DuckDuckGo fake, reset around each test.
+
+    ddgs's HTTP client opens its sockets in Rust, out of the network guard's reach: the
+    proxy is always given explicitly, and no variable may replace it or exempt a host.
+    """
+    for var in ("NO_PROXY", "no_proxy", "DDGS_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    ddg_proxy.reset()
+    yield ddg_proxy
+    ddg_proxy.reset()
+
+
+def duckduckgo(ddg: DuckDuckGoProxy, **options: Any) -> DuckDuckGoSearch:
+    return DuckDuckGoSearch(proxy=ddg.url, verify=ddg.ca_file, **options)
 
 
 class StaticSearch:
@@ -206,6 +233,101 @@ async def test_aclose_closes_the_backend_and_the_inner_provider() -> None:
     assert inner.closed and backend.closed
 
 
+async def test_duckduckgo_runs_the_real_ddgs_through_the_proxy(ddg: DuckDuckGoProxy) -> None:
+    results = await duckduckgo(ddg).search("latest rust release", 2)
+    assert results == [
+        SearchResult("Result 1 for latest rust release", "https://example.com/1", "Snippet 1."),
+        SearchResult("Result 2 for latest rust release", "https://example.com/2", "Snippet 2."),
+    ]  # and not the ad that heads the page
+    assert ddg.tunnels == [f"{DDG_HOST}:443"]
+    assert ddg.queries == [{"q": "latest rust release", "b": "", "l": "us-en"}]
+
+
+async def test_duckduckgo_sends_the_region(ddg: DuckDuckGoProxy) -> None:
+    await duckduckgo(ddg, region="de-de").search("aktuelle Nachrichten", 1)
+    assert ddg.queries == [{"q": "aktuelle Nachrichten", "b": "", "l": "de-de"}]
+
+
+async def test_duckduckgo_checks_the_certificate_against_verify(ddg: DuckDuckGoProxy) -> None:
+    # Without the test CA the intercepting certificate is refused: verify= reaches ddgs.
+    backend = DuckDuckGoSearch(proxy=ddg.url, timeout=5)
+    with pytest.raises(DDGSException, match="certificate"):
+        await backend.search("latest news", 1)
+    assert ddg.tunnels == [f"{DDG_HOST}:443"]
+    assert ddg.queries == []
+
+
+async def test_auto_backend_lets_ddgs_try_other_engines_which_the_proxy_refuses(
+    ddg: DuckDuckGoProxy,
+) -> None:
+    results = await duckduckgo(ddg, backend="auto").search("latest rust release", 1)
+    assert [r.url for r in results] == ["https://example.com/1"]
+    # ddgs asks Wikipedia first in "auto" mode; only DuckDuckGo got past the proxy.
+    assert "en.wikipedia.org:443" in ddg.tunnels
+    assert len(ddg.queries) == 1
+
+
+async def test_search_augmented_with_duckduckgo_injects_the_sources(ddg: DuckDuckGoProxy) -> None:
+    inner = FunctionLlm(lambda request: "ok [1]")
+    async with SearchAugmentedLlm(inner, duckduckgo(ddg), max_results=2) as llm:
+        response = await llm.generate(LlmRequest.build("What happened in the news today?"))
+    assert ddg.queries[0]["q"] == "What happened in the news today?"
+    assert response.metadata["search"] == {
+        "used": True,
+        "query": "What happened in the news today?",
+        "sources": [
+            {
+                "title": "Result 1 for What happened in the news today?",
+                "url": "https://example.com/1",
+            },
+            {
+                "title": "Result 2 for What happened in the news today?",
+                "url": "https://example.com/2",
+            },
+        ],
+    }
+    system = inner.calls[0].system or ""
+    assert (
+        "[2] Result 2 for What happened in the news today? (https://example.com/2)\nSnippet 2."
+        in system
+    )
+    assert "ads.example" not in system
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        Scripted(status=202, body=RATELIMIT_PAGE),
+        Scripted(status=500, body=b"<html>Internal Server Error</html>"),
+        Scripted(body=b"<html><body>No results.</body></html>"),
+    ],
+    ids=["ratelimit-202", "server-error-500", "empty-page"],
+)
+async def test_a_duckduckgo_failure_answers_without_search(
+    ddg: DuckDuckGoProxy, answer: Scripted
+) -> None:
+    ddg.script(answer)
+    inner = FunctionLlm(lambda request: "From memory.")
+    async with SearchAugmentedLlm(inner, duckduckgo(ddg)) as llm:
+        response = await llm.generate(LlmRequest.build("What is the latest Python?"))
+    assert [q["q"] for q in ddg.queries] == ["What is the latest Python?"]
+    assert response.text == "From memory."
+    # ddgs does not keep the status: a blocked, failed or empty page all read this way.
+    assert response.metadata["search"] == {"used": False, "error": "No results found."}
+    assert inner.calls[0].system is None
+
+
+async def test_a_slow_duckduckgo_still_obeys_the_search_timeout(ddg: DuckDuckGoProxy) -> None:
+    ddg.script(Scripted(delay=1.5))
+    inner = FunctionLlm(lambda request: "ok")
+    llm = SearchAugmentedLlm(inner, duckduckgo(ddg), search_timeout=0.2)
+    response = await llm.generate(LlmRequest.build("What is the latest news?"))
+    # Not waited for: the answer came without search, and says the search timed out.
+    assert response.metadata["search"]["used"] is False
+    assert "tim" in response.metadata["search"]["error"].lower()
+    assert inner.calls[0].system is None
+
+
 def test_one_google_backend_serves_two_event_loops(api: LoopbackServer) -> None:
     backend = google(api)
     first = asyncio.run(backend.search("first loop", 1))
@@ -218,47 +340,3 @@ def test_one_google_backend_serves_two_event_loops(api: LoopbackServer) -> None:
         "Result 1 for second loop",
     ]
     assert [r["q"] for r in api.requests] == ["first loop", "second loop"]
-
-
-class FakeDdgs:
-    """Stands in for ``ddgs.DDGS``: the seam, since ddgs cannot be pointed at a local URL."""
-
-    calls: list[tuple[str, int]] = []
-
-    def text(self, query: str, *, max_results: int) -> list[dict[str, Any]]:
-        self.calls.append((query, max_results))
-        hits = [
-            {"title": f"Hit {n}", "href": f"https://ddg.example/{n}", "body": f"Body {n}."}
-            for n in range(1, 5)
-        ]
-        return hits[:max_results]
-
-
-async def test_duckduckgo_through_the_client_seam() -> None:
-    FakeDdgs.calls = []
-    inner = FunctionLlm(lambda request: "ok")
-    llm = SearchAugmentedLlm(inner, DuckDuckGoSearch(client_factory=FakeDdgs), max_results=2)
-    response = await llm.generate(LlmRequest.build("What happened in the news today?"))
-    assert FakeDdgs.calls == [("What happened in the news today?", 2)]
-    assert response.metadata["search"]["sources"] == [
-        {"title": "Hit 1", "url": "https://ddg.example/1"},
-        {"title": "Hit 2", "url": "https://ddg.example/2"},
-    ]
-    assert "[2] Hit 2 (https://ddg.example/2)\nBody 2." in (inner.calls[0].system or "")
-
-
-class SlowDdgs:
-    """A DuckDuckGo client that blocks, as the real one does on a slow network."""
-
-    def text(self, query: str, max_results: int = 5) -> list[dict[str, str]]:
-        time.sleep(1.5)
-        return []
-
-
-async def test_a_blocking_search_client_still_obeys_the_search_timeout() -> None:
-    inner = FunctionLlm(lambda request: "ok")
-    llm = SearchAugmentedLlm(inner, DuckDuckGoSearch(client_factory=SlowDdgs), search_timeout=0.2)
-    response = await llm.generate(LlmRequest.build("What is the latest news?"))
-    # Not waited for: the answer came without search, and says the search timed out.
-    assert response.metadata["search"]["used"] is False
-    assert "tim" in response.metadata["search"]["error"].lower()

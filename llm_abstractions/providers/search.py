@@ -23,16 +23,23 @@ import os
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 import anyio
 import anyio.to_thread
 
 from llm_abstractions.base import BaseLlm
-from llm_abstractions.errors import ConfigurationError, MissingCredentialsError
+from llm_abstractions.errors import (
+    ConfigurationError,
+    MissingCredentialsError,
+    ProviderNotInstalledError,
+)
 from llm_abstractions.providers.http_errors import error_from_status
 from llm_abstractions.types import LlmRequest, LlmResponse, StreamChunk
+
+if TYPE_CHECKING:
+    from ddgs import DDGS
 
 __all__ = [
     "DuckDuckGoSearch",
@@ -172,23 +179,45 @@ class SearchAugmentedLlm(BaseLlm):
 
 
 class DuckDuckGoSearch:
-    """DuckDuckGo (and friends) through the ``ddgs`` package, in a worker thread.
+    """DuckDuckGo through the ``ddgs`` package, in a worker thread; no key needed.
+
+    ``ddgs`` reports every failure the same way: a blocked or failed page (DuckDuckGo
+    answers bots with a 202 page) and an empty one both raise "No results found.", so the
+    wrapper answers without search either way.
 
     Args:
-        client_factory: Returns an object with ``text(query, max_results=...)`` giving dicts
-            with ``title``, ``href`` and ``body``; ``ddgs.DDGS`` when None. A seam for tests:
-            ``ddgs`` has no base URL to point at a local server.
+        proxy: ``http://``, ``https://`` or ``socks5://`` proxy URL (``"tb"`` for Tor
+            Browser's); ddgs reads ``DDGS_PROXY`` when None.
+        verify: True to check TLS certificates, False not to, or the path of a PEM file
+            of CA certificates to trust (a company proxy's, say).
+        timeout: Seconds ddgs gives one search.
+        backend: The ddgs engine(s): ``"duckduckgo"``, a comma-separated list, or
+            ``"auto"`` for ddgs's own mix (Wikipedia and Grokipedia first, then other
+            engines in random order).
+        region: DuckDuckGo's region code (``"us-en"``, ``"uk-en"``, ``"de-de"``...).
     """
 
-    def __init__(self, client_factory: Callable[[], Any] | None = None) -> None:
-        self._client_factory = client_factory or _ddgs_client
+    def __init__(
+        self,
+        *,
+        proxy: str | None = None,
+        verify: bool | str = True,
+        timeout: int = 5,
+        backend: str = "duckduckgo",
+        region: str = "us-en",
+    ) -> None:
+        self.proxy, self.verify, self.timeout = proxy, verify, timeout
+        self.backend, self.region = backend, region
 
     async def search(self, query: str, max_results: int) -> list[SearchResult]:
         """Run the synchronous search in a thread and convert its hits."""
+        ddgs_class = _ddgs_class()
 
         def run() -> list[dict[str, Any]]:
-            hits: list[dict[str, Any]] = self._client_factory().text(query, max_results=max_results)
-            return hits
+            client = ddgs_class(proxy=self.proxy, timeout=self.timeout, verify=self.verify)
+            return client.text(
+                query, max_results=max_results, backend=self.backend, region=self.region
+            )
 
         # Abandoned on cancellation, so that the wrapper's search timeout holds for a
         # blocking client too (the thread finishes on its own; its answer is dropped).
@@ -206,10 +235,12 @@ class DuckDuckGoSearch:
         """Nothing is held between searches."""
 
 
-def _ddgs_client() -> Any:
-    from ddgs import DDGS
-
-    return DDGS()
+def _ddgs_class() -> type[DDGS]:
+    try:
+        from ddgs import DDGS
+    except ImportError as exc:
+        raise ProviderNotInstalledError("duckduckgo", "ddgs", "search") from exc
+    return DDGS
 
 
 class GoogleSearch:
