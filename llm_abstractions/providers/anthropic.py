@@ -2,7 +2,9 @@
 
 The client runs over aiohttp (the SDK's ``DefaultAioHttpClient``) and never retries
 (``max_retries=0``): the executor owns retries, and an SDK retrying underneath it would
-multiply them, and hide 429s and 529s the executor must see to back off.
+multiply them, and hide 429s and 529s the executor must see to back off. Its connections
+belong to the event loop that opened them, so each loop gets a client of its own, closed
+when that loop shuts down (``LoopBound``).
 
 The request maps onto the Messages API: ``system`` goes in its top-level field,
 ``max_tokens`` is required there and defaults to ``DEFAULT_MAX_TOKENS``, ``stop`` becomes
@@ -37,6 +39,7 @@ from llm_abstractions.errors import (
     MissingCredentialsError,
     OrchestraError,
 )
+from llm_abstractions.providers._loop_bound import LoopBound
 from llm_abstractions.providers.http_errors import error_from_status
 from llm_abstractions.types import FinishReason, LlmRequest, LlmResponse, StreamChunk, Usage
 
@@ -103,19 +106,24 @@ class AnthropicLlm(BaseLlm):
         if not key:  # the SDK would only fail at the first call, with a TypeError
             raise MissingCredentialsError(self.provider, ("ANTHROPIC_API_KEY",))
         self.base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL")
-        self._client: AsyncAnthropic = AsyncAnthropic(
-            api_key=key,
-            base_url=self.base_url,
-            timeout=timeout,
-            max_retries=0,
-            http_client=DefaultAioHttpClient(timeout=timeout),
-        )
+
+        def client() -> AsyncAnthropic:
+            return AsyncAnthropic(
+                api_key=key,
+                base_url=self.base_url,
+                timeout=timeout,
+                max_retries=0,
+                http_client=DefaultAioHttpClient(timeout=timeout),
+            )
+
+        self._clients = LoopBound(client, AsyncAnthropic.close, first=client())
 
     async def generate(self, request: LlmRequest) -> LlmResponse:
         """Answer one request (see the module docstring for usage and errors)."""
         started = perf_counter()
         try:
-            message = await self._client.messages.create(**self._params(request))
+            client = await self._clients.get()
+            message = await client.messages.create(**self._params(request))
         except Warning:
             raise  # the SDK's model deprecation warning, made an error by -W error
         except Exception as exc:
@@ -144,7 +152,8 @@ class AnthropicLlm(BaseLlm):
         stop_reason: str | None = None
         model, response_id, complete = self.model, None, False
         try:
-            events = await self._client.messages.create(**self._params(request), stream=True)
+            client = await self._clients.get()
+            events = await client.messages.create(**self._params(request), stream=True)
             async with events:  # closes the response when the consumer stops early
                 async for event in events:
                     if event.type == "message_start":
@@ -180,8 +189,8 @@ class AnthropicLlm(BaseLlm):
         yield StreamChunk(done=True, response=response)
 
     async def aclose(self) -> None:
-        """Close the HTTP client."""
-        await self._client.close()
+        """Close the HTTP clients."""
+        await self._clients.aclose()
 
     def _params(self, request: LlmRequest) -> dict[str, Any]:
         system = request.system

@@ -3,6 +3,9 @@
 The client runs over aiohttp (the SDK's ``DefaultAioHttpClient``: 1,179 calls/s against
 767 for its default transport at concurrency 64, measured for this project) and never
 retries: the executor owns retries, and an SDK retrying underneath it would multiply them.
+Its connections belong to the event loop that opened them, so each loop gets a client of
+its own, closed when that loop shuts down (``LoopBound``): a provider built once works
+from any number of ``asyncio.run`` calls.
 
 Usage follows the OpenTelemetry GenAI rules, which OpenAI already obeys: ``prompt_tokens``
 include cached ones (reported again as ``cache_read_tokens``) and ``completion_tokens``
@@ -30,6 +33,7 @@ from llm_abstractions.errors import (
     LLMTimeoutError,
     OrchestraError,
 )
+from llm_abstractions.providers._loop_bound import LoopBound
 from llm_abstractions.providers.http_errors import error_from_status
 from llm_abstractions.types import FinishReason, LlmRequest, LlmResponse, StreamChunk, Usage
 
@@ -75,13 +79,19 @@ class OpenAILlm(BaseLlm):
         from openai import AsyncOpenAI, DefaultAioHttpClient
 
         self.base_url = base_url or os.environ.get(self.base_url_env) or self._default_base_url()
-        self._client: AsyncOpenAI = AsyncOpenAI(
-            api_key=api_key or self._default_key(),
-            base_url=self.base_url,
-            timeout=timeout,
-            max_retries=0,
-            http_client=DefaultAioHttpClient(timeout=timeout),
-        )
+        key = api_key or self._default_key()
+
+        def client() -> AsyncOpenAI:
+            return AsyncOpenAI(
+                api_key=key,
+                base_url=self.base_url,
+                timeout=timeout,
+                max_retries=0,
+                http_client=DefaultAioHttpClient(timeout=timeout),
+            )
+
+        # The first client is built now, so that a missing key fails here, not at first use.
+        self._clients = LoopBound(client, AsyncOpenAI.close, first=client())
 
     def _default_key(self) -> str | None:
         return os.environ.get("OPENAI_API_KEY")
@@ -93,7 +103,8 @@ class OpenAILlm(BaseLlm):
         """Answer one request (see the module docstring for usage and errors)."""
         started = perf_counter()
         try:
-            completion = await self._client.chat.completions.create(**self._params(request))
+            client = await self._clients.get()
+            completion = await client.chat.completions.create(**self._params(request))
         except Exception as exc:
             raise self._error(exc) from exc
         if not completion.choices:
@@ -121,7 +132,8 @@ class OpenAILlm(BaseLlm):
         started = perf_counter()
         answer = ChatStream(self.provider, self.model, _finish, _usage)
         try:
-            events = await self._client.chat.completions.create(
+            client = await self._clients.get()
+            events = await client.chat.completions.create(
                 **self._params(request), stream=True, stream_options={"include_usage": True}
             )
             async for event in events:
@@ -135,8 +147,8 @@ class OpenAILlm(BaseLlm):
         yield StreamChunk(done=True, response=answer.response(started))
 
     async def aclose(self) -> None:
-        """Close the HTTP client."""
-        await self._client.close()
+        """Close the HTTP clients."""
+        await self._clients.aclose()
 
     def _params(self, request: LlmRequest) -> dict[str, Any]:
         messages = [{"role": "system", "content": request.system}] if request.system else []
