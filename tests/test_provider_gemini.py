@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 from typing import Any
 
 import pytest
@@ -269,3 +271,19 @@ async def test_the_factory_builds_it_from_the_environment_google_key_first(
     async with provider:
         assert (await provider.generate(LlmRequest.build("hi"))).text
     assert api.headers[0]["x-goog-api-key"] == sent
+
+
+def test_one_provider_serves_two_event_loops(api: LoopbackServer) -> None:
+    provider = llm(api)
+
+    async def ask() -> tuple[str, str]:
+        chunks = [chunk async for chunk in provider.stream(LlmRequest.build("hi"))]
+        answer = await provider.generate(LlmRequest.build("hi"))  # leaves a pooled connection
+        assert chunks[-1].response is not None
+        return chunks[-1].response.text, answer.text
+
+    first = asyncio.run(ask())
+    second = asyncio.run(ask())  # the first loop is closed now
+    asyncio.run(provider.aclose())
+    gc.collect()  # a client or socket left open would warn here, and warnings are errors
+    assert first == second == ("Hello from the loopback server.",) * 2

@@ -1,7 +1,9 @@
 """Google Gemini through the official ``google-genai`` SDK (``genai.Client``, its async API).
 
 The SDK's async calls run over aiohttp (an Orchestra dependency) and never retry: the
-executor owns retries. Retry options are set explicitly (one attempt) because without them
+executor owns retries. The SDK keeps an aiohttp session per event loop but closes none of
+them when their loop ends, so each loop gets a client of its own here, closed when that
+loop shuts down (``LoopBound``). Retry options are set explicitly (one attempt) because without them
 the SDK's aiohttp transport quietly retries a refused or dropped connection after sleeping
 one to ten seconds. The API version is ``v1beta`` (Google's REST reference and the bundled
 script use it; the SDK's own default moved to ``v1`` in later releases) unless ``base_url``
@@ -37,6 +39,7 @@ from llm_abstractions.errors import (
     MissingCredentialsError,
     OrchestraError,
 )
+from llm_abstractions.providers._loop_bound import LoopBound
 from llm_abstractions.providers.http_errors import error_from_status
 from llm_abstractions.types import FinishReason, LlmRequest, LlmResponse, StreamChunk, Usage
 
@@ -90,22 +93,24 @@ class GeminiLlm(BaseLlm):
             raise MissingCredentialsError(self.provider, _KEY_ENV)
         self.base_url = base_url or os.environ.get("ORCHESTRA_GEMINI_BASE_URL")
         versioned = _VERSIONED.match(self.base_url or "")
-        self._client: Client = genai.Client(
-            api_key=key,
-            vertexai=False,
-            http_options=types.HttpOptions(
+
+        def client() -> Client:
+            options = types.HttpOptions(
                 base_url=versioned["root"] if versioned else self.base_url,
                 api_version=versioned["version"] if versioned else "v1beta",
                 timeout=max(1, round(timeout * 1000)),  # milliseconds
                 retry_options=types.HttpRetryOptions(attempts=1),
-            ),
-        )
+            )
+            return genai.Client(api_key=key, vertexai=False, http_options=options)
+
+        self._clients = LoopBound(client, _close, first=client())
 
     async def generate(self, request: LlmRequest) -> LlmResponse:
         """Answer one request (see the module docstring for usage and errors)."""
         started = perf_counter()
         try:
-            answer = await self._client.aio.models.generate_content(**self._params(request))
+            client = await self._clients.get()
+            answer = await client.aio.models.generate_content(**self._params(request))
         except Exception as exc:
             raise self._error(exc) from exc
         self._refuse_blocked_prompt(answer)
@@ -132,7 +137,8 @@ class GeminiLlm(BaseLlm):
         usage = Usage()
         model, response_id = self.model, None
         try:
-            events = await self._client.aio.models.generate_content_stream(**self._params(request))
+            client = await self._clients.get()
+            events = await client.aio.models.generate_content_stream(**self._params(request))
             async for event in events:
                 model, response_id = event.model_version or model, event.response_id or response_id
                 if event.usage_metadata is not None:
@@ -164,9 +170,8 @@ class GeminiLlm(BaseLlm):
         yield StreamChunk(done=True, response=response)
 
     async def aclose(self) -> None:
-        """Close the client's aiohttp sessions and its HTTP clients."""
-        await self._client.aio.aclose()
-        self._client.close()
+        """Close the clients' aiohttp sessions and HTTP clients."""
+        await self._clients.aclose()
 
     def _params(self, request: LlmRequest) -> dict[str, Any]:
         from google.genai import types
@@ -244,6 +249,11 @@ class GeminiLlm(BaseLlm):
             f"{self.provider}: malformed answer: {type(exc).__name__}: {exc}",
             provider=self.provider,
         )
+
+
+async def _close(client: Client) -> None:
+    await client.aio.aclose()
+    client.close()
 
 
 def _text(candidate: gt.Candidate) -> str:
