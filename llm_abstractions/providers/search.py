@@ -18,10 +18,9 @@ thread; no key needed) and ``GoogleSearch`` (the Custom Search JSON API over aio
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -35,6 +34,7 @@ from llm_abstractions.errors import (
     MissingCredentialsError,
     ProviderNotInstalledError,
 )
+from llm_abstractions.providers._loop_bound import LoopBound
 from llm_abstractions.providers.http_errors import error_from_status
 from llm_abstractions.types import LlmRequest, LlmResponse, StreamChunk
 
@@ -279,13 +279,16 @@ class GoogleSearch:
         url = base_url or os.environ.get("ORCHESTRA_GOOGLE_SEARCH_URL") or GOOGLE_DEFAULT_URL
         self.base_url = url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._session: aiohttp.ClientSession | None = None
-        self._session_loop: asyncio.AbstractEventLoop | None = None
-        self._closer: AsyncGenerator[None, None] | None = None
+        # A session belongs to the loop it was made on; the backend may outlive that loop
+        # (two ``asyncio.run`` calls), so each loop gets its own, closed when it shuts down.
+        self._sessions = LoopBound(self._new_session, aiohttp.ClientSession.close)
+
+    def _new_session(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(timeout=self._timeout)
 
     async def search(self, query: str, max_results: int) -> list[SearchResult]:
         """Query the API; HTTP errors raise the error tree's class for their status."""
-        session = await self._session_for_running_loop()
+        session = await self._sessions.get()
         params = {"cx": self._cx, "q": query, "num": str(min(max_results, 10))}
         # The key travels in a header: aiohttp quotes the full URL in some errors, and those
         # end up in response metadata, ledgers and logs.
@@ -308,38 +311,6 @@ class GoogleSearch:
             for item in items[:max_results]
         ]
 
-    async def _session_for_running_loop(self) -> aiohttp.ClientSession:
-        """The session of the running loop; a new one if it was made on another loop.
-
-        An aiohttp session belongs to the loop it was made on, and a backend can outlive
-        that loop (one ``GoogleSearch`` used from two ``asyncio.run`` calls). Each session
-        is therefore closed by its own loop: an async generator holding it is started
-        here, and asyncio closes every unfinished async generator before the loop shuts
-        down (``loop.shutdown_asyncgens``, which ``asyncio.run`` calls). A session left
-        behind on another loop is never touched from this one.
-        """
-        loop = asyncio.get_running_loop()
-        session = self._session
-        if session is not None and not session.closed and self._session_loop is loop:
-            return session
-        session = aiohttp.ClientSession(timeout=self._timeout)
-        self._session, self._session_loop = session, loop
-        self._closer = _close_before_loop_ends(session)
-        await anext(self._closer)
-        return session
-
     async def aclose(self) -> None:
-        """Close the aiohttp session, if this loop has one open."""
-        closer, loop = self._closer, self._session_loop
-        self._session = self._session_loop = self._closer = None
-        # Another loop's session is left to that loop, which closes it when it shuts down.
-        if closer is not None and loop is asyncio.get_running_loop():
-            await closer.aclose()
-
-
-async def _close_before_loop_ends(session: aiohttp.ClientSession) -> AsyncGenerator[None, None]:
-    """Hold ``session`` open until closed by ``aclose`` or by the loop's shutdown."""
-    try:
-        yield
-    finally:
-        await session.close()
+        """Close the aiohttp sessions opened (other loops close theirs soon)."""
+        await self._sessions.aclose()
