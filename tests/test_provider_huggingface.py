@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
+from collections.abc import AsyncGenerator
 from pathlib import Path
+from types import BuiltinFunctionType, FunctionType, ModuleType
+from typing import TypeVar, cast
 
+import httpx
 import pytest
 
-from llm_abstractions import LlmFactory, LlmRequest
+from llm_abstractions import LlmFactory, LlmRequest, StreamChunk
 from llm_abstractions.errors import (
     InvalidRequestError,
     LLMAuthenticationError,
@@ -27,6 +33,7 @@ from tests.fakes.server import LoopbackServer, Scripted, loopback_fixtures
 pytestmark = pytest.mark.anyio
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+T = TypeVar("T")
 USAGE = {"prompt_tokens": 120, "completion_tokens": 30, "total_tokens": 150}
 
 
@@ -100,6 +107,53 @@ async def test_a_stream_cut_midway_is_an_error_never_a_short_answer(api: Loopbac
             async for chunk in provider.stream(LlmRequest.build("count")):
                 seen.append(chunk.delta)
     assert seen == ["one", " two"]
+
+
+def held_by(root: object, kind: type[T]) -> list[T]:
+    """The objects of ``kind`` that ``root`` keeps alive through its attributes.
+
+    Classes, modules, functions and event loops are not followed: through them everything
+    in the process is reachable.
+    """
+    opaque = (type, ModuleType, FunctionType, BuiltinFunctionType, asyncio.AbstractEventLoop)
+    found: list[T] = []
+    seen: set[int] = set()
+    todo = [root]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or isinstance(obj, opaque):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, kind):
+            found.append(obj)
+        todo.extend(gc.get_referents(obj))
+    return found
+
+
+async def test_each_stream_releases_its_response_whole_cut_or_abandoned(
+    api: LoopbackServer,
+) -> None:
+    api.script(*[Scripted() for _ in range(3)], Scripted(cut=2))
+    async with llm(api) as provider:
+        for _ in range(3):
+            chunks = [c async for c in provider.stream(LlmRequest.build("hi"))]
+            assert chunks[-1].done
+        with pytest.raises(LLMBadResponseError):
+            async for _ in provider.stream(LlmRequest.build("cut")):
+                pass
+        for _ in range(2):  # the consumer stops after the first piece
+            stream = cast(AsyncGenerator[StreamChunk], provider.stream(LlmRequest.build("hi")))
+            assert (await anext(stream)).delta
+            await stream.aclose()
+        # Still open after six streams, the provider keeps none of their responses, and
+        # each of them is closed, its connection given back (the abandoned ones too).
+        assert held_by(provider, httpx.Response) == []
+        gc.collect()
+        responses = [obj for obj in gc.get_objects() if isinstance(obj, httpx.Response)]
+        assert all(r.is_closed for r in responses if str(r.url).startswith(api.url))
+        answer = await provider.generate(LlmRequest.build("still works"))
+    assert answer.text == "Hello from the loopback server."
+    assert len(api.requests) == 7
 
 
 @pytest.mark.parametrize(
@@ -225,3 +279,19 @@ async def test_without_any_token_the_request_goes_anonymously(
         with pytest.raises(LLMAuthenticationError):
             await provider.generate(LlmRequest.build("hi"))
     assert header(api, "authorization") is None
+
+
+def test_one_provider_serves_two_event_loops(api: LoopbackServer) -> None:
+    provider = llm(api)
+
+    async def ask() -> tuple[str, str]:
+        chunks = [chunk async for chunk in provider.stream(LlmRequest.build("hi"))]
+        answer = await provider.generate(LlmRequest.build("hi"))  # leaves a pooled connection
+        assert chunks[-1].response is not None
+        return chunks[-1].response.text, answer.text
+
+    first = asyncio.run(ask())
+    second = asyncio.run(ask())  # the first loop is closed now
+    asyncio.run(provider.aclose())
+    gc.collect()  # a client or socket left open would warn here, and warnings are errors
+    assert first == second == ("Hello from the loopback server.",) * 2

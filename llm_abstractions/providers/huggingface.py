@@ -17,7 +17,15 @@ written and tested against 1.x.
 
 Usage is the answer's ``prompt_tokens`` and ``completion_tokens``; a stream asks for it in a
 last chunk (``stream_options.include_usage``). A stream that ends before a finish reason
-arrived is an error, never a short success. ``aclose`` closes the client's HTTP session.
+arrived is an error, never a short success.
+
+Clients: the client's httpx connections belong to the event loop that opened them, so
+``generate`` uses one client per loop, closed when that loop shuts down (``LoopBound``).
+Each stream gets a client of its own, closed when the stream ends, fails or is abandoned:
+the SDK keeps every streamed response on its client's exit stack until that client is
+closed, so a shared client would hold on to every stream it ever served (and to the
+connection of each stream given up early). The price is a new connection per stream.
+``aclose`` closes the clients that are left.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from llm_abstractions.errors import (
     LLMTimeoutError,
     OrchestraError,
 )
+from llm_abstractions.providers._loop_bound import LoopBound
 from llm_abstractions.providers.http_errors import error_from_status
 from llm_abstractions.providers.openai import ChatStream
 from llm_abstractions.types import FinishReason, LlmRequest, LlmResponse, StreamChunk, Usage
@@ -78,19 +87,22 @@ class HuggingFaceLlm(BaseLlm):
         from huggingface_hub import AsyncInferenceClient
 
         self.base_url = base_url or os.environ.get("ORCHESTRA_HF_BASE_URL") or HF_ROUTER_URL
-        self._client: AsyncInferenceClient = AsyncInferenceClient(
-            base_url=self.base_url,
-            # A token read from a file often ends in a newline; sent as is, the HTTP library
-            # rejects the header and quotes it, key included, in its error.
-            token=(api_key or os.environ.get("HF_TOKEN") or "").strip() or None,
-            timeout=timeout,
-        )
+        # A token read from a file often ends in a newline; sent as is, the HTTP library
+        # rejects the header and quotes it, key included, in its error.
+        token = (api_key or os.environ.get("HF_TOKEN") or "").strip() or None
+
+        def client() -> AsyncInferenceClient:
+            return AsyncInferenceClient(base_url=self.base_url, token=token, timeout=timeout)
+
+        self._new_client = client
+        self._clients = LoopBound(client, _close, first=client())
 
     async def generate(self, request: LlmRequest) -> LlmResponse:
         """Answer one request (see the module docstring for usage and errors)."""
         started = perf_counter()
         try:
-            completion = await self._client.chat_completion(**self._params(request))
+            client = await self._clients.get()
+            completion = await client.chat_completion(**self._params(request))
         except Exception as exc:
             raise self._error(exc) from exc
         if not completion.choices:
@@ -121,8 +133,9 @@ class HuggingFaceLlm(BaseLlm):
 
         started = perf_counter()
         answer = ChatStream(self.provider, request.model or self.model, _finish, _usage)
+        client = self._new_client()  # this stream's alone (see the module docstring)
         try:
-            events = await self._client.chat_completion(
+            events = await client.chat_completion(
                 **self._params(request),
                 stream=True,
                 stream_options=ChatCompletionInputStreamOptions(include_usage=True),
@@ -134,12 +147,14 @@ class HuggingFaceLlm(BaseLlm):
             raise
         except Exception as exc:
             raise self._error(exc) from exc
+        finally:  # also when the consumer stops early and the stream is closed
+            await _close(client)
         _refuse_filtered(answer.complete())
         yield StreamChunk(done=True, response=answer.response(started))
 
     async def aclose(self) -> None:
-        """Close the client's HTTP session (a no-op when it never opened one)."""
-        await self._client.close()  # type: ignore[no-untyped-call]
+        """Close the clients' HTTP sessions (a no-op for those that never opened one)."""
+        await self._clients.aclose()
 
     def _params(self, request: LlmRequest) -> dict[str, Any]:
         from huggingface_hub import ChatCompletionInputResponseFormatJSONObject
@@ -191,6 +206,10 @@ class HuggingFaceLlm(BaseLlm):
         return LLMBadResponseError(
             f"huggingface: malformed answer: {type(exc).__name__}", provider=self.provider
         )
+
+
+async def _close(client: AsyncInferenceClient) -> None:
+    await client.close()  # type: ignore[no-untyped-call]
 
 
 def _status_error(response: Any) -> OrchestraError:
