@@ -98,6 +98,33 @@ async def test_an_error_line_mid_stream_is_raised(api: LoopbackServer) -> None:
                 pass
 
 
+@pytest.mark.parametrize("streamed", [False, True])
+@pytest.mark.parametrize("counts", [{"eval_count": 2}, {"prompt_eval_count": 0, "eval_count": 2}])
+async def test_a_prompt_served_from_the_cache_has_no_input_count_and_says_so(
+    api: LoopbackServer, counts: dict[str, int], streamed: bool
+) -> None:
+    # Ollama leaves prompt_eval_count out (Go's omitempty) when it evaluated no prompt
+    # token, which older releases did for a prompt served whole from their cache.
+    api.script(Scripted(text="Four.", usage=counts))
+    async with llm(api) as provider:
+        if streamed:
+            chunks = [c async for c in provider.stream(LlmRequest.build("2+2?"))]
+            response = chunks[-1].response
+        else:
+            response = await provider.generate(LlmRequest.build("2+2?"))
+    assert response is not None and response.text == "Four."
+    # Not 0: the prompt had tokens, Ollama only did not count them. Nothing is estimated.
+    assert (response.usage.input_tokens, response.usage.output_tokens) == (None, 2)
+    assert response.metadata == {"input_tokens_reported": False}
+
+
+async def test_a_reported_prompt_count_carries_no_caveat(api: LoopbackServer) -> None:
+    api.script(Scripted(usage=COUNTS))
+    async with llm(api) as provider:
+        response = await provider.generate(LlmRequest.build("hi"))
+    assert response.usage.input_tokens == 26 and response.metadata == {}
+
+
 def _error(status: int, message: str, **headers: str) -> Scripted:
     return Scripted(status=status, body={"error": message}, headers=headers)
 

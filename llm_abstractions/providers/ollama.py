@@ -8,8 +8,17 @@ and all of them in ``aclose``.
 
 The host comes from ``host=``, else ``OLLAMA_HOST`` (``host``, ``host:port`` or a URL, as
 Ollama itself accepts), else ``http://127.0.0.1:11434``: the factory's probe reads it the
-same way, through the same function. Usage is Ollama's ``prompt_eval_count`` (input) and
-``eval_count`` (output); calls run on the user's machine and cost nothing.
+same way, through the same function. Calls run on the user's machine and cost nothing.
+
+Usage is Ollama's ``prompt_eval_count`` (input) and ``eval_count`` (output), as reported.
+Ollama leaves ``prompt_eval_count`` out when it evaluated no prompt token (its Go struct
+drops zero values), which older releases did whenever the whole prompt came from their
+prompt cache. The prompt had tokens all the same, so such an answer has
+``input_tokens=None``, not 0, and ``metadata["input_tokens_reported"] = False``; nothing is
+estimated (Ollama's tokenizer is the model's, and not ours to guess). A count that is
+there is taken as given, though it can fall short of the prompt: some releases counted
+only the tokens evaluated, not those reused from the cache, and the answer does not say
+which.
 
 A stream is NDJSON, one message delta per line; the last line has ``done: true``, the finish
 reason and the counts. A stream that ends without that line, or that carries an
@@ -178,16 +187,16 @@ class OllamaLlm(BaseLlm):
 
     def _response(self, final: dict[str, Any], text: str, started: float) -> LlmResponse:
         reason = final.get("done_reason")
+        # Missing or 0: no prompt token was evaluated, not a prompt of none (module docstring).
+        prompt = _count(final.get("prompt_eval_count")) or None
         return LlmResponse(
             text=text,
             provider=self.provider,
             model=str(final.get("model") or self.model),
             finish_reason=_FINISH.get(str(reason), "stop") if reason else None,
-            usage=Usage(
-                input_tokens=_count(final.get("prompt_eval_count")),
-                output_tokens=_count(final.get("eval_count")),
-            ),
+            usage=Usage(input_tokens=prompt, output_tokens=_count(final.get("eval_count"))),
             latency_s=perf_counter() - started,
+            metadata={} if prompt is not None else {"input_tokens_reported": False},
         )
 
     async def _raise_for_status(self, response: aiohttp.ClientResponse, model: str) -> None:
