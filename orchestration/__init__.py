@@ -1,10 +1,10 @@
 """Orchestration: agent registry, task graph, executor, run ledger and the ``orchestra`` CLI.
 
-Shipped so far: the agent registry (Python and TOML), tasks and results, graph validation
-and the DAG executor (in-process providers only). The run ledger, the script fallback and
-the history CLI land next (see docs/PROJECT-PLAN.md). Public names
-resolve on first access, so importing this package stays cheap; it never imports a vendor
-SDK.
+The agent registry (Python and TOML), tasks and results, graph validation, the DAG
+executor with its resilience policies (retries, fallback chains, rate limits, circuit
+breakers, budgets, the response cache, resume), the run ledger and the history CLI (see
+docs/PROJECT-PLAN.md). Public names resolve on first access, so importing this package
+stays cheap; it never imports a vendor SDK.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from orchestration.errors import GraphValidationError, UnknownAgentError
     from orchestration.executor import RunResult, RunStatus, TaskExecutor
     from orchestration.graph import validate_tasks
+    from orchestration.resilience import BreakerPolicy, RateLimit, RetryPolicy
     from orchestration.tasks import AgentTask, ExecutionMethod, TaskResult, TaskStatus
 
 _LAZY = {
@@ -35,6 +36,9 @@ _LAZY = {
     "GraphValidationError": "orchestration.errors",
     "UnknownAgentError": "orchestration.errors",
     "validate_tasks": "orchestration.graph",
+    "BreakerPolicy": "orchestration.resilience",
+    "RateLimit": "orchestration.resilience",
+    "RetryPolicy": "orchestration.resilience",
     "RunResult": "orchestration.executor",
     "RunStatus": "orchestration.executor",
     "TaskExecutor": "orchestration.executor",
@@ -50,8 +54,11 @@ __all__ = [
     "AgentRegistry",
     "AgentTask",
     "AgentType",
+    "BreakerPolicy",
     "ExecutionMethod",
     "GraphValidationError",
+    "RateLimit",
+    "RetryPolicy",
     "RunResult",
     "RunStatus",
     "ScriptSettings",

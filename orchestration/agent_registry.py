@@ -85,6 +85,7 @@ class AgentConfig(BaseModel):
     max_concurrency: int | None = Field(default=None, gt=0)
     script_fallback: bool = True
     script: ScriptSettings | None = None
+    cache: bool | None = None  # reuse cached answers; None: as the executor says
 
     @model_validator(mode="after")
     def _subprocess_agents_need_a_command(self) -> AgentConfig:
@@ -142,8 +143,9 @@ class AgentRegistry:
             metadata: Generation settings such as ``max_tokens``, ``temperature``,
                 ``system_prompt``.
             replace: Allow replacing an agent of the same name.
-            **settings: ``api_key_env``, ``fallbacks``, ``max_concurrency``,
-                ``script_fallback``, ``script``.
+            **settings: ``api_key_env``, ``fallbacks`` (agent names, ``"provider"`` or
+                ``"provider:model"``, tried in order), ``max_concurrency``,
+                ``script_fallback``, ``script``, ``cache``.
 
         Raises:
             ConfigurationError: A setting is invalid, the provider name is unknown, or the

@@ -17,7 +17,12 @@ import anyio
 
 from llm_abstractions.base import BaseLlm
 from llm_abstractions.errors import (
+    LLMAuthenticationError,
+    LLMContextLengthError,
     LLMError,
+    LLMRateLimitError,
+    MissingCredentialsError,
+    ModelFileError,
     OrchestraError,
     ProviderNotImplementedError,
     ProviderNotInstalledError,
@@ -28,7 +33,15 @@ from orchestration.agent_registry import AgentConfig, AgentInterface
 from orchestration.subprocess_runner import ScriptError, run_script
 from orchestration.tasks import AgentTask, ExecutionMethod, TaskResult, TaskStatus
 
-__all__ = ["BUNDLED_SCRIPT", "can_fall_back", "llm_attempt", "script_attempt"]
+__all__ = [
+    "BUNDLED_SCRIPT",
+    "FailureKind",
+    "can_fall_back",
+    "failure_kind",
+    "llm_attempt",
+    "script_attempt",
+    "script_can_stand_in",
+]
 
 BUNDLED_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "llm_call.py"
 DEFAULT_SCRIPT_TIMEOUT_S = 120.0
@@ -67,6 +80,37 @@ async def llm_attempt(
     return _succeeded(task, response.text, response.usage, perf_counter() - started, meta)
 
 
+class FailureKind:
+    """What a failed attempt says about what to try next (``metadata["failure_kind"]``)."""
+
+    TRANSIENT = "transient"  # retrying the same provider can work
+    PROVIDER = "provider"  # this provider cannot serve it: go to the next in the chain
+    REQUEST = "request"  # the request itself is wrong: nothing else will do better
+
+
+# Failures no retry fixes but another provider or model might: a rejected key, a prompt too
+# long for this model, a provider this machine cannot run.
+_PROVIDER_FAILURES = (
+    LLMAuthenticationError,
+    LLMContextLengthError,
+    MissingCredentialsError,
+    ModelFileError,
+    ProviderNotImplementedError,
+    ProviderNotInstalledError,
+)
+
+
+def failure_kind(exc: BaseException) -> str:
+    """The ``FailureKind`` of an attempt that raised ``exc``."""
+    if isinstance(exc, LLMError) and exc.retryable:
+        return FailureKind.TRANSIENT
+    if isinstance(exc, TimeoutError):  # the task's own timeout
+        return FailureKind.TRANSIENT
+    if isinstance(exc, _PROVIDER_FAILURES):
+        return FailureKind.PROVIDER
+    return FailureKind.REQUEST  # bad request, refused content, a script's own failure
+
+
 def can_fall_back(agent: AgentConfig, failed: TaskResult) -> bool:
     """Whether a failed in-process attempt should be retried through the bundled script.
 
@@ -74,11 +118,14 @@ def can_fall_back(agent: AgentConfig, failed: TaskResult) -> bool:
     failure retrying could fix) and the agent allows it: never for the user's own mistakes
     (a missing key, a bad request) or for answers a script would get the same way.
     """
+    return script_can_stand_in(agent) and bool(failed.metadata.get("provider_unavailable"))
+
+
+def script_can_stand_in(agent: AgentConfig) -> bool:
+    """Whether the agent's settings allow the bundled script to call its provider."""
     if agent.interface is not AgentInterface.API or not agent.script_fallback:
         return False
-    if agent.agent_type not in _SCRIPT_ENV or not BUNDLED_SCRIPT.is_file():
-        return False
-    return bool(failed.metadata.get("provider_unavailable"))
+    return agent.agent_type in _SCRIPT_ENV and BUNDLED_SCRIPT.is_file()
 
 
 async def script_attempt(task: AgentTask, agent: AgentConfig, request: LlmRequest) -> TaskResult:
@@ -156,13 +203,21 @@ def _failed(
         isinstance(exc, LLMError) and exc.retryable
     )
     error_type = f"script:{exc.kind}" if isinstance(exc, ScriptError) else type(exc).__name__
+    meta = {
+        **meta,
+        "error_type": error_type,
+        "provider_unavailable": unavailable,
+        "failure_kind": failure_kind(exc),
+    }
+    if isinstance(exc, LLMRateLimitError) and exc.retry_after is not None:
+        meta["retry_after_s"] = exc.retry_after
     return TaskResult(
         task_id=task.task_id,
         status=TaskStatus.FAILED,
         error=redact(message, agent_secrets(agent)),
         latency_s=latency,
         attempts=1,
-        metadata={**meta, "error_type": error_type, "provider_unavailable": unavailable},
+        metadata=meta,
     )
 
 

@@ -7,13 +7,14 @@ are marked ``skipped`` without running. Concurrency is capped globally and per a
 prompt (see ``prompts.build_request``).
 
 Every run, task and attempt is recorded in the run ledger (``orchestration.ledger``) unless
-``record=False``; a task's result is committed before its dependents start.
+``record=False``; a task's result is committed before its dependents start, which is what
+lets ``resume`` finish a run whose process died without paying twice for any task.
 
-Each task gets one in-process attempt through its provider; when the provider cannot serve
-(SDK missing, unreachable, a failure retrying could fix) and the agent allows it, one more
-through the bundled stdlib-only script (``scripts/llm_call.py``). Agents whose interface is
-``script`` or ``cli`` run their own script. Retries and fallback chains come later (see
-docs/PROJECT-PLAN.md).
+Each task goes through its agent's fallback chain (``orchestration.chain``): retries with
+backoff, rate limits and circuit breakers per provider, the response cache, the agents or
+models of ``fallbacks``, and last the bundled stdlib-only script (``scripts/llm_call.py``)
+when the provider cannot serve. Agents whose interface is ``script`` or ``cli`` run their
+own script. A run may have a budget; tasks it cannot afford end ``budget_exceeded``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import re
 import sys
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -37,15 +39,24 @@ from pydantic import BaseModel, Field
 from llm_abstractions.base import BaseLlm
 from llm_abstractions.errors import ConfigurationError
 from orchestration.accounting import agent_secrets, redact
-from orchestration.agent_registry import AgentConfig, AgentInterface, AgentRegistry
+from orchestration.agent_registry import AgentConfig, AgentRegistry
+from orchestration.chain import TaskRunner
 from orchestration.errors import LedgerError
 from orchestration.graph import validate_tasks
-from orchestration.prompts import build_request
+from orchestration.resilience import (
+    BreakerPolicy,
+    Budget,
+    Clock,
+    RateLimit,
+    RetryPolicy,
+    SystemClock,
+)
 from orchestration.tasks import AgentTask, TaskResult, TaskStatus
 
 if TYPE_CHECKING:
     import networkx as nx
 
+    from orchestration.cache import ResponseCache
     from orchestration.ledger import Commit, Ledger
     from orchestration.recording import Recorder
 
@@ -89,6 +100,15 @@ class TaskExecutor:
         ledger: Where runs are recorded; opened at ``default_db_url()`` on first use when
             None.
         record: Set False to record nothing (benchmarks, throwaway runs).
+        retry: When failed attempts are tried again (``RetryPolicy()`` when None; pass
+            ``RetryPolicy.never()`` for none).
+        rate_limits: Requests and tokens per minute, by provider name.
+        breaker: When a provider's circuit opens (``BreakerPolicy()`` when None); pass
+            ``breakers=False`` to turn breakers off.
+        breakers: Whether providers get circuit breakers at all.
+        cache: Reuse answers to identical requests, kept in the ledger (agents may say
+            otherwise with their own ``cache`` setting). Needs the ledger.
+        clock: Where waits are timed (tests inject one to skip real sleeping).
     """
 
     def __init__(
@@ -99,6 +119,12 @@ class TaskExecutor:
         default_agent: str | None = None,
         ledger: Ledger | None = None,
         record: bool = True,
+        retry: RetryPolicy | None = None,
+        rate_limits: Mapping[str, RateLimit] | None = None,
+        breaker: BreakerPolicy | None = None,
+        breakers: bool = True,
+        cache: bool = False,
+        clock: Clock | None = None,
     ) -> None:
         if max_concurrency < 1:
             raise ConfigurationError("max_concurrency must be at least 1")
@@ -109,7 +135,16 @@ class TaskExecutor:
         self.ledger = ledger
         self.record = record
         self._owns_ledger = False
-        self._providers: dict[str, BaseLlm] = {}
+        self._providers: dict[tuple[str, str, str | None], BaseLlm] = {}
+        self.runner = TaskRunner(
+            registry,
+            self._provider,
+            retry=retry or RetryPolicy(),
+            clock=clock or SystemClock(),
+            rate_limits=dict(rate_limits or {}),
+            breaker=(breaker or BreakerPolicy()) if breakers else None,
+            cache=cache,
+        )
 
     async def execute(self, task: AgentTask, agent: str | None = None) -> TaskResult:
         """Run one task (its dependencies are ignored) on ``agent`` or the task's own agent.
@@ -135,6 +170,7 @@ class TaskExecutor:
         default_agent: str | None = None,
         on_task_done: Callable[[TaskResult], None] | None = None,
         run_id: str | None = None,
+        budget_usd: float | None = None,
     ) -> RunResult:
         """Run a DAG of tasks; validation errors are raised before anything runs.
 
@@ -146,26 +182,114 @@ class TaskExecutor:
                 on the event loop, as soon as it is known, before its dependents start.
             run_id: The new run's id (letters, digits, ``-`` and ``_``), for callers that
                 need it before the run starts; a random one when None.
+            budget_usd: The most the run may spend; a task whose estimated cost would go
+                over (with what was spent and what tasks in flight may spend) is not run
+                and ends ``budget_exceeded``.
 
         Raises:
             GraphValidationError: The graph is not runnable (every problem listed).
-            ConfigurationError: ``run_id`` is not a valid id.
+            ConfigurationError: ``run_id`` is not a valid id, the budget is negative, or an
+                agent's fallback names nothing known.
         """
         default = default_agent or self.default_agent
         if run_id is not None and not _RUN_ID.fullmatch(run_id):
             raise ConfigurationError(f"run_id {run_id!r} must be 1-64 letters, digits, '-' or '_'.")
-        graph = validate_tasks(tasks, self.registry, default)
+        graph = self._validate(tasks, default, budget_usd)
         recorder = await self._recorder()
         if run_id is not None and recorder is not None:
             await self._check_new(run_id)
         run = RunResult(run_id=run_id or uuid.uuid4().hex, name=name)
-        self.last_run = run
         if recorder is not None:
             with anyio.CancelScope(shield=True):  # a recorded start is always finished
-                await recorder.start_run(run.run_id, name, tasks, run.started_at)
-        scheduler = _Scheduler(self, graph, {t.task_id: t for t in tasks}, default, run)
+                await recorder.start_run(
+                    run.run_id, name, tasks, run.started_at, self._agents_of(tasks, default)
+                )
+        return await self._execute(
+            _Plan(graph, tasks, default, budget_usd), run, recorder, on_task_done
+        )
+
+    async def resume(
+        self,
+        run_id: str,
+        *,
+        retry_failed: bool = False,
+        on_task_done: Callable[[TaskResult], None] | None = None,
+        budget_usd: float | None = None,
+    ) -> RunResult:
+        """Finish a recorded run: what succeeded is kept, everything else runs.
+
+        Tasks that succeeded are not run again; their recorded outputs feed their
+        dependents. Tasks a dead process left ``running`` are recorded ``crashed`` and run
+        again, as do skipped, cancelled, pending and ``budget_exceeded`` ones; failed tasks
+        only with ``retry_failed``. The tasks are the recorded definitions; the agents are
+        this executor's registry.
+
+        Args:
+            run_id: The run, as ``orchestra runs`` shows it.
+            retry_failed: Run failed tasks (and what they held back) again.
+            on_task_done: As for ``run``; called for the tasks that run now.
+            budget_usd: A budget for what runs now.
+
+        Raises:
+            ConfigurationError: No such run, the process running it is still alive, or
+                an agent it needs is not in the registry.
+            LedgerError: The executor records nothing (``record=False``).
+        """
+        from orchestration.resume import load_run
+
+        recorder = await self._recorder()
+        if recorder is None or self.ledger is None:
+            raise LedgerError("resume needs the run ledger: build the executor with record=True.")
+        saved = await anyio.to_thread.run_sync(load_run, self.ledger, run_id)
+        saved.refuse_if_alive()
+        graph = self._validate(saved.tasks, None, budget_usd)
+        run = RunResult(run_id=run_id, name=saved.name)
+        kept = saved.kept(retry_failed)
+        run.results.update(kept)
+        with anyio.CancelScope(shield=True):
+            await recorder.resume_run(run_id, saved.crashed(), run.started_at)
+        plan = _Plan(graph, saved.tasks, None, budget_usd, kept, saved.attempts)
+        return await self._execute(plan, run, recorder, on_task_done)
+
+    def _validate(
+        self, tasks: Sequence[AgentTask], default: str | None, budget_usd: float | None
+    ) -> nx.DiGraph[str]:
+        if budget_usd is not None and not budget_usd >= 0:
+            raise ConfigurationError(f"budget_usd must be 0 or more, not {budget_usd!r}.")
+        graph = validate_tasks(tasks, self.registry, default)
+        for agent in self._agents_of(tasks, default):
+            self.runner.chain(agent)  # a fallback that names nothing fails here, not later
+        return graph
+
+    def _agents_of(self, tasks: Sequence[AgentTask], default: str | None) -> list[AgentConfig]:
+        """The agents the tasks name, and the agents of their fallbacks."""
+        names = dict.fromkeys(t.agent or default or "" for t in tasks)
+        found: dict[str, AgentConfig] = {}
+        while names:
+            name = next(iter(names))
+            del names[name]
+            if name in found or name not in self.registry:
+                continue
+            agent = found[name] = self.registry.get(name)
+            names.update(dict.fromkeys(f for f in agent.fallbacks if f in self.registry))
+        return list(found.values())
+
+    async def _execute(
+        self,
+        plan: _Plan,
+        run: RunResult,
+        recorder: Recorder | None,
+        on_task_done: Callable[[TaskResult], None] | None,
+    ) -> RunResult:
+        self.last_run = run
+        scheduler = _Scheduler(self, plan, run)
         scheduler.recorder = recorder
         scheduler.on_task_done = on_task_done
+        if recorder is not None and self.ledger is not None:
+            from orchestration.cache import ResponseCache
+
+            scheduler.cache = ResponseCache(self.ledger)
+            self.runner.on_breaker_change = recorder.breaker_changed
         try:
             await scheduler.run()
         except ExceptionGroup as group:
@@ -176,9 +300,10 @@ class TaskExecutor:
             run.status = RunStatus.FAILED
             raise _first(ledger_errors) from None
         finally:
+            self.runner.on_breaker_change = None
             run.finished_at = datetime.now(UTC)
             if run.status is RunStatus.RUNNING:
-                run.status = _run_status(run, len(tasks))
+                run.status = _run_status(run, len(plan.tasks))
             if recorder is not None:
                 await _record_end(recorder, run)
         return run
@@ -219,32 +344,17 @@ class TaskExecutor:
             self.ledger, self._owns_ledger = None, False
 
     def _provider(self, agent: AgentConfig) -> BaseLlm:
-        llm = self._providers.get(agent.name)
+        """The agent's provider, built once (a fallback ``provider:model`` is its own)."""
+        key = (agent.name, agent.agent_type, agent.model)
+        llm = self._providers.get(key)
         if llm is None:
             from llm_abstractions.factory import LlmFactory
 
             llm = LlmFactory.get_provider(
                 agent.agent_type, model=agent.model, api_key=agent.resolved_api_key()
             )
-            self._providers[agent.name] = llm
+            self._providers[key] = llm
         return llm
-
-    async def _run_task(
-        self, task: AgentTask, agent: AgentConfig, upstream: dict[str, str]
-    ) -> list[TaskResult]:
-        """Every attempt at ``task``, in order; the last one is the task's outcome."""
-        from orchestration.attempts import can_fall_back, llm_attempt, script_attempt
-
-        try:
-            request = build_request(task, agent, upstream)
-        except ConfigurationError as exc:  # bad settings: nothing to try
-            return [_failed_before_trying(task, agent, exc, "")]
-        if agent.interface is not AgentInterface.API:
-            return [await script_attempt(task, agent, request)]
-        first = await llm_attempt(task, agent, request, lambda: self._provider(agent))
-        if first.succeeded or not can_fall_back(agent, first):
-            return [first]
-        return [first, await script_attempt(task, agent, request)]
 
 
 class _IdleWorker:
@@ -277,21 +387,18 @@ class _Scheduler:
     worker is spawned only when a slot is free and none is idle.
     """
 
-    def __init__(
-        self,
-        executor: TaskExecutor,
-        graph: nx.DiGraph[str],
-        tasks: dict[str, AgentTask],
-        default_agent: str | None,
-        run: RunResult,
-    ) -> None:
+    def __init__(self, executor: TaskExecutor, plan: _Plan, run: RunResult) -> None:
         self.executor = executor
-        self.graph = graph
-        self.tasks = tasks
+        self.graph = graph = plan.graph
+        self.tasks = tasks = {t.task_id: t for t in plan.tasks}
         self.run_result = run
+        self.kept = plan.kept
+        self.attempts_before = plan.attempts_before
+        self.budget = Budget(plan.budget_usd) if plan.budget_usd is not None else None
+        self.cache: ResponseCache | None = None
         registry = executor.registry
         self.agents = {
-            tid: registry.get(task.agent or default_agent or "") for tid, task in tasks.items()
+            tid: registry.get(task.agent or plan.default_agent or "") for tid, task in tasks.items()
         }
         self.waiting_on = {tid: graph.in_degree(tid) for tid in tasks}
         self.free = executor.max_concurrency
@@ -313,8 +420,9 @@ class _Scheduler:
         try:
             async with anyio.create_task_group() as tg:
                 self.tg = tg
+                self._start_from_kept()
                 for tid, count in self.waiting_on.items():
-                    if count == 0:
+                    if count == 0 and tid not in self.run_result.results:
                         self._queue(tid)
                 self._dispatch()
         except anyio.get_cancelled_exc_class():
@@ -323,6 +431,16 @@ class _Scheduler:
         # A task can end its worker with a stray cancellation that is not the run's own:
         # what it left queued never ran.
         self._cancel_queued()
+
+    def _start_from_kept(self) -> None:
+        """A resumed run's standing results: what succeeded feeds, what failed holds back."""
+        for tid, result in self.kept.items():
+            if result.succeeded:
+                for child in self.graph.successors(tid):
+                    self.waiting_on[child] -= 1
+        for tid, result in self.kept.items():
+            if not result.succeeded:
+                self._release_dependents(tid, result)
 
     def _queue(self, tid: str) -> None:
         agent = self.agents[tid].name
@@ -414,7 +532,9 @@ class _Scheduler:
             return
         # Committed before any dependent starts: a resumed run never pays for it again. The
         # tasks of one group commit are finished together, by one coroutine.
-        commit = self.recorder.task_finished(run_id, task, agent, tries)
+        commit = self.recorder.task_finished(
+            run_id, task, agent, tries, self.attempts_before.get(tid, 0)
+        )
         finishing = self.committing.get(commit)
         if finishing is None:
             finishing = self.committing[commit] = []
@@ -450,7 +570,9 @@ class _Scheduler:
     ) -> list[TaskResult]:
         """The task's attempts; a bug or an unmapped error fails this task, not the run."""
         try:
-            return await self.executor._run_task(task, agent, upstream)
+            return await self.executor.runner.run(
+                task, agent, upstream, budget=self.budget, cache=self.cache
+            )
         except Exception as exc:  # cancellation is a BaseException and passes through
             return [_failed_before_trying(task, agent, exc, "unexpected ")]
 
@@ -489,6 +611,18 @@ class _Scheduler:
                 self._queue(child)
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What a run (or the rest of a resumed one) executes."""
+
+    graph: nx.DiGraph[str]
+    tasks: Sequence[AgentTask]
+    default_agent: str | None
+    budget_usd: float | None
+    kept: Mapping[str, TaskResult] = field(default_factory=dict)  # results that stand
+    attempts_before: Mapping[str, int] = field(default_factory=dict)  # recorded attempts
+
+
 def _log_attempt(
     log: Any, task: AgentTask, agent: AgentConfig, number: int, attempt: TaskResult
 ) -> None:
@@ -497,13 +631,15 @@ def _log_attempt(
     log.info(
         "attempt",
         task=task.task_id,
-        agent=agent.name,
+        agent=meta.get("agent", agent.name),
         attempt=number,
         method=meta.get("execution_method"),
         provider=meta.get("provider"),
         model=meta.get("model"),
         status=attempt.status.value,
         error_type=meta.get("error_type"),
+        wait_s=meta.get("wait_s"),
+        fallback_reason=meta.get("fallback_reason"),
         error=attempt.error,
         input_tokens=attempt.usage.input_tokens,
         output_tokens=attempt.usage.output_tokens,

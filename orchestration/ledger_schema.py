@@ -6,6 +6,10 @@ Tables, one row each per:
   ``task_runs``       task of a run: its latest status and result
   ``attempts``        try of a task, whatever the method; token columns follow the
                       OpenTelemetry GenAI names (input tokens include cached ones)
+  ``run_agents``      agent a run could use, as JSON without its key (what a resume from
+                      the command line needs)
+  ``response_cache``  answer kept for reuse (opt-in), keyed by a hash of the request
+  ``breakers``        circuit breaker state per provider, as last changed by any process
   ``schema_migrations`` migration applied to this database
 
 Migrations are named functions applied in order on open and recorded in
@@ -18,10 +22,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, inspect, text
 from sqlmodel import Field, SQLModel
 
-__all__ = ["MIGRATIONS", "AttemptRow", "RunRow", "RunTaskRow", "TaskRunRow", "migrate"]
+__all__ = [
+    "MIGRATIONS",
+    "AttemptRow",
+    "BreakerRow",
+    "ResponseCacheRow",
+    "RunAgentRow",
+    "RunRow",
+    "RunTaskRow",
+    "TaskRunRow",
+    "migrate",
+]
 
 
 class RunRow(SQLModel, table=True):
@@ -35,6 +49,8 @@ class RunRow(SQLModel, table=True):
     task_count: int
     started_at: datetime
     finished_at: datetime | None = None
+    pid: int | None = None  # the process running it, to refuse resuming a live run
+    host: str | None = None
 
 
 class RunTaskRow(SQLModel, table=True):
@@ -97,14 +113,77 @@ class AttemptRow(SQLModel, table=True):
     latency_s: float | None = None
     started_at: datetime
     finished_at: datetime
+    wait_s: float | None = None  # waited before this attempt: backoff, Retry-After, rate limit
+    fallback_reason: str | None = None  # why this attempt moved on from the one before
+    cached_from: int | None = None  # for a cache hit: the attempt the answer came from
+
+
+class RunAgentRow(SQLModel, table=True):
+    """An agent as a run knew it (never its key)."""
+
+    __tablename__ = "run_agents"
+
+    run_id: str = Field(primary_key=True, foreign_key="runs.id")
+    name: str = Field(primary_key=True)
+    definition: str  # AgentConfig as JSON
+
+
+class ResponseCacheRow(SQLModel, table=True):
+    """One answer kept for reuse; the key hashes provider, model and request, never a key."""
+
+    __tablename__ = "response_cache"
+
+    key: str = Field(primary_key=True)
+    provider: str
+    model: str | None = None
+    output: str
+    usage: str  # Usage as JSON
+    finish_reason: str | None = None
+    source_run_id: str
+    source_task_id: str
+    source_attempt: int
+    created_at: datetime
+
+
+class BreakerRow(SQLModel, table=True):
+    """A provider's circuit breaker, as last changed."""
+
+    __tablename__ = "breakers"
+
+    provider: str = Field(primary_key=True)
+    state: str  # closed, open, half_open
+    consecutive_failures: int
+    opened_at: datetime | None = None
+    updated_at: datetime
+    pid: int | None = None
 
 
 def _m001_initial_tables(connection: Connection) -> None:
     SQLModel.metadata.create_all(connection)
 
 
+def _m002_resilience(connection: Connection) -> None:
+    """Retries, fallbacks and the cache in ``attempts``; who runs a run; new tables."""
+    added = {
+        "attempts": (
+            ("wait_s", "FLOAT"),
+            ("fallback_reason", "VARCHAR"),
+            ("cached_from", "INTEGER"),
+        ),
+        "runs": (("pid", "INTEGER"), ("host", "VARCHAR")),
+    }
+    schema = inspect(connection)
+    for table, columns in added.items():
+        present = {column["name"] for column in schema.get_columns(table)}
+        for name, kind in columns:
+            if name not in present:  # a database created by this version has them already
+                connection.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {kind}"))
+    SQLModel.metadata.create_all(connection)
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_initial_tables", _m001_initial_tables),
+    ("002_resilience", _m002_resilience),
 ]
 
 

@@ -11,18 +11,27 @@ cost about 1.5 ms a task, most of the executor's overhead with the ledger on.
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import anyio
 
 from orchestration.accounting import agent_secrets, redact
 from orchestration.agent_registry import AgentConfig
+from orchestration.cache import ResponseCache
 from orchestration.ledger import Commit, Ledger, Row, Statement
 from orchestration.tasks import AgentTask, TaskResult
 
+if TYPE_CHECKING:
+    from orchestration.resilience import CircuitBreaker
+
 __all__ = ["Recorder"]
+
+_HOST = socket.gethostname()
 
 
 def _insert(table: str, columns: str, *, key: str = "", update: str = "") -> Statement:
@@ -34,8 +43,25 @@ def _insert(table: str, columns: str, *, key: str = "", update: str = "") -> Sta
     return Statement.insert(table, columns.split(), after_values)
 
 
-_INSERT_RUN = _insert("runs", "id name status task_count started_at")
+_INSERT_RUN = _insert("runs", "id name status task_count started_at pid host")
 _INSERT_DEFINITION = _insert("run_tasks", "run_id task_id position definition")
+_INSERT_AGENT = _insert("run_agents", "run_id name definition")
+_RESUME_RUN = Statement(
+    "UPDATE runs SET status = 'running', finished_at = NULL, pid = :pid, host = :host "
+    "WHERE id = :id",
+    ("pid", "host", "id"),
+)
+_CRASHED = Statement(
+    "UPDATE task_runs SET status = 'crashed', error = :error WHERE run_id = :run_id "
+    "AND task_id = :task_id AND status = 'running'",
+    ("error", "run_id", "task_id"),
+)
+_BREAKER = _insert(
+    "breakers",
+    "provider state consecutive_failures opened_at updated_at pid",
+    key="provider",
+    update="state consecutive_failures opened_at updated_at pid",
+)
 _FINISH_RUN = Statement(
     "UPDATE runs SET status = :status, finished_at = :finished_at WHERE id = :id",
     ("status", "finished_at", "id"),
@@ -45,7 +71,7 @@ _INSERT_ATTEMPT = _insert(
     "run_id task_id agent attempt execution_method provider model status error_type "
     "error_message input_tokens output_tokens cache_read_input_tokens "
     "cache_creation_input_tokens reasoning_output_tokens cost_usd price_source latency_s "
-    "started_at finished_at",
+    "wait_s fallback_reason cached_from started_at finished_at",
 )
 _TASK_KEY = "run_id, task_id"
 _TASK_STARTED = _insert(
@@ -72,7 +98,17 @@ _TASK_NOT_RUN = _insert(
 )
 
 # Ranks order the operations of one group commit (see ledger.Ledger._commit).
-RANK_RUN, RANK_DEFINITION, RANK_STARTED, RANK_ATTEMPT, RANK_TASK, RANK_NOT_RUN, RANK_END = range(7)
+(
+    RANK_RUN,
+    RANK_DEFINITION,
+    RANK_STARTED,
+    RANK_ATTEMPT,
+    RANK_CACHE,
+    RANK_TASK,
+    RANK_NOT_RUN,
+    RANK_BREAKER,
+    RANK_END,
+) = range(9)
 
 
 class Recorder:
@@ -93,17 +129,51 @@ class Recorder:
         return secrets
 
     async def start_run(
-        self, run_id: str, name: str | None, tasks: Sequence[AgentTask], started: datetime
+        self,
+        run_id: str,
+        name: str | None,
+        tasks: Sequence[AgentTask],
+        started: datetime,
+        agents: Sequence[AgentConfig] = (),
     ) -> None:
-        """Record the run and its task definitions (before any task runs)."""
-        run = (run_id, name, "running", len(tasks), _ts(started))
+        """Record the run, its task definitions and its agents (before any task runs)."""
+        run = (run_id, name, "running", len(tasks), _ts(started), os.getpid(), _HOST)
         definitions = [
             (run_id, task.task_id, position, task.model_dump_json())
             for position, task in enumerate(tasks)
         ]
+        # model_dump_json leaves the key out (it is excluded); api_key_env, a name, stays.
+        known = [(run_id, agent.name, agent.model_dump_json()) for agent in agents]
         await self.ledger.write(
-            [(RANK_RUN, _INSERT_RUN, [run]), (RANK_DEFINITION, _INSERT_DEFINITION, definitions)]
+            [
+                (RANK_RUN, _INSERT_RUN, [run]),
+                (RANK_DEFINITION, _INSERT_DEFINITION, definitions),
+                (RANK_DEFINITION, _INSERT_AGENT, known),
+            ]
         )
+
+    async def resume_run(self, run_id: str, crashed: Sequence[str], started: datetime) -> None:
+        """Mark the run running again, in this process; tasks left running become crashed."""
+        error = f"crashed: its process died; resumed at {_ts(started)}"
+        await self.ledger.write(
+            [
+                (RANK_RUN, _RESUME_RUN, [(os.getpid(), _HOST, run_id)]),
+                (RANK_TASK, _CRASHED, [(error, run_id, task_id) for task_id in crashed]),
+            ]
+        )
+
+    def breaker_changed(self, breaker: CircuitBreaker) -> None:
+        """Record a provider's breaker state (queued; ``finish_run`` awaits it)."""
+        opened = breaker.opened_at
+        row = (
+            breaker.provider,
+            breaker.state.value,
+            breaker.consecutive,
+            None if opened is None else _epoch_ts(time.time() - (breaker.clock.now() - opened)),
+            _epoch_ts(time.time()),
+            os.getpid(),
+        )
+        self._unawaited[self.ledger.write_soon([(RANK_BREAKER, _BREAKER, [row])])] = None
 
     def task_started(self, run_id: str, task_id: str, agent: str) -> None:
         """Mark a task running (queued, not awaited)."""
@@ -111,25 +181,40 @@ class Recorder:
         self._unawaited[self.ledger.write_soon([(RANK_STARTED, _TASK_STARTED, [row])])] = None
 
     def task_finished(
-        self, run_id: str, task: AgentTask, agent: AgentConfig, tries: Sequence[TaskResult]
+        self,
+        run_id: str,
+        task: AgentTask,
+        agent: AgentConfig,
+        tries: Sequence[TaskResult],
+        before: int = 0,
     ) -> Commit:
         """Record every attempt and the task's outcome (the last attempt's).
+
+        Outcomes no attempt produced (budget exceeded, every circuit open) are the task's,
+        not attempts. Attempts are numbered after the ``before`` already recorded (a resumed
+        run's). A successful answer marked with a ``cache_key`` is stored in the cache.
 
         Returns:
             The commit that will hold them; the caller must await its ``wait()``.
         """
         finished = time.time()
         secrets = self._secrets(agent)
-        started = finished - sum(t.latency_s or 0.0 for t in tries)
+        made = [t for t in tries if t.metadata.get("attempted", True)]
+        started = finished - sum((t.latency_s or 0.0) + t.metadata.get("wait_s", 0.0) for t in made)
         attempts: list[Row] = []
         attempt_start = started
-        for number, attempt in enumerate(tries, start=1):
+        cached: list[Row] = []
+        for number, attempt in enumerate(made, start=before + 1):
+            attempt_start += attempt.metadata.get("wait_s", 0.0)
             attempt_end = attempt_start + (attempt.latency_s or 0.0)
             attempts.append(
                 _attempt_row(run_id, task.task_id, number, agent, attempt, secrets)
                 + (_epoch_ts(attempt_start), _epoch_ts(attempt_end))
             )
             attempt_start = attempt_end
+            key = attempt.metadata.get("cache_key")
+            if key is not None and attempt.output is not None:
+                cached.append(_cache_row(key, attempt, run_id, task.task_id, number, finished))
         final = tries[-1]
         meta = final.metadata
         task_row = (
@@ -139,7 +224,7 @@ class Recorder:
             final.status.value,
             final.output,
             redact(final.error, secrets),
-            len(tries),
+            before + len(made),
             meta.get("execution_method"),
             meta.get("provider"),
             str(meta["model"]) if meta.get("model") else None,
@@ -150,9 +235,10 @@ class Recorder:
             _epoch_ts(started),
             _epoch_ts(finished),
         )
-        return self.ledger.write_soon(
-            [(RANK_ATTEMPT, _INSERT_ATTEMPT, attempts), (RANK_TASK, _TASK_FINISHED, [task_row])]
-        )
+        write = [(RANK_ATTEMPT, _INSERT_ATTEMPT, attempts), (RANK_TASK, _TASK_FINISHED, [task_row])]
+        if cached:
+            write.append((RANK_CACHE, ResponseCache.statement, cached))
+        return self.ledger.write_soon(write)
 
     def task_ended_without_running(
         self, run_id: str, task_id: str, agent: str, result: TaskResult
@@ -182,13 +268,13 @@ def _attempt_row(
     attempt: TaskResult,
     secrets: list[str],
 ) -> Row:
-    """An attempts row up to ``latency_s``: the caller adds its start and end."""
+    """An attempts row but for its start and end, which the caller adds."""
     meta = attempt.metadata
     usage = attempt.usage
     return (
         run_id,
         task_id,
-        agent.name,
+        meta.get("agent", agent.name),
         number,
         str(meta.get("execution_method")),
         str(meta.get("provider") or agent.agent_type),
@@ -204,6 +290,27 @@ def _attempt_row(
         attempt.cost_usd,
         meta.get("price_source", "not charged: failed"),
         attempt.latency_s,
+        meta.get("wait_s"),
+        meta.get("fallback_reason"),
+        meta.get("cached_from"),
+    )
+
+
+def _cache_row(
+    key: str, attempt: TaskResult, run_id: str, task_id: str, number: int, now: float
+) -> Row:
+    meta = attempt.metadata
+    return (
+        key,
+        meta.get("provider"),
+        str(meta["model"]) if meta.get("model") else None,
+        attempt.output,
+        attempt.usage.model_dump_json(),
+        meta.get("finish_reason"),
+        run_id,
+        task_id,
+        number,
+        _epoch_ts(now),
     )
 
 

@@ -49,6 +49,8 @@ class AgentTask(BaseModel):
         metadata: Free-form; ``context`` is added to the prompt, ``system_prompt``,
             ``max_tokens`` and ``temperature`` override the agent's settings.
         timeout: Seconds one attempt may take.
+        budget_usd: The most this task's attempts may cost together; an attempt whose
+            estimate would go over is not made (the task ends ``budget_exceeded``).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -59,6 +61,7 @@ class AgentTask(BaseModel):
     depends_on: tuple[str, ...] = ()
     metadata: dict[str, Any] = Field(default_factory=dict)
     timeout: float | None = Field(default=None, gt=0)
+    budget_usd: float | None = Field(default=None, ge=0)
 
 
 class TaskResult(BaseModel):

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from llm_abstractions import LlmFactory, LlmRequest, LLMServerError
 from llm_abstractions.testing import FunctionLlm
-from orchestration import AgentRegistry, AgentTask, RunResult, TaskExecutor
+from orchestration import AgentRegistry, AgentTask, RetryPolicy, RunResult, TaskExecutor
 from orchestration.cli import app
 from orchestration.ledger import default_db_url
 
@@ -33,7 +33,7 @@ def make_run() -> RunResult:
     ]
 
     async def main() -> RunResult:
-        executor = TaskExecutor(registry=registry)
+        executor = TaskExecutor(registry=registry, retry=RetryPolicy.never())
         try:
             return await executor.run(tasks, name="cli-test")
         finally:

@@ -14,7 +14,7 @@ import structlog.testing
 
 from llm_abstractions import LlmFactory, LlmRequest, LLMServerError, Usage
 from llm_abstractions.testing import FunctionLlm
-from orchestration import AgentRegistry, AgentTask, TaskExecutor, TaskStatus
+from orchestration import AgentRegistry, AgentTask, RetryPolicy, TaskExecutor, TaskStatus
 from orchestration.accounting import cost_of, redact
 from orchestration.ledger import Ledger, LedgerError, default_db_url
 
@@ -51,7 +51,7 @@ async def test_rows_match_what_happened_attempt_by_attempt() -> None:
             raise LLMServerError("upstream exploded", status_code=503)
         return "fine"
 
-    executor = TaskExecutor(registry=registry_answering(handler))
+    executor = TaskExecutor(registry=registry_answering(handler), retry=RetryPolicy.never())
     run = await executor.run([task("a"), task("b", "a"), task("c", "b"), task("d")], name="demo")
     await executor.aclose()
     assert rows("SELECT id, name, status, task_count FROM runs") == [
@@ -70,7 +70,10 @@ async def test_rows_match_what_happened_attempt_by_attempt() -> None:
     ]
     definitions = rows("SELECT task_id, position FROM run_tasks ORDER BY position")
     assert definitions == [("a", 0), ("b", 1), ("c", 2), ("d", 3)]
-    assert rows("SELECT name FROM schema_migrations") == [("001_initial_tables",)]
+    assert rows("SELECT name FROM schema_migrations") == [
+        ("001_initial_tables",),
+        ("002_resilience",),
+    ]
     assert rows("PRAGMA journal_mode") == [("wal",)]
 
 
@@ -92,7 +95,9 @@ async def test_canary_key_never_reaches_the_ledger_or_the_logs(
     def leaky(request: LlmRequest) -> str:
         raise LLMServerError(f"bad request with key {CANARY} and sk-other-abcdefghijk")
 
-    executor = TaskExecutor(registry=registry_answering(leaky, api_key=CANARY))
+    executor = TaskExecutor(
+        registry=registry_answering(leaky, api_key=CANARY), retry=RetryPolicy.never()
+    )
     with structlog.testing.capture_logs() as events:
         run = await executor.run([task("a")])
     await executor.aclose()
@@ -121,7 +126,9 @@ async def test_unwritable_ledger_stops_before_spending(
         calls.append(request.prompt_text())
         return "x"
 
-    executor = TaskExecutor(registry=registry_answering(spend), ledger=read_only)
+    executor = TaskExecutor(
+        registry=registry_answering(spend), ledger=read_only, retry=RetryPolicy.never()
+    )
     with pytest.raises(LedgerError, match="Could not write to the run ledger"):
         await executor.run([task("a")])
     read_only.close()

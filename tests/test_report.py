@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from llm_abstractions import ConfigurationError, LlmFactory, LlmRequest, LLMServerError
 from llm_abstractions.testing import FunctionLlm
-from orchestration import AgentRegistry, AgentTask, TaskExecutor
+from orchestration import AgentRegistry, AgentTask, RetryPolicy, TaskExecutor
 from orchestration.cli import app
 from orchestration.ledger import Ledger
 from orchestration.report import (
@@ -67,7 +67,7 @@ async def make_run() -> str:
         AgentTask(task_id="summarize", description="s", agent="worker", depends_on=(EVIL,)),
         AgentTask(task_id="fallback", description="f", agent="gpt", depends_on=("fetch",)),
     ]
-    executor = TaskExecutor(registry=registry)
+    executor = TaskExecutor(registry=registry, retry=RetryPolicy.never())
     try:
         return (await executor.run(tasks, name="report-test")).run_id
     finally:

@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import pytest
 
-from orchestration import AgentRegistry, AgentTask, TaskExecutor, TaskStatus
+from orchestration import AgentRegistry, AgentTask, RetryPolicy, TaskExecutor, TaskStatus
 from orchestration.ledger import default_db_url
 from tests import loopback
 
@@ -33,7 +33,7 @@ async def test_unavailable_provider_falls_back_to_the_script(chat_server: str) -
     registry.register_agent(
         "gpt", "openai-gpt", model="gpt-4o-mini", api_key=KEY, metadata={"max_tokens": 20}
     )
-    executor = TaskExecutor(registry=registry)
+    executor = TaskExecutor(registry=registry, retry=RetryPolicy.never())
     task = AgentTask(task_id="T1", description="Say hello", metadata={"system_prompt": "brief"})
     result = await executor.execute(task, agent="gpt")
     await executor.aclose()
@@ -60,7 +60,7 @@ async def test_unavailable_provider_falls_back_to_the_script(chat_server: str) -
 async def test_no_fallback_when_the_agent_forbids_it(chat_server: str) -> None:
     registry = AgentRegistry()
     registry.register_agent("gpt", "openai-gpt", api_key=KEY, script_fallback=False)
-    executor = TaskExecutor(registry=registry)
+    executor = TaskExecutor(registry=registry, retry=RetryPolicy.never())
     result = await executor.execute(AgentTask(task_id="T", description="x"), agent="gpt")
     await executor.aclose()
     assert result.status is TaskStatus.FAILED and result.attempts == 1

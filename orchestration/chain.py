@@ -1,0 +1,391 @@
+"""One task through its fallback chain: cache, rate limits, breakers, retries, budgets.
+
+An agent's chain is the agent itself, then its ``fallbacks`` in order (other agents' names,
+or ``"provider"`` / ``"provider:model"`` run with the agent's own settings), then, as the
+last resort, the bundled script fallback for the agent's own provider. For each link:
+
+1. An open circuit for the link's provider skips the link (the reason is recorded).
+2. With the cache on, a stored answer ends the task (method ``cache``, cost 0).
+3. Attempts, up to ``RetryPolicy.max_attempts``: each waits for its backoff and for room
+   under the provider's rate limit (the wait is recorded with the attempt). A failure that
+   retrying can fix is retried; one that this provider cannot get past (a rejected key, a
+   prompt too long for the model) moves on to the next link; a failure of the request
+   itself (invalid, refused) ends the task, as does the task's ``max_total_s``.
+
+The attempt that follows a move carries ``fallback_reason``. A run's budget is checked once
+per task, before its first attempt; a task's own ``budget_usd`` before each attempt.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+from llm_abstractions.errors import ConfigurationError
+from orchestration.accounting import agent_secrets, cost_of, redact
+from orchestration.agent_registry import AgentConfig, AgentInterface
+from orchestration.attempts import FailureKind, llm_attempt, script_attempt, script_can_stand_in
+from orchestration.cache import ResponseCache, cache_key
+from orchestration.prompts import build_request
+from orchestration.resilience import (
+    BreakerPolicy,
+    Budget,
+    CircuitBreaker,
+    Clock,
+    RateLimit,
+    RateLimiter,
+    RetryPolicy,
+    estimate_tokens,
+)
+from orchestration.tasks import AgentTask, ExecutionMethod, TaskResult, TaskStatus
+
+if TYPE_CHECKING:
+    from llm_abstractions.base import BaseLlm
+    from llm_abstractions.types import LlmRequest
+    from orchestration.agent_registry import AgentRegistry
+
+__all__ = ["TaskRunner"]
+
+
+class TaskRunner:
+    """Applies an executor's policies to its tasks; its breakers and limits outlive runs."""
+
+    def __init__(
+        self,
+        registry: AgentRegistry,
+        provider: Callable[[AgentConfig], BaseLlm],
+        *,
+        retry: RetryPolicy,
+        clock: Clock,
+        rate_limits: Mapping[str, RateLimit],
+        breaker: BreakerPolicy | None,
+        cache: bool,
+    ) -> None:
+        self.registry = registry
+        self.provider = provider
+        self.retry = retry
+        self.clock = clock
+        self.limiters = {name: RateLimiter(limit, clock) for name, limit in rate_limits.items()}
+        self.breaker_policy = breaker
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self.on_breaker_change: Callable[[CircuitBreaker], None] | None = None
+        self.cache_default = cache
+        self.rng = random.Random()  # noqa: S311 - jitter, not secrets
+        self._chains: dict[str, list[tuple[str, AgentConfig]]] = {}
+
+    def chain(self, agent: AgentConfig) -> list[tuple[str, AgentConfig]]:
+        """The agent's links as (label, agent settings), the agent first.
+
+        Raises:
+            ConfigurationError: A fallback names no agent and no provider.
+        """
+        links = self._chains.get(agent.name)
+        if links is not None:
+            return links
+        from llm_abstractions.factory import LlmFactory
+
+        links = [(agent.name, agent)]
+        for entry in agent.fallbacks:
+            if entry in self.registry:
+                links.append((entry, self.registry.get(entry)))
+                continue
+            provider, _, model = entry.partition(":")
+            try:
+                spec = LlmFactory.spec(provider)
+            except ConfigurationError:
+                raise ConfigurationError(
+                    f"Agent {agent.name!r} has fallback {entry!r}, which is neither a registered "
+                    f"agent ({', '.join(self.registry.names())}) nor 'provider' or "
+                    "'provider:model' with a known provider."
+                ) from None
+            derived = agent.model_copy(
+                update={
+                    "agent_type": spec.name,
+                    "model": model or None,
+                    "interface": AgentInterface.API,
+                    "api_key": None,
+                    "api_key_env": None,
+                    "fallbacks": (),
+                }
+            )
+            links.append((entry, derived))
+        self._chains[agent.name] = links
+        return links
+
+    def breaker(self, provider: str) -> CircuitBreaker | None:
+        """The provider's breaker (None when breakers are off)."""
+        if self.breaker_policy is None:
+            return None
+        breaker = self.breakers.get(provider)
+        if breaker is None:
+            breaker = self.breakers[provider] = CircuitBreaker(
+                provider, self.breaker_policy, self.clock, self._breaker_changed
+            )
+        return breaker
+
+    def _breaker_changed(self, breaker: CircuitBreaker) -> None:
+        if self.on_breaker_change is not None:
+            self.on_breaker_change(breaker)
+
+    async def run(
+        self,
+        task: AgentTask,
+        agent: AgentConfig,
+        upstream: dict[str, str],
+        *,
+        budget: Budget | None = None,
+        cache: ResponseCache | None = None,
+    ) -> list[TaskResult]:
+        """Every attempt at ``task``, in order; the last one is the task's outcome."""
+        try:
+            request = build_request(task, agent, upstream)
+        except ConfigurationError as exc:  # bad settings: nothing to try
+            return [_not_attempted(task, agent, TaskStatus.FAILED, exc)]
+        if agent.interface is not AgentInterface.API:
+            return [await script_attempt(task, agent, request)]
+        estimate = _estimate_cost(agent, request)
+        if budget is not None and not budget.admit(estimate):
+            spent = f"${budget.spent:.4f} spent, ${budget.reserved:.4f} in flight"
+            return [
+                _not_attempted(
+                    task,
+                    agent,
+                    TaskStatus.BUDGET_EXCEEDED,
+                    f"not run: its estimated ${estimate:.4f} would exceed the run's budget of "
+                    f"${budget.limit:.4f} ({spent})",
+                )
+            ]
+        tries: list[TaskResult] = []
+        try:
+            await _Attempts(self, task, agent, upstream, request, cache, tries).run()
+        finally:
+            if budget is not None:
+                budget.settle(estimate, sum(t.cost_usd or 0.0 for t in tries))
+        return tries
+
+
+class _Attempts:
+    """The attempts of one task, link by link."""
+
+    def __init__(
+        self,
+        runner: TaskRunner,
+        task: AgentTask,
+        agent: AgentConfig,
+        upstream: dict[str, str],
+        request: LlmRequest,
+        cache: ResponseCache | None,
+        tries: list[TaskResult],
+    ) -> None:
+        self.runner = runner
+        self.task = task
+        self.agent = agent
+        self.upstream = upstream
+        self.request = request
+        self.cache = cache
+        self.tries = tries
+        self.started = runner.clock.now()
+        self.reason: str | None = None  # why the next attempt is on another link
+        self.primary_failure: TaskResult | None = None
+        self.primary_open = False
+
+    async def run(self) -> None:
+        for number, (label, link) in enumerate(self.runner.chain(self.agent)):
+            outcome = await self._link(label, link, number == 0)
+            if outcome == "done":
+                return
+        await self._last_resort()
+
+    async def _link(self, label: str, link: AgentConfig, primary: bool) -> str:
+        """Try one link; "done" ends the task, "next" moves on to the next link."""
+        runner, retry = self.runner, self.runner.retry
+        request = self.request if primary else build_request(self.task, link, self.upstream)
+        key = self._cache_key(link, request)
+        if key is not None:
+            hit = await self._cached(key, link)
+            if hit is not None:
+                self.tries.append(hit)
+                return "done"
+        limiter = runner.limiters.get(link.agent_type)
+        breaker = runner.breaker(link.agent_type)
+        wait = 0.0
+        error = None
+        for number in range(1, retry.max_attempts + 1):
+            if runner.clock.now() - self.started + wait > retry.max_total_s:
+                return "done"  # out of time: the last failure stands
+            over = self._over_task_budget(link, request)
+            if over is not None:
+                self.tries.append(over)
+                return "done"
+            if wait > 0:
+                await runner.clock.sleep(wait)
+            tokens = sum(estimate_tokens(request))
+            if limiter is not None:
+                wait += await limiter.acquire(tokens)
+            if breaker is not None and not breaker.allow():  # asked last: a probe is a call
+                self.primary_open = self.primary_open or primary
+                self.reason = f"circuit open for {link.agent_type}"
+                return "next"
+            result = await self._call(link, request, breaker)
+            if limiter is not None:
+                limiter.correct(tokens, result.usage.total_tokens if result.succeeded else None)
+            self.tries.append(self._annotate(result, link, wait, key))
+            kind = result.metadata.get("failure_kind")
+            if primary and not result.succeeded:
+                self.primary_failure = result
+            if result.succeeded or kind == FailureKind.REQUEST:
+                return "done"
+            error = result.metadata.get("error_type")
+            if kind == FailureKind.PROVIDER:
+                self.reason = f"{label} cannot serve it: {error}"
+                return "next"
+            wait = retry.backoff(number, result.metadata.get("retry_after_s"), runner.rng)
+        self.reason = f"{label} failed {retry.max_attempts} time(s), the last with {error}"
+        return "next"
+
+    async def _call(
+        self, link: AgentConfig, request: LlmRequest, breaker: CircuitBreaker | None
+    ) -> TaskResult:
+        """One attempt through the link's provider; its breaker learns how it went."""
+        try:
+            result = await llm_attempt(self.task, link, request, lambda: self.runner.provider(link))
+        except BaseException:
+            if breaker is not None:
+                breaker.abandoned()
+            raise
+        if breaker is not None:
+            if result.metadata.get("failure_kind") == FailureKind.TRANSIENT:
+                breaker.failed()
+            else:  # answered, or rightly refused: the provider is up
+                breaker.succeeded()
+        return result
+
+    def _cache_key(self, link: AgentConfig, request: LlmRequest) -> str | None:
+        """The request's cache key, if the cache is on for this link."""
+        enabled = link.cache if link.cache is not None else self.runner.cache_default
+        if self.cache is None or not enabled:
+            return None
+        return cache_key(link.agent_type, _model(link), request)
+
+    async def _cached(self, key: str, link: AgentConfig) -> TaskResult | None:
+        assert self.cache is not None  # noqa: S101 - only called with a cache
+        started = perf_counter()
+        hit = await self.cache.get(key)
+        if hit is None:
+            return None
+        meta: dict[str, Any] = {
+            "execution_method": ExecutionMethod.CACHE.value,
+            "provider": link.agent_type,
+            "model": hit.model or link.model,
+            "finish_reason": hit.finish_reason,
+            "price_source": "cache: not charged",
+            "cached_from": hit.attempt_id,
+            "agent": link.name,
+        }
+        if self.reason is not None:
+            meta["fallback_reason"], self.reason = self.reason, None
+        return TaskResult(
+            task_id=self.task.task_id,
+            status=TaskStatus.SUCCEEDED,
+            output=hit.output,
+            usage=hit.usage,
+            cost_usd=0.0,
+            latency_s=perf_counter() - started,
+            attempts=1,
+            metadata=meta,
+        )
+
+    def _annotate(
+        self, result: TaskResult, link: AgentConfig, wait: float, key: str | None
+    ) -> TaskResult:
+        """The attempt with what the chain knows: wait, why it moved here, the cache key."""
+        meta = result.metadata
+        meta["agent"] = link.name
+        meta["wait_s"] = wait
+        if self.reason is not None:
+            meta["fallback_reason"], self.reason = self.reason, None
+        if key is not None and result.succeeded and meta.get("finish_reason") != "length":
+            meta["cache_key"] = key
+        return result
+
+    def _over_task_budget(self, link: AgentConfig, request: LlmRequest) -> TaskResult | None:
+        limit = self.task.budget_usd
+        if limit is None:
+            return None
+        spent = sum(t.cost_usd or 0.0 for t in self.tries)
+        estimate = _estimate_cost(link, request)
+        if spent + estimate <= limit:
+            return None
+        return _not_attempted(
+            self.task,
+            link,
+            TaskStatus.BUDGET_EXCEEDED,
+            f"stopped: ${spent:.4f} spent and the next attempt's estimated ${estimate:.4f} "
+            f"would exceed the task's budget of ${limit:.4f}",
+        )
+
+    async def _last_resort(self) -> None:
+        """The bundled script for the agent's own provider, if the provider could not serve."""
+        failure = self.primary_failure
+        unavailable = self.primary_open or (
+            failure is not None and bool(failure.metadata.get("provider_unavailable"))
+        )
+        if unavailable and script_can_stand_in(self.agent):
+            result = await script_attempt(self.task, self.agent, self.request)
+            self.tries.append(self._annotate(result, self.agent, 0.0, None))
+        elif not self.tries:  # every link's circuit was open, and no script can stand in
+            self.tries.append(
+                _not_attempted(
+                    self.task,
+                    self.agent,
+                    TaskStatus.FAILED,
+                    f"not run: {self.reason or 'no provider could take it'}",
+                    error_type="CircuitOpen",
+                )
+            )
+
+
+def _model(agent: AgentConfig) -> str | None:
+    if agent.model:
+        return agent.model
+    from llm_abstractions.factory import LlmFactory
+
+    return LlmFactory.spec(agent.agent_type).default_model
+
+
+def _estimate_cost(agent: AgentConfig, request: LlmRequest) -> float:
+    """What a request to the agent's provider may cost at most (0 when unknown)."""
+    from llm_abstractions.types import Usage
+
+    tokens_in, tokens_out = estimate_tokens(request)
+    cost, _ = cost_of(
+        agent.agent_type, _model(agent), Usage(input_tokens=tokens_in, output_tokens=tokens_out)
+    )
+    return cost or 0.0
+
+
+def _not_attempted(
+    task: AgentTask,
+    agent: AgentConfig,
+    status: TaskStatus,
+    error: str | BaseException,
+    *,
+    error_type: str | None = None,
+) -> TaskResult:
+    """A task outcome that no attempt produced (the ledger records no attempt for it)."""
+    if isinstance(error, BaseException):
+        error_type, error = type(error).__name__, f"{type(error).__name__}: {error}"
+    return TaskResult(
+        task_id=task.task_id,
+        status=status,
+        error=redact(error, agent_secrets(agent)),
+        metadata={
+            "execution_method": None,
+            "attempted": False,
+            "provider": agent.agent_type,
+            "model": agent.model,
+            "error_type": error_type or status.value,
+        },
+    )

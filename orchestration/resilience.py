@@ -1,0 +1,343 @@
+"""What gets tasks through failing providers: retries, rate limits, circuit breakers, budgets.
+
+These are the executor's policies and the state they keep; ``orchestration.chain`` applies
+them to each task. Vendor SDKs' own retries stay off (every provider sets ``max_retries=0``)
+so that every try is the executor's, counted and recorded.
+
+Time comes from a ``Clock`` (``SystemClock`` unless one is injected), so tests can check
+waits (``Retry-After``, backoff, cool-downs, rate limits) without sleeping through them.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+import anyio
+
+from llm_abstractions.errors import ConfigurationError
+from llm_abstractions.types import LlmRequest
+
+__all__ = [
+    "BreakerPolicy",
+    "BreakerState",
+    "CircuitBreaker",
+    "Clock",
+    "RateLimit",
+    "RateLimiter",
+    "RetryPolicy",
+    "SystemClock",
+    "estimate_tokens",
+]
+
+# Output tokens assumed for a request that sets no max_tokens, for budgets and rate limits.
+DEFAULT_OUTPUT_ESTIMATE = 1024
+
+
+class Clock(Protocol):
+    """Where the executor's policies read the time and wait."""
+
+    def now(self) -> float:
+        """Seconds on a monotonic clock."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds``."""
+        ...
+
+
+class SystemClock:
+    """The real clock: ``time.monotonic`` and ``anyio.sleep``."""
+
+    def now(self) -> float:
+        """``time.monotonic()``."""
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        """``anyio.sleep(seconds)``."""
+        await anyio.sleep(seconds)
+
+
+def _positive(owner: str, **values: float | None) -> None:
+    for name, value in values.items():
+        if value is not None and not value > 0:
+            raise ConfigurationError(f"{owner}: {name} must be greater than 0, not {value!r}.")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often, and after how long, a failed attempt is tried again on the same provider.
+
+    Only failures that retrying can fix are retried (rate limits, overload, 5xx, timeouts,
+    lost connections, cut or malformed answers): never authentication, a bad request, a
+    prompt too long for the model or refused content.
+
+    Attributes:
+        max_attempts: Tries per provider of a task's fallback chain, the first included.
+        max_total_s: Time a task may spend on all its attempts and waits; none starts later.
+        base_delay_s: Wait before the first retry; doubled for each retry after it.
+        max_delay_s: Longest backoff wait.
+        retry_after_cap_s: Longest wait a provider's ``Retry-After`` can impose.
+        jitter: Share of each backoff wait that is random (0: none, 1: all of it).
+    """
+
+    max_attempts: int = 3
+    max_total_s: float = 600.0
+    base_delay_s: float = 0.5
+    max_delay_s: float = 30.0
+    retry_after_cap_s: float = 60.0
+    jitter: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ConfigurationError("RetryPolicy: max_attempts must be at least 1.")
+        _positive("RetryPolicy", max_total_s=self.max_total_s)
+        if min(self.base_delay_s, self.max_delay_s, self.retry_after_cap_s) < 0:
+            raise ConfigurationError("RetryPolicy: waits cannot be negative.")
+        if not 0 <= self.jitter <= 1:
+            raise ConfigurationError("RetryPolicy: jitter must be between 0 and 1.")
+
+    @classmethod
+    def never(cls) -> RetryPolicy:
+        """One attempt per provider: failures go straight to the fallback chain."""
+        return cls(max_attempts=1)
+
+    def backoff(self, retry: int, retry_after: float | None, rng: random.Random) -> float:
+        """Seconds to wait before retry number ``retry`` (1 for the first retry).
+
+        A provider's ``Retry-After`` wins, up to ``retry_after_cap_s``; otherwise the wait
+        doubles from ``base_delay_s`` up to ``max_delay_s``, its ``jitter`` share random.
+        """
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.retry_after_cap_s)
+        ceiling = min(self.max_delay_s, self.base_delay_s * 2.0 ** (retry - 1))
+        return ceiling * (1 - self.jitter) + rng.uniform(0, ceiling * self.jitter)
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A provider's limits: requests and tokens (input plus output) per minute.
+
+    A task that would exceed them waits for room; it does not fail. Tokens are estimated
+    before the call (``estimate_tokens``) and corrected from the usage the provider reports.
+    """
+
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+
+    def __post_init__(self) -> None:
+        _positive(
+            "RateLimit",
+            requests_per_minute=self.requests_per_minute,
+            tokens_per_minute=self.tokens_per_minute,
+        )
+
+
+class _Bucket:
+    """A token bucket that lends: taking more than is there reserves the next refills.
+
+    Callers queue in the order they took, each waiting until its share has refilled.
+    """
+
+    __slots__ = ("capacity", "level", "per_second", "updated")
+
+    def __init__(self, per_minute: float, now: float) -> None:
+        self.capacity = per_minute
+        self.per_second = per_minute / 60.0
+        self.level = per_minute
+        self.updated = now
+
+    def take(self, amount: float, now: float) -> float:
+        """Take ``amount`` (at most the capacity); return the seconds until it is covered."""
+        self.level = min(self.capacity, self.level + (now - self.updated) * self.per_second)
+        self.updated = now
+        self.level -= min(amount, self.capacity)
+        return max(0.0, -self.level / self.per_second)
+
+    def give_back(self, amount: float) -> None:
+        """Return an over-estimate (negative: charge an under-estimate)."""
+        self.level = min(self.capacity, self.level + amount)
+
+
+class RateLimiter:
+    """One provider's ``RateLimit`` in force: buckets for requests and tokens."""
+
+    def __init__(self, limit: RateLimit, clock: Clock) -> None:
+        now = clock.now()
+        self.clock = clock
+        self.requests = (
+            _Bucket(limit.requests_per_minute, now) if limit.requests_per_minute else None
+        )
+        self.tokens = _Bucket(limit.tokens_per_minute, now) if limit.tokens_per_minute else None
+
+    async def acquire(self, tokens: int) -> float:
+        """Wait until one request of about ``tokens`` tokens fits; return the seconds waited."""
+        now = self.clock.now()
+        wait = 0.0
+        if self.requests is not None:
+            wait = self.requests.take(1, now)
+        if self.tokens is not None:
+            wait = max(wait, self.tokens.take(tokens, now))
+        if wait > 0:
+            await self.clock.sleep(wait)
+        return wait
+
+    def correct(self, estimated: int, used: int | None) -> None:
+        """Replace a call's estimate by the tokens it really used (when reported)."""
+        if self.tokens is not None and used is not None:
+            self.tokens.give_back(estimated - used)
+
+
+def estimate_tokens(request: LlmRequest) -> tuple[int, int]:
+    """Input and output tokens a request may use, before it is sent.
+
+    Input: about four characters a token, plus a few per message (no tokenizer is loaded:
+    this runs for every task). Output: ``max_tokens``, else ``DEFAULT_OUTPUT_ESTIMATE``.
+    """
+    chars = len(request.system or "") + sum(len(m.content) for m in request.messages)
+    return math.ceil(chars / 4) + 4 * (len(request.messages) + 1), (
+        request.max_tokens or DEFAULT_OUTPUT_ESTIMATE
+    )
+
+
+class BreakerState(StrEnum):
+    """Where a circuit breaker is."""
+
+    CLOSED = "closed"  # calls go through
+    OPEN = "open"  # calls go straight to the fallback until the cool-down ends
+    HALF_OPEN = "half_open"  # one probe call is let through
+
+
+@dataclass(frozen=True)
+class BreakerPolicy:
+    """When a provider's circuit opens, and for how long.
+
+    Attributes:
+        consecutive_failures: Failures in a row that open the circuit.
+        failure_rate: Share of failures among the last ``window`` calls that opens it...
+        window: ...
+        min_calls: ...once the window holds at least this many calls.
+        cooldown_s: Time an open circuit waits before letting one probe call through.
+    """
+
+    consecutive_failures: int = 5
+    failure_rate: float = 0.5
+    window: int = 20
+    min_calls: int = 10
+    cooldown_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.consecutive_failures < 1 or self.window < 1 or self.min_calls < 1:
+            raise ConfigurationError("BreakerPolicy: counts must be at least 1.")
+        if not 0 < self.failure_rate <= 1:
+            raise ConfigurationError("BreakerPolicy: failure_rate must be in (0, 1].")
+        _positive("BreakerPolicy", cooldown_s=self.cooldown_s)
+
+
+@dataclass
+class CircuitBreaker:
+    """One provider's circuit breaker.
+
+    Only failures of the provider count (those a retry could fix: overload, 5xx, timeouts,
+    lost connections, rate limits that outlast their retries); a request the provider
+    rightly refused shows that it is up. ``on_change`` is called on every change of state.
+    """
+
+    provider: str
+    policy: BreakerPolicy
+    clock: Clock
+    on_change: Callable[[CircuitBreaker], None] | None = None
+    state: BreakerState = BreakerState.CLOSED
+    consecutive: int = 0
+    opened_at: float | None = None
+    recent: deque[bool] = field(default_factory=deque)  # True: a failure
+    _probing: bool = False
+
+    def allow(self) -> bool:
+        """Whether a call may go to the provider now (a half-open circuit lets one through)."""
+        if self.state is BreakerState.CLOSED:
+            return True
+        if self.state is BreakerState.OPEN:
+            assert self.opened_at is not None  # noqa: S101 - set when opened
+            if self.clock.now() - self.opened_at < self.policy.cooldown_s:
+                return False
+            self._change(BreakerState.HALF_OPEN)
+        if self._probing:
+            return False
+        self._probing = True
+        return True
+
+    def succeeded(self) -> None:
+        """A call went through (or was refused for the caller's own mistake)."""
+        self._probing = False
+        self.consecutive = 0
+        self._remember(False)
+        if self.state is not BreakerState.CLOSED:
+            self.recent.clear()
+            self._change(BreakerState.CLOSED)
+
+    def failed(self) -> None:
+        """The provider failed a call."""
+        self._probing = False
+        self.consecutive += 1
+        self._remember(True)
+        if self.state is BreakerState.HALF_OPEN or self._tripped():
+            self.opened_at = self.clock.now()
+            self._change(BreakerState.OPEN)
+
+    def abandoned(self) -> None:
+        """A call ended without a verdict (cancelled): let another probe through."""
+        self._probing = False
+
+    def _tripped(self) -> bool:
+        if self.state is not BreakerState.CLOSED:
+            return False
+        if self.consecutive >= self.policy.consecutive_failures:
+            return True
+        calls = len(self.recent)
+        return (
+            calls >= self.policy.min_calls and sum(self.recent) / calls >= self.policy.failure_rate
+        )
+
+    def _remember(self, failure: bool) -> None:
+        self.recent.append(failure)
+        if len(self.recent) > self.policy.window:
+            self.recent.popleft()
+
+    def _change(self, state: BreakerState) -> None:
+        if state is self.state:
+            return
+        self.state = state
+        if self.on_change is not None:
+            self.on_change(self)
+
+
+@dataclass
+class Budget:
+    """A run's spending limit: what was spent, and what tasks in flight may still spend.
+
+    A task starts only if spent plus reserved plus its own estimate fits, so the run cannot
+    overspend by more than the estimates of tasks in flight were wrong by.
+    """
+
+    limit: float
+    spent: float = 0.0
+    reserved: float = 0.0
+
+    def admit(self, estimate: float) -> bool:
+        """Reserve ``estimate`` if it fits."""
+        if self.spent + self.reserved + estimate > self.limit:
+            return False
+        self.reserved += estimate
+        return True
+
+    def settle(self, estimate: float, cost: float) -> None:
+        """A task admitted with ``estimate`` ended having spent ``cost``."""
+        self.reserved -= estimate
+        self.spent += cost

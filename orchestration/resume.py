@@ -1,0 +1,136 @@
+"""What a recorded run left behind, for ``TaskExecutor.resume`` and ``orchestra resume``."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+
+from sqlalchemy import text
+
+from llm_abstractions.errors import ConfigurationError
+from llm_abstractions.types import Usage
+from orchestration.agent_registry import AgentConfig, AgentRegistry
+from orchestration.ledger import Ledger
+from orchestration.tasks import AgentTask, TaskResult, TaskStatus
+
+__all__ = ["SavedRun", "load_run"]
+
+
+@dataclass
+class SavedRun:
+    """A run as the ledger has it."""
+
+    run_id: str
+    name: str | None
+    status: str
+    pid: int | None
+    host: str | None
+    tasks: list[AgentTask]
+    results: dict[str, TaskResult]  # tasks that reached a status, by id
+    attempts: dict[str, int]  # attempts recorded, by task id
+    agents: list[AgentConfig] = field(default_factory=list)
+
+    def refuse_if_alive(self) -> None:
+        """Raise if the process that runs this run is alive on this machine.
+
+        Raises:
+            ConfigurationError: Resuming now would run its tasks twice at once.
+        """
+        if self.status != "running" or self.pid is None or self.host != socket.gethostname():
+            return
+        if self.pid == os.getpid():
+            alive = True
+        else:
+            try:
+                os.kill(self.pid, 0)
+                alive = True
+            except ProcessLookupError:
+                alive = False
+            except PermissionError:  # someone else's process by that number
+                alive = True
+        if alive:
+            raise ConfigurationError(
+                f"Run {self.run_id!r} is still being run by process {self.pid} on this machine; "
+                "wait for it to end (or stop it) before resuming."
+            )
+
+    def kept(self, retry_failed: bool) -> dict[str, TaskResult]:
+        """The results that stand: succeeded ones, and failed ones unless retried."""
+        keep = {TaskStatus.SUCCEEDED} | (set() if retry_failed else {TaskStatus.FAILED})
+        return {tid: r for tid, r in self.results.items() if r.status in keep}
+
+    def crashed(self) -> list[str]:
+        """Tasks a dead process left running."""
+        return [tid for tid, r in self.results.items() if r.status is TaskStatus.RUNNING]
+
+    def registry(self) -> AgentRegistry:
+        """The run's agents as recorded (their keys come from the environment now)."""
+        registry = AgentRegistry()
+        for agent in self.agents:
+            settings = agent.model_dump(exclude={"name", "agent_type", "interface", "model"})
+            settings = {k: v for k, v in settings.items() if v is not None}
+            registry.register_agent(
+                agent.name, agent.agent_type, agent.interface, agent.model, **settings
+            )
+        return registry
+
+
+def load_run(ledger: Ledger, run_id: str) -> SavedRun:
+    """Read a run back (blocking: call it from a thread).
+
+    Raises:
+        ConfigurationError: The ledger has no such run.
+    """
+    with ledger.session() as session:
+        run = session.execute(
+            text("SELECT name, status, pid, host FROM runs WHERE id = :id"), {"id": run_id}
+        ).first()
+        if run is None:
+            raise ConfigurationError(
+                f"No run {run_id!r} in the ledger at {ledger.shown_url}; `orchestra runs` "
+                "lists the runs it has."
+            )
+        definitions = session.execute(
+            text("SELECT definition FROM run_tasks WHERE run_id = :id ORDER BY position"),
+            {"id": run_id},
+        ).all()
+        rows = session.execute(
+            text(
+                "SELECT task_id, status, output, error, attempts, execution_method, provider, "
+                "model, input_tokens, output_tokens, cost_usd, latency_s FROM task_runs "
+                "WHERE run_id = :id"
+            ),
+            {"id": run_id},
+        ).all()
+        counted = session.execute(
+            text("SELECT task_id, MAX(attempt) FROM attempts WHERE run_id = :id GROUP BY task_id"),
+            {"id": run_id},
+        ).all()
+        agents = session.execute(
+            text("SELECT definition FROM run_agents WHERE run_id = :id"), {"id": run_id}
+        ).all()
+    results = {}
+    for task_id, status, output, error, attempts, method, provider, model, i, o, cost, secs in rows:
+        results[task_id] = TaskResult(
+            task_id=task_id,
+            status=TaskStatus(status),
+            output=output,
+            error=error,
+            attempts=attempts or 0,
+            usage=Usage(input_tokens=i, output_tokens=o),
+            cost_usd=cost,
+            latency_s=secs,
+            metadata={"execution_method": method, "provider": provider, "model": model},
+        )
+    return SavedRun(
+        run_id=run_id,
+        name=run[0],
+        status=run[1],
+        pid=run[2],
+        host=run[3],
+        tasks=[AgentTask.model_validate_json(d[0]) for d in definitions],
+        results=results,
+        attempts={task_id: int(n) for task_id, n in counted},
+        agents=[AgentConfig.model_validate_json(a[0]) for a in agents],
+    )

@@ -1,0 +1,365 @@
+"""Retries, fallback chains, rate limits, breakers, budgets and the cache, end to end.
+
+Every test runs the real executor and the real ``openai`` (or ``anthropic``) SDK against the
+fault-injecting loopback server, whose own call log is the witness of what was sent. Waits
+go through a fake clock, so a ``Retry-After`` of seconds costs no real time.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from orchestration import (
+    AgentRegistry,
+    AgentTask,
+    BreakerPolicy,
+    RateLimit,
+    RetryPolicy,
+    TaskExecutor,
+    TaskStatus,
+)
+from orchestration.ledger import Ledger
+from tests.fakes.faults import INPUT_TOKENS, OUTPUT_TOKENS, FaultPlan, FaultServer
+
+pytestmark = pytest.mark.anyio
+
+
+class FakeClock:
+    """Virtual time: ``sleep`` moves it forward at once and remembers how long it was."""
+
+    def __init__(self) -> None:
+        self.time = 1000.0
+        self.sleeps: list[float] = []
+
+    def now(self) -> float:
+        return self.time
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.time += seconds
+        await anyio.lowlevel.checkpoint()
+
+
+@pytest.fixture(scope="module")
+def faults() -> Iterator[FaultServer]:
+    server = FaultServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def server(faults: FaultServer, monkeypatch: pytest.MonkeyPatch) -> FaultServer:
+    faults.reset(FaultPlan())
+    monkeypatch.setenv("OPENAI_BASE_URL", f"{faults.url}/v1")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", faults.url)
+    return faults
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[Ledger]:
+    opened = Ledger(f"sqlite:///{tmp_path / 'runs.db'}")
+    yield opened
+    opened.close()
+
+
+def rows(ledger: Ledger, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    assert ledger.path is not None
+    with sqlite3.connect(ledger.path) as connection:
+        return connection.execute(sql, params).fetchall()
+
+
+def gpt_registry(**settings: Any) -> AgentRegistry:
+    registry = AgentRegistry()
+    settings.setdefault("script_fallback", False)
+    registry.register_agent("gpt", "openai-gpt", model="gpt-4o-mini", api_key="k", **settings)
+    return registry
+
+
+def task(tid: str, *deps: str, **fields: Any) -> AgentTask:
+    fields.setdefault("agent", "gpt")
+    return AgentTask(task_id=tid, description=f"[[task:{tid}]] work", depends_on=deps, **fields)
+
+
+def layered(layers: int, width: int) -> list[AgentTask]:
+    """``layers`` layers of ``width`` tasks; each depends on two tasks of the layer before."""
+    tasks = []
+    for layer in range(layers):
+        for i in range(width):
+            deps = () if layer == 0 else (f"L{layer - 1}-{i}", f"L{layer - 1}-{(i + 1) % width}")
+            tasks.append(task(f"L{layer}-{i}", *deps, timeout=1.0))
+    return tasks
+
+
+async def test_a_500_task_dag_at_30_percent_faults_succeeds_with_every_attempt_recorded(
+    server: FaultServer, ledger: Ledger
+) -> None:
+    server.plan = FaultPlan(rate=0.3, seed=7, max_faults_per_key=3, hang=3.0, retry_after=2.0)
+    clock = FakeClock()
+    executor = TaskExecutor(
+        gpt_registry(),
+        ledger=ledger,
+        max_concurrency=32,
+        retry=RetryPolicy(max_attempts=6),
+        breakers=False,
+        clock=clock,
+    )
+    async with executor:
+        run = await executor.run(layered(10, 50))
+    assert run.ok, {t: r.error for t, r in run.results.items() if not r.succeeded}
+    counts = server.log.counts()
+    # Every kind of fault was served, and every task got its answer in the end.
+    assert {"429", "500", "529", "reset", "timeout", "cut"} <= set(counts)
+    assert counts["ok"] >= 500 and len(server.log.ok_keys()) == 500
+    assert all(r.output == f"done:{t}" for t, r in run.results.items())
+    # One attempt row per call the server saw, in order per task.
+    assert rows(ledger, "SELECT COUNT(*) FROM attempts")[0][0] == len(server.log)
+    for key in ("L0-0", "L5-7", "L9-49"):
+        recorded = rows(
+            ledger, "SELECT status FROM attempts WHERE task_id = ? ORDER BY attempt", key
+        )
+        served = server.log.kinds_for(key)
+        assert len(recorded) == len(served) and recorded[-1] == ("succeeded",)
+    # Retry-After (2 s) was honoured without sleeping it for real.
+    assert 2.0 in clock.sleeps
+    assert rows(ledger, "SELECT COUNT(*) FROM attempts WHERE wait_s = 2.0")[0][0] == counts["429"]
+
+
+async def test_authentication_and_context_errors_are_never_retried(
+    server: FaultServer, ledger: Ledger
+) -> None:
+    executor = TaskExecutor(gpt_registry(), ledger=ledger, clock=FakeClock())
+    async with executor:
+        run = await executor.run(
+            [
+                AgentTask(task_id="auth", description="[[task:auth]] [[401]]", agent="gpt"),
+                AgentTask(task_id="long", description="[[task:long]] [[context]]", agent="gpt"),
+            ]
+        )
+    assert server.log.kinds_for("auth") == ["401"]
+    assert server.log.kinds_for("long") == ["context"]
+    errors = {t: r.metadata["error_type"] for t, r in run.results.items()}
+    assert errors == {"auth": "LLMAuthenticationError", "long": "LLMContextLengthError"}
+    assert rows(ledger, "SELECT COUNT(*) FROM attempts")[0][0] == 2
+
+
+async def test_retry_after_is_honoured_up_to_the_cap(server: FaultServer, ledger: Ledger) -> None:
+    server.plan = FaultPlan(rate=1.0, kinds={"429": 1}, retry_after=7.0, max_faults_per_key=2)
+    clock = FakeClock()
+    executor = TaskExecutor(gpt_registry(), ledger=ledger, clock=clock)
+    async with executor:
+        assert (await executor.run([task("a", agent="gpt")])).ok
+        server.log.clear()
+        capped = TaskExecutor(
+            gpt_registry(), ledger=ledger, clock=clock, retry=RetryPolicy(retry_after_cap_s=5.0)
+        )
+        async with capped:
+            assert (await capped.run([task("b", agent="gpt")])).ok
+    assert clock.sleeps == [7.0, 7.0, 5.0, 5.0]
+    waits = rows(ledger, "SELECT task_id, wait_s FROM attempts ORDER BY task_id, attempt")
+    assert waits == [("a", 0.0), ("a", 7.0), ("a", 7.0), ("b", 0.0), ("b", 5.0), ("b", 5.0)]
+
+
+async def test_an_exhausted_provider_falls_back_along_the_chain_and_says_why(
+    server: FaultServer, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server.plan = FaultPlan(rate=1.0, kinds={"529": 1})  # OpenAI is overloaded
+    with FaultServer() as healthy:  # Anthropic answers
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", healthy.url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "k-anthropic")
+        registry = gpt_registry(fallbacks=("anthropic-claude:claude-haiku-4-5",))
+        executor = TaskExecutor(
+            registry, ledger=ledger, clock=FakeClock(), retry=RetryPolicy(max_attempts=2)
+        )
+        async with executor:
+            result = await executor.execute(task("x"), agent="gpt")
+        assert [(c.route, c.kind) for c in healthy.log.calls] == [("anthropic", "ok")]
+    assert result.succeeded and result.output == "done:x"
+    assert result.metadata["provider"] == "anthropic-claude" and result.attempts == 3
+    assert server.log.kinds_for("x") == ["529", "529"]
+    recorded = rows(
+        ledger,
+        "SELECT agent, provider, model, status, fallback_reason FROM attempts ORDER BY attempt",
+    )
+    assert recorded == [
+        ("gpt", "openai-gpt", "gpt-4o-mini", "failed", None),
+        ("gpt", "openai-gpt", "gpt-4o-mini", "failed", None),
+        (
+            "gpt",
+            "anthropic-claude",
+            "claude-haiku-4-5",
+            "succeeded",
+            "gpt failed 2 time(s), the last with LLMOverloadedError",
+        ),
+    ]
+
+
+async def test_a_request_mistake_does_not_fall_back(server: FaultServer, ledger: Ledger) -> None:
+    registry = gpt_registry(fallbacks=("anthropic-claude:claude-haiku-4-5",))
+    executor = TaskExecutor(registry, ledger=ledger, clock=FakeClock())
+    async with executor:
+        result = await executor.execute(
+            AgentTask(task_id="bad", description="[[task:bad]] hi", metadata={"max_tokens": -1}),
+            agent="gpt",
+        )
+    assert result.status is TaskStatus.FAILED and "max_tokens" in (result.error or "")
+    assert len(server.log) == 0  # refused before anything was sent, and not sent elsewhere
+
+
+def test_a_fallback_that_names_nothing_fails_before_the_run() -> None:
+    from llm_abstractions.errors import ConfigurationError
+
+    executor = TaskExecutor(gpt_registry(fallbacks=("no-such-thing",)), record=False)
+    with pytest.raises(ConfigurationError, match="neither a registered agent"):
+        anyio.run(executor.run, [task("a", agent="gpt")])
+
+
+async def test_an_open_circuit_sends_tasks_straight_to_the_fallback_then_probes(
+    server: FaultServer, ledger: Ledger
+) -> None:
+    server.plan = FaultPlan(rate=1.0, kinds={"500": 1})
+    clock = FakeClock()
+    registry = gpt_registry(fallbacks=("spare",))
+    registry.register_agent("spare", "openai-gpt", model="gpt-4.1-mini", api_key="k")
+    executor = TaskExecutor(
+        registry,
+        ledger=ledger,
+        clock=clock,
+        max_concurrency=1,
+        retry=RetryPolicy.never(),
+        breaker=BreakerPolicy(consecutive_failures=3, cooldown_s=30.0),
+    )
+    async with executor:
+        # Both agents use the same provider, so its circuit covers both: once open, the
+        # fallback is skipped too and the task fails without a call.
+        run = await executor.run([task(f"t{i}", agent="gpt") for i in range(6)])
+        breaker = executor.runner.breakers["openai-gpt"]
+        assert breaker.state == "open"
+        assert len(server.log) == 3  # t0 (gpt, spare), t1 (gpt): then the circuit opened
+        assert [r.status for r in run.results.values()] == [TaskStatus.FAILED] * 6
+        assert run.results["t5"].metadata["error_type"] == "CircuitOpen"
+        assert run.results["t5"].error == "not run: circuit open for openai-gpt"
+        state = rows(ledger, "SELECT provider, state, consecutive_failures FROM breakers")
+        assert state == [("openai-gpt", "open", 3)]
+        # After the cool-down one probe goes through; it succeeds and closes the circuit.
+        server.plan = FaultPlan()
+        clock.time += 30.0
+        again = await executor.run([task("p1", agent="gpt"), task("p2", agent="gpt")])
+        assert again.ok and breaker.state == "closed"
+    assert rows(ledger, "SELECT state FROM breakers") == [("closed",)]
+
+
+async def test_rate_limits_make_tasks_wait_not_fail(server: FaultServer, ledger: Ledger) -> None:
+    clock = FakeClock()
+    executor = TaskExecutor(
+        gpt_registry(),
+        ledger=ledger,
+        clock=clock,
+        rate_limits={"openai-gpt": RateLimit(requests_per_minute=2)},
+    )
+    async with executor:
+        run = await executor.run([task(f"t{i}", agent="gpt") for i in range(5)])
+    assert run.ok and len(server.log) == 5
+    # Two fit at once; the other three wait for 30 s of refill each: 90 s (of the fake
+    # clock, which every sleep moves forward for everyone) before the last one is sent.
+    assert sum(clock.sleeps) == pytest.approx(90.0)
+    waits = sorted(w for (w,) in rows(ledger, "SELECT wait_s FROM attempts"))
+    assert waits == pytest.approx([0.0, 0.0, 30.0, 30.0, 30.0])
+
+
+async def test_token_limits_are_corrected_from_real_usage(
+    server: FaultServer, ledger: Ledger
+) -> None:
+    clock = FakeClock()
+    limits = {"openai-gpt": RateLimit(tokens_per_minute=300)}
+    registry = gpt_registry(metadata={"max_tokens": 100})  # about 110 tokens estimated a call
+    one_at_a_time = TaskExecutor(
+        registry, ledger=ledger, clock=clock, rate_limits=limits, max_concurrency=1
+    )
+    async with one_at_a_time:
+        assert (await one_at_a_time.run([task(f"s{i}", agent="gpt") for i in range(5)])).ok
+    # Each call used 15 tokens, not 110: corrected after each, five fit in the minute.
+    assert INPUT_TOKENS + OUTPUT_TOKENS == 15 and clock.sleeps == []
+    together = TaskExecutor(registry, ledger=ledger, clock=clock, rate_limits=limits)
+    async with together:
+        assert (await together.run([task(f"c{i}", agent="gpt") for i in range(5)])).ok
+    # Started at once, the estimates are all that is known: the later ones wait.
+    assert len(clock.sleeps) == 3 and all(s > 0 for s in clock.sleeps)
+
+
+async def test_a_run_budget_skips_what_it_cannot_afford(
+    server: FaultServer, ledger: Ledger
+) -> None:
+    registry = gpt_registry(metadata={"max_tokens": 1000})  # ~$0.0006 estimated a call
+    executor = TaskExecutor(registry, ledger=ledger, max_concurrency=5, clock=FakeClock())
+    async with executor:
+        run = await executor.run(
+            [task(f"t{i}", agent="gpt") for i in range(5)] + [task("after", "t4", agent="gpt")],
+            budget_usd=0.0013,
+        )
+    statuses = [r.status for r in run.results.values()]
+    assert statuses.count(TaskStatus.SUCCEEDED) == 2
+    assert statuses.count(TaskStatus.BUDGET_EXCEEDED) == 3
+    assert run.results["after"].status is TaskStatus.SKIPPED
+    assert len(server.log) == 2
+    spent = sum(r.cost_usd or 0.0 for r in run.results.values())
+    assert 0 < spent <= 0.0013
+    exceeded = rows(
+        ledger,
+        "SELECT COUNT(*) FROM task_runs WHERE status = 'budget_exceeded' AND error LIKE ?",
+        "not run: its estimated $0.0006 would exceed the run's budget of $0.0013%",
+    )
+    assert exceeded == [(3,)]
+    assert rows(ledger, "SELECT COUNT(*) FROM attempts") == [(2,)]  # no attempt for the rest
+
+
+async def test_a_task_budget_stops_its_attempts(server: FaultServer, ledger: Ledger) -> None:
+    executor = TaskExecutor(gpt_registry(metadata={"max_tokens": 1000}), ledger=ledger)
+    async with executor:
+        result = await executor.execute(task("cheap", budget_usd=0.0001), agent="gpt")
+    assert result.status is TaskStatus.BUDGET_EXCEEDED and len(server.log) == 0
+
+
+async def test_the_cache_answers_identical_requests_without_a_call(
+    server: FaultServer, ledger: Ledger
+) -> None:
+    same = AgentTask(task_id="q", description="[[task:q]] what is 2+2?", agent="gpt")
+    executor = TaskExecutor(gpt_registry(), ledger=ledger, cache=True)
+    async with executor:
+        first = await executor.run([same])
+        second = await executor.run([same, same.model_copy(update={"task_id": "q2"})])
+    assert first.ok and second.ok and len(server.log) == 1
+    for result in second.results.values():
+        assert result.metadata["execution_method"] == "cache" and result.cost_usd == 0.0
+        assert result.output == "done:q"
+    source = rows(ledger, "SELECT id FROM attempts WHERE run_id = ?", first.run_id)[0][0]
+    hits = rows(
+        ledger,
+        "SELECT execution_method, cost_usd, cached_from FROM attempts WHERE run_id = ?",
+        second.run_id,
+    )
+    assert hits == [("cache", 0.0, source), ("cache", 0.0, source)]
+    stored = rows(ledger, "SELECT key, provider, model, output FROM response_cache")
+    assert len(stored) == 1 and stored[0][1:] == ("openai-gpt", "gpt-4o-mini", "done:q")
+    assert len(stored[0][0]) == 64 and int(stored[0][0], 16) >= 0  # a bare SHA-256
+
+
+async def test_the_cache_is_off_unless_asked_and_keys_differ_by_model(
+    server: FaultServer, ledger: Ledger
+) -> None:
+    same = AgentTask(task_id="q", description="[[task:q]] hello", agent="gpt")
+    async with TaskExecutor(gpt_registry(), ledger=ledger) as executor:
+        await executor.run([same])
+        await executor.run([same])
+    assert len(server.log) == 2  # no cache by default
+    registry = AgentRegistry()
+    registry.register_agent("gpt", "openai-gpt", model="gpt-4.1", api_key="k", cache=True)
+    async with TaskExecutor(registry, ledger=ledger) as executor:
+        await executor.run([same])
+        await executor.run([same])
+    assert len(server.log) == 3  # the agent turned it on; another model is another key
