@@ -55,12 +55,17 @@ def _root(
 
 @app.command()
 def providers(as_json: JsonOption = False) -> None:
-    """Show each provider: installed, credentials present, reachable, default model."""
+    """Show each provider: installed, key, reachable, default model, circuit breaker.
+
+    The breaker is its state as last recorded in the ledger by any run (with when).
+    """
     from llm_abstractions import ConfigurationError, LlmFactory
 
     statuses = LlmFactory.available()
+    breakers = _breakers()
     if as_json:
-        typer.echo(json.dumps([asdict(s) for s in statuses], indent=2))
+        found = [{**asdict(s), "breaker": breakers.get(s.name)} for s in statuses]
+        typer.echo(json.dumps(found, indent=2))
         return
     rows = [
         [
@@ -70,19 +75,60 @@ def providers(as_json: JsonOption = False) -> None:
             _mark(s.credentials),
             _mark(s.reachable),
             s.default_model or "",
+            _breaker_text(breakers.get(s.name)),
             s.reason,
         ]
         for s in statuses
     ]
-    _table(
-        "Providers", ["provider", "ready", "installed", "key", "reachable", "model", "note"], rows
-    )
+    columns = ["provider", "ready", "installed", "key", "reachable", "model", "breaker", "note"]
+    _table("Providers", columns, rows)
     try:
         choice = LlmFactory.resolve_default()
     except ConfigurationError as exc:
         typer.echo(f"default provider: none ({exc})", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"default provider: {choice.name} ({choice.reason})")
+
+
+def _breakers() -> dict[str, dict[str, Any]]:
+    """Breaker states recorded in the ledger, if there is one (never creates it)."""
+    from sqlalchemy import text
+
+    from orchestration.ledger import Ledger, LedgerError, default_db_url, sqlite_file
+
+    url = default_db_url()
+    path = sqlite_file(url)
+    if path is not None and not path.exists():
+        return {}
+    try:
+        ledger = Ledger(url)
+    except LedgerError:
+        return {}
+    try:
+        with ledger.session() as session:
+            found = session.execute(
+                text(
+                    "SELECT provider, state, consecutive_failures, opened_at, updated_at "
+                    "FROM breakers"
+                )
+            ).all()
+    finally:
+        ledger.close()
+    return {
+        provider: {
+            "state": state,
+            "consecutive_failures": failures,
+            "opened_at": opened and str(opened),
+            "updated_at": str(updated),
+        }
+        for provider, state, failures, opened, updated in found
+    }
+
+
+def _breaker_text(breaker: dict[str, Any] | None) -> str:
+    if breaker is None:
+        return "-"
+    return f"{breaker['state']} (since {breaker['updated_at'][:19]})"
 
 
 @app.command()
@@ -250,6 +296,59 @@ def run_file(
     registry, tasks = _resolve(lambda: load_run_file(file))
     result = _resolve(
         lambda: run_with_progress(registry, tasks, name or file.stem, max_concurrency, as_json)
+    )
+    if as_json:
+        typer.echo(result.model_dump_json(indent=2))
+    else:
+        typer.echo(f"run {result.run_id}: {result.status.value}")
+        typer.echo(f"inspect it: orchestra show {result.run_id[:12]}")
+    raise typer.Exit(0 if result.ok else 1)
+
+
+@app.command()
+def resume(
+    run: Annotated[str, typer.Argument(help="Run id, or its first characters.")],
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Run failed tasks (and what they held back).")
+    ] = False,
+    file: Annotated[
+        Path | None, typer.Option(help="Take the agents from this run file's `registry`.")
+    ] = None,
+    agents: Annotated[
+        Path | None, typer.Option(help="Take the agents from this TOML file.")
+    ] = None,
+    max_concurrency: Annotated[int, typer.Option(help="Tasks at once.")] = 8,
+    as_json: JsonOption = False,
+) -> None:
+    """Finish a run whose process died: succeeded tasks are kept, the rest run.
+
+    The agents are those the run recorded (keys from the environment), unless --file or
+    --agents gives them (needed for providers registered in Python).
+    """
+    from orchestration.agent_registry import AgentRegistry
+    from orchestration.history import resolve_run
+    from orchestration.resume import load_run
+    from orchestration.runfile import load_run_file, resume_with_progress
+
+    ledger = _open_ledger()
+    try:
+        run_id = _resolve(lambda: resolve_run(ledger, run))
+        saved = _resolve(lambda: load_run(ledger, run_id))
+    finally:
+        ledger.close()
+    if file is not None and agents is not None:
+        typer.echo("error: give --file or --agents, not both.", err=True)
+        raise typer.Exit(2)
+    if file is not None:
+        registry = _resolve(lambda: load_run_file(file))[0]
+    elif agents is not None:
+        registry = _resolve(lambda: AgentRegistry.from_toml(agents))
+    else:
+        registry = _resolve(saved.registry)
+    result = _resolve(
+        lambda: resume_with_progress(
+            registry, run_id, saved.tasks, retry_failed, max_concurrency, as_json
+        )
     )
     if as_json:
         typer.echo(result.model_dump_json(indent=2))

@@ -246,8 +246,9 @@ class TaskExecutor:
         run = RunResult(run_id=run_id, name=saved.name)
         kept = saved.kept(retry_failed)
         run.results.update(kept)
+        crashed = saved.crashed()  # counts the attempts they were making
         with anyio.CancelScope(shield=True):
-            await recorder.resume_run(run_id, saved.crashed(), run.started_at)
+            await recorder.resume_run(run_id, crashed, run.started_at)
         plan = _Plan(graph, saved.tasks, None, budget_usd, kept, saved.attempts)
         return await self._execute(plan, run, recorder, on_task_done)
 

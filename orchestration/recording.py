@@ -152,13 +152,27 @@ class Recorder:
             ]
         )
 
-    async def resume_run(self, run_id: str, crashed: Sequence[str], started: datetime) -> None:
-        """Mark the run running again, in this process; tasks left running become crashed."""
-        error = f"crashed: its process died; resumed at {_ts(started)}"
+    async def resume_run(
+        self, run_id: str, crashed: Sequence[tuple[str, str, int, datetime | None]], now: datetime
+    ) -> None:
+        """Mark the run running again, in this process.
+
+        Each task left running, given as (task id, agent, attempt number, started), becomes
+        ``crashed``, and so does the attempt it was making: that call may have been paid
+        for, and the ledger says so.
+        """
+        error = f"crashed: its process died during this attempt; resumed at {_ts(now)}"
+        attempts = [
+            (run_id, task_id, agent, number, "unknown", None, None, "crashed", "Crashed", error)
+            + (None,) * 11
+            + (_ts(started or now), _ts(now))
+            for task_id, agent, number, started in crashed
+        ]
         await self.ledger.write(
             [
                 (RANK_RUN, _RESUME_RUN, [(os.getpid(), _HOST, run_id)]),
-                (RANK_TASK, _CRASHED, [(error, run_id, task_id) for task_id in crashed]),
+                (RANK_ATTEMPT, _INSERT_ATTEMPT, attempts),
+                (RANK_TASK, _CRASHED, [(error, run_id, task_id) for task_id, *_ in crashed]),
             ]
         )
 

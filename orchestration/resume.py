@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from sqlalchemy import text
 
@@ -30,6 +31,8 @@ class SavedRun:
     results: dict[str, TaskResult]  # tasks that reached a status, by id
     attempts: dict[str, int]  # attempts recorded, by task id
     agents: list[AgentConfig] = field(default_factory=list)
+    agent_of: dict[str, str] = field(default_factory=dict)  # task id -> agent, as recorded
+    started_of: dict[str, datetime | None] = field(default_factory=dict)
 
     def refuse_if_alive(self) -> None:
         """Raise if the process that runs this run is alive on this machine.
@@ -60,9 +63,17 @@ class SavedRun:
         keep = {TaskStatus.SUCCEEDED} | (set() if retry_failed else {TaskStatus.FAILED})
         return {tid: r for tid, r in self.results.items() if r.status in keep}
 
-    def crashed(self) -> list[str]:
-        """Tasks a dead process left running."""
-        return [tid for tid, r in self.results.items() if r.status is TaskStatus.RUNNING]
+    def crashed(self) -> list[tuple[str, str, int, datetime | None]]:
+        """Tasks a dead process left running: id, agent, the attempt it was making, start.
+
+        Counts that attempt in ``attempts``, so the next one is numbered after it.
+        """
+        found = []
+        for tid, result in self.results.items():
+            if result.status is TaskStatus.RUNNING:
+                self.attempts[tid] = number = self.attempts.get(tid, 0) + 1
+                found.append((tid, self.agent_of[tid], number, self.started_of.get(tid)))
+        return found
 
     def registry(self) -> AgentRegistry:
         """The run's agents as recorded (their keys come from the environment now)."""
@@ -98,8 +109,8 @@ def load_run(ledger: Ledger, run_id: str) -> SavedRun:
         rows = session.execute(
             text(
                 "SELECT task_id, status, output, error, attempts, execution_method, provider, "
-                "model, input_tokens, output_tokens, cost_usd, latency_s FROM task_runs "
-                "WHERE run_id = :id"
+                "model, input_tokens, output_tokens, cost_usd, latency_s, agent, started_at "
+                "FROM task_runs WHERE run_id = :id"
             ),
             {"id": run_id},
         ).all()
@@ -110,8 +121,12 @@ def load_run(ledger: Ledger, run_id: str) -> SavedRun:
         agents = session.execute(
             text("SELECT definition FROM run_agents WHERE run_id = :id"), {"id": run_id}
         ).all()
-    results = {}
-    for task_id, status, output, error, attempts, method, provider, model, i, o, cost, secs in rows:
+    results, agent_of, started_of = {}, {}, {}
+    for row in rows:
+        task_id, status, output, error, attempts, method, provider, model, i, o, cost, secs = row[
+            :12
+        ]
+        agent_of[task_id], started_of[task_id] = row[12], _moment(row[13])
         results[task_id] = TaskResult(
             task_id=task_id,
             status=TaskStatus(status),
@@ -133,4 +148,13 @@ def load_run(ledger: Ledger, run_id: str) -> SavedRun:
         results=results,
         attempts={task_id: int(n) for task_id, n in counted},
         agents=[AgentConfig.model_validate_json(a[0]) for a in agents],
+        agent_of=agent_of,
+        started_of=started_of,
     )
+
+
+def _moment(value: object) -> datetime | None:
+    """A timestamp as SQLite returns it (text) or another database does (datetime)."""
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value)).replace(tzinfo=UTC)

@@ -1,8 +1,9 @@
-"""``orchestra run FILE.py``: load a file's registry and tasks, run them with a live table."""
+"""``orchestra run FILE.py`` and ``orchestra resume RUN``: run a DAG with a live table."""
 
 from __future__ import annotations
 
 import runpy
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
@@ -12,7 +13,10 @@ from orchestration.agent_registry import AgentRegistry
 from orchestration.executor import RunResult, TaskExecutor
 from orchestration.tasks import AgentTask, TaskResult
 
-__all__ = ["load_run_file", "run_with_progress"]
+__all__ = ["load_run_file", "resume_with_progress", "run_with_progress"]
+
+# Starts the run on an executor, reporting each finished task to the callback.
+Start = Callable[[TaskExecutor, Callable[[TaskResult], None]], Awaitable[RunResult]]
 
 
 def load_run_file(path: Path) -> tuple[AgentRegistry, list[AgentTask]]:
@@ -43,14 +47,46 @@ def run_with_progress(
     quiet: bool,
 ) -> RunResult:
     """Run the DAG, showing each task's state live unless ``quiet``."""
+
+    async def start(executor: TaskExecutor, done: Callable[[TaskResult], None]) -> RunResult:
+        return await executor.run(tasks, name=name, on_task_done=done)
+
+    state = {task.task_id: "pending" for task in tasks}
+    return _with_progress(registry, start, name, state, max_concurrency, quiet)
+
+
+def resume_with_progress(
+    registry: AgentRegistry,
+    run_id: str,
+    tasks: list[AgentTask],
+    retry_failed: bool,
+    max_concurrency: int,
+    quiet: bool,
+) -> RunResult:
+    """Finish a recorded run (see ``TaskExecutor.resume``), showing it live unless ``quiet``."""
+
+    async def start(executor: TaskExecutor, done: Callable[[TaskResult], None]) -> RunResult:
+        return await executor.resume(run_id, retry_failed=retry_failed, on_task_done=done)
+
+    state = {task.task_id: "kept" for task in tasks}
+    return _with_progress(registry, start, run_id, state, max_concurrency, quiet)
+
+
+def _with_progress(
+    registry: AgentRegistry,
+    start: Start,
+    title: str,
+    state: dict[str, str],
+    max_concurrency: int,
+    quiet: bool,
+) -> RunResult:
     from rich.console import Console
     from rich.live import Live
     from rich.table import Table
 
-    state = {task.task_id: "pending" for task in tasks}
-
     def render() -> Table:
-        table = Table(title=f"{name}: {sum(s != 'pending' for s in state.values())}/{len(state)}")
+        ended = sum(s not in ("pending", "kept") for s in state.values())
+        table = Table(title=f"{title}: {ended}/{len(state)}")
         table.add_column("task", no_wrap=True)
         table.add_column("status")
         for task_id, status in state.items():
@@ -63,11 +99,8 @@ def run_with_progress(
             if live is not None:
                 live.update(render())
 
-        executor = TaskExecutor(registry=registry, max_concurrency=max_concurrency)
-        try:
-            return await executor.run(tasks, name=name, on_task_done=done)
-        finally:
-            await executor.aclose()
+        async with TaskExecutor(registry=registry, max_concurrency=max_concurrency) as executor:
+            return await start(executor, done)
 
     if quiet:
         return anyio.run(main, None)

@@ -246,12 +246,26 @@ async def test_an_open_circuit_sends_tasks_straight_to_the_fallback_then_probes(
         assert run.results["t5"].error == "not run: circuit open for openai-gpt"
         state = rows(ledger, "SELECT provider, state, consecutive_failures FROM breakers")
         assert state == [("openai-gpt", "open", 3)]
+        assert shown_breaker(ledger)["state"] == "open"  # what `orchestra providers` shows
         # After the cool-down one probe goes through; it succeeds and closes the circuit.
         server.plan = FaultPlan()
         clock.time += 30.0
         again = await executor.run([task("p1", agent="gpt"), task("p2", agent="gpt")])
         assert again.ok and breaker.state == "closed"
     assert rows(ledger, "SELECT state FROM breakers") == [("closed",)]
+
+
+def shown_breaker(ledger: Ledger) -> dict[str, Any]:
+    import json
+
+    from typer.testing import CliRunner
+
+    from orchestration.cli import app
+
+    shown = CliRunner().invoke(app, ["providers", "--json"], env={"ORCHESTRA_DB_URL": ledger.url})
+    found = {p["name"]: p["breaker"] for p in json.loads(shown.output)}
+    assert found["anthropic-claude"] is None
+    return dict(found["openai-gpt"])
 
 
 async def test_rate_limits_make_tasks_wait_not_fail(server: FaultServer, ledger: Ledger) -> None:

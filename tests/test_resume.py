@@ -1,0 +1,205 @@
+"""Resuming runs: after failures, and after ``kill -9`` of the process running them.
+
+The fault server's own call log says what was sent; a task that succeeded before the resume
+must never be sent again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llm_abstractions.errors import ConfigurationError
+from orchestration import AgentRegistry, AgentTask, RetryPolicy, TaskExecutor, TaskStatus
+from orchestration.ledger import Ledger
+from tests.fakes.faults import OK, FaultPlan, FaultServer
+
+pytestmark = pytest.mark.anyio
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultServer]:
+    with FaultServer() as running:
+        monkeypatch.setenv("OPENAI_BASE_URL", f"{running.url}/v1")
+        yield running
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[Ledger]:
+    opened = Ledger(f"sqlite:///{tmp_path / 'runs.db'}")
+    yield opened
+    opened.close()
+
+
+def rows(path: Path | None, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    assert path is not None
+    with sqlite3.connect(path) as connection:
+        return connection.execute(sql, params).fetchall()
+
+
+def registry() -> AgentRegistry:
+    agents = AgentRegistry()
+    agents.register_agent(
+        "gpt", "openai-gpt", model="gpt-4o-mini", api_key="k", script_fallback=False
+    )
+    return agents
+
+
+def task(tid: str, *deps: str) -> AgentTask:
+    return AgentTask(task_id=tid, description=f"[[task:{tid}]] go", agent="gpt", depends_on=deps)
+
+
+def seed_failing_only(failing: str, passing: list[str]) -> int:
+    """A seed under which, at a 50% rate of 500s, only ``failing`` fails its first call."""
+    for seed in range(1000):
+        plan = FaultPlan(rate=0.5, kinds={"500": 1}, seed=seed, max_faults_per_key=1)
+        if plan.pick(failing, 1, 0) != OK and all(plan.pick(p, 1, 0) == OK for p in passing):
+            return seed
+    raise AssertionError("no such seed")
+
+
+async def test_resume_keeps_what_succeeded_and_retries_failed_tasks_when_asked(
+    server: FaultServer, ledger: Ledger
+) -> None:
+    seed = seed_failing_only("b", ["a", "c", "d"])
+    server.plan = FaultPlan(rate=0.5, kinds={"500": 1}, seed=seed, max_faults_per_key=1)
+    tasks = [task("a"), task("b", "a"), task("c", "b"), task("d")]
+    async with TaskExecutor(registry(), ledger=ledger, retry=RetryPolicy.never()) as executor:
+        first = await executor.run(tasks)
+        statuses = {t: r.status for t, r in first.results.items()}
+        assert statuses == {
+            "a": TaskStatus.SUCCEEDED,
+            "b": TaskStatus.FAILED,
+            "c": TaskStatus.SKIPPED,
+            "d": TaskStatus.SUCCEEDED,
+        }
+        # Without --retry-failed nothing can run: b stays failed, c skipped.
+        unchanged = await executor.resume(first.run_id)
+        assert unchanged.results["b"].status is TaskStatus.FAILED
+        assert unchanged.results["c"].status is TaskStatus.SKIPPED
+        assert [c.key for c in server.log.calls].count("c") == 0 and len(server.log) == 3
+        again = await executor.resume(first.run_id, retry_failed=True)
+    assert again.ok and again.results["c"].output == "done:c"
+    assert again.results["a"].output == "done:a"  # kept from the ledger, fed to b
+    calls = Counter(c.key for c in server.log.calls)
+    assert calls == {"a": 1, "b": 2, "c": 1, "d": 1}
+    tried = rows(ledger.path, "SELECT task_id, attempt, status FROM attempts ORDER BY id")
+    assert tried[-2:] == [("b", 2, "succeeded"), ("c", 1, "succeeded")]
+    assert rows(ledger.path, "SELECT status FROM runs") == [("succeeded",)]
+
+
+async def test_resume_refuses_unknown_and_live_runs(server: FaultServer, ledger: Ledger) -> None:
+    async with TaskExecutor(registry(), ledger=ledger) as executor:
+        with pytest.raises(ConfigurationError, match="No run 'nope'"):
+            await executor.resume("nope")
+        done = await executor.run([task("a")])
+        with sqlite3.connect(ledger.path or "") as connection:  # as if this process ran it
+            connection.execute(
+                "UPDATE runs SET status = 'running', pid = ?, host = ?",
+                (os.getpid(), socket.gethostname()),
+            )
+        with pytest.raises(ConfigurationError, match="still being run by process"):
+            await executor.resume(done.run_id)
+    assert len(server.log) == 1
+
+
+CHILD = """
+import anyio, sys
+from orchestration import AgentRegistry, AgentTask, TaskExecutor
+from orchestration.ledger import Ledger
+
+registry = AgentRegistry()
+registry.register_agent("gpt", "openai-gpt", model="gpt-4o-mini", api_key_env="FAULT_KEY")
+tasks = []
+for layer in range(6):
+    for i in range(8):
+        deps = () if layer == 0 else (f"L{layer - 1}-{i}", f"L{layer - 1}-{(i + 1) % 8}")
+        tid = f"L{layer}-{i}"
+        tasks.append(AgentTask(task_id=tid, description=f"[[task:{tid}]] go", agent="gpt",
+                               depends_on=deps))
+
+async def main() -> None:
+    async with TaskExecutor(registry, ledger=Ledger(sys.argv[1]), max_concurrency=4) as ex:
+        await ex.run(tasks, run_id="killed")
+
+anyio.run(main)
+"""
+
+
+def test_kill_9_then_orchestra_resume_finishes_without_paying_twice(
+    server: FaultServer, tmp_path: Path
+) -> None:
+    server.plan = FaultPlan(latency=0.15)
+    database = tmp_path / "runs.db"
+    env = {
+        **os.environ,
+        "OPENAI_BASE_URL": f"{server.url}/v1",
+        "FAULT_KEY": "k-fault",
+        "ORCHESTRA_DB_URL": f"sqlite:///{database}",
+    }
+    script = tmp_path / "child.py"
+    script.write_text(textwrap.dedent(CHILD))
+    child = subprocess.Popen(  # noqa: S603 - our interpreter, our script
+        [sys.executable, str(script), f"sqlite:///{database}"], env=env, cwd=tmp_path
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert child.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "the run never got going"
+            if database.exists():
+                try:
+                    done = rows(
+                        database, "SELECT COUNT(*) FROM task_runs WHERE status = ?", "succeeded"
+                    )
+                except sqlite3.OperationalError:  # tables not there yet
+                    done = [(0,)]
+                if done[0][0] >= 12:
+                    break
+            time.sleep(0.02)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+    succeeded = {
+        t for (t,) in rows(database, "SELECT task_id FROM task_runs WHERE status = 'succeeded'")
+    }
+    running = {
+        t for (t,) in rows(database, "SELECT task_id FROM task_runs WHERE status = 'running'")
+    }
+    assert 12 <= len(succeeded) < 48 and running
+    before = Counter(c.key for c in server.log.calls)
+    server.plan = FaultPlan()
+
+    resumed = subprocess.run(  # noqa: S603 - the installed CLI
+        [Path(sys.executable).with_name("orchestra"), "resume", "killed", "--json"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    after = Counter(c.key for c in server.log.calls)
+    assert all(after[t] == before[t] for t in succeeded)  # nothing that succeeded was re-sent
+    assert set(after) == {f"L{layer}-{i}" for layer in range(6) for i in range(8)}
+    statuses = rows(database, "SELECT status, COUNT(*) FROM task_runs GROUP BY status")
+    assert statuses == [("succeeded", 48)]
+    crashed = rows(database, "SELECT task_id, status FROM attempts WHERE status = 'crashed'")
+    assert {t for t, _ in crashed} == running  # the interrupted attempts are on record
+    assert rows(database, "PRAGMA integrity_check") == [("ok",)]
+    assert rows(database, "SELECT status FROM runs") == [("succeeded",)]
+    assert "k-fault" not in database.read_bytes().decode("latin-1")  # the key was never stored
