@@ -148,6 +148,27 @@ async def test_authentication_and_context_errors_are_never_retried(
     assert rows(ledger, "SELECT COUNT(*) FROM attempts")[0][0] == 2
 
 
+async def test_anthropic_overload_529_is_retried_until_it_answers(
+    server: FaultServer, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server.plan = FaultPlan(rate=1.0, kinds={"529": 1}, max_faults_per_key=2)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k-anthropic")
+    registry = AgentRegistry()
+    registry.register_agent("claude", "anthropic-claude", model="claude-haiku-4-5")
+    clock = FakeClock()
+    async with TaskExecutor(registry, ledger=ledger, clock=clock) as executor:
+        result = await executor.execute(task("o", agent="claude"))
+    assert result.succeeded and result.output == "done:o" and result.attempts == 3
+    assert [(c.route, c.kind) for c in server.log.calls] == [
+        ("anthropic", "529"),
+        ("anthropic", "529"),
+        ("anthropic", "ok"),
+    ]
+    assert len(clock.sleeps) == 2  # backoff: no Retry-After on a 529
+    errors = rows(ledger, "SELECT error_type FROM attempts ORDER BY attempt")
+    assert errors == [("LLMOverloadedError",), ("LLMOverloadedError",), (None,)]
+
+
 async def test_retry_after_is_honoured_up_to_the_cap(server: FaultServer, ledger: Ledger) -> None:
     server.plan = FaultPlan(rate=1.0, kinds={"429": 1}, retry_after=7.0, max_faults_per_key=2)
     clock = FakeClock()
