@@ -201,7 +201,11 @@ class _Attempts:
     async def _link(self, label: str, link: AgentConfig, primary: bool) -> str:
         """Try one link; "done" ends the task, "next" moves on to the next link."""
         runner, retry = self.runner, self.runner.retry
-        request = self.request if primary else build_request(self.task, link, self.upstream)
+        try:
+            request = self.request if primary else build_request(self.task, link, self.upstream)
+        except ConfigurationError as exc:  # this fallback's own settings are invalid
+            self.reason = f"{label} was skipped: {exc}"
+            return "next"
         key = self._cache_key(link, request)
         if key is not None:
             hit = await self._cached(key, link)

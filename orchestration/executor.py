@@ -556,11 +556,13 @@ class _Scheduler:
     def _finish(self, tid: str, tries: list[TaskResult]) -> None:
         """Publish a task's result (recorded by now) and release its dependents."""
         task, agent = self.tasks[tid], self.agents[tid]
-        for number, attempt in enumerate(tries, start=1):
+        made = [t for t in tries if t.metadata.get("attempted", True)]
+        before = self.attempts_before.get(tid, 0)
+        for number, attempt in enumerate(made, start=before + 1):
             _log_attempt(self.log, task, agent, number, attempt)
         result = tries[-1]
-        if len(tries) > 1:
-            result = result.model_copy(update={"attempts": len(tries)})
+        if result.attempts != before + len(made):  # counted as the ledger counts them
+            result = result.model_copy(update={"attempts": before + len(made)})
         self.run_result.results[tid] = result
         self.unfinished -= 1
         self._done(result)
