@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.abc
 import anyio.lowlevel
-import structlog
 from pydantic import BaseModel, Field
 
 from llm_abstractions.base import BaseLlm
@@ -43,6 +42,7 @@ from orchestration.agent_registry import AgentConfig, AgentRegistry
 from orchestration.chain import TaskRunner
 from orchestration.errors import LedgerError
 from orchestration.graph import validate_tasks
+from orchestration.logs import get_logger
 from orchestration.resilience import (
     BreakerPolicy,
     Budget,
@@ -412,7 +412,7 @@ class _Scheduler:
         self.idle: list[_IdleWorker] = []
         self.committing: dict[Commit, list[tuple[str, list[TaskResult]]]] = {}
         # Bound once: binding at every event cost more than the rest of the logging.
-        self.log = structlog.get_logger("orchestra").bind(run=run.run_id)
+        self.log = get_logger().bind(run=run.run_id)
         self.tg: anyio.abc.TaskGroup | None = None
         self.recorder: Recorder | None = None
         self.on_task_done: Callable[[TaskResult], None] | None = None
@@ -676,7 +676,7 @@ async def _record_end(recorder: Recorder, run: RunResult) -> None:
     except LedgerError:
         if sys.exception() is None:
             raise
-        structlog.get_logger("orchestra").warning("could not record the end of the run")
+        get_logger().warning("could not record the end of the run")
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:

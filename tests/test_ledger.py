@@ -113,6 +113,37 @@ async def test_canary_key_never_reaches_the_ledger_or_the_logs(
     assert CANARY not in caplog.text
 
 
+QUIET = """
+import anyio, logging, sys
+from llm_abstractions import LlmFactory
+from llm_abstractions.testing import FunctionLlm
+from orchestration import AgentRegistry, AgentTask, TaskExecutor
+if sys.argv[1] == "logging":
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+LlmFactory.register_provider("echo", lambda **_: FunctionLlm(lambda r: "ok"))
+registry = AgentRegistry()
+registry.register_agent("w", "echo")
+async def main():
+    async with TaskExecutor(registry=registry, record=False) as executor:
+        assert (await executor.run([AgentTask(task_id="t", description="x", agent="w")])).ok
+anyio.run(main)
+"""
+
+
+@pytest.mark.parametrize("setup", ["none", "logging"])
+def test_attempt_events_follow_the_applications_logging(setup: str, tmp_path: Path) -> None:
+    """A library user who set up nothing sees nothing; one who set up logging sees events."""
+    ran = subprocess.run(  # noqa: S603 - our interpreter, our code
+        [sys.executable, "-c", QUIET, setup], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout == ""
+    if setup == "none":
+        assert ran.stderr == ""
+    else:
+        assert "INFO:orchestra:event='attempt'" in ran.stderr and "task='t'" in ran.stderr
+
+
 async def test_unwritable_ledger_stops_before_spending(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
