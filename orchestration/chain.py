@@ -145,7 +145,7 @@ class TaskRunner:
             return [_not_attempted(task, agent, TaskStatus.FAILED, exc)]
         if agent.interface is not AgentInterface.API:
             return [await script_attempt(task, agent, request)]
-        estimate = _estimate_cost(agent, request)
+        estimate = 0.0 if budget is None else _estimate_cost(agent, request)
         if budget is not None and not budget.admit(estimate):
             spent = f"${budget.spent:.4f} spent, ${budget.reserved:.4f} in flight"
             return [
@@ -225,7 +225,7 @@ class _Attempts:
                 return "done"
             if wait > 0:
                 await runner.clock.sleep(wait)
-            tokens = sum(estimate_tokens(request))
+            tokens = 0 if limiter is None else sum(estimate_tokens(request))
             if limiter is not None:
                 wait += await limiter.acquire(tokens)
             if breaker is not None and not breaker.allow():  # asked last: a probe is a call
