@@ -14,6 +14,7 @@ OrchestraError
 │   ├── MissingCredentialsError             no API key; names the environment variable
 │   ├── ModelFileError                      the local model file is missing or not GGUF
 │   └── InvalidRequestError                 a request that fails validation
+│       └── ModelNotFoundError              the provider has no such model (HTTP 404)
 └── LLMError                                a provider failed to serve a request
     ├── LLMAuthenticationError              rejected credentials (never retried)
     ├── LLMRateLimitError                   429; carries ``retry_after`` seconds if known
@@ -47,6 +48,7 @@ __all__ = [
     "LLMTimeoutError",
     "MissingCredentialsError",
     "ModelFileError",
+    "ModelNotFoundError",
     "OrchestraError",
     "ProviderNotImplementedError",
     "ProviderNotInstalledError",
@@ -123,6 +125,14 @@ class InvalidRequestError(ConfigurationError):
     """A request (messages, parameters) failed validation before anything was sent."""
 
 
+class ModelNotFoundError(InvalidRequestError):
+    """The provider does not have the requested model (HTTP 404): pull it, or name another.
+
+    Still the caller's request, but another provider or model may serve it, so a fallback
+    chain moves on.
+    """
+
+
 class LLMError(OrchestraError):
     """A provider failed to serve a request.
 
@@ -175,15 +185,22 @@ class LLMServerError(LLMError):
 
     Attributes:
         status_code: The HTTP status, when there was one.
+        retry_after: Seconds the provider asked us to wait (a 503 or 529 may say), or None.
     """
 
     retryable = True
 
     def __init__(
-        self, message: str, *, provider: str | None = None, status_code: int | None = None
+        self,
+        message: str,
+        *,
+        provider: str | None = None,
+        status_code: int | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message, provider=provider)
         self.status_code = status_code
+        self.retry_after = retry_after
 
 
 class LLMOverloadedError(LLMServerError):

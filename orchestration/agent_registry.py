@@ -119,6 +119,7 @@ class AgentRegistry:
 
     def __init__(self) -> None:
         self._agents: dict[str, AgentConfig] = {}
+        self.version = 0  # changes whenever an agent is added or replaced
 
     def register_agent(
         self,
@@ -172,6 +173,7 @@ class AgentRegistry:
         except ValidationError as exc:
             raise ConfigurationError(describe_validation_error(f"agent {name!r}", exc)) from None
         self._agents[name] = config
+        self.version += 1
         return config
 
     def get(self, name: str) -> AgentConfig:

@@ -23,6 +23,7 @@ from llm_abstractions.errors import (
     LLMRateLimitError,
     MissingCredentialsError,
     ModelFileError,
+    ModelNotFoundError,
     OrchestraError,
     ProviderNotImplementedError,
     ProviderNotInstalledError,
@@ -89,10 +90,11 @@ class FailureKind:
 
 
 # Failures no retry fixes but another provider or model might: a rejected key, a prompt too
-# long for this model, a provider this machine cannot run.
+# long for this model, a model the provider does not have, a provider this machine cannot run.
 _PROVIDER_FAILURES = (
     LLMAuthenticationError,
     LLMContextLengthError,
+    ModelNotFoundError,
     MissingCredentialsError,
     ModelFileError,
     ProviderNotImplementedError,
@@ -199,8 +201,9 @@ def _failed(
     else:
         # Providers and scripts may echo what they were sent; keys must not travel further.
         message = f"{type(exc).__name__}: {exc}"
+    # Could the script serve instead? Not for a rate limit: it would meet the same one.
     unavailable = isinstance(exc, ProviderNotInstalledError | ProviderNotImplementedError) or (
-        isinstance(exc, LLMError) and exc.retryable
+        isinstance(exc, LLMError) and exc.retryable and not isinstance(exc, LLMRateLimitError)
     )
     error_type = f"script:{exc.kind}" if isinstance(exc, ScriptError) else type(exc).__name__
     meta = {
@@ -209,8 +212,9 @@ def _failed(
         "provider_unavailable": unavailable,
         "failure_kind": failure_kind(exc),
     }
-    if isinstance(exc, LLMRateLimitError) and exc.retry_after is not None:
-        meta["retry_after_s"] = exc.retry_after
+    asked = getattr(exc, "retry_after", None)  # rate limits, and 503/529 that say so
+    if isinstance(asked, int | float):
+        meta["retry_after_s"] = float(asked)
     return TaskResult(
         task_id=task.task_id,
         status=TaskStatus.FAILED,

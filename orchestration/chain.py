@@ -30,6 +30,7 @@ from orchestration.attempts import FailureKind, llm_attempt, script_attempt, scr
 from orchestration.cache import ResponseCache, cache_key
 from orchestration.prompts import build_request
 from orchestration.resilience import (
+    CALL,
     BreakerPolicy,
     Budget,
     CircuitBreaker,
@@ -73,23 +74,37 @@ class TaskRunner:
         self.on_breaker_change: Callable[[CircuitBreaker], None] | None = None
         self.cache_default = cache
         self.rng = random.Random()  # noqa: S311 - jitter, not secrets
-        self._chains: dict[str, list[tuple[str, AgentConfig]]] = {}
+        # Per agent name: the registry's version it was built from, and the links.
+        self._chains: dict[str, tuple[int, list[tuple[str, AgentConfig]]]] = {}
 
     def chain(self, agent: AgentConfig) -> list[tuple[str, AgentConfig]]:
         """The agent's links as (label, agent settings), the agent first.
 
         Raises:
-            ConfigurationError: A fallback names no agent and no provider.
+            ConfigurationError: A fallback names no agent and no provider, or a script
+                agent is part of a chain.
         """
-        links = self._chains.get(agent.name)
-        if links is not None:
-            return links
+        cached = self._chains.get(agent.name)
+        if cached is not None and cached[0] == self.registry.version and cached[1][0][1] is agent:
+            return cached[1]
         from llm_abstractions.factory import LlmFactory
 
+        if agent.fallbacks and agent.interface is not AgentInterface.API:
+            raise ConfigurationError(
+                f"Agent {agent.name!r} runs a script ({agent.interface.value}): it cannot have "
+                "fallbacks. Give them to an API agent instead."
+            )
         links = [(agent.name, agent)]
         for entry in agent.fallbacks:
             if entry in self.registry:
-                links.append((entry, self.registry.get(entry)))
+                fallback = self.registry.get(entry)
+                if fallback.interface is not AgentInterface.API:
+                    raise ConfigurationError(
+                        f"Agent {agent.name!r} has fallback {entry!r}, a "
+                        f"{fallback.interface.value} agent: fallbacks must be API agents (the "
+                        "script fallback comes last on its own)."
+                    )
+                links.append((entry, fallback))
                 continue
             provider, _, model = entry.partition(":")
             try:
@@ -100,18 +115,18 @@ class TaskRunner:
                     f"agent ({', '.join(self.registry.names())}) nor 'provider' or "
                     "'provider:model' with a known provider."
                 ) from None
+            same = spec.name == agent.agent_type  # then the agent's own key still applies
             derived = agent.model_copy(
                 update={
                     "agent_type": spec.name,
                     "model": model or None,
-                    "interface": AgentInterface.API,
-                    "api_key": None,
-                    "api_key_env": None,
+                    "api_key": agent.api_key if same else None,
+                    "api_key_env": agent.api_key_env if same else None,
                     "fallbacks": (),
                 }
             )
             links.append((entry, derived))
-        self._chains[agent.name] = links
+        self._chains[agent.name] = (self.registry.version, links)
         return links
 
     def breaker(self, provider: str) -> CircuitBreaker | None:
@@ -137,16 +152,23 @@ class TaskRunner:
         *,
         budget: Budget | None = None,
         cache: ResponseCache | None = None,
+        on_attempt: Callable[[TaskResult], None] | None = None,
     ) -> list[TaskResult]:
-        """Every attempt at ``task``, in order; the last one is the task's outcome."""
+        """Every attempt at ``task``, in order; the last one is the task's outcome.
+
+        ``on_attempt`` is called with each attempt made (not with outcomes no attempt
+        produced, such as a budget refusal) as soon as it ends.
+        """
+        attempts = _Attempts(self, task, agent, upstream, cache, on_attempt)
         try:
             request = build_request(task, agent, upstream)
         except ConfigurationError as exc:  # bad settings: nothing to try
             return [_not_attempted(task, agent, TaskStatus.FAILED, exc)]
         if agent.interface is not AgentInterface.API:
-            return [await script_attempt(task, agent, request)]
+            attempts.add(await script_attempt(task, agent, request))
+            return attempts.tries
         estimate = 0.0 if budget is None else _estimate_cost(agent, request)
-        if budget is not None and not budget.admit(estimate):
+        if budget is not None and not await budget.admit(estimate):
             spent = f"${budget.spent:.4f} spent, ${budget.reserved:.4f} in flight"
             return [
                 _not_attempted(
@@ -157,13 +179,12 @@ class TaskRunner:
                     f"${budget.limit:.4f} ({spent})",
                 )
             ]
-        tries: list[TaskResult] = []
         try:
-            await _Attempts(self, task, agent, upstream, request, cache, tries).run()
+            await attempts.run(request)
         finally:
             if budget is not None:
-                budget.settle(estimate, sum(t.cost_usd or 0.0 for t in tries))
-        return tries
+                budget.settle(estimate, sum(t.cost_usd or 0.0 for t in attempts.tries))
+        return attempts.tries
 
 
 class _Attempts:
@@ -175,67 +196,92 @@ class _Attempts:
         task: AgentTask,
         agent: AgentConfig,
         upstream: dict[str, str],
-        request: LlmRequest,
         cache: ResponseCache | None,
-        tries: list[TaskResult],
+        on_attempt: Callable[[TaskResult], None] | None,
     ) -> None:
         self.runner = runner
         self.task = task
         self.agent = agent
         self.upstream = upstream
-        self.request = request
         self.cache = cache
-        self.tries = tries
+        self.on_attempt = on_attempt
+        self.tries: list[TaskResult] = []
         self.started = runner.clock.now()
         self.reason: str | None = None  # why the next attempt is on another link
         self.primary_failure: TaskResult | None = None
         self.primary_open = False
 
-    async def run(self) -> None:
-        for number, (label, link) in enumerate(self.runner.chain(self.agent)):
-            outcome = await self._link(label, link, number == 0)
-            if outcome == "done":
-                return
-        await self._last_resort()
+    def add(self, result: TaskResult) -> None:
+        """One more result; an attempt made is reported at once."""
+        self.tries.append(result)
+        if self.on_attempt is not None and result.metadata.get("attempted", True):
+            self.on_attempt(result)
 
-    async def _link(self, label: str, link: AgentConfig, primary: bool) -> str:
-        """Try one link; "done" ends the task, "next" moves on to the next link."""
+    async def run(self, request: LlmRequest) -> None:
+        links = self.runner.chain(self.agent)
+        for number, (label, link) in enumerate(links):
+            last = number == len(links) - 1
+            outcome = await self._link(label, link, request if number == 0 else None, last)
+            if outcome == "done":
+                break
+        else:
+            await self._last_resort(request)
+        if not self.tries:  # out of time before any link could try
+            self.add(
+                _not_attempted(
+                    self.task,
+                    self.agent,
+                    TaskStatus.FAILED,
+                    f"not run: {self.reason or 'out of time'}",
+                    error_type="NotAttempted",
+                )
+            )
+
+    async def _link(
+        self, label: str, link: AgentConfig, request: LlmRequest | None, last: bool
+    ) -> str:
+        """Try one link; "done" ends the task, "next" moves on to the next link.
+
+        ``request`` is the primary link's (None: build this link's own). A provider that
+        asks to wait longer than the cap is left for the next link, unless this is the last.
+        """
         runner, retry = self.runner, self.runner.retry
-        try:
-            request = self.request if primary else build_request(self.task, link, self.upstream)
-        except ConfigurationError as exc:  # this fallback's own settings are invalid
-            self.reason = f"{label} was skipped: {exc}"
-            return "next"
+        primary = request is not None
+        if request is None:
+            try:
+                request = build_request(self.task, link, self.upstream)
+            except ConfigurationError as exc:  # this fallback's own settings are invalid
+                self.reason = f"{label} was skipped: {exc}"
+                return "next"
         key = self._cache_key(link, request)
         if key is not None:
             hit = await self._cached(key, link)
             if hit is not None:
-                self.tries.append(hit)
+                self.add(hit)
                 return "done"
         limiter = runner.limiters.get(link.agent_type)
-        breaker = runner.breaker(link.agent_type)
         wait = 0.0
         error = None
         for number in range(1, retry.max_attempts + 1):
             if runner.clock.now() - self.started + wait > retry.max_total_s:
+                self.reason = self.reason or f"{label} ran out of time ({retry.max_total_s} s)"
                 return "done"  # out of time: the last failure stands
             over = self._over_task_budget(link, request)
             if over is not None:
-                self.tries.append(over)
+                self.add(over)
                 return "done"
             if wait > 0:
                 await runner.clock.sleep(wait)
-            tokens = 0 if limiter is None else sum(estimate_tokens(request))
+            taken = 0.0
             if limiter is not None:
-                wait += await limiter.acquire(tokens)
-            if breaker is not None and not breaker.allow():  # asked last: a probe is a call
+                limited, taken = await limiter.acquire(sum(estimate_tokens(request)))
+                wait += limited
+            result = await self._call(link, request, limiter, taken)
+            if result is None:  # the circuit is open
                 self.primary_open = self.primary_open or primary
                 self.reason = f"circuit open for {link.agent_type}"
                 return "next"
-            result = await self._call(link, request, breaker)
-            if limiter is not None:
-                limiter.correct(tokens, result.usage.total_tokens if result.succeeded else None)
-            self.tries.append(self._annotate(result, link, wait, key))
+            self.add(self._annotate(result, link, wait, key))
             kind = result.metadata.get("failure_kind")
             if primary and not result.succeeded:
                 self.primary_failure = result
@@ -245,25 +291,50 @@ class _Attempts:
             if kind == FailureKind.PROVIDER:
                 self.reason = f"{label} cannot serve it: {error}"
                 return "next"
-            wait = retry.backoff(number, result.metadata.get("retry_after_s"), runner.rng)
+            asked = result.metadata.get("retry_after_s")
+            if asked is not None and asked > retry.retry_after_cap_s and not last:
+                self.reason = (
+                    f"{label} asked to wait {asked:g} s (more than the {retry.retry_after_cap_s:g}"
+                    f" s cap) after {error}"
+                )
+                return "next"
+            wait = retry.backoff(number, asked, runner.rng)
         self.reason = f"{label} failed {retry.max_attempts} time(s), the last with {error}"
         return "next"
 
     async def _call(
-        self, link: AgentConfig, request: LlmRequest, breaker: CircuitBreaker | None
-    ) -> TaskResult:
-        """One attempt through the link's provider; its breaker learns how it went."""
+        self,
+        link: AgentConfig,
+        request: LlmRequest,
+        limiter: RateLimiter | None,
+        taken: float,
+    ) -> TaskResult | None:
+        """One attempt through the link's provider, if its circuit lets it through.
+
+        Its breaker and rate limiter learn how it went. None: the circuit is open.
+        """
+        breaker = self.runner.breaker(link.agent_type)
+        ticket = CALL if breaker is None else breaker.allow()
+        if ticket is None:
+            if limiter is not None:
+                limiter.refund(taken)
+            return None
         try:
             result = await llm_attempt(self.task, link, request, lambda: self.runner.provider(link))
         except BaseException:
             if breaker is not None:
-                breaker.abandoned()
+                breaker.abandoned(ticket)
             raise
+        if limiter is not None:
+            limiter.correct(taken, result.usage.total_tokens if result.succeeded else None)
         if breaker is not None:
-            if result.metadata.get("failure_kind") == FailureKind.TRANSIENT:
-                breaker.failed()
-            else:  # answered, or rightly refused: the provider is up
-                breaker.succeeded()
+            kind = result.metadata.get("failure_kind")
+            if result.succeeded or kind == FailureKind.REQUEST:
+                breaker.succeeded(ticket)  # answered, or rightly refused: the provider is up
+            elif kind == FailureKind.TRANSIENT and result.metadata["error_type"] != _RATE_LIMITED:
+                breaker.failed(ticket)
+            else:  # a rate limit, or a failure of ours (a key, an SDK): no verdict
+                breaker.abandoned(ticket)
         return result
 
     def _cache_key(self, link: AgentConfig, request: LlmRequest) -> str | None:
@@ -294,8 +365,7 @@ class _Attempts:
             task_id=self.task.task_id,
             status=TaskStatus.SUCCEEDED,
             output=hit.output,
-            usage=hit.usage,
-            cost_usd=0.0,
+            cost_usd=0.0,  # and no tokens: none were used for this answer
             latency_s=perf_counter() - started,
             attempts=1,
             metadata=meta,
@@ -310,7 +380,8 @@ class _Attempts:
         meta["wait_s"] = wait
         if self.reason is not None:
             meta["fallback_reason"], self.reason = self.reason, None
-        if key is not None and result.succeeded and meta.get("finish_reason") != "length":
+        complete = meta.get("finish_reason") not in ("length", "content_filter")
+        if key is not None and result.succeeded and complete:
             meta["cache_key"] = key
         return result
 
@@ -330,17 +401,19 @@ class _Attempts:
             f"would exceed the task's budget of ${limit:.4f}",
         )
 
-    async def _last_resort(self) -> None:
-        """The bundled script for the agent's own provider, if the provider could not serve."""
+    async def _last_resort(self, request: LlmRequest) -> None:
+        """The bundled script for the agent's own provider, if it could not serve.
+
+        Not when its circuit is open: the script would go around the breaker to a provider
+        that is failing.
+        """
         failure = self.primary_failure
-        unavailable = self.primary_open or (
-            failure is not None and bool(failure.metadata.get("provider_unavailable"))
-        )
-        if unavailable and script_can_stand_in(self.agent):
-            result = await script_attempt(self.task, self.agent, self.request)
-            self.tries.append(self._annotate(result, self.agent, 0.0, None))
-        elif not self.tries:  # every link's circuit was open, and no script can stand in
-            self.tries.append(
+        unavailable = failure is not None and bool(failure.metadata.get("provider_unavailable"))
+        if unavailable and not self.primary_open and script_can_stand_in(self.agent):
+            result = await script_attempt(self.task, self.agent, request)
+            self.add(self._annotate(result, self.agent, 0.0, None))
+        elif not self.tries:  # every link's circuit was open
+            self.add(
                 _not_attempted(
                     self.task,
                     self.agent,
@@ -349,6 +422,9 @@ class _Attempts:
                     error_type="CircuitOpen",
                 )
             )
+
+
+_RATE_LIMITED = "LLMRateLimitError"
 
 
 def _model(agent: AgentConfig) -> str | None:

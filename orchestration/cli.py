@@ -318,6 +318,13 @@ def resume(
         Path | None, typer.Option(help="Take the agents from this TOML file.")
     ] = None,
     max_concurrency: Annotated[int, typer.Option(help="Tasks at once.")] = 8,
+    budget: Annotated[
+        float | None,
+        typer.Option(help="USD what runs now may spend (default: what is left of the run's)."),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Resume a run recorded as running on another host.")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Finish a run whose process died: succeeded tasks are kept, the rest run.
@@ -343,11 +350,18 @@ def resume(
         registry = _resolve(lambda: load_run_file(file))[0]
     elif agents is not None:
         registry = _resolve(lambda: AgentRegistry.from_toml(agents))
-    else:
+    elif saved.agents:
         registry = _resolve(saved.registry)
+    else:
+        typer.echo(
+            f"error: run {run_id} recorded no agents (it predates that); give them with "
+            "--file RUN_FILE.py or --agents AGENTS.toml.",
+            err=True,
+        )
+        raise typer.Exit(2)
     result = _resolve(
         lambda: resume_with_progress(
-            registry, run_id, saved.tasks, retry_failed, max_concurrency, as_json
+            registry, run_id, saved.tasks, retry_failed, max_concurrency, as_json, budget, force
         )
     )
     if as_json:

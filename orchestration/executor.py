@@ -46,6 +46,7 @@ from orchestration.logs import get_logger
 from orchestration.resilience import (
     BreakerPolicy,
     Budget,
+    CircuitBreaker,
     Clock,
     RateLimit,
     RetryPolicy,
@@ -145,6 +146,8 @@ class TaskExecutor:
             breaker=(breaker or BreakerPolicy()) if breakers else None,
             cache=cache,
         )
+        self._recording: list[Recorder] = []  # the recorders of the runs in progress
+        self.runner.on_breaker_change = self._breaker_changed
 
     async def execute(self, task: AgentTask, agent: str | None = None) -> TaskResult:
         """Run one task (its dependencies are ignored) on ``agent`` or the task's own agent.
@@ -195,6 +198,8 @@ class TaskExecutor:
         if run_id is not None and not _RUN_ID.fullmatch(run_id):
             raise ConfigurationError(f"run_id {run_id!r} must be 1-64 letters, digits, '-' or '_'.")
         graph = self._validate(tasks, default, budget_usd)
+        if default is not None:  # recorded with their agent, so that a resume needs no default
+            tasks = [t if t.agent else t.model_copy(update={"agent": default}) for t in tasks]
         recorder = await self._recorder()
         if run_id is not None and recorder is not None:
             await self._check_new(run_id)
@@ -202,7 +207,12 @@ class TaskExecutor:
         if recorder is not None:
             with anyio.CancelScope(shield=True):  # a recorded start is always finished
                 await recorder.start_run(
-                    run.run_id, name, tasks, run.started_at, self._agents_of(tasks, default)
+                    run.run_id,
+                    name,
+                    tasks,
+                    run.started_at,
+                    self._agents_of(tasks, default),
+                    budget_usd,
                 )
         return await self._execute(
             _Plan(graph, tasks, default, budget_usd), run, recorder, on_task_done
@@ -215,34 +225,47 @@ class TaskExecutor:
         retry_failed: bool = False,
         on_task_done: Callable[[TaskResult], None] | None = None,
         budget_usd: float | None = None,
+        force: bool = False,
     ) -> RunResult:
         """Finish a recorded run: what succeeded is kept, everything else runs.
 
         Tasks that succeeded are not run again; their recorded outputs feed their
-        dependents. Tasks a dead process left ``running`` are recorded ``crashed`` and run
+        dependents. Tasks a dead process left ``running`` get a ``crashed`` attempt and run
         again, as do skipped, cancelled, pending and ``budget_exceeded`` ones; failed tasks
         only with ``retry_failed``. The tasks are the recorded definitions; the agents are
-        this executor's registry.
+        this executor's registry. A run that succeeded is returned as it is.
 
         Args:
             run_id: The run, as ``orchestra runs`` shows it.
             retry_failed: Run failed tasks (and what they held back) again.
             on_task_done: As for ``run``; called for the tasks that run now.
-            budget_usd: A budget for what runs now.
+            budget_usd: The most what runs now may spend; when None, what is left of the
+                run's own budget (if it had one).
+            force: Resume a run recorded as running on another machine (whose process
+                cannot be checked from here).
 
         Raises:
-            ConfigurationError: No such run, the process running it is still alive, or
-                an agent it needs is not in the registry.
+            ConfigurationError: No such run, its process is still alive (or on another
+                machine, without ``force``), another process resumed it first, or an agent
+                it needs is not in the registry.
             LedgerError: The executor records nothing (``record=False``).
         """
-        from orchestration.resume import load_run
+        from orchestration.resume import claim_run, load_run
 
         recorder = await self._recorder()
         if recorder is None or self.ledger is None:
             raise LedgerError("resume needs the run ledger: build the executor with record=True.")
         saved = await anyio.to_thread.run_sync(load_run, self.ledger, run_id)
-        saved.refuse_if_alive()
+        if saved.status == RunStatus.SUCCEEDED:
+            return saved.as_result()
+        saved.refuse_if_alive(force)
+        if budget_usd is None and saved.budget_usd is not None:
+            budget_usd = max(0.0, saved.budget_usd - saved.spent)
         graph = self._validate(saved.tasks, None, budget_usd)
+        if not await anyio.to_thread.run_sync(claim_run, self.ledger, saved):
+            raise ConfigurationError(
+                f"Run {run_id!r} was just resumed by another process; leave it to that one."
+            )
         run = RunResult(run_id=run_id, name=saved.name)
         kept = saved.kept(retry_failed)
         run.results.update(kept)
@@ -251,6 +274,10 @@ class TaskExecutor:
             await recorder.resume_run(run_id, crashed, run.started_at)
         plan = _Plan(graph, saved.tasks, None, budget_usd, kept, saved.attempts)
         return await self._execute(plan, run, recorder, on_task_done)
+
+    def _breaker_changed(self, breaker: CircuitBreaker) -> None:
+        if self._recording:  # recorded by a run in progress (any: the state is shared)
+            self._recording[-1].breaker_changed(breaker)
 
     def _validate(
         self, tasks: Sequence[AgentTask], default: str | None, budget_usd: float | None
@@ -290,7 +317,7 @@ class TaskExecutor:
             from orchestration.cache import ResponseCache
 
             scheduler.cache = ResponseCache(self.ledger)
-            self.runner.on_breaker_change = recorder.breaker_changed
+            self._recording.append(recorder)
         try:
             await scheduler.run()
         except ExceptionGroup as group:
@@ -301,7 +328,8 @@ class TaskExecutor:
             run.status = RunStatus.FAILED
             raise _first(ledger_errors) from None
         finally:
-            self.runner.on_breaker_change = None
+            if recorder in self._recording:
+                self._recording.remove(recorder)
             run.finished_at = datetime.now(UTC)
             if run.status is RunStatus.RUNNING:
                 run.status = _run_status(run, len(plan.tasks))
@@ -410,7 +438,8 @@ class _Scheduler:
         self.order = itertools.count()
         self.unfinished = 0  # claimed tasks whose dependents are not released yet
         self.idle: list[_IdleWorker] = []
-        self.committing: dict[Commit, list[tuple[str, list[TaskResult]]]] = {}
+        self.committing: dict[Commit, list[tuple[str, TaskResult]]] = {}
+        self.made: dict[str, int] = {}  # attempts numbered so far, by task
         # Bound once: binding at every event cost more than the rest of the logging.
         self.log = get_logger().bind(run=run.run_id)
         self.tg: anyio.abc.TaskGroup | None = None
@@ -528,56 +557,69 @@ class _Scheduler:
             self._end_without_running(tid, TaskStatus.CANCELLED, "cancelled")
             raise
         self._take(tid, +1)  # the provider is done: the slot may serve another task now
+        result = tries[-1]
+        made = self.made.get(tid, self.attempts_before.get(tid, 0))
+        if result.attempts != made:  # counted as the ledger counts them
+            result = result.model_copy(update={"attempts": made})
         if self.recorder is None:
-            self._finish(tid, tries)
+            self._finish(tid, result)
             return
         # Committed before any dependent starts: a resumed run never pays for it again. The
         # tasks of one group commit are finished together, by one coroutine.
-        commit = self.recorder.task_finished(
-            run_id, task, agent, tries, self.attempts_before.get(tid, 0)
-        )
+        commit = self.recorder.task_finished(run_id, task, agent, result)
         finishing = self.committing.get(commit)
         if finishing is None:
             finishing = self.committing[commit] = []
             assert self.tg is not None  # noqa: S101 - set before any task runs
             self.tg.start_soon(self._after_commit, commit, name="orchestra commit")
-        finishing.append((tid, tries))
+        finishing.append((tid, result))
 
     async def _after_commit(self, commit: Commit) -> None:
         # Shielded: a call that was paid for is recorded even if the run is cancelled now.
         with anyio.CancelScope(shield=True):
             await commit.wait()
-        for tid, tries in self.committing.pop(commit):
-            self._finish(tid, tries)
+        for tid, result in self.committing.pop(commit):
+            self._finish(tid, result)
         await anyio.lowlevel.checkpoint_if_cancelled()  # cancelled: start nothing new
         self._dispatch()
         self._over()
 
-    def _finish(self, tid: str, tries: list[TaskResult]) -> None:
+    def _finish(self, tid: str, result: TaskResult) -> None:
         """Publish a task's result (recorded by now) and release its dependents."""
-        task, agent = self.tasks[tid], self.agents[tid]
-        made = [t for t in tries if t.metadata.get("attempted", True)]
-        before = self.attempts_before.get(tid, 0)
-        for number, attempt in enumerate(made, start=before + 1):
-            _log_attempt(self.log, task, agent, number, attempt)
-        result = tries[-1]
-        if result.attempts != before + len(made):  # counted as the ledger counts them
-            result = result.model_copy(update={"attempts": before + len(made)})
         self.run_result.results[tid] = result
         self.unfinished -= 1
         self._done(result)
         self._release_dependents(tid, result)
 
+    def _attempt_made(self, task: AgentTask, agent: AgentConfig, attempt: TaskResult) -> None:
+        """Number, log and record an attempt as soon as it ends.
+
+        Recorded then, not with the task's result: a run cancelled (or killed) between two
+        attempts keeps the ones it made, paid or not.
+        """
+        tid = task.task_id
+        number = self.made[tid] = self.made.get(tid, self.attempts_before.get(tid, 0)) + 1
+        attempt.metadata["attempt"] = number
+        _log_attempt(self.log, task, agent, number, attempt)
+        if self.recorder is not None:
+            self.recorder.attempt_made(self.run_result.run_id, tid, agent, number, attempt)
+
     async def _attempts(
         self, task: AgentTask, agent: AgentConfig, upstream: dict[str, str]
     ) -> list[TaskResult]:
         """The task's attempts; a bug or an unmapped error fails this task, not the run."""
+
+        def made(attempt: TaskResult) -> None:
+            self._attempt_made(task, agent, attempt)
+
         try:
             return await self.executor.runner.run(
-                task, agent, upstream, budget=self.budget, cache=self.cache
+                task, agent, upstream, budget=self.budget, cache=self.cache, on_attempt=made
             )
         except Exception as exc:  # cancellation is a BaseException and passes through
-            return [_failed_before_trying(task, agent, exc, "unexpected ")]
+            failed = _failed_before_trying(task, agent, exc, "unexpected ")
+            made(failed)
+            return [failed]
 
     def _done(self, result: TaskResult) -> None:
         if self.on_task_done is None:

@@ -51,6 +51,7 @@ class RunRow(SQLModel, table=True):
     finished_at: datetime | None = None
     pid: int | None = None  # the process running it, to refuse resuming a live run
     host: str | None = None
+    budget_usd: float | None = None  # the run's budget, which a resume keeps to
 
 
 class RunTaskRow(SQLModel, table=True):
@@ -181,9 +182,16 @@ def _m002_resilience(connection: Connection) -> None:
     SQLModel.metadata.create_all(connection)
 
 
+def _m003_run_budget(connection: Connection) -> None:
+    """The run's budget, for a resume to keep to."""
+    if "budget_usd" not in {c["name"] for c in inspect(connection).get_columns("runs")}:
+        connection.execute(text("ALTER TABLE runs ADD COLUMN budget_usd FLOAT"))
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_initial_tables", _m001_initial_tables),
     ("002_resilience", _m002_resilience),
+    ("003_run_budget", _m003_run_budget),
 ]
 
 

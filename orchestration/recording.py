@@ -43,13 +43,11 @@ def _insert(table: str, columns: str, *, key: str = "", update: str = "") -> Sta
     return Statement.insert(table, columns.split(), after_values)
 
 
-_INSERT_RUN = _insert("runs", "id name status task_count started_at pid host")
+_INSERT_RUN = _insert("runs", "id name status task_count started_at pid host budget_usd")
 _INSERT_DEFINITION = _insert("run_tasks", "run_id task_id position definition")
 _INSERT_AGENT = _insert("run_agents", "run_id name definition")
 _RESUME_RUN = Statement(
-    "UPDATE runs SET status = 'running', finished_at = NULL, pid = :pid, host = :host "
-    "WHERE id = :id",
-    ("pid", "host", "id"),
+    "UPDATE runs SET status = 'running', finished_at = NULL WHERE id = :id", ("id",)
 )
 _CRASHED = Statement(
     "UPDATE task_runs SET status = 'crashed', error = :error WHERE run_id = :run_id "
@@ -120,6 +118,7 @@ class Recorder:
         # Commits of the writes nobody awaits yet; finish_run awaits them, so that a failed
         # one is this run's error, raised by this run.
         self._unawaited: dict[Commit, None] = {}
+        self._started: dict[tuple[str, str], float] = {}  # when each task started running
 
     def _secrets(self, agent: AgentConfig) -> list[str]:
         """The agent's secrets, looked up once per recorder (one run)."""
@@ -135,9 +134,10 @@ class Recorder:
         tasks: Sequence[AgentTask],
         started: datetime,
         agents: Sequence[AgentConfig] = (),
+        budget_usd: float | None = None,
     ) -> None:
         """Record the run, its task definitions and its agents (before any task runs)."""
-        run = (run_id, name, "running", len(tasks), _ts(started), os.getpid(), _HOST)
+        run = (run_id, name, "running", len(tasks), _ts(started), os.getpid(), _HOST, budget_usd)
         definitions = [
             (run_id, task.task_id, position, task.model_dump_json())
             for position, task in enumerate(tasks)
@@ -155,7 +155,7 @@ class Recorder:
     async def resume_run(
         self, run_id: str, crashed: Sequence[tuple[str, str, int, datetime | None]], now: datetime
     ) -> None:
-        """Mark the run running again, in this process.
+        """Mark the run running again (``resume.claim_run`` made it this process's).
 
         Each task left running, given as (task id, agent, attempt number, started), becomes
         ``crashed``, and so does the attempt it was making: that call may have been paid
@@ -170,7 +170,7 @@ class Recorder:
         ]
         await self.ledger.write(
             [
-                (RANK_RUN, _RESUME_RUN, [(os.getpid(), _HOST, run_id)]),
+                (RANK_RUN, _RESUME_RUN, [(run_id,)]),
                 (RANK_ATTEMPT, _INSERT_ATTEMPT, attempts),
                 (RANK_TASK, _CRASHED, [(error, run_id, task_id) for task_id, *_ in crashed]),
             ]
@@ -191,67 +191,58 @@ class Recorder:
 
     def task_started(self, run_id: str, task_id: str, agent: str) -> None:
         """Mark a task running (queued, not awaited)."""
-        row = (run_id, task_id, agent, "running", _epoch_ts(time.time()), 0)
+        now = time.time()
+        self._started[(run_id, task_id)] = now
+        row = (run_id, task_id, agent, "running", _epoch_ts(now), 0)
         self._unawaited[self.ledger.write_soon([(RANK_STARTED, _TASK_STARTED, [row])])] = None
 
-    def task_finished(
-        self,
-        run_id: str,
-        task: AgentTask,
-        agent: AgentConfig,
-        tries: Sequence[TaskResult],
-        before: int = 0,
-    ) -> Commit:
-        """Record every attempt and the task's outcome (the last attempt's).
+    def attempt_made(
+        self, run_id: str, task_id: str, agent: AgentConfig, number: int, attempt: TaskResult
+    ) -> None:
+        """Record one attempt as it ends (queued, not awaited; the task's result waits)."""
+        end = time.time()
+        start = end - (attempt.latency_s or 0.0)
+        row = _attempt_row(run_id, task_id, number, agent, attempt, self._secrets(agent))
+        write = [(RANK_ATTEMPT, _INSERT_ATTEMPT, [row + (_epoch_ts(start), _epoch_ts(end))])]
+        self._unawaited[self.ledger.write_soon(write)] = None
 
-        Outcomes no attempt produced (budget exceeded, every circuit open) are the task's,
-        not attempts. Attempts are numbered after the ``before`` already recorded (a resumed
-        run's). A successful answer marked with a ``cache_key`` is stored in the cache.
+    def task_finished(
+        self, run_id: str, task: AgentTask, agent: AgentConfig, result: TaskResult
+    ) -> Commit:
+        """Record the task's outcome (its attempts are recorded as they end).
+
+        A successful answer marked with a ``cache_key`` is stored in the response cache,
+        in the same commit.
 
         Returns:
-            The commit that will hold them; the caller must await its ``wait()``.
+            The commit that will hold it; the caller must await its ``wait()``.
         """
         finished = time.time()
-        secrets = self._secrets(agent)
-        made = [t for t in tries if t.metadata.get("attempted", True)]
-        started = finished - sum((t.latency_s or 0.0) + t.metadata.get("wait_s", 0.0) for t in made)
-        attempts: list[Row] = []
-        attempt_start = started
-        cached: list[Row] = []
-        for number, attempt in enumerate(made, start=before + 1):
-            attempt_start += attempt.metadata.get("wait_s", 0.0)
-            attempt_end = attempt_start + (attempt.latency_s or 0.0)
-            attempts.append(
-                _attempt_row(run_id, task.task_id, number, agent, attempt, secrets)
-                + (_epoch_ts(attempt_start), _epoch_ts(attempt_end))
-            )
-            attempt_start = attempt_end
-            key = attempt.metadata.get("cache_key")
-            if key is not None and attempt.output is not None:
-                cached.append(_cache_row(key, attempt, run_id, task.task_id, number, finished))
-        final = tries[-1]
-        meta = final.metadata
+        started = self._started.pop((run_id, task.task_id), finished)
+        meta = result.metadata
         task_row = (
             run_id,
             task.task_id,
             agent.name,
-            final.status.value,
-            final.output,
-            redact(final.error, secrets),
-            before + len(made),
+            result.status.value,
+            result.output,
+            redact(result.error, self._secrets(agent)),
+            result.attempts,
             meta.get("execution_method"),
             meta.get("provider"),
             str(meta["model"]) if meta.get("model") else None,
-            final.usage.input_tokens,
-            final.usage.output_tokens,
-            final.cost_usd,
-            final.latency_s,
+            result.usage.input_tokens,
+            result.usage.output_tokens,
+            result.cost_usd,
+            result.latency_s,
             _epoch_ts(started),
             _epoch_ts(finished),
         )
-        write = [(RANK_ATTEMPT, _INSERT_ATTEMPT, attempts), (RANK_TASK, _TASK_FINISHED, [task_row])]
-        if cached:
-            write.append((RANK_CACHE, ResponseCache.statement, cached))
+        write = [(RANK_TASK, _TASK_FINISHED, [task_row])]
+        key = meta.get("cache_key")
+        if key is not None and result.succeeded and result.output is not None:
+            row = _cache_row(key, result, run_id, task.task_id, meta["attempt"], finished)
+            write.append((RANK_CACHE, ResponseCache.statement, [row]))
         return self.ledger.write_soon(write)
 
     def task_ended_without_running(

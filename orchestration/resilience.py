@@ -25,7 +25,10 @@ from llm_abstractions.errors import ConfigurationError
 from llm_abstractions.types import LlmRequest
 
 __all__ = [
+    "CALL",
+    "PROBE",
     "BreakerPolicy",
+    "Budget",
     "BreakerState",
     "CircuitBreaker",
     "Clock",
@@ -153,12 +156,17 @@ class _Bucket:
         self.level = per_minute
         self.updated = now
 
-    def take(self, amount: float, now: float) -> float:
-        """Take ``amount`` (at most the capacity); return the seconds until it is covered."""
+    def take(self, amount: float, now: float) -> tuple[float, float]:
+        """Take ``amount``, at most the capacity (one call may always go, however big).
+
+        Returns:
+            The seconds until what was taken is covered, and how much was taken.
+        """
         self.level = min(self.capacity, self.level + (now - self.updated) * self.per_second)
         self.updated = now
-        self.level -= min(amount, self.capacity)
-        return max(0.0, -self.level / self.per_second)
+        taken = min(amount, self.capacity)
+        self.level -= taken
+        return max(0.0, -self.level / self.per_second), taken
 
     def give_back(self, amount: float) -> None:
         """Return an over-estimate (negative: charge an under-estimate)."""
@@ -176,22 +184,34 @@ class RateLimiter:
         )
         self.tokens = _Bucket(limit.tokens_per_minute, now) if limit.tokens_per_minute else None
 
-    async def acquire(self, tokens: int) -> float:
-        """Wait until one request of about ``tokens`` tokens fits; return the seconds waited."""
+    async def acquire(self, tokens: int) -> tuple[float, float]:
+        """Wait until one request of about ``tokens`` tokens fits.
+
+        Returns:
+            The seconds waited, and the tokens taken (pass them to ``correct``/``refund``).
+        """
         now = self.clock.now()
-        wait = 0.0
+        wait = taken = 0.0
         if self.requests is not None:
-            wait = self.requests.take(1, now)
+            wait, _ = self.requests.take(1, now)
         if self.tokens is not None:
-            wait = max(wait, self.tokens.take(tokens, now))
+            token_wait, taken = self.tokens.take(tokens, now)
+            wait = max(wait, token_wait)
         if wait > 0:
             await self.clock.sleep(wait)
-        return wait
+        return wait, taken
 
-    def correct(self, estimated: int, used: int | None) -> None:
+    def correct(self, taken: float, used: int | None) -> None:
         """Replace a call's estimate by the tokens it really used (when reported)."""
         if self.tokens is not None and used is not None:
-            self.tokens.give_back(estimated - used)
+            self.tokens.give_back(taken - used)
+
+    def refund(self, taken: float) -> None:
+        """Give back a request that was not made after all, and its tokens."""
+        if self.requests is not None:
+            self.requests.give_back(1)
+        if self.tokens is not None:
+            self.tokens.give_back(taken)
 
 
 def estimate_tokens(request: LlmRequest) -> tuple[int, int]:
@@ -240,13 +260,19 @@ class BreakerPolicy:
         _positive("BreakerPolicy", cooldown_s=self.cooldown_s)
 
 
+PROBE = 1  # a ticket: the one call a half-open circuit lets through
+CALL = 0  # a ticket: an ordinary call of a closed circuit
+
+
 @dataclass
 class CircuitBreaker:
     """One provider's circuit breaker.
 
-    Only failures of the provider count (those a retry could fix: overload, 5xx, timeouts,
-    lost connections, rate limits that outlast their retries); a request the provider
-    rightly refused shows that it is up. ``on_change`` is called on every change of state.
+    Only failures of the provider count: overload, 5xx, timeouts, lost connections, cut or
+    malformed answers. A rate limit does not (the provider is up and says when to come
+    back), nor does a request it rightly refused. ``allow`` hands out a ticket; the call's
+    outcome is reported with it, so that only the probe's own outcome decides a half-open
+    circuit. ``on_change`` is called on every change of state.
     """
 
     provider: str
@@ -259,51 +285,55 @@ class CircuitBreaker:
     recent: deque[bool] = field(default_factory=deque)  # True: a failure
     _probing: bool = False
 
-    def allow(self) -> bool:
-        """Whether a call may go to the provider now (a half-open circuit lets one through)."""
+    def allow(self) -> int | None:
+        """A ticket for a call now (``CALL`` or ``PROBE``), or None: the circuit is open."""
         if self.state is BreakerState.CLOSED:
-            return True
+            return CALL
         if self.state is BreakerState.OPEN:
             assert self.opened_at is not None  # noqa: S101 - set when opened
             if self.clock.now() - self.opened_at < self.policy.cooldown_s:
-                return False
+                return None
             self._change(BreakerState.HALF_OPEN)
         if self._probing:
-            return False
+            return None
         self._probing = True
-        return True
+        return PROBE
 
-    def succeeded(self) -> None:
-        """A call went through (or was refused for the caller's own mistake)."""
-        self._probing = False
-        self.consecutive = 0
-        self._remember(False)
-        if self.state is not BreakerState.CLOSED:
+    def succeeded(self, ticket: int) -> None:
+        """The provider answered the call (or refused it for the caller's own mistake)."""
+        if ticket == PROBE:
+            self._probing = False
             self.recent.clear()
             self._change(BreakerState.CLOSED)
+        if self.state is BreakerState.CLOSED:
+            self.consecutive = 0
+            self._remember(False)
 
-    def failed(self) -> None:
-        """The provider failed a call."""
-        self._probing = False
+    def failed(self, ticket: int) -> None:
+        """The provider failed the call."""
+        if ticket == PROBE:
+            self._probing = False
+            self._open()
+            return
+        if self.state is not BreakerState.CLOSED:
+            return  # a call from before the circuit opened: it is open already
         self.consecutive += 1
         self._remember(True)
-        if self.state is BreakerState.HALF_OPEN or self._tripped():
-            self.opened_at = self.clock.now()
-            self._change(BreakerState.OPEN)
-
-    def abandoned(self) -> None:
-        """A call ended without a verdict (cancelled): let another probe through."""
-        self._probing = False
-
-    def _tripped(self) -> bool:
-        if self.state is not BreakerState.CLOSED:
-            return False
-        if self.consecutive >= self.policy.consecutive_failures:
-            return True
         calls = len(self.recent)
-        return (
-            calls >= self.policy.min_calls and sum(self.recent) / calls >= self.policy.failure_rate
-        )
+        rate = sum(self.recent) / calls
+        if self.consecutive >= self.policy.consecutive_failures or (
+            calls >= self.policy.min_calls and rate >= self.policy.failure_rate
+        ):
+            self._open()
+
+    def abandoned(self, ticket: int) -> None:
+        """The call ended without a verdict on the provider (cancelled, not sent)."""
+        if ticket == PROBE:
+            self._probing = False
+
+    def _open(self) -> None:
+        self.opened_at = self.clock.now()
+        self._change(BreakerState.OPEN)
 
     def _remember(self, failure: bool) -> None:
         self.recent.append(failure)
@@ -318,26 +348,32 @@ class CircuitBreaker:
             self.on_change(self)
 
 
-@dataclass
 class Budget:
     """A run's spending limit: what was spent, and what tasks in flight may still spend.
 
     A task starts only if spent plus reserved plus its own estimate fits, so the run cannot
-    overspend by more than the estimates of tasks in flight were wrong by.
+    overspend by more than the estimates of tasks in flight were wrong by. A task that would
+    fit once tasks in flight have settled waits for them instead of being refused.
     """
 
-    limit: float
-    spent: float = 0.0
-    reserved: float = 0.0
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.spent = 0.0
+        self.reserved = 0.0
+        self._settled = anyio.Event()
 
-    def admit(self, estimate: float) -> bool:
-        """Reserve ``estimate`` if it fits."""
-        if self.spent + self.reserved + estimate > self.limit:
-            return False
+    async def admit(self, estimate: float) -> bool:
+        """Reserve ``estimate`` once it fits; False if it cannot fit even then."""
+        while self.spent + self.reserved + estimate > self.limit:
+            if self.spent + estimate > self.limit or self.reserved == 0:
+                return False
+            await self._settled.wait()  # what is in flight may cost less than reserved
         self.reserved += estimate
         return True
 
     def settle(self, estimate: float, cost: float) -> None:
         """A task admitted with ``estimate`` ended having spent ``cost``."""
-        self.reserved -= estimate
+        self.reserved = max(0.0, self.reserved - estimate)
         self.spent += cost
+        self._settled.set()
+        self._settled = anyio.Event()

@@ -6,6 +6,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import text
 
@@ -15,7 +16,10 @@ from orchestration.agent_registry import AgentConfig, AgentRegistry
 from orchestration.ledger import Ledger
 from orchestration.tasks import AgentTask, TaskResult, TaskStatus
 
-__all__ = ["SavedRun", "load_run"]
+if TYPE_CHECKING:
+    from orchestration.executor import RunResult
+
+__all__ = ["SavedRun", "claim_run", "load_run"]
 
 
 @dataclass
@@ -33,15 +37,28 @@ class SavedRun:
     agents: list[AgentConfig] = field(default_factory=list)
     agent_of: dict[str, str] = field(default_factory=dict)  # task id -> agent, as recorded
     started_of: dict[str, datetime | None] = field(default_factory=dict)
+    budget_usd: float | None = None
+    spent: float = 0.0  # by every attempt of the run so far
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
 
-    def refuse_if_alive(self) -> None:
-        """Raise if the process that runs this run is alive on this machine.
+    def refuse_if_alive(self, force: bool = False) -> None:
+        """Raise if the process that runs this run may still be running it.
 
         Raises:
-            ConfigurationError: Resuming now would run its tasks twice at once.
+            ConfigurationError: Its process is alive on this machine, or it is recorded as
+                running on another machine and ``force`` is not set.
         """
-        if self.status != "running" or self.pid is None or self.host != socket.gethostname():
+        if self.status != "running" or self.pid is None:
             return
+        if self.host != socket.gethostname():
+            if force:
+                return
+            raise ConfigurationError(
+                f"Run {self.run_id!r} is recorded as running on {self.host!r} (process "
+                f"{self.pid}), which cannot be checked from here; if that process is gone, "
+                "resume with force (--force)."
+            )
         if self.pid == os.getpid():
             alive = True
         else:
@@ -57,6 +74,19 @@ class SavedRun:
                 f"Run {self.run_id!r} is still being run by process {self.pid} on this machine; "
                 "wait for it to end (or stop it) before resuming."
             )
+
+    def as_result(self) -> RunResult:
+        """The run as recorded, for a run that needs nothing more."""
+        from orchestration.executor import RunResult, RunStatus
+
+        return RunResult(
+            run_id=self.run_id,
+            name=self.name,
+            status=RunStatus(self.status),
+            results=self.results,
+            started_at=self.started_at or datetime.now(UTC),
+            finished_at=self.finished_at,
+        )
 
     def kept(self, retry_failed: bool) -> dict[str, TaskResult]:
         """The results that stand: succeeded ones, and failed ones unless retried."""
@@ -87,6 +117,31 @@ class SavedRun:
         return registry
 
 
+def claim_run(ledger: Ledger, saved: SavedRun) -> bool:
+    """Make this process the one running ``saved``, unless another process did first.
+
+    One conditional update (blocking: call it from a thread): of two processes resuming the
+    same run at once, exactly one sees its row change.
+    """
+    same_pid = "pid IS NULL" if saved.pid is None else "pid = :old_pid"
+    same_host = "host IS NULL" if saved.host is None else "host = :old_host"
+    with ledger.engine.begin() as connection:
+        claimed = connection.execute(
+            text(
+                "UPDATE runs SET pid = :pid, host = :host "  # noqa: S608 - fixed fragments
+                f"WHERE id = :id AND {same_pid} AND {same_host}"
+            ),
+            {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "id": saved.run_id,
+                "old_pid": saved.pid,
+                "old_host": saved.host,
+            },
+        )
+        return bool(claimed.rowcount == 1)
+
+
 def load_run(ledger: Ledger, run_id: str) -> SavedRun:
     """Read a run back (blocking: call it from a thread).
 
@@ -95,7 +150,11 @@ def load_run(ledger: Ledger, run_id: str) -> SavedRun:
     """
     with ledger.session() as session:
         run = session.execute(
-            text("SELECT name, status, pid, host FROM runs WHERE id = :id"), {"id": run_id}
+            text(
+                "SELECT name, status, pid, host, budget_usd, started_at, finished_at FROM runs "
+                "WHERE id = :id"
+            ),
+            {"id": run_id},
         ).first()
         if run is None:
             raise ConfigurationError(
@@ -121,6 +180,10 @@ def load_run(ledger: Ledger, run_id: str) -> SavedRun:
         agents = session.execute(
             text("SELECT definition FROM run_agents WHERE run_id = :id"), {"id": run_id}
         ).all()
+        spent = session.execute(
+            text("SELECT COALESCE(SUM(cost_usd), 0) FROM attempts WHERE run_id = :id"),
+            {"id": run_id},
+        ).scalar_one()
     results, agent_of, started_of = {}, {}, {}
     for row in rows:
         task_id, status, output, error, attempts, method, provider, model, i, o, cost, secs = row[
@@ -150,11 +213,16 @@ def load_run(ledger: Ledger, run_id: str) -> SavedRun:
         agents=[AgentConfig.model_validate_json(a[0]) for a in agents],
         agent_of=agent_of,
         started_of=started_of,
+        budget_usd=run[4],
+        spent=float(spent),
+        started_at=_moment(run[5]),
+        finished_at=_moment(run[6]),
     )
 
 
 def _moment(value: object) -> datetime | None:
     """A timestamp as SQLite returns it (text) or another database does (datetime)."""
-    if value is None or isinstance(value, datetime):
-        return value
-    return datetime.fromisoformat(str(value)).replace(tzinfo=UTC)
+    if value is None:
+        return None
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # stored in UTC

@@ -62,11 +62,15 @@ def resume_with_progress(
     retry_failed: bool,
     max_concurrency: int,
     quiet: bool,
+    budget_usd: float | None = None,
+    force: bool = False,
 ) -> RunResult:
     """Finish a recorded run (see ``TaskExecutor.resume``), showing it live unless ``quiet``."""
 
     async def start(executor: TaskExecutor, done: Callable[[TaskResult], None]) -> RunResult:
-        return await executor.resume(run_id, retry_failed=retry_failed, on_task_done=done)
+        return await executor.resume(
+            run_id, retry_failed=retry_failed, on_task_done=done, budget_usd=budget_usd, force=force
+        )
 
     state = {task.task_id: "kept" for task in tasks}
     return _with_progress(registry, start, run_id, state, max_concurrency, quiet)

@@ -107,6 +107,7 @@ def test_public_names_are_locked() -> None:
             "Message",
             "MissingCredentialsError",
             "ModelFileError",
+            "ModelNotFoundError",
             "OrchestraError",
             "ProviderChoice",
             "ProviderNotImplementedError",

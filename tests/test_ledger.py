@@ -73,6 +73,7 @@ async def test_rows_match_what_happened_attempt_by_attempt() -> None:
     assert rows("SELECT name FROM schema_migrations") == [
         ("001_initial_tables",),
         ("002_resilience",),
+        ("003_run_budget",),
     ]
     assert rows("PRAGMA journal_mode") == [("wal",)]
 

@@ -22,6 +22,7 @@ from llm_abstractions.errors import (
     LLMRateLimitError,
     LLMServerError,
     LLMTimeoutError,
+    ModelNotFoundError,
     OrchestraError,
 )
 from llm_abstractions.providers.anthropic import (
@@ -168,7 +169,7 @@ def _error(status: int, kind: str, message: str, **headers: str) -> Scripted:
             LLMContextLengthError,
         ),
         (_error(400, "invalid_request_error", "temperature: out of range"), InvalidRequestError),
-        (_error(404, "not_found_error", "model: claude-nope"), InvalidRequestError),
+        (_error(404, "not_found_error", "model: claude-nope"), ModelNotFoundError),
         (Scripted(body=b"{not json"), LLMBadResponseError),
         (Scripted(finish="refusal"), LLMContentFilterError),
     ],

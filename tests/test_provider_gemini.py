@@ -20,6 +20,7 @@ from llm_abstractions.errors import (
     LLMServerError,
     LLMTimeoutError,
     MissingCredentialsError,
+    ModelNotFoundError,
 )
 from llm_abstractions.providers.gemini import GeminiLlm
 from tests.fakes.gemini_api import gemini_app
@@ -174,7 +175,7 @@ _BLOCKED = {"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"}, "usageMetad
             _error(400, "INVALID_ARGUMENT", "Request contains an invalid argument."),
             InvalidRequestError,
         ),
-        (_error(404, "NOT_FOUND", "models/gemini-0 is not found"), InvalidRequestError),
+        (_error(404, "NOT_FOUND", "models/gemini-0 is not found"), ModelNotFoundError),
         (Scripted(body=b"{not json"), LLMBadResponseError),
         (Scripted(body={"usageMetadata": {"promptTokenCount": 3}}), LLMBadResponseError),
         (Scripted(body=_BLOCKED), LLMContentFilterError),

@@ -24,6 +24,7 @@ from llm_abstractions.errors import (
     LLMRateLimitError,
     LLMServerError,
     LLMTimeoutError,
+    ModelNotFoundError,
     OrchestraError,
 )
 from llm_abstractions.providers.huggingface import HuggingFaceLlm
@@ -195,7 +196,7 @@ def _router_error(status: int, message: str, code: str) -> Scripted:
             _error(400, "Input validation error: `temperature` must be positive"),
             InvalidRequestError,
         ),
-        (_error(404, "Model not found"), InvalidRequestError),
+        (_error(404, "Model not found"), ModelNotFoundError),
         (
             _router_error(400, "maximum context length is 8192 tokens", "context_length_exceeded"),
             LLMContextLengthError,

@@ -21,6 +21,7 @@ from llm_abstractions.errors import (
     LLMRateLimitError,
     LLMServerError,
     LLMTimeoutError,
+    ModelNotFoundError,
     OrchestraError,
 )
 from llm_abstractions.providers.lmstudio import LmStudioLlm
@@ -126,7 +127,7 @@ def _error(status: int, message: str, code: str | None = None, **headers: str) -
         ),
         (_error(400, "flagged by our content filter", "content_filter"), LLMContentFilterError),
         (_error(400, "temperature must be at most 2", "invalid_value"), InvalidRequestError),
-        (_error(404, "The model does not exist", "model_not_found"), InvalidRequestError),
+        (_error(404, "The model does not exist", "model_not_found"), ModelNotFoundError),
         (Scripted(body=b"{not json"), LLMBadResponseError),
         (Scripted(finish="content_filter"), LLMContentFilterError),
     ],

@@ -343,30 +343,31 @@ async def test_token_limits_are_corrected_from_real_usage(
     assert len(clock.sleeps) == 3 and all(s > 0 for s in clock.sleeps)
 
 
-async def test_a_run_budget_skips_what_it_cannot_afford(
+async def test_a_run_budget_waits_for_tasks_in_flight_and_skips_what_it_cannot_afford(
     server: FaultServer, ledger: Ledger
 ) -> None:
     registry = gpt_registry(metadata={"max_tokens": 1000})  # ~$0.0006 estimated a call
     executor = TaskExecutor(registry, ledger=ledger, max_concurrency=5, clock=FakeClock())
+    tasks = [task(f"t{i}", agent="gpt") for i in range(5)] + [task("after", "t4", agent="gpt")]
     async with executor:
-        run = await executor.run(
-            [task(f"t{i}", agent="gpt") for i in range(5)] + [task("after", "t4", agent="gpt")],
-            budget_usd=0.0013,
-        )
-    statuses = [r.status for r in run.results.values()]
-    assert statuses.count(TaskStatus.SUCCEEDED) == 2
-    assert statuses.count(TaskStatus.BUDGET_EXCEEDED) == 3
-    assert run.results["after"].status is TaskStatus.SKIPPED
-    assert len(server.log) == 2
-    spent = sum(r.cost_usd or 0.0 for r in run.results.values())
-    assert 0 < spent <= 0.0013
+        # Two estimates fit at a time; the others wait for them to settle, and since each
+        # call really costs $0.0000045, all of them fit in the end.
+        roomy = await executor.run(tasks, budget_usd=0.0013)
+        # Not even one estimate fits: nothing is sent.
+        tight = await executor.run(tasks, budget_usd=0.0005)
+    assert roomy.ok and len(server.log) == 6
+    assert 0 < sum(r.cost_usd or 0.0 for r in roomy.results.values()) <= 0.0013
+    statuses = [r.status for r in tight.results.values()]
+    assert statuses == [TaskStatus.BUDGET_EXCEEDED] * 5 + [TaskStatus.SKIPPED]
     exceeded = rows(
         ledger,
-        "SELECT COUNT(*) FROM task_runs WHERE status = 'budget_exceeded' AND error LIKE ?",
-        "not run: its estimated $0.0006 would exceed the run's budget of $0.0013%",
+        "SELECT COUNT(*) FROM task_runs WHERE run_id = ? AND error LIKE ?",
+        tight.run_id,
+        "not run: its estimated $0.0006 would exceed the run's budget of $0.0005%",
     )
-    assert exceeded == [(3,)]
-    assert rows(ledger, "SELECT COUNT(*) FROM attempts") == [(2,)]  # no attempt for the rest
+    assert exceeded == [(5,)]
+    no_attempts = rows(ledger, "SELECT COUNT(*) FROM attempts WHERE run_id = ?", tight.run_id)
+    assert no_attempts == [(0,)] and len(server.log) == 6
 
 
 async def test_a_task_budget_stops_its_attempts(server: FaultServer, ledger: Ledger) -> None:

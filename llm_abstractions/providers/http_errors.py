@@ -24,6 +24,7 @@ from llm_abstractions.errors import (
     LLMRateLimitError,
     LLMServerError,
     LLMTimeoutError,
+    ModelNotFoundError,
     OrchestraError,
 )
 
@@ -80,13 +81,19 @@ def error_from_status(
     if status == 429:
         return LLMRateLimitError(text, provider=provider, retry_after=retry_after(headers))
     if status == 529:
-        return LLMOverloadedError(text, provider=provider, status_code=status)
+        return LLMOverloadedError(
+            text, provider=provider, status_code=status, retry_after=retry_after(headers)
+        )
     if status == 408:
         return LLMTimeoutError(text, provider=provider)
     if status >= 500:
-        return LLMServerError(text, provider=provider, status_code=status)
+        return LLMServerError(
+            text, provider=provider, status_code=status, retry_after=retry_after(headers)
+        )
     if _CONTEXT.search(hint):
         return LLMContextLengthError(text, provider=provider)
     if _REFUSED.search(hint):
         return LLMContentFilterError(text, provider=provider)
+    if status == 404:
+        return ModelNotFoundError(f"{text} (is the model name right, and the model available?)")
     return InvalidRequestError(f"{text} (the request was refused as invalid)")
