@@ -415,3 +415,141 @@ async def test_the_cache_is_off_unless_asked_and_keys_differ_by_model(
         await executor.run([same])
         await executor.run([same])
     assert len(server.log) == 3  # the agent turned it on; another model is another key
+
+
+async def test_rate_limits_do_not_open_the_breaker(server: FaultServer, ledger: Ledger) -> None:
+    # Every task meets two 429s before its answer: with the default breaker and retries,
+    # every one of them must get through (a rate limit says the provider is up).
+    server.plan = FaultPlan(rate=1.0, kinds={"429": 1}, retry_after=1.0, max_faults_per_key=2)
+    executor = TaskExecutor(
+        gpt_registry(script_fallback=True), ledger=ledger, clock=FakeClock(), max_concurrency=1
+    )
+    async with executor:
+        run = await executor.run([task(f"t{i}") for i in range(8)])
+        assert executor.runner.breakers["openai-gpt"].state == "closed"
+    assert run.ok and len(server.log) == 24
+    methods = rows(ledger, "SELECT DISTINCT execution_method FROM attempts")
+    assert methods == [("llm_factory",)]  # and the script never stood in for a rate limit
+
+
+async def test_a_task_no_link_could_try_in_time_fails_cleanly(
+    server: FaultServer, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server.plan = FaultPlan(rate=1.0, kinds={"500": 1})
+    with FaultServer() as healthy:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", healthy.url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "k-anthropic")
+        executor = TaskExecutor(
+            gpt_registry(fallbacks=("anthropic-claude:claude-haiku-4-5",)),
+            ledger=ledger,
+            clock=FakeClock(),
+            max_concurrency=1,
+            retry=RetryPolicy(max_attempts=1, max_total_s=10),
+            rate_limits={"openai-gpt": RateLimit(requests_per_minute=1)},
+            breaker=BreakerPolicy(consecutive_failures=1, cooldown_s=1000),
+        )
+        async with executor:
+            run = await executor.run([task("t0"), task("t1")])
+    # t0: OpenAI fails and opens the circuit; Anthropic answers. t1 waits 60 s for the
+    # rate limit, finds the circuit open, and is then out of time for Anthropic.
+    assert run.results["t0"].succeeded
+    t1 = run.results["t1"]
+    assert t1.status is TaskStatus.FAILED and t1.attempts == 0
+    assert t1.error == "not run: circuit open for openai-gpt"
+    assert rows(ledger, "SELECT COUNT(*) FROM attempts WHERE task_id = 't1'") == [(0,)]
+
+
+async def test_attempts_made_before_a_cancellation_are_recorded(
+    server: FaultServer, ledger: Ledger
+) -> None:
+    server.plan = FaultPlan(rate=1.0, kinds={"529": 1})
+    executor = TaskExecutor(
+        gpt_registry(),
+        ledger=ledger,
+        breakers=False,
+        retry=RetryPolicy(max_attempts=50, base_delay_s=0.05, max_delay_s=0.05, jitter=0),
+    )
+    async with executor:
+        with anyio.move_on_after(0.6):
+            await executor.run([task("c")])
+    assert executor.last_run is not None
+    assert executor.last_run.results["c"].status is TaskStatus.CANCELLED
+    made = rows(ledger, "SELECT attempt, status, error_type FROM attempts ORDER BY attempt")
+    assert len(made) == len(server.log) >= 2
+    assert made == [(n, "failed", "LLMOverloadedError") for n in range(1, len(made) + 1)]
+
+
+async def test_a_replaced_agent_is_used_from_the_next_run_on(ledger: Ledger) -> None:
+    from llm_abstractions import LlmFactory
+    from llm_abstractions.testing import FunctionLlm
+
+    LlmFactory.register_provider("first", lambda **_: FunctionLlm(lambda r: "one"), replace=True)
+    LlmFactory.register_provider("second", lambda **_: FunctionLlm(lambda r: "two"), replace=True)
+    registry = AgentRegistry()
+    registry.register_agent("a", "first")
+    async with TaskExecutor(registry, ledger=ledger) as executor:
+        before = await executor.execute(AgentTask(task_id="x", description="hi"), agent="a")
+        registry.register_agent("a", "second", replace=True)
+        after = await executor.execute(AgentTask(task_id="x", description="hi"), agent="a")
+    assert (before.output, after.output) == ("one", "two")
+    assert after.metadata["provider"] == "second"
+
+
+def test_script_agents_cannot_be_part_of_a_chain() -> None:
+    from llm_abstractions.errors import ConfigurationError
+
+    registry = gpt_registry(fallbacks=("lint",))
+    registry.register_agent(
+        "lint", "local", interface="script", script={"command": ["python", "lint.py"]}
+    )
+    executor = TaskExecutor(registry, record=False)
+    with pytest.raises(ConfigurationError, match="fallbacks must be API agents"):
+        anyio.run(executor.run, [task("a")])
+
+
+def test_a_token_bucket_gives_back_only_what_it_took() -> None:
+    from orchestration.resilience import RateLimiter
+
+    class Frozen(FakeClock):  # all three callers arrive at the same moment
+        async def sleep(self, seconds: float) -> None:
+            self.sleeps.append(seconds)
+
+    limiter = RateLimiter(RateLimit(tokens_per_minute=300), Frozen())
+
+    async def scenario() -> list[float]:
+        waits = []
+        first, taken = await limiter.acquire(1010)  # more than a minute's worth: 300 taken
+        second, _ = await limiter.acquire(1010)  # lends the next minute's 300
+        limiter.correct(taken, 15)  # the first used 15: 285 come back, not 995
+        third, _ = await limiter.acquire(100)
+        waits += [first, second, third]
+        return waits
+
+    first, second, third = anyio.run(scenario)
+    assert first == 0.0 and second == pytest.approx(60.0)
+    # Still behind the second caller's loan: 300 - 300 - 300 + 285 - 100 = -115 tokens.
+    assert third == pytest.approx(115 / 5)
+
+
+def test_a_half_open_circuit_lets_exactly_one_probe_through() -> None:
+    from orchestration.resilience import CALL, PROBE, CircuitBreaker
+
+    clock = FakeClock()
+    breaker = CircuitBreaker("p", BreakerPolicy(consecutive_failures=2, cooldown_s=10), clock)
+    old = breaker.allow()  # a call that started while the circuit was closed
+    assert old == CALL
+    breaker.failed(breaker.allow() or 0)
+    breaker.failed(CALL)
+    assert breaker.state == "open" and breaker.allow() is None
+    clock.time += 10
+    assert breaker.allow() == PROBE and breaker.state == "half_open"
+    assert breaker.allow() is None  # one probe at a time
+    breaker.abandoned(old)  # the old call's end says nothing about the probe
+    breaker.succeeded(old)
+    assert breaker.allow() is None and breaker.state == "half_open"
+    breaker.failed(PROBE)  # the probe failed: open again, for another cool-down
+    assert breaker.state == "open" and breaker.allow() is None
+    clock.time += 10
+    assert breaker.allow() == PROBE
+    breaker.succeeded(PROBE)
+    assert breaker.state == "closed" and breaker.allow() == CALL

@@ -203,3 +203,76 @@ def test_kill_9_then_orchestra_resume_finishes_without_paying_twice(
     assert rows(database, "PRAGMA integrity_check") == [("ok",)]
     assert rows(database, "SELECT status FROM runs") == [("succeeded",)]
     assert "k-fault" not in database.read_bytes().decode("latin-1")  # the key was never stored
+
+
+async def test_a_run_with_a_default_agent_resumes(server: FaultServer, ledger: Ledger) -> None:
+    plain = AgentTask(task_id="p", description="[[task:p]] [[500]] go")  # names no agent
+    never = RetryPolicy.never()
+    async with TaskExecutor(registry(), ledger=ledger, default_agent="gpt", retry=never) as one:
+        first = await one.run([plain])
+    assert first.results["p"].status is TaskStatus.FAILED
+    async with TaskExecutor(registry(), ledger=ledger, retry=never) as other:  # no default
+        again = await other.resume(first.run_id, retry_failed=True)
+    assert again.results["p"].status is TaskStatus.FAILED  # it ran: the marker fails it
+    assert server.log.kinds_for("p") == ["500", "500"]
+
+
+async def test_only_one_of_two_resumes_claims_the_run(server: FaultServer, ledger: Ledger) -> None:
+    from orchestration.resume import claim_run, load_run
+
+    async with TaskExecutor(registry(), ledger=ledger) as executor:
+        done = await executor.run([task("a")])
+    with sqlite3.connect(ledger.path or "") as connection:  # as if a dead process ran it
+        connection.execute("UPDATE runs SET status = 'running', pid = 999999999")
+    saved = load_run(ledger, done.run_id)
+    assert claim_run(ledger, saved) is True  # the first to claim it from that state
+    assert claim_run(ledger, saved) is False  # the second finds the run already taken
+
+
+async def test_resume_keeps_to_what_is_left_of_the_budget(
+    server: FaultServer, ledger: Ledger
+) -> None:
+    agents = AgentRegistry()
+    agents.register_agent(
+        "gpt", "openai-gpt", model="gpt-4o-mini", api_key="k", metadata={"max_tokens": 1000}
+    )
+    async with TaskExecutor(agents, ledger=ledger) as executor:
+        first = await executor.run([task("a"), task("b")], budget_usd=0.0005)
+        assert {r.status for r in first.results.values()} == {TaskStatus.BUDGET_EXCEEDED}
+        kept = await executor.resume(first.run_id)  # the run's own budget still applies
+        assert {r.status for r in kept.results.values()} == {TaskStatus.BUDGET_EXCEEDED}
+        more = await executor.resume(first.run_id, budget_usd=0.01)
+    assert more.ok and len(server.log) == 2
+
+
+async def test_a_succeeded_run_is_left_alone(server: FaultServer, ledger: Ledger) -> None:
+    async with TaskExecutor(registry(), ledger=ledger) as executor:
+        done = await executor.run([task("a")])
+        again = await executor.resume(done.run_id, retry_failed=True)
+    assert again.ok and again.results["a"].output == "done:a" and len(server.log) == 1
+    assert rows(ledger.path, "SELECT status, pid FROM runs") == [("succeeded", os.getpid())]
+
+
+def test_migrations_bring_a_first_version_ledger_up_to_date(tmp_path: Path) -> None:
+    """A database made before migration 002: its rows stay, the new columns and tables come."""
+    path = tmp_path / "old.db"
+    Ledger(f"sqlite:///{path}").close()
+    with sqlite3.connect(path) as connection:  # take it back to what 001 made
+        for table in ("run_agents", "response_cache", "breakers"):
+            connection.execute(f"DROP TABLE {table}")
+        for column in ("wait_s", "fallback_reason", "cached_from"):
+            connection.execute(f"ALTER TABLE attempts DROP COLUMN {column}")
+        for column in ("pid", "host", "budget_usd"):
+            connection.execute(f"ALTER TABLE runs DROP COLUMN {column}")
+        connection.execute("DELETE FROM schema_migrations WHERE name != '001_initial_tables'")
+        connection.execute(
+            "INSERT INTO runs (id, status, task_count, started_at) "
+            "VALUES ('old', 'succeeded', 0, '2026-01-01 00:00:00')"
+        )
+    Ledger(f"sqlite:///{path}").close()
+    names = {r[0] for r in rows(path, "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"run_agents", "response_cache", "breakers"} <= names
+    columns = {r[1] for r in rows(path, "PRAGMA table_info(attempts)")}
+    assert {"wait_s", "fallback_reason", "cached_from"} <= columns
+    assert {r[1] for r in rows(path, "PRAGMA table_info(runs)")} >= {"pid", "host", "budget_usd"}
+    assert rows(path, "SELECT id, status FROM runs") == [("old", "succeeded")]
