@@ -49,6 +49,7 @@ bench: $(VENV)/.dev-installed .venv-litellm/bin/python
 	$(PY) bench/executor.py
 	$(PY) bench/provider_path.py
 	$(PY) bench/todo_demo.py
+	$(PY) bench/faults.py
 
 clean:
 	rm -rf $(VENV) .venv-litellm .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -2,7 +2,8 @@
 
 An agent's chain is the agent itself, then its ``fallbacks`` in order (other agents' names,
 or ``"provider"`` / ``"provider:model"`` run with the agent's own settings), then, as the
-last resort, the bundled script fallback for the agent's own provider. For each link:
+last resort, the bundled script fallback for the agent's own provider when that provider
+could not serve (not for a rate limit, nor past an open circuit). For each link:
 
 1. An open circuit for the link's provider skips the link (the reason is recorded).
 2. With the cache on, a stored answer ends the task (method ``cache``, cost 0).
