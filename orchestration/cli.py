@@ -10,11 +10,12 @@ import json
 from dataclasses import asdict
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
 if TYPE_CHECKING:
+    from orchestration.executor import RunResult
     from orchestration.ledger import Ledger
 
 app = typer.Typer(
@@ -297,12 +298,7 @@ def run_file(
     result = _resolve(
         lambda: run_with_progress(registry, tasks, name or file.stem, max_concurrency, as_json)
     )
-    if as_json:
-        typer.echo(result.model_dump_json(indent=2))
-    else:
-        typer.echo(f"run {result.run_id}: {result.status.value}")
-        typer.echo(f"inspect it: orchestra show {result.run_id[:12]}")
-    raise typer.Exit(0 if result.ok else 1)
+    _outcome(result, as_json)
 
 
 @app.command()
@@ -364,6 +360,11 @@ def resume(
             registry, run_id, saved.tasks, retry_failed, max_concurrency, as_json, budget, force
         )
     )
+    _outcome(result, as_json)
+
+
+def _outcome(result: RunResult, as_json: bool) -> NoReturn:
+    """Print how a run ended and exit with 0 if every task succeeded, else 1."""
     if as_json:
         typer.echo(result.model_dump_json(indent=2))
     else:

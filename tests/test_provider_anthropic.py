@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import gc
 import re
 import time
 from email.utils import formatdate
@@ -32,6 +30,7 @@ from llm_abstractions.providers.anthropic import (
 )
 from tests.fakes.anthropic_api import anthropic_app, error_body
 from tests.fakes.server import LoopbackServer, Scripted, loopback_fixtures
+from tests.support.loops import answers_from_two_event_loops
 
 pytestmark = pytest.mark.anyio
 
@@ -262,16 +261,5 @@ def test_no_key_at_all_is_a_configuration_error() -> None:
 
 
 def test_one_provider_serves_two_event_loops(api: LoopbackServer) -> None:
-    provider = llm(api)
-
-    async def ask() -> tuple[str, str]:
-        chunks = [chunk async for chunk in provider.stream(LlmRequest.build("hi"))]
-        answer = await provider.generate(LlmRequest.build("hi"))  # leaves a pooled connection
-        assert chunks[-1].response is not None
-        return chunks[-1].response.text, answer.text
-
-    first = asyncio.run(ask())
-    second = asyncio.run(ask())  # the first loop is closed now
-    asyncio.run(provider.aclose())
-    gc.collect()  # a client or socket left open would warn here, and warnings are errors
-    assert first == second == ("Hello from the loopback server.",) * 2
+    answers = answers_from_two_event_loops(llm(api))
+    assert answers == (("Hello from the loopback server.",) * 2,) * 2

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import gc
 from typing import Any
 
 import pytest
@@ -25,6 +23,7 @@ from llm_abstractions.errors import (
 from llm_abstractions.providers.gemini import GeminiLlm
 from tests.fakes.gemini_api import gemini_app
 from tests.fakes.server import LoopbackServer, Scripted, loopback_fixtures
+from tests.support.loops import answers_from_two_event_loops
 
 pytestmark = pytest.mark.anyio
 
@@ -275,16 +274,5 @@ async def test_the_factory_builds_it_from_the_environment_google_key_first(
 
 
 def test_one_provider_serves_two_event_loops(api: LoopbackServer) -> None:
-    provider = llm(api)
-
-    async def ask() -> tuple[str, str]:
-        chunks = [chunk async for chunk in provider.stream(LlmRequest.build("hi"))]
-        answer = await provider.generate(LlmRequest.build("hi"))  # leaves a pooled connection
-        assert chunks[-1].response is not None
-        return chunks[-1].response.text, answer.text
-
-    first = asyncio.run(ask())
-    second = asyncio.run(ask())  # the first loop is closed now
-    asyncio.run(provider.aclose())
-    gc.collect()  # a client or socket left open would warn here, and warnings are errors
-    assert first == second == ("Hello from the loopback server.",) * 2
+    answers = answers_from_two_event_loops(llm(api))
+    assert answers == (("Hello from the loopback server.",) * 2,) * 2

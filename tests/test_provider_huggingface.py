@@ -30,6 +30,7 @@ from llm_abstractions.errors import (
 from llm_abstractions.providers.huggingface import HuggingFaceLlm
 from tests.fakes.hf_api import hf_app
 from tests.fakes.server import LoopbackServer, Scripted, loopback_fixtures
+from tests.support.loops import answers_from_two_event_loops
 
 pytestmark = pytest.mark.anyio
 
@@ -283,16 +284,5 @@ async def test_without_any_token_the_request_goes_anonymously(
 
 
 def test_one_provider_serves_two_event_loops(api: LoopbackServer) -> None:
-    provider = llm(api)
-
-    async def ask() -> tuple[str, str]:
-        chunks = [chunk async for chunk in provider.stream(LlmRequest.build("hi"))]
-        answer = await provider.generate(LlmRequest.build("hi"))  # leaves a pooled connection
-        assert chunks[-1].response is not None
-        return chunks[-1].response.text, answer.text
-
-    first = asyncio.run(ask())
-    second = asyncio.run(ask())  # the first loop is closed now
-    asyncio.run(provider.aclose())
-    gc.collect()  # a client or socket left open would warn here, and warnings are errors
-    assert first == second == ("Hello from the loopback server.",) * 2
+    answers = answers_from_two_event_loops(llm(api))
+    assert answers == (("Hello from the loopback server.",) * 2,) * 2
