@@ -8,9 +8,8 @@ import os
 from collections.abc import AsyncGenerator
 from pathlib import Path
 from types import BuiltinFunctionType, FunctionType, ModuleType
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
-import httpx
 import pytest
 
 from llm_abstractions import LlmFactory, LlmRequest, StreamChunk
@@ -33,6 +32,16 @@ from tests.fakes.server import LoopbackServer, Scripted, loopback_fixtures
 from tests.support.loops import answers_from_two_event_loops
 
 pytestmark = pytest.mark.anyio
+
+
+def hub_response_class() -> Any:
+    """The response class of the HTTP library huggingface_hub uses: httpx, httpx2 from 2.0."""
+    import importlib
+    from importlib.metadata import version
+
+    major = int(version("huggingface_hub").split(".")[0])
+    return importlib.import_module("httpx2" if major >= 2 else "httpx").Response
+
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 T = TypeVar("T")
@@ -149,9 +158,10 @@ async def test_each_stream_releases_its_response_whole_cut_or_abandoned(
             await stream.aclose()
         # Still open after six streams, the provider keeps none of their responses, and
         # each of them is closed, its connection given back (the abandoned ones too).
-        assert held_by(provider, httpx.Response) == []
+        response_class = hub_response_class()
+        assert held_by(provider, response_class) == []
         gc.collect()
-        responses = [obj for obj in gc.get_objects() if isinstance(obj, httpx.Response)]
+        responses = [obj for obj in gc.get_objects() if isinstance(obj, response_class)]
         assert all(r.is_closed for r in responses if str(r.url).startswith(api.url))
         answer = await provider.generate(LlmRequest.build("still works"))
     assert answer.text == "Hello from the loopback server."
