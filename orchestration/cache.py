@@ -1,9 +1,10 @@
 """The response cache: answers kept in the ledger database, reused for identical requests.
 
 Opt-in (``TaskExecutor(cache=True)`` or an agent's ``cache = true``). The key is a SHA-256
-of the provider, the model and the request as sent (messages, system prompt, generation
-settings), never of a key or of the task's own id, so the same question asked by another
-task or another run is a hit. A hit is recorded as an attempt with method ``cache``, cost 0
+of the provider, the model, the endpoint (its base URL, when it has one: two servers behind
+one provider name are two caches) and the request as sent (messages, system prompt,
+generation settings), never of a key or of the task's own id, so the same question asked by
+another task or another run is a hit. A hit is recorded as an attempt with method ``cache``, cost 0
 and ``cached_from`` naming the attempt that paid for the answer.
 
 Only successful, complete answers are stored (not ones cut at ``max_tokens``).
@@ -36,11 +37,13 @@ _LOOKUP = text(
 )
 
 
-def cache_key(provider: str, model: str | None, request: LlmRequest) -> str:
-    """The hash that identifies a request to one provider and model."""
+def cache_key(
+    provider: str, model: str | None, request: LlmRequest, endpoint: str | None = None
+) -> str:
+    """The hash that identifies a request to one provider, model and endpoint."""
     sent = request.model_dump(mode="json", exclude={"metadata", "stream", "model"})
     document = json.dumps(
-        {"provider": provider, "model": model, "request": sent},
+        {"provider": provider, "model": model, "endpoint": endpoint, "request": sent},
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,

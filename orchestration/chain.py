@@ -339,11 +339,16 @@ class _Attempts:
         return result
 
     def _cache_key(self, link: AgentConfig, request: LlmRequest) -> str | None:
-        """The request's cache key, if the cache is on for this link."""
+        """The request's cache key, if the cache is on for this link (and it can be built)."""
         enabled = link.cache if link.cache is not None else self.runner.cache_default
         if self.cache is None or not enabled:
             return None
-        return cache_key(link.agent_type, _model(link), request)
+        try:
+            llm = self.runner.provider(link)
+        except ConfigurationError:  # the attempt will say what is wrong
+            return None
+        endpoint = getattr(llm, "base_url", None) or getattr(llm, "host", None)
+        return cache_key(link.agent_type, _model(link), request, endpoint)
 
     async def _cached(self, key: str, link: AgentConfig) -> TaskResult | None:
         assert self.cache is not None  # noqa: S101 - only called with a cache

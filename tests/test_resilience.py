@@ -553,3 +553,17 @@ def test_a_half_open_circuit_lets_exactly_one_probe_through() -> None:
     assert breaker.allow() == PROBE
     breaker.succeeded(PROBE)
     assert breaker.state == "closed" and breaker.allow() == CALL
+
+
+async def test_two_endpoints_of_one_provider_keep_their_own_cache(
+    server: FaultServer, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    same = AgentTask(task_id="q", description="[[task:q]] hello", agent="gpt")
+    async with TaskExecutor(gpt_registry(), ledger=ledger, cache=True) as executor:
+        await executor.run([same])
+    with FaultServer() as other:
+        monkeypatch.setenv("OPENAI_BASE_URL", f"{other.url}/v1")
+        async with TaskExecutor(gpt_registry(), ledger=ledger, cache=True) as executor:
+            await executor.run([same])
+        assert len(other.log) == 1  # not answered from the first server's cache
+    assert len(server.log) == 1
