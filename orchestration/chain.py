@@ -19,6 +19,7 @@ per task, before its first attempt; a task's own ``budget_usd`` before each atte
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Callable, Mapping
 from time import perf_counter
@@ -39,6 +40,7 @@ from orchestration.resilience import (
     RateLimit,
     RateLimiter,
     RetryPolicy,
+    Waiting,
     estimate_tokens,
 )
 from orchestration.tasks import AgentTask, ExecutionMethod, TaskResult, TaskStatus
@@ -154,13 +156,15 @@ class TaskRunner:
         budget: Budget | None = None,
         cache: ResponseCache | None = None,
         on_attempt: Callable[[TaskResult], None] | None = None,
+        waiting: Waiting = contextlib.nullcontext,
     ) -> list[TaskResult]:
         """Every attempt at ``task``, in order; the last one is the task's outcome.
 
         ``on_attempt`` is called with each attempt made (not with outcomes no attempt
-        produced, such as a budget refusal) as soon as it ends.
+        produced, such as a budget refusal) as soon as it ends. Every wait (backoff, rate
+        limit, budget) happens inside ``waiting()``.
         """
-        attempts = _Attempts(self, task, agent, upstream, cache, on_attempt)
+        attempts = _Attempts(self, task, agent, upstream, cache, on_attempt, waiting)
         try:
             request = build_request(task, agent, upstream)
         except ConfigurationError as exc:  # bad settings: nothing to try
@@ -169,7 +173,7 @@ class TaskRunner:
             attempts.add(await script_attempt(task, agent, request))
             return attempts.tries
         estimate = 0.0 if budget is None else _estimate_cost(agent, request)
-        if budget is not None and not await budget.admit(estimate):
+        if budget is not None and not await budget.admit(estimate, waiting):
             spent = f"${budget.spent:.4f} spent, ${budget.reserved:.4f} in flight"
             return [
                 _not_attempted(
@@ -199,8 +203,10 @@ class _Attempts:
         upstream: dict[str, str],
         cache: ResponseCache | None,
         on_attempt: Callable[[TaskResult], None] | None,
+        waiting: Waiting,
     ) -> None:
         self.runner = runner
+        self.waiting = waiting
         self.task = task
         self.agent = agent
         self.upstream = upstream
@@ -272,10 +278,11 @@ class _Attempts:
                 self.add(over)
                 return "done"
             if wait > 0:
-                await runner.clock.sleep(wait)
+                async with self.waiting():
+                    await runner.clock.sleep(wait)
             taken = 0.0
             if limiter is not None:
-                limited, taken = await limiter.acquire(sum(estimate_tokens(request)))
+                limited, taken = await limiter.acquire(sum(estimate_tokens(request)), self.waiting)
                 wait += limited
             result = await self._call(link, request, limiter, taken)
             if result is None:  # the circuit is open

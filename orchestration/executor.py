@@ -19,12 +19,14 @@ own script. A run may have a budget; tasks it cannot afford end ``budget_exceede
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import re
 import sys
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -440,6 +442,8 @@ class _Scheduler:
         self.idle: list[_IdleWorker] = []
         self.committing: dict[Commit, list[tuple[str, TaskResult]]] = {}
         self.made: dict[str, int] = {}  # attempts numbered so far, by task
+        self.started_order: dict[str, int] = {}  # the place each task took in the queue
+        self.resuming: dict[str, anyio.Event] = {}  # tasks waiting to get their slot back
         # Bound once: binding at every event cost more than the rest of the logging.
         self.log = get_logger().bind(run=run.run_id)
         self.tg: anyio.abc.TaskGroup | None = None
@@ -474,22 +478,55 @@ class _Scheduler:
 
     def _queue(self, tid: str) -> None:
         agent = self.agents[tid].name
-        self.ready.setdefault(agent, deque()).append((next(self.order), tid))
+        order = self.started_order[tid] = next(self.order)
+        self.ready.setdefault(agent, deque()).append((order, tid))
 
     def _claim(self) -> str | None:
-        """Take the slots of the oldest ready task among agents with room, if any."""
-        if not self.free:
-            return None
-        best: deque[tuple[int, str]] | None = None
-        for agent, queue in self.ready.items():
-            if queue and self.agent_free.get(agent, 1) and (best is None or queue[0] < best[0]):
-                best = queue
-        if best is None:
-            return None
-        _, tid = best.popleft()
-        self._take(tid, -1)
-        self.unfinished += 1
-        return tid
+        """Take the slots of the oldest ready task among agents with room, if any.
+
+        A task that gave its slot back for a wait and wants it again is ready too: it gets
+        the slot and is woken, and the search goes on for a task to start.
+        """
+        while self.free:
+            best: deque[tuple[int, str]] | None = None
+            for agent, queue in self.ready.items():
+                if queue and self.agent_free.get(agent, 1) and (best is None or queue[0] < best[0]):
+                    best = queue
+            if best is None:
+                return None
+            _, tid = best.popleft()
+            self._take(tid, -1)
+            resumed = self.resuming.pop(tid, None)
+            if resumed is None:
+                self.unfinished += 1
+                return tid
+            resumed.set()
+        return None
+
+    @asynccontextmanager
+    async def _slot_given_back(self, tid: str) -> AsyncIterator[None]:
+        """While a task waits (backoff, rate limit, budget), its slot serves other tasks.
+
+        Afterwards it queues for a slot again, ahead of tasks that became ready after it
+        started.
+        """
+        self._take(tid, +1)
+        self._dispatch()
+        try:
+            yield
+        finally:
+            back = anyio.Event()
+            self.resuming[tid] = back
+            queue = self.ready.setdefault(self.agents[tid].name, deque())
+            bisect.insort(queue, (self.started_order[tid], tid))
+            self._dispatch()
+            try:
+                await back.wait()
+            except anyio.get_cancelled_exc_class():
+                if self.resuming.pop(tid, None) is not None:  # still queued: take it out
+                    queue.remove((self.started_order[tid], tid))
+                    self._take(tid, -1)  # as if it had its slot: _run_one gives it back
+                raise
 
     def _take(self, tid: str, change: int) -> None:
         """Take (-1) or give back (+1) the slots ``tid`` occupies."""
@@ -614,7 +651,13 @@ class _Scheduler:
 
         try:
             return await self.executor.runner.run(
-                task, agent, upstream, budget=self.budget, cache=self.cache, on_attempt=made
+                task,
+                agent,
+                upstream,
+                budget=self.budget,
+                cache=self.cache,
+                on_attempt=made,
+                waiting=lambda: self._slot_given_back(task.task_id),
             )
         except Exception as exc:  # cancellation is a BaseException and passes through
             failed = _failed_before_trying(task, agent, exc, "unexpected ")

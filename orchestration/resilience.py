@@ -10,11 +10,13 @@ waits (``Retry-After``, backoff, cool-downs, rate limits) without sleeping throu
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
 from collections import deque
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
@@ -36,8 +38,13 @@ __all__ = [
     "RateLimiter",
     "RetryPolicy",
     "SystemClock",
+    "Waiting",
     "estimate_tokens",
 ]
+
+# Where a task waits (for a backoff, a rate limit, a budget): the executor's gives its
+# concurrency slot back for the wait.
+Waiting = Callable[[], AbstractAsyncContextManager[object]]
 
 # Output tokens assumed for a request that sets no max_tokens, for budgets and rate limits.
 DEFAULT_OUTPUT_ESTIMATE = 1024
@@ -184,8 +191,10 @@ class RateLimiter:
         )
         self.tokens = _Bucket(limit.tokens_per_minute, now) if limit.tokens_per_minute else None
 
-    async def acquire(self, tokens: int) -> tuple[float, float]:
-        """Wait until one request of about ``tokens`` tokens fits.
+    async def acquire(
+        self, tokens: int, waiting: Waiting = contextlib.nullcontext
+    ) -> tuple[float, float]:
+        """Wait until one request of about ``tokens`` tokens fits (inside ``waiting()``).
 
         Returns:
             The seconds waited, and the tokens taken (pass them to ``correct``/``refund``).
@@ -198,7 +207,8 @@ class RateLimiter:
             token_wait, taken = self.tokens.take(tokens, now)
             wait = max(wait, token_wait)
         if wait > 0:
-            await self.clock.sleep(wait)
+            async with waiting():
+                await self.clock.sleep(wait)
         return wait, taken
 
     def correct(self, taken: float, used: int | None) -> None:
@@ -362,12 +372,16 @@ class Budget:
         self.reserved = 0.0
         self._settled = anyio.Event()
 
-    async def admit(self, estimate: float) -> bool:
-        """Reserve ``estimate`` once it fits; False if it cannot fit even then."""
+    async def admit(self, estimate: float, waiting: Waiting = contextlib.nullcontext) -> bool:
+        """Reserve ``estimate`` once it fits; False if it cannot fit even then.
+
+        Any wait happens inside ``waiting()`` (the executor gives the task's slot back).
+        """
         while self.spent + self.reserved + estimate > self.limit:
             if self.spent + estimate > self.limit or self.reserved == 0:
                 return False
-            await self._settled.wait()  # what is in flight may cost less than reserved
+            async with waiting():
+                await self._settled.wait()  # what is in flight may cost less than reserved
         self.reserved += estimate
         return True
 

@@ -567,3 +567,42 @@ async def test_two_endpoints_of_one_provider_keep_their_own_cache(
             await executor.run([same])
         assert len(other.log) == 1  # not answered from the first server's cache
     assert len(server.log) == 1
+
+
+async def test_a_task_waiting_for_a_rate_limit_lets_other_tasks_use_its_slot(
+    ledger: Ledger,
+) -> None:
+    from llm_abstractions import LlmFactory
+    from llm_abstractions.testing import FunctionLlm
+
+    calls: list[str] = []
+
+    def answer(request: Any) -> str:
+        calls.append(request.metadata["task_id"])
+        return "ok"
+
+    for name in ("limited", "free"):
+        LlmFactory.register_provider(name, lambda **_: FunctionLlm(answer), replace=True)
+    registry = AgentRegistry()
+    registry.register_agent("slow", "limited")
+    registry.register_agent("fast", "free")
+
+    class Patient(FakeClock):  # a wait lasts long enough for other tasks to run
+        async def sleep(self, seconds: float) -> None:
+            await super().sleep(seconds)
+            await anyio.sleep(0.2)
+
+    executor = TaskExecutor(
+        registry,
+        ledger=ledger,
+        max_concurrency=1,
+        clock=Patient(),
+        rate_limits={"limited": RateLimit(requests_per_minute=1)},
+    )
+    tasks = [AgentTask(task_id=f"s{i}", description="x", agent="slow") for i in range(2)]
+    tasks += [AgentTask(task_id=f"f{i}", description="x", agent="fast") for i in range(3)]
+    async with executor:
+        run = await executor.run(tasks)
+    assert run.ok
+    # s1 waits 60 s for the rate limit; its one slot runs the fast tasks meanwhile.
+    assert calls == ["s0", "f0", "f1", "f2", "s1"]
