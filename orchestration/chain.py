@@ -225,9 +225,10 @@ class _Attempts:
             self.on_attempt(result)
 
     async def run(self, request: LlmRequest) -> None:
+        self.started = self.runner.clock.now()  # the task's time runs from its first try
         links = self.runner.chain(self.agent)
         for number, (label, link) in enumerate(links):
-            last = number == len(links) - 1
+            last = not any(self._could_serve(later) for _, later in links[number + 1 :])
             outcome = await self._link(label, link, request if number == 0 else None, last)
             if outcome == "done":
                 break
@@ -244,13 +245,19 @@ class _Attempts:
                 )
             )
 
+    def _could_serve(self, link: AgentConfig) -> bool:
+        """Whether a link's circuit would let a call through now."""
+        breaker = self.runner.breakers.get(link.agent_type)
+        return breaker is None or breaker.would_allow()
+
     async def _link(
         self, label: str, link: AgentConfig, request: LlmRequest | None, last: bool
     ) -> str:
         """Try one link; "done" ends the task, "next" moves on to the next link.
 
         ``request`` is the primary link's (None: build this link's own). A provider that
-        asks to wait longer than the cap is left for the next link, unless this is the last.
+        asks to wait longer than the cap is left for the next link, unless no later link
+        could take the task now.
         """
         runner, retry = self.runner, self.runner.retry
         primary = request is not None
@@ -280,16 +287,11 @@ class _Attempts:
             if wait > 0:
                 async with self.waiting():
                     await runner.clock.sleep(wait)
-            taken = 0.0
-            if limiter is not None:
-                limited, taken = await limiter.acquire(sum(estimate_tokens(request)), self.waiting)
-                wait += limited
-            result = await self._call(link, request, limiter, taken)
-            if result is None:  # the circuit is open
-                self.primary_open = self.primary_open or primary
-                self.reason = f"circuit open for {link.agent_type}"
-                return "next"
-            self.add(self._annotate(result, link, wait, key))
+            made = await self._attempt(label, link, request, limiter, primary)
+            if isinstance(made, str):
+                return made
+            result, limited = made
+            self.add(self._annotate(result, link, wait + limited, key))
             kind = result.metadata.get("failure_kind")
             if primary and not result.succeeded:
                 self.primary_failure = result
@@ -310,31 +312,57 @@ class _Attempts:
         self.reason = f"{label} failed {retry.max_attempts} time(s), the last with {error}"
         return "next"
 
-    async def _call(
+    async def _attempt(
         self,
+        label: str,
         link: AgentConfig,
         request: LlmRequest,
         limiter: RateLimiter | None,
-        taken: float,
-    ) -> TaskResult | None:
-        """One attempt through the link's provider, if its circuit lets it through.
+        primary: bool,
+    ) -> tuple[TaskResult, float] | str:
+        """One attempt, past the link's circuit breaker and rate limit.
 
-        Its breaker and rate limiter learn how it went. None: the circuit is open.
+        Returns:
+            The attempt and the seconds its rate limit made it wait; or "next" when the
+            circuit is open, "done" when the rate limit would take it past its time.
         """
-        breaker = self.runner.breaker(link.agent_type)
-        ticket = CALL if breaker is None else breaker.allow()
+        runner = self.runner
+        breaker = runner.breaker(link.agent_type)
+        ticket = CALL if breaker is None else breaker.allow()  # before any rate-limit wait
         if ticket is None:
-            if limiter is not None:
-                limiter.refund(taken)
-            return None
+            self.primary_open = self.primary_open or primary
+            self.reason = f"circuit open for {link.agent_type}"
+            return "next"
         try:
-            result = await llm_attempt(self.task, link, request, lambda: self.runner.provider(link))
+            limited, taken = 0.0, 0.0
+            if limiter is not None:
+                left = runner.retry.max_total_s - (runner.clock.now() - self.started)
+                tokens = sum(estimate_tokens(request))
+                limited, granted = await limiter.acquire(tokens, self.waiting, within=left)
+                if granted is None:
+                    if breaker is not None:
+                        breaker.abandoned(ticket)
+                    self.reason = self.reason or f"{label} ran out of time for its rate limit"
+                    return "done"
+                taken = granted
+            result = await self._call(link, request, breaker, ticket)
         except BaseException:
             if breaker is not None:
                 breaker.abandoned(ticket)
             raise
         if limiter is not None:
             limiter.correct(taken, result.usage.total_tokens if result.succeeded else None)
+        return result, limited
+
+    async def _call(
+        self,
+        link: AgentConfig,
+        request: LlmRequest,
+        breaker: CircuitBreaker | None,
+        ticket: int,
+    ) -> TaskResult:
+        """One attempt through the link's provider; its breaker learns how it went."""
+        result = await llm_attempt(self.task, link, request, lambda: self.runner.provider(link))
         if breaker is not None:
             kind = result.metadata.get("failure_kind")
             if result.succeeded or kind == FailureKind.REQUEST:
@@ -422,7 +450,8 @@ class _Attempts:
         """
         failure = self.primary_failure
         unavailable = failure is not None and bool(failure.metadata.get("provider_unavailable"))
-        if unavailable and not self.primary_open and script_can_stand_in(self.agent):
+        closed = not self.primary_open and self._could_serve(self.agent)
+        if unavailable and closed and script_can_stand_in(self.agent):
             result = await script_attempt(self.task, self.agent, request)
             self.add(self._annotate(result, self.agent, 0.0, None))
         elif not self.tries:  # every link's circuit was open

@@ -138,7 +138,8 @@ class TaskExecutor:
         self.ledger = ledger
         self.record = record
         self._owns_ledger = False
-        self._providers: dict[tuple[str, str, str | None], BaseLlm] = {}
+        self._providers: dict[tuple[str, str, str | None], tuple[AgentConfig, BaseLlm]] = {}
+        self._retired: list[BaseLlm] = []  # providers of agents replaced since
         self.runner = TaskRunner(
             registry,
             self._provider,
@@ -259,7 +260,8 @@ class TaskExecutor:
             raise LedgerError("resume needs the run ledger: build the executor with record=True.")
         saved = await anyio.to_thread.run_sync(load_run, self.ledger, run_id)
         if saved.status == RunStatus.SUCCEEDED:
-            return saved.as_result()
+            self.last_run = saved.as_result()
+            return self.last_run
         saved.refuse_if_alive(force)
         if budget_usd is None and saved.budget_usd is not None:
             budget_usd = max(0.0, saved.budget_usd - saved.spent)
@@ -367,7 +369,8 @@ class TaskExecutor:
 
     async def aclose(self) -> None:
         """Close every provider this executor built (their HTTP clients), and its own ledger."""
-        providers, self._providers = list(self._providers.values()), {}
+        providers = [llm for _, llm in self._providers.values()] + self._retired
+        self._providers, self._retired = {}, []
         for llm in providers:
             await llm.aclose()
         if self._owns_ledger and self.ledger is not None:
@@ -375,16 +378,23 @@ class TaskExecutor:
             self.ledger, self._owns_ledger = None, False
 
     def _provider(self, agent: AgentConfig) -> BaseLlm:
-        """The agent's provider, built once (a fallback ``provider:model`` is its own)."""
-        key = (agent.name, agent.agent_type, agent.model)
-        llm = self._providers.get(key)
-        if llm is None:
-            from llm_abstractions.factory import LlmFactory
+        """The agent's provider, built once (a fallback ``provider:model`` is its own).
 
-            llm = LlmFactory.get_provider(
-                agent.agent_type, model=agent.model, api_key=agent.resolved_api_key()
-            )
-            self._providers[key] = llm
+        An agent replaced with another key gets a new provider; the old one is closed with
+        the executor.
+        """
+        key = (agent.name, agent.agent_type, agent.model)
+        built = self._providers.get(key)
+        if built is not None:
+            if (built[0].api_key, built[0].api_key_env) == (agent.api_key, agent.api_key_env):
+                return built[1]
+            self._retired.append(built[1])
+        from llm_abstractions.factory import LlmFactory
+
+        llm = LlmFactory.get_provider(
+            agent.agent_type, model=agent.model, api_key=agent.resolved_api_key()
+        )
+        self._providers[key] = (agent, llm)
         return llm
 
 
@@ -487,10 +497,11 @@ class _Scheduler:
         A task that gave its slot back for a wait and wants it again is ready too: it gets
         the slot and is woken, and the search goes on for a task to start.
         """
-        while self.free:
+        while self.free > 0:
             best: deque[tuple[int, str]] | None = None
             for agent, queue in self.ready.items():
-                if queue and self.agent_free.get(agent, 1) and (best is None or queue[0] < best[0]):
+                room = self.agent_free.get(agent, 1) > 0
+                if queue and room and (best is None or queue[0] < best[0]):
                     best = queue
             if best is None:
                 return None
@@ -512,21 +523,18 @@ class _Scheduler:
         """
         self._take(tid, +1)
         self._dispatch()
+        yield  # cancelled here: the run is ending, so no slot is asked back, nothing started
+        back = anyio.Event()
+        self.resuming[tid] = back
+        queue = self.ready.setdefault(self.agents[tid].name, deque())
+        bisect.insort(queue, (self.started_order[tid], tid))
+        self._dispatch()
         try:
-            yield
-        finally:
-            back = anyio.Event()
-            self.resuming[tid] = back
-            queue = self.ready.setdefault(self.agents[tid].name, deque())
-            bisect.insort(queue, (self.started_order[tid], tid))
-            self._dispatch()
-            try:
-                await back.wait()
-            except anyio.get_cancelled_exc_class():
-                if self.resuming.pop(tid, None) is not None:  # still queued: take it out
-                    queue.remove((self.started_order[tid], tid))
-                    self._take(tid, -1)  # as if it had its slot: _run_one gives it back
-                raise
+            await back.wait()
+        except anyio.get_cancelled_exc_class():
+            if self.resuming.pop(tid, None) is not None:  # still queued: take it out
+                queue.remove((self.started_order[tid], tid))
+            raise
 
     def _take(self, tid: str, change: int) -> None:
         """Take (-1) or give back (+1) the slots ``tid`` occupies."""
@@ -674,7 +682,8 @@ class _Scheduler:
 
     def _end_without_running(self, tid: str, status: TaskStatus, error: str) -> None:
         """Record a task that ends without a result of its own: skipped or cancelled."""
-        ended = TaskResult(task_id=tid, status=status, error=error)
+        made = self.made.get(tid, self.attempts_before.get(tid, 0))
+        ended = TaskResult(task_id=tid, status=status, error=error, attempts=made)
         self.run_result.results[tid] = ended
         self._done(ended)
         if self.recorder is not None:

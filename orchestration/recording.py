@@ -92,7 +92,7 @@ _TASK_NOT_RUN = _insert(
     "task_runs",
     "run_id task_id agent status error finished_at attempts",
     key=_TASK_KEY,
-    update="agent status error finished_at",
+    update="agent status error finished_at attempts",
 )
 
 # Ranks order the operations of one group commit (see ledger.Ledger._commit).
@@ -161,7 +161,10 @@ class Recorder:
         ``crashed``, and so does the attempt it was making: that call may have been paid
         for, and the ledger says so.
         """
-        error = f"crashed: its process died during this attempt; resumed at {_ts(now)}"
+        error = (
+            f"crashed: its process died while this task ran (the call may or may not have "
+            f"been made, and paid for); resumed at {_ts(now)}"
+        )
         attempts = [
             (run_id, task_id, agent, number, "unknown", None, None, "crashed", "Crashed", error)
             + (None,) * 11
@@ -249,7 +252,9 @@ class Recorder:
         self, run_id: str, task_id: str, agent: str, result: TaskResult
     ) -> None:
         """Record a skipped or cancelled task (queued, not awaited)."""
-        row = (run_id, task_id, agent, result.status.value, result.error, _epoch_ts(time.time()), 0)
+        self._started.pop((run_id, task_id), None)
+        now = _epoch_ts(time.time())
+        row = (run_id, task_id, agent, result.status.value, result.error, now, result.attempts)
         self._unawaited[self.ledger.write_soon([(RANK_NOT_RUN, _TASK_NOT_RUN, [row])])] = None
 
     async def finish_run(self, run_id: str, status: str, finished: datetime) -> None:

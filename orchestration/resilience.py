@@ -192,12 +192,14 @@ class RateLimiter:
         self.tokens = _Bucket(limit.tokens_per_minute, now) if limit.tokens_per_minute else None
 
     async def acquire(
-        self, tokens: int, waiting: Waiting = contextlib.nullcontext
-    ) -> tuple[float, float]:
+        self, tokens: int, waiting: Waiting = contextlib.nullcontext, within: float | None = None
+    ) -> tuple[float, float | None]:
         """Wait until one request of about ``tokens`` tokens fits (inside ``waiting()``).
 
         Returns:
-            The seconds waited, and the tokens taken (pass them to ``correct``/``refund``).
+            The seconds waited, and the tokens taken (pass them to ``correct``). When the
+            wait would be longer than ``within`` seconds, nothing is taken or waited:
+            ``(0.0, None)``.
         """
         now = self.clock.now()
         wait = taken = 0.0
@@ -206,6 +208,9 @@ class RateLimiter:
         if self.tokens is not None:
             token_wait, taken = self.tokens.take(tokens, now)
             wait = max(wait, token_wait)
+        if within is not None and wait > within:
+            self.refund(taken)
+            return 0.0, None
         if wait > 0:
             async with waiting():
                 await self.clock.sleep(wait)
@@ -335,6 +340,15 @@ class CircuitBreaker:
             calls >= self.policy.min_calls and rate >= self.policy.failure_rate
         ):
             self._open()
+
+    def would_allow(self) -> bool:
+        """Whether ``allow`` would hand out a ticket now (without taking one)."""
+        if self.state is BreakerState.CLOSED:
+            return True
+        if self.state is BreakerState.OPEN:
+            assert self.opened_at is not None  # noqa: S101 - set when opened
+            return self.clock.now() - self.opened_at >= self.policy.cooldown_s
+        return not self._probing
 
     def abandoned(self, ticket: int) -> None:
         """The call ended without a verdict on the provider (cancelled, not sent)."""

@@ -120,21 +120,24 @@ class SavedRun:
 def claim_run(ledger: Ledger, saved: SavedRun) -> bool:
     """Make this process the one running ``saved``, unless another process did first.
 
-    One conditional update (blocking: call it from a thread): of two processes resuming the
-    same run at once, exactly one sees its row change.
+    One conditional update of the run's status, process and host, as they were read
+    (blocking: call it from a thread): of two resumes of the same run, in one process or
+    two, only the first sees its row change.
     """
     same_pid = "pid IS NULL" if saved.pid is None else "pid = :old_pid"
     same_host = "host IS NULL" if saved.host is None else "host = :old_host"
     with ledger.engine.begin() as connection:
         claimed = connection.execute(
             text(
-                "UPDATE runs SET pid = :pid, host = :host "  # noqa: S608 - fixed fragments
-                f"WHERE id = :id AND {same_pid} AND {same_host}"
+                "UPDATE runs SET pid = :pid, host = :host, status = 'running', "  # noqa: S608
+                "finished_at = NULL WHERE id = :id AND status = :old_status "
+                f"AND {same_pid} AND {same_host}"
             ),
             {
                 "pid": os.getpid(),
                 "host": socket.gethostname(),
                 "id": saved.run_id,
+                "old_status": saved.status,
                 "old_pid": saved.pid,
                 "old_host": saved.host,
             },

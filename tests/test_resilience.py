@@ -432,30 +432,50 @@ async def test_rate_limits_do_not_open_the_breaker(server: FaultServer, ledger: 
     assert methods == [("llm_factory",)]  # and the script never stood in for a rate limit
 
 
-async def test_a_task_no_link_could_try_in_time_fails_cleanly(
+async def test_an_open_circuit_is_passed_without_waiting_for_its_rate_limit(
     server: FaultServer, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server.plan = FaultPlan(rate=1.0, kinds={"500": 1})
+    clock = FakeClock()
     with FaultServer() as healthy:
         monkeypatch.setenv("ANTHROPIC_BASE_URL", healthy.url)
         monkeypatch.setenv("ANTHROPIC_API_KEY", "k-anthropic")
         executor = TaskExecutor(
             gpt_registry(fallbacks=("anthropic-claude:claude-haiku-4-5",)),
             ledger=ledger,
-            clock=FakeClock(),
+            clock=clock,
             max_concurrency=1,
-            retry=RetryPolicy(max_attempts=1, max_total_s=10),
+            retry=RetryPolicy(max_attempts=1),
             rate_limits={"openai-gpt": RateLimit(requests_per_minute=1)},
             breaker=BreakerPolicy(consecutive_failures=1, cooldown_s=1000),
         )
         async with executor:
             run = await executor.run([task("t0"), task("t1")])
-    # t0: OpenAI fails and opens the circuit; Anthropic answers. t1 waits 60 s for the
-    # rate limit, finds the circuit open, and is then out of time for Anthropic.
+    # t0: OpenAI fails and opens its circuit; Anthropic answers. t1 goes to Anthropic at
+    # once: it does not wait a minute for OpenAI's rate limit only to find the circuit open.
+    assert run.ok and clock.sleeps == []
+    assert run.results["t1"].metadata["fallback_reason"] == "circuit open for openai-gpt"
+    assert server.log.kinds_for("t1") == []
+
+
+async def test_a_task_its_rate_limit_would_keep_past_its_time_is_not_sent(
+    server: FaultServer, ledger: Ledger
+) -> None:
+    executor = TaskExecutor(
+        gpt_registry(),
+        ledger=ledger,
+        clock=FakeClock(),
+        max_concurrency=1,
+        retry=RetryPolicy(max_total_s=10),
+        rate_limits={"openai-gpt": RateLimit(requests_per_minute=1)},
+    )
+    async with executor:
+        run = await executor.run([task("t0"), task("t1")])
     assert run.results["t0"].succeeded
-    t1 = run.results["t1"]
+    t1 = run.results["t1"]  # would wait 60 s for its turn, with 10 s to live
     assert t1.status is TaskStatus.FAILED and t1.attempts == 0
-    assert t1.error == "not run: circuit open for openai-gpt"
+    assert t1.error == "not run: gpt ran out of time for its rate limit"
+    assert server.log.kinds_for("t1") == []
     assert rows(ledger, "SELECT COUNT(*) FROM attempts WHERE task_id = 't1'") == [(0,)]
 
 
@@ -520,6 +540,7 @@ def test_a_token_bucket_gives_back_only_what_it_took() -> None:
         waits = []
         first, taken = await limiter.acquire(1010)  # more than a minute's worth: 300 taken
         second, _ = await limiter.acquire(1010)  # lends the next minute's 300
+        assert taken == 300
         limiter.correct(taken, 15)  # the first used 15: 285 come back, not 995
         third, _ = await limiter.acquire(100)
         waits += [first, second, third]
@@ -606,3 +627,84 @@ async def test_a_task_waiting_for_a_rate_limit_lets_other_tasks_use_its_slot(
     assert run.ok
     # s1 waits 60 s for the rate limit; its one slot runs the fast tasks meanwhile.
     assert calls == ["s0", "f0", "f1", "f2", "s1"]
+
+
+async def test_cancelling_a_run_while_tasks_wait_for_their_slot_starts_nothing_new(
+    ledger: Ledger,
+) -> None:
+    from llm_abstractions import LlmFactory, LLMRateLimitError
+    from llm_abstractions.testing import FunctionLlm
+
+    calls: list[str] = []
+    holding = anyio.Event()
+
+    def answer(request: Any) -> str:
+        calls.append(request.metadata["task_id"])
+        return "ok"
+
+    def refuse(request: Any) -> str:
+        calls.append(request.metadata["task_id"])
+        raise LLMRateLimitError("slow down", retry_after=7.0)
+
+    async def busy(request: Any) -> str:
+        calls.append(request.metadata["task_id"])
+        holding.set()
+        await anyio.sleep(5.0)
+        return "ok"
+
+    for name, handler in (("limited", answer), ("refusing", refuse), ("busy", busy)):
+        LlmFactory.register_provider(
+            name, lambda handler=handler, **_: FunctionLlm(handler), replace=True
+        )
+    registry = AgentRegistry()
+    registry.register_agent("slow", "limited")
+    registry.register_agent("shy", "refusing")
+    registry.register_agent("long", "busy")
+
+    class Paced(FakeClock):  # rate-limit waits end soon; the 7 s Retry-After outlasts the test
+        async def sleep(self, seconds: float) -> None:
+            await super().sleep(seconds)
+            await anyio.sleep(10.0 if seconds == 7.0 else 0.05)
+
+    executor = TaskExecutor(
+        registry,
+        ledger=ledger,
+        max_concurrency=1,
+        clock=Paced(),
+        rate_limits={"limited": RateLimit(requests_per_minute=1)},
+    )
+    tasks = [AgentTask(task_id=f"s{i}", description="x", agent="slow") for i in range(4)]
+    tasks += [AgentTask(task_id=f"r{i}", description="x", agent="shy") for i in range(3)]
+    tasks += [AgentTask(task_id=f"q{i}", description="x", agent="long") for i in range(4)]
+    async with executor, anyio.create_task_group() as tg:
+        tg.start_soon(executor.run, tasks)
+        await holding.wait()  # q0 has the one slot; r0 sleeps on its Retry-After
+        await anyio.sleep(0.3)  # s1-s3 are done waiting and queue for the slot again
+        tg.cancel_scope.cancel()
+    # Every waiter gave its slot away for its wait; cancelling them must not hand the slot
+    # (or more than it) to q1-q3.
+    assert calls == ["s0", "r0", "r1", "r2", "q0"]
+    assert executor.last_run is not None
+    statuses = {t: r.status.value for t, r in executor.last_run.results.items()}
+    cancelled = ["s1", "s2", "s3", "r0", "r1", "r2", "q0", "q1", "q2", "q3"]
+    assert statuses == {"s0": "succeeded", **dict.fromkeys(cancelled, "cancelled")}
+
+
+async def test_a_long_retry_after_is_waited_out_when_no_later_link_can_serve(
+    server: FaultServer, ledger: Ledger
+) -> None:
+    server.plan = FaultPlan(rate=1.0, kinds={"429": 1}, retry_after=120.0, max_faults_per_key=1)
+    registry = gpt_registry(fallbacks=("spare",))
+    registry.register_agent("spare", "anthropic-claude", api_key="k-anthropic")
+    clock = FakeClock()
+    executor = TaskExecutor(registry, ledger=ledger, clock=clock)
+    async with executor:
+        breaker = executor.runner.breaker("anthropic-claude")
+        assert breaker is not None
+        breaker.failed(breaker.allow() or 0)
+        for _ in range(4):
+            breaker.failed(0)  # the spare's circuit is open
+        assert breaker.state == "open"
+        result = await executor.execute(task("w"))
+    assert result.succeeded and clock.sleeps == [60.0]  # the cap, not 120 s, and no move
+    assert server.log.kinds_for("w") == ["429", "ok"]

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from llm_abstractions.errors import ConfigurationError
@@ -276,3 +277,45 @@ def test_migrations_bring_a_first_version_ledger_up_to_date(tmp_path: Path) -> N
     assert {"wait_s", "fallback_reason", "cached_from"} <= columns
     assert {r[1] for r in rows(path, "PRAGMA table_info(runs)")} >= {"pid", "host", "budget_usd"}
     assert rows(path, "SELECT id, status FROM runs") == [("old", "succeeded")]
+
+
+async def test_two_resumes_at_once_run_the_run_once(server: FaultServer, ledger: Ledger) -> None:
+    never = RetryPolicy.never()
+    async with TaskExecutor(registry(), ledger=ledger, retry=never) as executor:
+        first = await executor.run(
+            [AgentTask(task_id="x", description="[[task:x]] [[500]]", agent="gpt")]
+        )
+        outcomes: list[str] = []
+
+        async def resume() -> None:
+            try:
+                await executor.resume(first.run_id, retry_failed=True)
+                outcomes.append("ran")
+            except ConfigurationError as exc:
+                outcomes.append(str(exc))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(resume)
+            tg.start_soon(resume)
+    assert outcomes.count("ran") == 1
+    refused = next(o for o in outcomes if o != "ran")  # depending on when it read the run:
+    assert "resumed by another process" in refused or "still being run by process" in refused
+    assert server.log.kinds_for("x") == ["500", "500"]  # the first run's call, and one more
+
+
+async def test_an_agent_replaced_with_another_key_gets_a_new_client(ledger: Ledger) -> None:
+    from llm_abstractions import LlmFactory
+    from llm_abstractions.testing import FunctionLlm
+
+    def keyed(api_key: str | None = None, **_: Any) -> FunctionLlm:
+        return FunctionLlm(lambda request: f"key={api_key}")
+
+    LlmFactory.register_provider("keyed", keyed, env_keys=("KEYED_API_KEY",), replace=True)
+    agents = AgentRegistry()
+    agents.register_agent("k", "keyed", api_key="old-key")
+    one = AgentTask(task_id="t", description="x", agent="k")
+    async with TaskExecutor(agents, ledger=ledger) as executor:
+        before = await executor.execute(one)
+        agents.register_agent("k", "keyed", api_key="new-key", replace=True)
+        after = await executor.execute(one)
+    assert (before.output, after.output) == ("key=old-key", "key=new-key")
