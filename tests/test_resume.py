@@ -286,6 +286,7 @@ async def test_two_resumes_at_once_run_the_run_once(server: FaultServer, ledger:
             [AgentTask(task_id="x", description="[[task:x]] [[500]]", agent="gpt")]
         )
         outcomes: list[str] = []
+        server.plan = FaultPlan(latency=0.5)  # the first resume is still running the task
 
         async def resume() -> None:
             try:
