@@ -26,6 +26,7 @@ import os
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 Json = dict[str, Any]
@@ -96,12 +97,11 @@ def anthropic(req: Json) -> Json:
     cached = (usage.get("cache_read_input_tokens") or 0) + (
         usage.get("cache_creation_input_tokens") or 0
     )
+    reason = out.get("stop_reason")
     return {
         "output": "".join(b.get("text", "") for b in out["content"] if b.get("type") == "text"),
         "model": out.get("model", req["model"]),
-        "finish_reason": {"end_turn": "stop", "max_tokens": "length"}.get(
-            out.get("stop_reason"), out.get("stop_reason")
-        ),
+        "finish_reason": _STOP_REASONS.get(str(reason), reason),
         "usage": {
             "input_tokens": usage["input_tokens"] + cached if "input_tokens" in usage else None,
             "output_tokens": usage.get("output_tokens"),
@@ -109,7 +109,11 @@ def anthropic(req: Json) -> Json:
     }
 
 
-def openai_compatible(base: str, api_key: str | None) -> Any:
+# Anthropic's stop reasons in the OpenAI terms the executor reads.
+_STOP_REASONS = {"end_turn": "stop", "max_tokens": "length"}
+
+
+def openai_compatible(base: str, api_key: str | None) -> Callable[[Json], Json]:
     """A caller for an OpenAI-compatible chat completions endpoint at ``base``."""
 
     def call(req: Json) -> Json:
