@@ -33,14 +33,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from llm_abstractions.base import BaseLlm
 from llm_abstractions.errors import (
     LLMBadResponseError,
-    LLMConnectionError,
     LLMContentFilterError,
-    LLMTimeoutError,
     MissingCredentialsError,
     OrchestraError,
 )
 from llm_abstractions.providers._loop_bound import LoopBound
-from llm_abstractions.providers.http_errors import error_from_status
+from llm_abstractions.providers.http_errors import error_from_status, sdk_transport_error
 from llm_abstractions.types import FinishReason, LlmRequest, LlmResponse, StreamChunk, Usage
 
 if TYPE_CHECKING:
@@ -220,14 +218,9 @@ class AnthropicLlm(BaseLlm):
         """The error tree's class for an SDK exception, most specific first."""
         import anthropic
 
-        # The SDK's aiohttp transport reports a refused connection as a connect timeout.
-        if isinstance(exc, anthropic.APITimeoutError) and not _refused(exc):
-            return LLMTimeoutError(f"{self.provider}: timed out", provider=self.provider)
-        if isinstance(exc, anthropic.APIConnectionError):
-            return LLMConnectionError(
-                f"{self.provider}: cannot reach {self.base_url or 'the API'}: {exc}",
-                provider=self.provider,
-            )
+        transport = sdk_transport_error(exc, anthropic, self.provider, self.base_url)
+        if transport is not None:
+            return transport
         if isinstance(exc, anthropic.APIStatusError):
             status, message = exc.status_code, exc.api_message or exc.message
             if status < 400:  # an ``error`` event inside a stream that began with 200
@@ -244,16 +237,6 @@ class AnthropicLlm(BaseLlm):
             f"{self.provider}: malformed answer: {type(exc).__name__}: {exc}",
             provider=self.provider,
         )
-
-
-def _refused(exc: BaseException) -> bool:
-    """Whether a connection error (refused, reset, unreachable) caused ``exc``."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, ConnectionError):
-            return True
-        cause = cause.__cause__ or cause.__context__
-    return False
 
 
 def _usage(counts: Mapping[str, Any]) -> Usage:

@@ -14,10 +14,12 @@ import email.utils
 import re
 import time
 from collections.abc import Mapping
+from types import ModuleType
 
 from llm_abstractions.errors import (
     InvalidRequestError,
     LLMAuthenticationError,
+    LLMConnectionError,
     LLMContentFilterError,
     LLMContextLengthError,
     LLMOverloadedError,
@@ -28,7 +30,7 @@ from llm_abstractions.errors import (
     OrchestraError,
 )
 
-__all__ = ["error_from_status", "retry_after"]
+__all__ = ["caused_by", "error_from_status", "retry_after", "sdk_transport_error"]
 
 _CONTEXT = re.compile(
     r"context[ _-]?(length|window)|maximum context|too many tokens|prompt is too long"
@@ -97,3 +99,32 @@ def error_from_status(
     if status == 404:
         return ModelNotFoundError(f"{text} (is the model name right, and the model available?)")
     return InvalidRequestError(f"{text} (the request was refused as invalid)")
+
+
+def caused_by(
+    exc: BaseException, kind: type[BaseException], unless: tuple[type[BaseException], ...] = ()
+) -> bool:
+    """Whether ``exc`` or anything in its chain of causes is a ``kind`` (and not ``unless``)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, kind) and not isinstance(cause, unless):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def sdk_transport_error(
+    exc: Exception, sdk: ModuleType, provider: str, base_url: str | None
+) -> OrchestraError | None:
+    """A timeout or connection error of the ``openai`` or ``anthropic`` SDK, mapped; else None.
+
+    Both SDKs' aiohttp transports report a refused connection as a connect timeout: a
+    timeout caused by a ``ConnectionError`` is a connection error.
+    """
+    if isinstance(exc, sdk.APITimeoutError) and not caused_by(exc, ConnectionError):
+        return LLMTimeoutError(f"{provider}: timed out", provider=provider)
+    if isinstance(exc, sdk.APIConnectionError):
+        return LLMConnectionError(
+            f"{provider}: cannot reach {base_url or 'the API'}: {exc}", provider=provider
+        )
+    return None

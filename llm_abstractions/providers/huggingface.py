@@ -47,7 +47,7 @@ from llm_abstractions.errors import (
     OrchestraError,
 )
 from llm_abstractions.providers._loop_bound import LoopBound
-from llm_abstractions.providers.http_errors import error_from_status
+from llm_abstractions.providers.http_errors import caused_by, error_from_status
 from llm_abstractions.providers.openai import ChatStream
 from llm_abstractions.types import FinishReason, LlmRequest, LlmResponse, StreamChunk, Usage
 
@@ -243,12 +243,7 @@ def _status_error(response: Any) -> OrchestraError:
 def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
     from huggingface_hub.errors import HfHubHTTPError  # an OSError that is no transport failure
 
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, kind) and not isinstance(cause, HfHubHTTPError):
-            return True
-        cause = cause.__cause__ or cause.__context__
-    return False
+    return caused_by(exc, kind, unless=(HfHubHTTPError,))
 
 
 def _finish(reason: str | None) -> FinishReason | None:

@@ -28,13 +28,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from llm_abstractions.base import BaseLlm
 from llm_abstractions.errors import (
     LLMBadResponseError,
-    LLMConnectionError,
     LLMContentFilterError,
-    LLMTimeoutError,
     OrchestraError,
 )
 from llm_abstractions.providers._loop_bound import LoopBound
-from llm_abstractions.providers.http_errors import error_from_status
+from llm_abstractions.providers.http_errors import error_from_status, sdk_transport_error
 from llm_abstractions.types import FinishReason, LlmRequest, LlmResponse, StreamChunk, Usage
 
 if TYPE_CHECKING:
@@ -169,14 +167,9 @@ class OpenAILlm(BaseLlm):
         """The error tree's class for an SDK exception, most specific first."""
         import openai
 
-        # The SDK's aiohttp transport reports a refused connection as a connect timeout.
-        if isinstance(exc, openai.APITimeoutError) and not _refused(exc):
-            return LLMTimeoutError(f"{self.provider}: timed out", provider=self.provider)
-        if isinstance(exc, openai.APIConnectionError):
-            return LLMConnectionError(
-                f"{self.provider}: cannot reach {self.base_url or 'the API'}: {exc}",
-                provider=self.provider,
-            )
+        transport = sdk_transport_error(exc, openai, self.provider, self.base_url)
+        if transport is not None:
+            return transport
         if isinstance(exc, openai.APIStatusError):
             return error_from_status(
                 exc.status_code,
@@ -266,16 +259,6 @@ class ChatStream:
             latency_s=perf_counter() - started,
             response_id=self.response_id,
         )
-
-
-def _refused(exc: BaseException) -> bool:
-    """Whether a connection error (refused, reset, unreachable) caused ``exc``."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, ConnectionError):
-            return True
-        cause = cause.__cause__ or cause.__context__
-    return False
 
 
 def _finish(reason: str | None) -> FinishReason | None:
