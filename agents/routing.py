@@ -19,16 +19,15 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Literal, Protocol
 
 from llm_abstractions.errors import ConfigurationError
 from llm_abstractions.types import Usage
-from orchestration.accounting import cost_of
+from orchestration.ledger.accounting import cost_of
 
-if TYPE_CHECKING:
-    from agents.specialists import SpecialistAgent, Tier
+__all__ = ["CATALOG", "ModelChoice", "Role", "Tier", "load_overrides", "route", "route_team"]
 
-__all__ = ["CATALOG", "ModelChoice", "load_overrides", "route", "route_team"]
+Tier = Literal["strong", "cheap"]
 
 # Per provider: the key that configures it, its strongest model, and its cheaper models.
 CATALOG: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -36,6 +35,20 @@ CATALOG: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "openai-gpt": ("OPENAI_API_KEY", "gpt-4.1", ("gpt-4.1-mini",)),
 }
 _PRICE_PROBE = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
+
+
+class Role(Protocol):
+    """What routing needs of a role (a ``SpecialistAgent`` is one): its name and tier."""
+
+    @property
+    def name(self) -> str:
+        """The role's name, as ``ORCHESTRA_ROLE_<NAME>`` and ``[roles.<name>]`` spell it."""
+        ...
+
+    @property
+    def tier(self) -> Tier:
+        """How strong a model the role needs."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -95,7 +108,7 @@ def load_overrides(path: Path | None) -> dict[str, str]:
 
 
 def route_team(
-    roles: Sequence[SpecialistAgent],
+    roles: Sequence[Role],
     *,
     config: Path | None = None,
     env: Mapping[str, str] | None = None,

@@ -10,13 +10,10 @@ three for a single request through a ``TaskExecutor``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
 
 from agents.contract import ParsedOutput, parse_files
+from agents.routing import ModelChoice, Tier
 from orchestration import AgentRegistry, AgentTask, TaskExecutor, TaskResult
-
-if TYPE_CHECKING:
-    from agents.routing import ModelChoice
 
 __all__ = [
     "ARCHITECT",
@@ -28,8 +25,6 @@ __all__ = [
     "SpecialistAgent",
     "Tier",
 ]
-
-Tier = Literal["strong", "cheap"]
 
 CONTRACT = (
     "Answer with files only. For each file write a line `FILE: <path>` and then the whole "

@@ -30,7 +30,7 @@ CANDIDATES: list[tuple[str, str, str | None]] = [
         "from llm_abstractions import LlmFactory, LlmRequest; LlmRequest.build('hi')",
         None,
     ),
-    ("orchestration.cli (typer, rich)", "import orchestration.cli", None),
+    ("orchestration.cli.main (typer, rich)", "import orchestration.cli.main", None),
     ("import openai", "import openai", "openai"),
     ("import anthropic", "import anthropic", "anthropic"),
     ("import litellm", "import litellm", "litellm"),

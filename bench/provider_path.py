@@ -140,7 +140,7 @@ async def fallback_versus_direct(url: str, repeat: int) -> tuple[float, float]:
     from llm_abstractions import LlmRequest
     from llm_abstractions.providers.openai import OpenAILlm
     from orchestration import AgentRegistry, AgentTask
-    from orchestration.attempts import script_attempt
+    from orchestration.runtime.attempts import script_attempt
 
     os.environ["OPENAI_BASE_URL"] = url
     registry = AgentRegistry()

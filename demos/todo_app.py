@@ -28,7 +28,7 @@ from agents.specialists import SPECIALISTS
 from agents.todo import DEFAULT_REQUEST
 from llm_abstractions import ConfigurationError
 from orchestration import RunResult, TaskExecutor, TaskResult
-from orchestration.history import fmt_tokens
+from orchestration.ledger.history import fmt_tokens
 from orchestration.logs import configure_logging
 
 OUTPUT_ROOT = Path(__file__).resolve().parent / "output"

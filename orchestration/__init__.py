@@ -14,38 +14,39 @@ from typing import TYPE_CHECKING
 from llm_abstractions.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from orchestration.agent_registry import (
+    from orchestration.model.agent_registry import (
         AgentConfig,
         AgentInterface,
         AgentRegistry,
         AgentType,
         ScriptSettings,
     )
-    from orchestration.errors import GraphValidationError, UnknownAgentError
-    from orchestration.executor import RunResult, RunStatus, TaskExecutor
-    from orchestration.graph import validate_tasks
-    from orchestration.resilience import BreakerPolicy, RateLimit, RetryPolicy
-    from orchestration.tasks import AgentTask, ExecutionMethod, TaskResult, TaskStatus
+    from orchestration.model.errors import GraphValidationError, UnknownAgentError
+    from orchestration.model.graph import validate_tasks
+    from orchestration.model.tasks import AgentTask, ExecutionMethod, TaskResult, TaskStatus
+    from orchestration.runtime.executor import TaskExecutor
+    from orchestration.runtime.resilience import BreakerPolicy, RateLimit, RetryPolicy
+    from orchestration.runtime.results import RunResult, RunStatus
 
 _LAZY = {
-    "AgentConfig": "orchestration.agent_registry",
-    "AgentInterface": "orchestration.agent_registry",
-    "AgentRegistry": "orchestration.agent_registry",
-    "AgentType": "orchestration.agent_registry",
-    "ScriptSettings": "orchestration.agent_registry",
-    "GraphValidationError": "orchestration.errors",
-    "UnknownAgentError": "orchestration.errors",
-    "validate_tasks": "orchestration.graph",
-    "BreakerPolicy": "orchestration.resilience",
-    "RateLimit": "orchestration.resilience",
-    "RetryPolicy": "orchestration.resilience",
-    "RunResult": "orchestration.executor",
-    "RunStatus": "orchestration.executor",
-    "TaskExecutor": "orchestration.executor",
-    "AgentTask": "orchestration.tasks",
-    "ExecutionMethod": "orchestration.tasks",
-    "TaskResult": "orchestration.tasks",
-    "TaskStatus": "orchestration.tasks",
+    "AgentConfig": "orchestration.model.agent_registry",
+    "AgentInterface": "orchestration.model.agent_registry",
+    "AgentRegistry": "orchestration.model.agent_registry",
+    "AgentType": "orchestration.model.agent_registry",
+    "ScriptSettings": "orchestration.model.agent_registry",
+    "GraphValidationError": "orchestration.model.errors",
+    "UnknownAgentError": "orchestration.model.errors",
+    "validate_tasks": "orchestration.model.graph",
+    "BreakerPolicy": "orchestration.runtime.resilience",
+    "RateLimit": "orchestration.runtime.resilience",
+    "RetryPolicy": "orchestration.runtime.resilience",
+    "RunResult": "orchestration.runtime.results",
+    "RunStatus": "orchestration.runtime.results",
+    "TaskExecutor": "orchestration.runtime.executor",
+    "AgentTask": "orchestration.model.tasks",
+    "ExecutionMethod": "orchestration.model.tasks",
+    "TaskResult": "orchestration.model.tasks",
+    "TaskStatus": "orchestration.model.tasks",
 }
 
 __all__ = [

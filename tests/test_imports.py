@@ -30,7 +30,7 @@ def loaded_after(statement: str) -> list[str]:
 
 def test_importing_packages_loads_no_vendor_sdk() -> None:
     modules = loaded_after(
-        "import orchestration, llm_abstractions, llm_abstractions.testing, orchestration.cli\n"
+        "import orchestration, llm_abstractions, llm_abstractions.testing, orchestration.cli.main\n"
         "from llm_abstractions import LlmFactory\n"
         "LlmFactory.available(); LlmFactory.resolve_default()"
     )
@@ -74,6 +74,38 @@ def test_orchestration_names_resolve_lazily_and_are_locked() -> None:
         assert hasattr(orchestration, name), name
     modules = loaded_after("from orchestration import AgentRegistry, AgentTask")
     assert "networkx" not in modules  # graph validation pays for it when it runs
+
+
+def test_the_module_paths_users_import_from_still_work() -> None:
+    """The seed API's module, the ledger's and the CLI's: the same objects as their homes."""
+    import orchestration
+    import orchestration.agent_registry as seed
+    import orchestration.cli
+    import orchestration.ledger
+    from orchestration.cli import main
+    from orchestration.ledger import store
+    from orchestration.model import agent_registry, errors
+
+    assert sorted(seed.__all__) == [
+        "AgentConfig",
+        "AgentInterface",
+        "AgentRegistry",
+        "AgentType",
+        "ScriptSettings",
+    ]
+    for name in seed.__all__:
+        assert getattr(seed, name) is getattr(agent_registry, name) is getattr(orchestration, name)
+    assert sorted(orchestration.ledger.__all__) == ["Ledger", "LedgerError", "default_db_url"]
+    assert orchestration.ledger.Ledger is store.Ledger
+    assert orchestration.ledger.LedgerError is errors.LedgerError is store.LedgerError
+    assert orchestration.ledger.default_db_url is store.default_db_url
+    assert orchestration.cli.__all__ == ["app"]
+    assert orchestration.cli.app is main.app
+
+
+def test_the_wing_packages_import_nothing_until_asked() -> None:
+    modules = loaded_after("import orchestration.ledger, orchestration.cli, orchestration.runtime")
+    assert [m for m in [*HEAVY, "typer", "rich", "pydantic"] if m in modules] == []
 
 
 def test_building_the_local_provider_loads_llama_cpp_only_then() -> None:

@@ -15,8 +15,8 @@ import structlog.testing
 from llm_abstractions import LlmFactory, LlmRequest, LLMServerError, Usage
 from llm_abstractions.testing import FunctionLlm
 from orchestration import AgentRegistry, AgentTask, RetryPolicy, TaskExecutor, TaskStatus
-from orchestration.accounting import cost_of, redact
 from orchestration.ledger import Ledger, LedgerError, default_db_url
+from orchestration.ledger.accounting import cost_of, redact
 
 pytestmark = pytest.mark.anyio
 CANARY = "sk-canary-4c1d9e77aa"
@@ -202,7 +202,7 @@ def test_flat_prices_agree_with_genai_prices_for_every_catalog_model() -> None:
     from genai_prices import Usage as PriceUsage
     from genai_prices import calc_price, data_snapshot
 
-    from orchestration import accounting
+    from orchestration.ledger import accounting
 
     rng = random.Random(5)
     flat = compared = 0
@@ -281,7 +281,7 @@ def test_two_processes_writing_one_ledger_lose_no_rows() -> None:
 
 
 def test_rows_follow_the_statement_columns_whatever_the_sql_order() -> None:
-    from orchestration.ledger import Statement, _compile
+    from orchestration.ledger.store import Statement, _compile
 
     ledger = Ledger()
     try:
@@ -304,7 +304,7 @@ async def test_a_job_that_cannot_be_written_fails_alone_and_the_writer_recovers(
     tmp_path: Path,
 ) -> None:
     from llm_abstractions.threads import LoopCompletion
-    from orchestration.ledger import Statement, _Job
+    from orchestration.ledger.store import Statement, _Job
 
     ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
     insert = Statement.insert("runs", ["id", "status", "task_count", "started_at"])
@@ -328,8 +328,8 @@ async def test_a_job_that_cannot_be_written_fails_alone_and_the_writer_recovers(
 async def test_a_lost_write_nobody_awaited_is_the_error_of_its_own_run(tmp_path: Path) -> None:
     from datetime import UTC, datetime
 
-    from orchestration.recording import Recorder
-    from orchestration.tasks import TaskResult
+    from orchestration.ledger.recording import Recorder
+    from orchestration.model.tasks import TaskResult
 
     ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
     recorder = Recorder(ledger)

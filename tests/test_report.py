@@ -23,14 +23,9 @@ from llm_abstractions import ConfigurationError, LlmFactory, LlmRequest, LLMServ
 from llm_abstractions.testing import FunctionLlm
 from orchestration import AgentRegistry, AgentTask, RetryPolicy, TaskExecutor
 from orchestration.cli import app
+from orchestration.cli.report import render_html
+from orchestration.cli.report_data import AttemptReport, RunReport, TaskReport, load_report
 from orchestration.ledger import Ledger
-from orchestration.report import (
-    AttemptReport,
-    RunReport,
-    TaskReport,
-    load_report,
-    render_html,
-)
 from tests import loopback
 
 runner = CliRunner()

@@ -528,7 +528,7 @@ def test_script_agents_cannot_be_part_of_a_chain() -> None:
 
 
 def test_a_token_bucket_gives_back_only_what_it_took() -> None:
-    from orchestration.resilience import RateLimiter
+    from orchestration.runtime.resilience import RateLimiter
 
     class Frozen(FakeClock):  # all three callers arrive at the same moment
         async def sleep(self, seconds: float) -> None:
@@ -553,7 +553,7 @@ def test_a_token_bucket_gives_back_only_what_it_took() -> None:
 
 
 def test_a_half_open_circuit_lets_exactly_one_probe_through() -> None:
-    from orchestration.resilience import CALL, PROBE, CircuitBreaker
+    from orchestration.runtime.resilience import CALL, PROBE, CircuitBreaker
 
     clock = FakeClock()
     breaker = CircuitBreaker("p", BreakerPolicy(consecutive_failures=2, cooldown_s=10), clock)

@@ -219,7 +219,7 @@ async def test_a_run_with_a_default_agent_resumes(server: FaultServer, ledger: L
 
 
 async def test_only_one_of_two_resumes_claims_the_run(server: FaultServer, ledger: Ledger) -> None:
-    from orchestration.resume import claim_run, load_run
+    from orchestration.runtime.resume import claim_run, load_run
 
     async with TaskExecutor(registry(), ledger=ledger) as executor:
         done = await executor.run([task("a")])

@@ -20,7 +20,7 @@ import anyio
 from sqlalchemy import text
 
 from llm_abstractions.types import LlmRequest, Usage
-from orchestration.ledger import Ledger, Statement
+from orchestration.ledger.store import Ledger, Statement
 
 __all__ = ["CacheHit", "ResponseCache", "cache_key"]
 

@@ -13,12 +13,16 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from graphlib import TopologicalSorter
 from html import escape
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from orchestration.report import AttemptReport, RunReport, TaskReport
+from orchestration.cli.report_data import (
+    STATUS_COLORS,
+    UNKNOWN_STATUS,
+    AttemptReport,
+    RunReport,
+    TaskReport,
+)
 
-__all__ = ["STATUS_COLORS", "SVG_CSS", "dag_svg", "timeline_svg"]
+__all__ = ["SVG_CSS", "dag_svg", "timeline_svg"]
 
 SVG_CSS = """
 svg{display:block;font-family:inherit}
@@ -28,18 +32,6 @@ svg .legend,svg .tick{font-size:11px;fill:#455a64}
 svg .attempt{font-size:10px;fill:#263238}
 """
 
-# Status -> (fill, stroke): light fills under dark text, one hue per status.
-STATUS_COLORS: dict[str, tuple[str, str]] = {
-    "succeeded": ("#c8e6c9", "#2e7d32"),
-    "failed": ("#ffcdd2", "#c62828"),
-    "skipped": ("#e0e0e0", "#616161"),
-    "cancelled": ("#ffe0b2", "#e65100"),
-    "running": ("#bbdefb", "#1565c0"),
-    "pending": ("#e1bee7", "#6a1b9a"),
-    "crashed": ("#f8bbd0", "#ad1457"),
-    "budget_exceeded": ("#d7ccc8", "#4e342e"),
-}
-_UNKNOWN_STATUS = ("#ffffff", "#9e9e9e")
 # No red here: red marks failed attempts on the timeline.
 _SERIES = ["#4e79a7", "#f28e2b", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#9c755f", "#bab0ac"]
 _FAILED = "#d50000"
@@ -113,7 +105,7 @@ def _edge(start: tuple[float, float], end: tuple[float, float]) -> str:
 
 
 def _node(task: TaskReport, x: float, y: float) -> str:
-    fill, stroke = STATUS_COLORS.get(task.status, _UNKNOWN_STATUS)
+    fill, stroke = STATUS_COLORS.get(task.status, UNKNOWN_STATUS)
     meta = f"{_cut(task.agent, 14)} · {task.status}"
     return (
         f"<g><title>{escape(task.task_id)} ({escape(task.agent)}): {escape(task.status)}</title>"

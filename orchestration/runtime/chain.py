@@ -26,12 +26,18 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from llm_abstractions.errors import ConfigurationError
-from orchestration.accounting import agent_secrets, cost_of, redact
-from orchestration.agent_registry import AgentConfig, AgentInterface
-from orchestration.attempts import FailureKind, llm_attempt, script_attempt, script_can_stand_in
-from orchestration.cache import ResponseCache, cache_key
-from orchestration.prompts import build_request
-from orchestration.resilience import (
+from orchestration.ledger.accounting import agent_secrets, cost_of, redact
+from orchestration.ledger.cache import ResponseCache, cache_key
+from orchestration.model.agent_registry import AgentConfig, AgentInterface
+from orchestration.model.tasks import AgentTask, ExecutionMethod, TaskResult, TaskStatus
+from orchestration.runtime.attempts import (
+    FailureKind,
+    llm_attempt,
+    script_attempt,
+    script_can_stand_in,
+)
+from orchestration.runtime.prompts import build_request
+from orchestration.runtime.resilience import (
     CALL,
     BreakerPolicy,
     Budget,
@@ -43,12 +49,11 @@ from orchestration.resilience import (
     Waiting,
     estimate_tokens,
 )
-from orchestration.tasks import AgentTask, ExecutionMethod, TaskResult, TaskStatus
 
 if TYPE_CHECKING:
     from llm_abstractions.base import BaseLlm
     from llm_abstractions.types import LlmRequest
-    from orchestration.agent_registry import AgentRegistry
+    from orchestration.model.agent_registry import AgentRegistry
 
 __all__ = ["TaskRunner"]
 

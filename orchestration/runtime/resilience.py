@@ -1,6 +1,6 @@
 """What gets tasks through failing providers: retries, rate limits, circuit breakers, budgets.
 
-These are the executor's policies and the state they keep; ``orchestration.chain`` applies
+These are the executor's policies and the state they keep; ``orchestration.runtime.chain`` applies
 them to each task. Vendor SDKs' own retries stay off (every provider sets ``max_retries=0``)
 so that every try is the executor's, counted and recorded.
 

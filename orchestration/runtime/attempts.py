@@ -29,10 +29,10 @@ from llm_abstractions.errors import (
     ProviderNotInstalledError,
 )
 from llm_abstractions.types import LlmRequest, Usage
-from orchestration.accounting import agent_secrets, cost_of, redact
-from orchestration.agent_registry import AgentConfig, AgentInterface
-from orchestration.subprocess_runner import ScriptError, run_script
-from orchestration.tasks import AgentTask, ExecutionMethod, TaskResult, TaskStatus
+from orchestration.ledger.accounting import agent_secrets, cost_of, redact
+from orchestration.model.agent_registry import AgentConfig, AgentInterface
+from orchestration.model.tasks import AgentTask, ExecutionMethod, TaskResult, TaskStatus
+from orchestration.runtime.subprocess_runner import ScriptError, run_script
 
 __all__ = [
     "BUNDLED_SCRIPT",
@@ -44,7 +44,7 @@ __all__ = [
     "script_can_stand_in",
 ]
 
-BUNDLED_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "llm_call.py"
+BUNDLED_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "llm_call.py"
 DEFAULT_SCRIPT_TIMEOUT_S = 120.0
 DEFAULT_SCRIPT_OUTPUT = 1_000_000
 # What the bundled script needs from the environment, per provider: keys, then base URLs.

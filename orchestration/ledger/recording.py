@@ -16,18 +16,14 @@ import socket
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 import anyio
 
-from orchestration.accounting import agent_secrets, redact
-from orchestration.agent_registry import AgentConfig
-from orchestration.cache import ResponseCache
-from orchestration.ledger import Commit, Ledger, Row, Statement
-from orchestration.tasks import AgentTask, TaskResult
-
-if TYPE_CHECKING:
-    from orchestration.resilience import CircuitBreaker
+from orchestration.ledger.accounting import agent_secrets, redact
+from orchestration.ledger.cache import ResponseCache
+from orchestration.ledger.store import Commit, Ledger, Row, Statement
+from orchestration.model.agent_registry import AgentConfig
+from orchestration.model.tasks import AgentTask, TaskResult
 
 __all__ = ["Recorder"]
 
@@ -179,14 +175,18 @@ class Recorder:
             ]
         )
 
-    def breaker_changed(self, breaker: CircuitBreaker) -> None:
-        """Record a provider's breaker state (queued; ``finish_run`` awaits it)."""
-        opened = breaker.opened_at
+    def breaker_changed(
+        self, provider: str, state: str, consecutive_failures: int, opened_at: float | None
+    ) -> None:
+        """Record a provider's breaker state (queued; ``finish_run`` awaits it).
+
+        ``opened_at`` is when its circuit opened, as a ``time.time()`` value (None: closed).
+        """
         row = (
-            breaker.provider,
-            breaker.state.value,
-            breaker.consecutive,
-            None if opened is None else _epoch_ts(time.time() - (breaker.clock.now() - opened)),
+            provider,
+            state,
+            consecutive_failures,
+            None if opened_at is None else _epoch_ts(opened_at),
             _epoch_ts(time.time()),
             os.getpid(),
         )

@@ -13,8 +13,8 @@ from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 
 from llm_abstractions.errors import ConfigurationError
-from orchestration.ledger import Ledger
-from orchestration.ledger_schema import AttemptRow, RunRow, TaskRunRow
+from orchestration.ledger.schema import AttemptRow, RunRow, TaskRunRow
+from orchestration.ledger.store import Ledger
 
 __all__ = [
     "fmt_cost",

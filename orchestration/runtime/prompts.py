@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from llm_abstractions.types import LlmRequest
-from orchestration.agent_registry import AgentConfig
-from orchestration.tasks import AgentTask
+from orchestration.model.agent_registry import AgentConfig
+from orchestration.model.tasks import AgentTask
 
 __all__ = ["build_request"]
 

@@ -6,18 +6,15 @@ import os
 import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from sqlalchemy import text
 
 from llm_abstractions.errors import ConfigurationError
 from llm_abstractions.types import Usage
-from orchestration.agent_registry import AgentConfig, AgentRegistry
-from orchestration.ledger import Ledger
-from orchestration.tasks import AgentTask, TaskResult, TaskStatus
-
-if TYPE_CHECKING:
-    from orchestration.executor import RunResult
+from orchestration.ledger.store import Ledger
+from orchestration.model.agent_registry import AgentConfig, AgentRegistry
+from orchestration.model.tasks import AgentTask, TaskResult, TaskStatus
+from orchestration.runtime.results import RunResult, RunStatus
 
 __all__ = ["SavedRun", "claim_run", "load_run"]
 
@@ -77,8 +74,6 @@ class SavedRun:
 
     def as_result(self) -> RunResult:
         """The run as recorded, for a run that needs nothing more."""
-        from orchestration.executor import RunResult, RunStatus
-
         return RunResult(
             run_id=self.run_id,
             name=self.name,

@@ -9,9 +9,10 @@ from pathlib import Path
 import anyio
 
 from llm_abstractions.errors import ConfigurationError
-from orchestration.agent_registry import AgentRegistry
-from orchestration.executor import RunResult, TaskExecutor
-from orchestration.tasks import AgentTask, TaskResult
+from orchestration.model.agent_registry import AgentRegistry
+from orchestration.model.tasks import AgentTask, TaskResult
+from orchestration.runtime.executor import TaskExecutor
+from orchestration.runtime.results import RunResult
 
 __all__ = ["load_run_file", "resume_with_progress", "run_with_progress"]
 

@@ -1,7 +1,7 @@
-"""A report on one run: its tasks, their dependency graph and a timeline of every attempt.
+"""A run's report as terminal tables, JSON, or one self-contained HTML page.
 
-``load_report`` reads a run back from the ledger into plain dataclasses once; the terminal
-tables, the JSON and the HTML page only format them, so all three show the same numbers.
+The report is read from the ledger once (``cli.report_data.load_report``); every format
+here only lays it out, so all three show the same numbers.
 
 The HTML page is one file meant to be attached to a ticket or opened from disk long after
 the run: its CSS and SVG are inline (the drawings are laid out in Python, in
@@ -12,10 +12,9 @@ no script. Task ids and errors come from users and models, so every string goes 
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from datetime import datetime
 from html import escape
 from typing import Any
@@ -23,145 +22,18 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
-from sqlmodel import SQLModel, col, select
 
-from orchestration.history import fmt_cost, fmt_seconds, fmt_tokens, resolve_run
-from orchestration.ledger import Ledger
-from orchestration.ledger_schema import AttemptRow, RunRow, RunTaskRow, TaskRunRow
-from orchestration.report_svg import STATUS_COLORS, SVG_CSS, dag_svg, timeline_svg
+from orchestration.cli.report_data import (
+    STATUS_COLORS,
+    UNKNOWN_STATUS,
+    AttemptReport,
+    RunReport,
+    TaskReport,
+)
+from orchestration.cli.report_svg import SVG_CSS, dag_svg, timeline_svg
+from orchestration.ledger.history import fmt_cost, fmt_seconds, fmt_tokens
 
-__all__ = [
-    "AttemptReport",
-    "RunReport",
-    "TaskReport",
-    "load_report",
-    "print_report",
-    "render_html",
-    "report_json",
-    "summary_line",
-]
-
-
-@dataclass(frozen=True)
-class TaskReport:
-    """A task of the run, as defined and as it ended (``pending`` if it never started)."""
-
-    task_id: str
-    agent: str
-    status: str
-    depends_on: tuple[str, ...]
-    execution_method: str | None = None
-    provider: str | None = None
-    model: str | None = None
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    cost_usd: float | None = None  # None: unknown
-    latency_s: float | None = None
-    error: str | None = None
-    attempts: int = 0
-
-
-@dataclass(frozen=True)
-class AttemptReport:
-    """One try of a task; times are in UTC."""
-
-    task_id: str
-    attempt: int
-    execution_method: str
-    provider: str | None
-    model: str | None
-    status: str
-    error_type: str | None
-    started_at: datetime
-    finished_at: datetime
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    cost_usd: float | None = None
-
-
-@dataclass(frozen=True)
-class RunReport:
-    """A run with its tasks in definition order and its attempts in the order they ended."""
-
-    run_id: str
-    name: str | None
-    status: str
-    started_at: datetime
-    finished_at: datetime | None
-    tasks: tuple[TaskReport, ...]
-    attempts: tuple[AttemptReport, ...]
-
-    @property
-    def duration_s(self) -> float | None:
-        """Seconds from start to finish; None while the run is unfinished."""
-        if self.finished_at is None:
-            return None
-        return (self.finished_at - self.started_at).total_seconds()
-
-    @property
-    def input_tokens(self) -> int | None:
-        """Input tokens of the tasks' final attempts, as ``orchestra runs`` counts them."""
-        return _total(task.input_tokens for task in self.tasks)
-
-    @property
-    def output_tokens(self) -> int | None:
-        """Output tokens of the tasks' final attempts."""
-        return _total(task.output_tokens for task in self.tasks)
-
-    @property
-    def cost_usd(self) -> float | None:
-        """Total cost, or None when any task that succeeded has an unknown price."""
-        succeeded = [task for task in self.tasks if task.status == "succeeded"]
-        if any(task.cost_usd is None for task in succeeded):
-            return None
-        return sum(task.cost_usd or 0.0 for task in self.tasks)
-
-
-def load_report(ledger: Ledger, run_prefix: str) -> RunReport:
-    """Read a run, its tasks and its attempts back from the ledger.
-
-    Args:
-        ledger: The ledger holding the run.
-        run_prefix: The run id or its first characters.
-
-    Raises:
-        ConfigurationError: No run, or several, match ``run_prefix``.
-    """
-    run_id = resolve_run(ledger, run_prefix)
-    with ledger.session() as session:
-        run = session.exec(select(RunRow).where(col(RunRow.id) == run_id)).one()
-        definitions = session.exec(
-            select(RunTaskRow)
-            .where(col(RunTaskRow.run_id) == run_id)
-            .order_by(col(RunTaskRow.position))
-        ).all()
-        states = session.exec(select(TaskRunRow).where(col(TaskRunRow.run_id) == run_id)).all()
-        tried = session.exec(
-            select(AttemptRow).where(col(AttemptRow.run_id) == run_id).order_by(col(AttemptRow.id))
-        ).all()
-        by_id = {state.task_id: state for state in states}
-        tasks = tuple(
-            _task(json.loads(d.definition), by_id.pop(d.task_id, None)) for d in definitions
-        )
-        # A task recorded without a definition (none is expected) still belongs in the report.
-        tasks += tuple(_task({"task_id": s.task_id}, s) for s in by_id.values())
-        attempts = tuple(AttemptReport(**_columns(row, AttemptReport)) for row in tried)
-    return RunReport(run_id, run.name, run.status, run.started_at, run.finished_at, tasks, attempts)
-
-
-def _task(definition: dict[str, Any], state: TaskRunRow | None) -> TaskReport:
-    """A task from its definition (an ``AgentTask`` as JSON) and its ``task_runs`` row."""
-    depends_on = tuple(definition.get("depends_on") or ())
-    if state is None:
-        return TaskReport(
-            definition["task_id"], definition.get("agent") or "", "pending", depends_on
-        )
-    return TaskReport(depends_on=depends_on, **_columns(state, TaskReport, skip="depends_on"))
-
-
-def _columns(row: SQLModel, report: type[Any], skip: str = "") -> dict[str, Any]:
-    """The row's values for the fields of ``report``, a dataclass naming them alike."""
-    return {f.name: getattr(row, f.name) for f in fields(report) if f.name != skip}
+__all__ = ["print_report", "render_html", "report_json", "summary_line"]
 
 
 def report_json(report: RunReport) -> dict[str, Any]:
@@ -194,7 +66,7 @@ def summary_line(report: RunReport) -> str:
 
 def render_html(report: RunReport) -> str:
     """The report as one self-contained HTML page (inline CSS and SVG, nothing fetched)."""
-    fill, stroke = STATUS_COLORS.get(report.status, ("#ffffff", "#9e9e9e"))
+    fill, stroke = STATUS_COLORS.get(report.status, UNKNOWN_STATUS)
     badge = f'<span class="badge" style="background:{fill};border-color:{stroke}">'
     facts = [
         ("run", escape(report.run_id)),
@@ -294,12 +166,6 @@ def _rich_table(title: str, columns: list[str], rows: Iterable[list[str]]) -> Ta
 def _status_counts(report: RunReport) -> str:
     counts = Counter(task.status for task in report.tasks)
     return ", ".join(f"{n} {status}" for status, n in counts.items())
-
-
-def _total(values: Iterable[int | None]) -> int | None:
-    """The sum, or None when no value is known (as SQL's SUM)."""
-    known = [value for value in values if value is not None]
-    return sum(known) if known else None
 
 
 _CSS = """

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 
 if TYPE_CHECKING:
-    from orchestration.executor import RunResult
-    from orchestration.ledger import Ledger
+    from orchestration.ledger.store import Ledger
+    from orchestration.runtime.results import RunResult
 
 app = typer.Typer(
     name="orchestra",
@@ -95,7 +95,7 @@ def _breakers() -> dict[str, dict[str, Any]]:
     """Breaker states recorded in the ledger, if there is one (never creates it)."""
     from sqlalchemy import text
 
-    from orchestration.ledger import Ledger, LedgerError, default_db_url, sqlite_file
+    from orchestration.ledger.store import Ledger, LedgerError, default_db_url, sqlite_file
 
     url = default_db_url()
     path = sqlite_file(url)
@@ -137,7 +137,7 @@ def db() -> None:
     """Print the ledger's path (or URL), for ``sqlite3 "$(orchestra db)"``."""
     from sqlalchemy.engine.url import make_url
 
-    from orchestration.ledger import default_db_url, sqlite_file
+    from orchestration.ledger.store import default_db_url, sqlite_file
 
     url = default_db_url()
     path = sqlite_file(url)
@@ -150,7 +150,7 @@ def runs(
     as_json: JsonOption = False,
 ) -> None:
     """List runs: id, name, status, tasks, tokens, cost, duration."""
-    from orchestration.history import fmt_cost, fmt_seconds, fmt_tokens, list_runs
+    from orchestration.ledger.history import fmt_cost, fmt_seconds, fmt_tokens, list_runs
 
     found = list_runs(_open_ledger(), limit)
     if as_json:
@@ -177,7 +177,13 @@ def show(
     as_json: JsonOption = False,
 ) -> None:
     """Show a run task by task: agent, status, method, provider, model, tokens, cost."""
-    from orchestration.history import fmt_cost, fmt_seconds, fmt_tokens, resolve_run, run_tasks
+    from orchestration.ledger.history import (
+        fmt_cost,
+        fmt_seconds,
+        fmt_tokens,
+        resolve_run,
+        run_tasks,
+    )
 
     ledger = _open_ledger()
     run_id = _resolve(lambda: resolve_run(ledger, run))
@@ -213,7 +219,7 @@ def attempts(
     as_json: JsonOption = False,
 ) -> None:
     """List every attempt of a run (or of one task): method, status, tokens, cost, error."""
-    from orchestration.history import (
+    from orchestration.ledger.history import (
         fmt_cost,
         fmt_seconds,
         fmt_tokens,
@@ -259,13 +265,8 @@ def report(
     """Report on a run: summary, tasks, attempts; with --html, a page with its DAG and timeline."""
     from rich.console import Console
 
-    from orchestration.report import (
-        load_report,
-        print_report,
-        render_html,
-        report_json,
-        summary_line,
-    )
+    from orchestration.cli.report import print_report, render_html, report_json, summary_line
+    from orchestration.cli.report_data import load_report
 
     ledger = _open_ledger()
     found = _resolve(lambda: load_report(ledger, run))
@@ -292,7 +293,7 @@ def run_file(
     as_json: JsonOption = False,
 ) -> None:
     """Run the DAG a Python file builds (module-level `registry` and `tasks`)."""
-    from orchestration.runfile import load_run_file, run_with_progress
+    from orchestration.cli.runfile import load_run_file, run_with_progress
 
     registry, tasks = _resolve(lambda: load_run_file(file))
     result = _resolve(
@@ -328,10 +329,10 @@ def resume(
     The agents are those the run recorded (keys from the environment), unless --file or
     --agents gives them (needed for providers registered in Python).
     """
-    from orchestration.agent_registry import AgentRegistry
-    from orchestration.history import resolve_run
-    from orchestration.resume import load_run
-    from orchestration.runfile import load_run_file, resume_with_progress
+    from orchestration.cli.runfile import load_run_file, resume_with_progress
+    from orchestration.ledger.history import resolve_run
+    from orchestration.model.agent_registry import AgentRegistry
+    from orchestration.runtime.resume import load_run
 
     ledger = _open_ledger()
     try:
@@ -385,7 +386,7 @@ def _resolve(call: Any) -> Any:
 
 
 def _open_ledger() -> Ledger:
-    from orchestration.ledger import Ledger, LedgerError, default_db_url, sqlite_file
+    from orchestration.ledger.store import Ledger, LedgerError, default_db_url, sqlite_file
 
     url = default_db_url()
     path = sqlite_file(url)

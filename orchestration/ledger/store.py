@@ -41,8 +41,8 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlmodel import Session
 
 from llm_abstractions.threads import LoopCompletion
-from orchestration.errors import LedgerError
-from orchestration.ledger_schema import migrate
+from orchestration.ledger.schema import migrate
+from orchestration.model.errors import LedgerError
 
 __all__ = [
     "DEFAULT_DB_PATH",

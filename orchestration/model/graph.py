@@ -12,9 +12,9 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from orchestration.agent_registry import AgentRegistry
-from orchestration.errors import GraphValidationError, UnknownAgentError
-from orchestration.tasks import AgentTask
+from orchestration.model.agent_registry import AgentRegistry
+from orchestration.model.errors import GraphValidationError, UnknownAgentError
+from orchestration.model.tasks import AgentTask
 
 if TYPE_CHECKING:
     import networkx as nx

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from llm_abstractions.types import Usage
 
 if TYPE_CHECKING:
-    from orchestration.agent_registry import AgentConfig
+    from orchestration.model.agent_registry import AgentConfig
 
 __all__ = ["agent_secrets", "cost_of", "redact"]
 

@@ -1,0 +1,248 @@
+"""Named agents: which provider, model, interface and settings each one uses.
+
+Agents come from Python (``register_agent``) or a TOML file (``AgentRegistry.from_toml``)::
+
+    [agents.writer]
+    type = "anthropic-claude"          # a provider name, see AgentType
+    model = "claude-sonnet-4-6"
+    api_key_env = "WRITER_ANTHROPIC_KEY"   # keys never live in the file
+    fallbacks = ["local-writer"]
+    max_concurrency = 4
+    metadata = { max_tokens = 4096, temperature = 0.7, system_prompt = "..." }
+
+    [agents.lint]
+    type = "local"
+    interface = "script"
+    script = { command = ["python", "tools/lint_agent.py"], timeout_s = 60 }
+
+API keys are held as ``SecretStr``: they are excluded from ``model_dump`` and ``repr``, so
+they cannot reach the run ledger or a log through the config object.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from collections.abc import Iterator, Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from llm_abstractions.errors import ConfigurationError, MissingCredentialsError
+from llm_abstractions.types import describe_validation_error
+from orchestration.model.errors import UnknownAgentError
+
+__all__ = ["AgentConfig", "AgentInterface", "AgentRegistry", "AgentType", "ScriptSettings"]
+
+
+class AgentType(StrEnum):
+    """The built-in provider names (any name registered with ``LlmFactory`` also works)."""
+
+    ANTHROPIC_CLAUDE = "anthropic-claude"
+    OPENAI_GPT = "openai-gpt"
+    GOOGLE_GEMINI = "google-gemini"
+    HUGGINGFACE = "huggingface"
+    OLLAMA = "ollama"
+    LMSTUDIO = "lmstudio"
+    LOCAL = "local"
+
+
+class AgentInterface(StrEnum):
+    """How an agent is run: through its provider in-process, or as a subprocess."""
+
+    API = "api"
+    SCRIPT = "script"
+    CLI = "cli"
+
+
+class ScriptSettings(BaseModel):
+    """A subprocess agent (or a custom script fallback): argv, time and output limits."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    command: tuple[str, ...] = Field(min_length=1)
+    timeout_s: float = Field(default=120.0, gt=0)
+    max_output_bytes: int = Field(default=1_000_000, gt=0)
+    cwd: str | None = None
+
+
+class AgentConfig(BaseModel):
+    """One named agent. Build it through ``AgentRegistry.register_agent``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    agent_type: str
+    interface: AgentInterface = AgentInterface.API
+    model: str | None = None
+    api_key: SecretStr | None = Field(default=None, exclude=True, repr=False)
+    api_key_env: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    fallbacks: tuple[str, ...] = ()
+    max_concurrency: int | None = Field(default=None, gt=0)
+    script_fallback: bool = True
+    script: ScriptSettings | None = None
+    cache: bool | None = None  # reuse cached answers; None: as the executor says
+
+    @model_validator(mode="after")
+    def _subprocess_agents_need_a_command(self) -> AgentConfig:
+        if self.interface is not AgentInterface.API and self.script is None:
+            raise ValueError(
+                f"a {self.interface.value} agent needs script settings with a command, "
+                'e.g. script={"command": ["python", "my_agent.py"]}'
+            )
+        if self.name in self.fallbacks:
+            raise ValueError("an agent cannot be its own fallback")
+        return self
+
+    def resolved_api_key(self) -> str | None:
+        """The key to use: the explicit one, else the variable named by ``api_key_env``.
+
+        Raises:
+            MissingCredentialsError: ``api_key_env`` names a variable that is not set.
+        """
+        if self.api_key is not None:
+            return self.api_key.get_secret_value()
+        if self.api_key_env:
+            value = os.environ.get(self.api_key_env)
+            if not value:
+                raise MissingCredentialsError(self.agent_type, (self.api_key_env,))
+            return value
+        return None
+
+
+class AgentRegistry:
+    """The agents a run may use, by name."""
+
+    def __init__(self) -> None:
+        self._agents: dict[str, AgentConfig] = {}
+        self.version = 0  # changes whenever an agent is added or replaced
+
+    def register_agent(
+        self,
+        name: str,
+        agent_type: AgentType | str,
+        interface: AgentInterface | str = AgentInterface.API,
+        model: str | None = None,
+        api_key: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        replace: bool = False,
+        **settings: Any,
+    ) -> AgentConfig:
+        """Register an agent and return its config.
+
+        Args:
+            name: Unique name tasks refer to.
+            agent_type: A provider name (``AgentType`` or any name ``LlmFactory`` knows).
+            interface: ``api`` (in-process provider), ``script`` or ``cli`` (subprocess).
+            model: The provider's model; its default when None.
+            api_key: An explicit key (held as a secret). Prefer ``api_key_env=``.
+            metadata: Generation settings such as ``max_tokens``, ``temperature``,
+                ``system_prompt``.
+            replace: Allow replacing an agent of the same name.
+            **settings: ``api_key_env``, ``fallbacks`` (agent names, ``"provider"`` or
+                ``"provider:model"``, tried in order), ``max_concurrency``,
+                ``script_fallback``, ``script``, ``cache``.
+
+        Raises:
+            ConfigurationError: A setting is invalid, the provider name is unknown, or the
+                name is taken (and ``replace`` is false).
+        """
+        from llm_abstractions import LlmFactory
+
+        provider = LlmFactory.spec(agent_type).name  # unknown names fail here, with hints
+        if name in self._agents and not replace:
+            raise ConfigurationError(
+                f"An agent named {name!r} is already registered; pass replace=True to override."
+            )
+        fields = {
+            "name": name,
+            "agent_type": provider,
+            "interface": interface,
+            "model": model,
+            "api_key": api_key,
+            "metadata": dict(metadata or {}),
+            **settings,
+        }
+        try:
+            config = AgentConfig.model_validate(fields)
+        except ValidationError as exc:
+            raise ConfigurationError(describe_validation_error(f"agent {name!r}", exc)) from None
+        self._agents[name] = config
+        self.version += 1
+        return config
+
+    def get(self, name: str) -> AgentConfig:
+        """The agent called ``name``.
+
+        Raises:
+            UnknownAgentError: No such agent; close matches are suggested.
+        """
+        try:
+            return self._agents[name]
+        except KeyError:
+            close = difflib.get_close_matches(name, self.names(), n=2, cutoff=0.5)
+            raise UnknownAgentError(name, self.names(), close) from None
+
+    def names(self) -> list[str]:
+        """Registered agent names, sorted."""
+        return sorted(self._agents)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._agents
+
+    def __iter__(self) -> Iterator[AgentConfig]:
+        return iter(self._agents.values())
+
+    def __len__(self) -> int:
+        return len(self._agents)
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str]) -> AgentRegistry:
+        """Build a registry from a TOML file with one ``[agents.NAME]`` table per agent.
+
+        Raises:
+            ConfigurationError: The file is missing, not TOML, holds an API key, or an agent
+                in it is invalid (the message names the file and the agent).
+        """
+        registry = cls()
+        registry.load_toml(path)
+        return registry
+
+    def load_toml(self, path: str | os.PathLike[str]) -> list[AgentConfig]:
+        """Add the agents of a TOML file to this registry (see ``from_toml``)."""
+        source = Path(path)
+        try:
+            document = tomllib.loads(source.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigurationError(f"Agent file not found: {source}") from None
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigurationError(f"Cannot read agent file {source}: {exc}") from None
+        agents = document.get("agents")
+        if not isinstance(agents, dict) or not agents:
+            raise ConfigurationError(f"{source} has no [agents.NAME] tables.")
+        return [self._register_from_table(source, name, table) for name, table in agents.items()]
+
+    def _register_from_table(self, source: Path, name: str, table: object) -> AgentConfig:
+        where = f"{source} [agents.{name}]"
+        if not isinstance(table, dict):
+            raise ConfigurationError(f"{where} must be a table of settings.")
+        settings = dict(table)
+        if "api_key" in settings:
+            raise ConfigurationError(
+                f"{where} holds an api_key: keys do not belong in files. Remove it and set "
+                'api_key_env = "SOME_VARIABLE" instead.'
+            )
+        if "type" not in settings:
+            raise ConfigurationError(f'{where} needs type = "<provider>", e.g. type = "local".')
+        agent_type = settings.pop("type")
+        try:
+            return self.register_agent(name, agent_type, **settings)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{where}: {exc}") from None
+        except TypeError as exc:  # an unknown key in the table
+            raise ConfigurationError(f"{where}: {exc}") from None
