@@ -34,9 +34,11 @@ from llm_abstractions.errors import (
 from llm_abstractions.lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from llm_abstractions.availability import ProviderChoice, ProviderStatus
     from llm_abstractions.base import BaseLlm
-    from llm_abstractions.factory import LlmFactory, ProviderChoice, ProviderSpec, ProviderStatus
+    from llm_abstractions.factory import LlmFactory
     from llm_abstractions.providers.search import SearchAugmentedLlm
+    from llm_abstractions.specs import ProviderSpec
     from llm_abstractions.types import (
         HealthStatus,
         LlmRequest,
@@ -49,9 +51,9 @@ if TYPE_CHECKING:
 _LAZY = {
     "BaseLlm": "llm_abstractions.base",
     "LlmFactory": "llm_abstractions.factory",
-    "ProviderChoice": "llm_abstractions.factory",
-    "ProviderSpec": "llm_abstractions.factory",
-    "ProviderStatus": "llm_abstractions.factory",
+    "ProviderChoice": "llm_abstractions.availability",
+    "ProviderSpec": "llm_abstractions.specs",
+    "ProviderStatus": "llm_abstractions.availability",
     "HealthStatus": "llm_abstractions.types",
     "LlmRequest": "llm_abstractions.types",
     "LlmResponse": "llm_abstractions.types",

@@ -119,10 +119,10 @@ def test_missing_sdk_names_the_extra() -> None:
 
 
 def test_missing_sdk_of_builtin_names_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    import llm_abstractions.factory as factory
+    from llm_abstractions import specs
 
-    real = factory._module_exists
-    monkeypatch.setattr(factory, "_module_exists", lambda n: n != "llama_cpp" and real(n))
+    real = specs._module_exists
+    monkeypatch.setattr(specs, "_module_exists", lambda n: n != "llama_cpp" and real(n))
     with pytest.raises(ProviderNotInstalledError) as info:
         LlmFactory.get_provider("local")
     assert 'pip install "orchestra[local]"' in str(info.value)
@@ -182,9 +182,9 @@ def all_fakes() -> None:
     fake_provider("anthropic-claude", env_keys=("ANTHROPIC_API_KEY",))
     fake_provider("openai-gpt", env_keys=("OPENAI_API_KEY",))
     fake_provider("google-gemini", env_keys=("GOOGLE_API_KEY", "GEMINI_API_KEY"))
-    import llm_abstractions.factory as factory
+    from llm_abstractions import specs
 
-    LlmFactory.register_provider("ollama", KeyedLlm, probe=factory._ollama_probe, replace=True)
+    LlmFactory.register_provider("ollama", KeyedLlm, probe=specs._ollama_probe, replace=True)
 
 
 class _TagsHandler(BaseHTTPRequestHandler):
@@ -333,9 +333,9 @@ def test_available_reports_every_provider_with_reasons() -> None:
 
 def test_available_explains_missing_key_and_dead_server() -> None:
     fake_provider("openai-gpt", env_keys=("OPENAI_API_KEY",))
-    import llm_abstractions.factory as factory
+    from llm_abstractions import specs
 
-    LlmFactory.register_provider("ollama", KeyedLlm, probe=factory._ollama_probe, replace=True)
+    LlmFactory.register_provider("ollama", KeyedLlm, probe=specs._ollama_probe, replace=True)
     statuses = {s.name: s for s in LlmFactory.available()}
     assert statuses["openai-gpt"].ok is False
     assert statuses["openai-gpt"].credentials is False
@@ -345,19 +345,19 @@ def test_available_explains_missing_key_and_dead_server() -> None:
 
 
 def test_ollama_host_forms_and_proxies(monkeypatch: pytest.MonkeyPatch, fake_ollama: str) -> None:
-    import llm_abstractions.factory as factory
+    from llm_abstractions import specs
 
     port = fake_ollama.rsplit(":", 1)[1]
     monkeypatch.setenv("OLLAMA_HOST", f"127.0.0.1:{port}")  # no scheme, as Ollama allows
-    assert factory._ollama_probe() is None
+    assert specs._ollama_probe() is None
     # A proxy that answers everything must not make a dead server look alive.
     monkeypatch.setenv("http_proxy", fake_ollama)
     monkeypatch.setenv("OLLAMA_HOST", f"http://user:hunter2@127.0.0.1:{_free_port()}")
-    down = factory._ollama_probe()
+    down = specs._ollama_probe()
     assert down is not None and down.startswith("no server at http://127.0.0.1:")
     assert "hunter2" not in down
-    assert factory._server_url("127.0.0.1", 11434) == "http://127.0.0.1:11434"
-    assert factory._server_url("[::1]", 11434) == "http://[::1]:11434"
+    assert specs.server_url("127.0.0.1", 11434) == "http://127.0.0.1:11434"
+    assert specs.server_url("[::1]", 11434) == "http://[::1]:11434"
 
 
 def _free_port() -> int:
@@ -370,9 +370,9 @@ def _free_port() -> int:
 
 
 def test_available_sees_a_reachable_server(fake_ollama: str) -> None:
-    import llm_abstractions.factory as factory
+    from llm_abstractions import specs
 
-    LlmFactory.register_provider("ollama", KeyedLlm, probe=factory._ollama_probe, replace=True)
+    LlmFactory.register_provider("ollama", KeyedLlm, probe=specs._ollama_probe, replace=True)
     ollama = next(s for s in LlmFactory.available() if s.name == "ollama")
     assert (ollama.ok, ollama.reachable) == (True, True)
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from llm_abstractions.factory import LMSTUDIO_DEFAULT_URL
 from llm_abstractions.providers.openai import OpenAICompatibleLlm
+from llm_abstractions.specs import LMSTUDIO_DEFAULT_URL
 
 __all__ = ["LmStudioLlm"]
 

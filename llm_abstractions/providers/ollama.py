@@ -44,9 +44,9 @@ from llm_abstractions.errors import (
     LLMTimeoutError,
     OrchestraError,
 )
-from llm_abstractions.factory import OLLAMA_DEFAULT_HOST, _server_url
 from llm_abstractions.providers._loop_bound import LoopBound
 from llm_abstractions.providers.http_errors import error_from_status
+from llm_abstractions.specs import OLLAMA_DEFAULT_HOST, server_url
 from llm_abstractions.types import (
     FinishReason,
     HealthStatus,
@@ -79,7 +79,7 @@ class OllamaLlm(BaseLlm):
         self, model: str | None = None, *, host: str | None = None, timeout: float = 120.0
     ) -> None:
         super().__init__(model)
-        self.host = _server_url(host or os.environ.get("OLLAMA_HOST") or OLLAMA_DEFAULT_HOST, 11434)
+        self.host = server_url(host or os.environ.get("OLLAMA_HOST") or OLLAMA_DEFAULT_HOST, 11434)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._chat = f"{self.host}/api/chat"
         self._sessions = LoopBound(self._new_session, aiohttp.ClientSession.close)
