@@ -91,7 +91,7 @@ _TASK_NOT_RUN = _insert(
     update="agent status error finished_at attempts",
 )
 
-# Ranks order the operations of one group commit (see ledger.Ledger._commit).
+# Ranks order the operations of one group commit (see store.Ledger._commit).
 (
     RANK_RUN,
     RANK_DEFINITION,
