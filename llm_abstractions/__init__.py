@@ -44,6 +44,7 @@ if TYPE_CHECKING:
         LlmRequest,
         LlmResponse,
         Message,
+        OutputSchema,
         StreamChunk,
         Usage,
     )
@@ -60,6 +61,7 @@ _LAZY = {
     "Message": "llm_abstractions.types",
     "StreamChunk": "llm_abstractions.types",
     "Usage": "llm_abstractions.types",
+    "OutputSchema": "llm_abstractions.types",
     "SearchAugmentedLlm": "llm_abstractions.providers.search",
 }
 
@@ -86,6 +88,7 @@ __all__ = [
     "ModelFileError",
     "ModelNotFoundError",
     "OrchestraError",
+    "OutputSchema",
     "ProviderChoice",
     "ProviderNotImplementedError",
     "ProviderNotInstalledError",

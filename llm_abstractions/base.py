@@ -27,6 +27,9 @@ class BaseLlm(ABC):
         default_model: Model used when none is given.
         can_stream: Whether ``stream`` is implemented.
         is_local: Whether calls run on this machine (and so cost nothing).
+        supports_output_schema: Whether it sends ``LlmRequest.output_schema`` as the
+            provider's own structured output (a provider without it must not be given one).
+        supports_grammar: Whether it can constrain decoding to ``LlmRequest.grammar``.
         model: The model this instance talks to.
     """
 
@@ -34,6 +37,8 @@ class BaseLlm(ABC):
     default_model: ClassVar[str | None] = None
     can_stream: ClassVar[bool] = False
     is_local: ClassVar[bool] = False
+    supports_output_schema: ClassVar[bool] = False
+    supports_grammar: ClassVar[bool] = False
 
     def __init__(self, model: str | None = None) -> None:
         self.model: str = model or self.default_model or "default"

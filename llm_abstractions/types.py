@@ -21,6 +21,7 @@ __all__ = [
     "LlmResponse",
     "Message",
     "MessagesInput",
+    "OutputSchema",
     "Role",
     "StreamChunk",
     "Usage",
@@ -41,12 +42,35 @@ class Message(BaseModel):
     content: str
 
 
+class OutputSchema(BaseModel):
+    """A JSON schema the answer must match, sent as the provider's own structured output.
+
+    Attributes:
+        name: A label some providers require (letters, digits, ``_`` and ``-``).
+        json_schema: The JSON schema (draft 2020-12, as pydantic writes it).
+        strict: Ask the provider to enforce the schema exactly where it can (OpenAI's
+            ``strict``); the answer is validated either way.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(default="output", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    json_schema: dict[str, Any]
+    strict: bool = True
+
+
 class LlmRequest(BaseModel):
     """Everything a provider needs to answer one prompt.
 
     ``system`` is kept apart from ``messages`` because providers disagree on where it goes
     (Anthropic takes a separate field, OpenAI a first message); a system message inside
     ``messages`` is moved here by validation so providers see one shape.
+
+    Constrained output: ``response_format="json"`` asks for any JSON value (JSON mode);
+    ``output_schema`` for JSON matching a schema (each provider's structured output, see
+    ``BaseLlm.supports_output_schema``); ``grammar`` for text matching a GBNF grammar, which
+    only the embedded model can follow (``BaseLlm.supports_grammar``). At most one of the
+    three may be set.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -60,8 +84,25 @@ class LlmRequest(BaseModel):
     stop: tuple[str, ...] | None = None
     seed: int | None = None
     response_format: Literal["text", "json"] | None = None
+    output_schema: OutputSchema | None = None
+    grammar: str | None = Field(default=None, min_length=1)
     stream: bool = False
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_output_constraint(self) -> LlmRequest:
+        asked = [
+            name
+            for name, value in (
+                ("response_format", self.response_format not in (None, "text")),
+                ("output_schema", self.output_schema is not None),
+                ("grammar", self.grammar is not None),
+            )
+            if value
+        ]
+        if len(asked) > 1:
+            raise ValueError(f"set at most one of {', '.join(asked)}")
+        return self
 
     @model_validator(mode="after")
     def _lift_system_messages(self) -> LlmRequest:

@@ -141,6 +141,7 @@ def test_public_names_are_locked() -> None:
             "ModelFileError",
             "ModelNotFoundError",
             "OrchestraError",
+            "OutputSchema",
             "ProviderChoice",
             "ProviderNotImplementedError",
             "ProviderNotInstalledError",

@@ -2,7 +2,14 @@ from __future__ import annotations
 
 import pytest
 
-from llm_abstractions import InvalidRequestError, LlmRequest, LlmResponse, Message, Usage
+from llm_abstractions import (
+    InvalidRequestError,
+    LlmRequest,
+    LlmResponse,
+    Message,
+    OutputSchema,
+    Usage,
+)
 
 
 def test_build_from_string_and_dicts() -> None:
@@ -63,3 +70,14 @@ def test_incomplete_means_cut_by_length() -> None:
 def test_prompt_text_includes_system_and_roles() -> None:
     request = LlmRequest.build("q", system="s")
     assert request.prompt_text() == "system: s\nuser: q"
+
+
+def test_a_request_asks_for_one_output_constraint_at_most() -> None:
+    schema = OutputSchema(name="todo", json_schema={"type": "object"})
+    assert LlmRequest.build("hi", output_schema=schema).output_schema == schema
+    assert LlmRequest.build("hi", grammar='root ::= "yes"').grammar == 'root ::= "yes"'
+    assert LlmRequest.build("hi", response_format="text", grammar="root ::= [a-z]+").grammar
+    with pytest.raises(InvalidRequestError, match="at most one of response_format, output_schema"):
+        LlmRequest.build("hi", response_format="json", output_schema=schema)
+    with pytest.raises(InvalidRequestError, match="output_schema.name"):
+        LlmRequest.build("hi", output_schema={"name": "no spaces", "json_schema": {}})
