@@ -25,6 +25,7 @@ from llm_abstractions.availability import (
 from llm_abstractions.errors import (
     ConfigurationError,
     MissingCredentialsError,
+    OrchestraError,
     ProviderNotImplementedError,
     ProviderNotInstalledError,
     UnknownProviderError,
@@ -166,6 +167,27 @@ class LlmFactory:
                 f"Provider {spec.name!r} built a {type(llm).__name__}, not a BaseLlm."
             )
         return llm
+
+    @classmethod
+    def provider_class(cls, name: str | Enum) -> type[BaseLlm] | None:
+        """The ``BaseLlm`` class the provider is built from (importing its module), if any.
+
+        None when its target is a factory function, or when it cannot be loaded here (not
+        shipped, SDK missing): building it says why. Lets callers read its capabilities
+        (``supports_output_schema``...) before building one.
+
+        Raises:
+            UnknownProviderError: No provider has that name.
+        """
+        from llm_abstractions.base import BaseLlm
+
+        spec = cls.spec(name)
+        try:
+            _check_buildable(spec)
+            target = _load_target(spec)
+        except OrchestraError:
+            return None
+        return target if isinstance(target, type) and issubclass(target, BaseLlm) else None
 
     @classmethod
     def available(cls) -> list[ProviderStatus]:

@@ -45,6 +45,9 @@ class _DoubleLlm(BaseLlm):
     default_model: ClassVar[str | None] = "test-model"
     can_stream: ClassVar[bool] = True
     is_local: ClassVar[bool] = True
+    # They answer what they are told to, so any request suits them; tests check what was asked.
+    supports_output_schema: ClassVar[bool] = True
+    supports_grammar: ClassVar[bool] = True
 
     def __init__(self, *, model: str | None = None, latency: float = 0.0) -> None:
         super().__init__(model)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
         AgentType,
         ScriptSettings,
     )
+    from orchestration.model.contracts import OutputRejected
     from orchestration.model.errors import GraphValidationError, UnknownAgentError
     from orchestration.model.graph import validate_tasks
     from orchestration.model.tasks import AgentTask, ExecutionMethod, TaskResult, TaskStatus
@@ -35,6 +36,7 @@ _LAZY = {
     "AgentType": "orchestration.model.agent_registry",
     "ScriptSettings": "orchestration.model.agent_registry",
     "GraphValidationError": "orchestration.model.errors",
+    "OutputRejected": "orchestration.model.contracts",
     "UnknownAgentError": "orchestration.model.errors",
     "validate_tasks": "orchestration.model.graph",
     "BreakerPolicy": "orchestration.runtime.resilience",
@@ -58,6 +60,7 @@ __all__ = [
     "BreakerPolicy",
     "ExecutionMethod",
     "GraphValidationError",
+    "OutputRejected",
     "RateLimit",
     "RetryPolicy",
     "RunResult",

@@ -59,6 +59,7 @@ def test_orchestration_names_resolve_lazily_and_are_locked() -> None:
         "BreakerPolicy",
         "ExecutionMethod",
         "GraphValidationError",
+        "OutputRejected",
         "RateLimit",
         "RetryPolicy",
         "RunResult",

@@ -74,6 +74,7 @@ async def test_rows_match_what_happened_attempt_by_attempt() -> None:
         ("001_initial_tables",),
         ("002_resilience",),
         ("003_run_budget",),
+        ("004_checked_output",),
     ]
     assert rows("PRAGMA journal_mode") == [("wal",)]
 

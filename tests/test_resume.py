@@ -261,8 +261,13 @@ def test_migrations_bring_a_first_version_ledger_up_to_date(tmp_path: Path) -> N
     with sqlite3.connect(path) as connection:  # take it back to what 001 made
         for table in ("run_agents", "response_cache", "breakers"):
             connection.execute(f"DROP TABLE {table}")
-        for column in ("wait_s", "fallback_reason", "cached_from"):
+        for column in (
+            *("wait_s", "fallback_reason", "cached_from"),
+            *("request", "response", "finish_reason", "validation"),
+        ):
             connection.execute(f"ALTER TABLE attempts DROP COLUMN {column}")
+        connection.execute("ALTER TABLE task_runs DROP COLUMN value")
+        connection.execute("ALTER TABLE run_tasks DROP COLUMN contract")
         for column in ("pid", "host", "budget_usd"):
             connection.execute(f"ALTER TABLE runs DROP COLUMN {column}")
         connection.execute("DELETE FROM schema_migrations WHERE name != '001_initial_tables'")
@@ -275,6 +280,9 @@ def test_migrations_bring_a_first_version_ledger_up_to_date(tmp_path: Path) -> N
     assert {"run_agents", "response_cache", "breakers"} <= names
     columns = {r[1] for r in rows(path, "PRAGMA table_info(attempts)")}
     assert {"wait_s", "fallback_reason", "cached_from"} <= columns
+    assert {"request", "response", "finish_reason", "validation"} <= columns
+    assert "value" in {r[1] for r in rows(path, "PRAGMA table_info(task_runs)")}
+    assert "contract" in {r[1] for r in rows(path, "PRAGMA table_info(run_tasks)")}
     assert {r[1] for r in rows(path, "PRAGMA table_info(runs)")} >= {"pid", "host", "budget_usd"}
     assert rows(path, "SELECT id, status FROM runs") == [("old", "succeeded")]
 

@@ -309,7 +309,8 @@ def resume(
         bool, typer.Option("--retry-failed", help="Run failed tasks (and what they held back).")
     ] = False,
     file: Annotated[
-        Path | None, typer.Option(help="Take the agents from this run file's `registry`.")
+        Path | None,
+        typer.Option(help="Take the agents (and the tasks' output contracts) from this run file."),
     ] = None,
     agents: Annotated[
         Path | None, typer.Option(help="Take the agents from this TOML file.")
@@ -343,8 +344,9 @@ def resume(
     if file is not None and agents is not None:
         typer.echo("error: give --file or --agents, not both.", err=True)
         raise typer.Exit(2)
+    given = None
     if file is not None:
-        registry = _resolve(lambda: load_run_file(file))[0]
+        registry, given = _resolve(lambda: load_run_file(file))
     elif agents is not None:
         registry = _resolve(lambda: AgentRegistry.from_toml(agents))
     elif saved.agents:
@@ -358,7 +360,15 @@ def resume(
         raise typer.Exit(2)
     result = _resolve(
         lambda: resume_with_progress(
-            registry, run_id, saved.tasks, retry_failed, max_concurrency, as_json, budget, force
+            registry,
+            run_id,
+            saved.tasks,
+            retry_failed,
+            max_concurrency,
+            as_json,
+            budget,
+            force,
+            given,
         )
     )
     _outcome(result, as_json)

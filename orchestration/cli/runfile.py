@@ -65,12 +65,21 @@ def resume_with_progress(
     quiet: bool,
     budget_usd: float | None = None,
     force: bool = False,
+    given: list[AgentTask] | None = None,
 ) -> RunResult:
-    """Finish a recorded run (see ``TaskExecutor.resume``), showing it live unless ``quiet``."""
+    """Finish a recorded run (see ``TaskExecutor.resume``), showing it live unless ``quiet``.
+
+    ``given`` are the run file's tasks, whose output contracts the ledger cannot keep.
+    """
 
     async def start(executor: TaskExecutor, done: Callable[[TaskResult], None]) -> RunResult:
         return await executor.resume(
-            run_id, retry_failed=retry_failed, on_task_done=done, budget_usd=budget_usd, force=force
+            run_id,
+            retry_failed=retry_failed,
+            on_task_done=done,
+            budget_usd=budget_usd,
+            force=force,
+            tasks=given,
         )
 
     state = {task.task_id: "kept" for task in tasks}

@@ -11,11 +11,13 @@ cost about 1.5 ms a task, most of the executor's overhead with the ledger on.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -23,7 +25,11 @@ from orchestration.ledger.accounting import agent_secrets, redact
 from orchestration.ledger.cache import ResponseCache
 from orchestration.ledger.store import Commit, Ledger, Row, Statement
 from orchestration.model.agent_registry import AgentConfig
+from orchestration.model.contracts import OutputContract
 from orchestration.model.tasks import AgentTask, TaskResult
+
+if TYPE_CHECKING:
+    from llm_abstractions.types import LlmRequest
 
 __all__ = ["Recorder"]
 
@@ -40,7 +46,7 @@ def _insert(table: str, columns: str, *, key: str = "", update: str = "") -> Sta
 
 
 _INSERT_RUN = _insert("runs", "id name status task_count started_at pid host budget_usd")
-_INSERT_DEFINITION = _insert("run_tasks", "run_id task_id position definition")
+_INSERT_DEFINITION = _insert("run_tasks", "run_id task_id position definition contract")
 _INSERT_AGENT = _insert("run_agents", "run_id name definition")
 _RESUME_RUN = Statement(
     "UPDATE runs SET status = 'running', finished_at = NULL WHERE id = :id", ("id",)
@@ -65,7 +71,8 @@ _INSERT_ATTEMPT = _insert(
     "run_id task_id agent attempt execution_method provider model status error_type "
     "error_message input_tokens output_tokens cache_read_input_tokens "
     "cache_creation_input_tokens reasoning_output_tokens cost_usd price_source latency_s "
-    "wait_s fallback_reason cached_from started_at finished_at",
+    "wait_s fallback_reason cached_from request response finish_reason validation "
+    "started_at finished_at",
 )
 _TASK_KEY = "run_id, task_id"
 _TASK_STARTED = _insert(
@@ -76,7 +83,7 @@ _TASK_STARTED = _insert(
 )
 _TASK_FINISHED_COLUMNS = (
     "agent status output error attempts execution_method provider model input_tokens "
-    "output_tokens cost_usd latency_s started_at finished_at"
+    "output_tokens cost_usd latency_s started_at finished_at value"
 )
 _TASK_FINISHED = _insert(
     "task_runs",
@@ -135,7 +142,7 @@ class Recorder:
         """Record the run, its task definitions and its agents (before any task runs)."""
         run = (run_id, name, "running", len(tasks), _ts(started), os.getpid(), _HOST, budget_usd)
         definitions = [
-            (run_id, task.task_id, position, task.model_dump_json())
+            (run_id, task.task_id, position, task.model_dump_json(), _contract(task))
             for position, task in enumerate(tasks)
         ]
         # model_dump_json leaves the key out (it is excluded); api_key_env, a name, stays.
@@ -163,7 +170,7 @@ class Recorder:
         )
         attempts = [
             (run_id, task_id, agent, number, "unknown", None, None, "crashed", "Crashed", error)
-            + (None,) * 11
+            + (None,) * 15
             + (_ts(started or now), _ts(now))
             for task_id, agent, number, started in crashed
         ]
@@ -200,12 +207,32 @@ class Recorder:
         self._unawaited[self.ledger.write_soon([(RANK_STARTED, _TASK_STARTED, [row])])] = None
 
     def attempt_made(
-        self, run_id: str, task_id: str, agent: AgentConfig, number: int, attempt: TaskResult
+        self,
+        run_id: str,
+        task_id: str,
+        agent: AgentConfig,
+        number: int,
+        attempt: TaskResult,
+        request: LlmRequest | None = None,
     ) -> None:
-        """Record one attempt as it ends (queued, not awaited; the task's result waits)."""
+        """Record one attempt as it ends (queued, not awaited; the task's result waits).
+
+        With it go the request it sent and the answer it got, secrets masked.
+        """
         end = time.time()
         start = end - (attempt.latency_s or 0.0)
-        row = _attempt_row(run_id, task_id, number, agent, attempt, self._secrets(agent))
+        secrets = self._secrets(agent)
+        row = _attempt_row(run_id, task_id, number, agent, attempt, secrets)
+        sent = None
+        if request is not None:
+            sent = request.model_dump_json(exclude={"metadata", "stream"}, exclude_none=True)
+        meta = attempt.metadata
+        row += (
+            redact(sent, secrets),
+            redact(attempt.output, secrets),
+            meta.get("finish_reason"),
+            meta.get("validation"),
+        )
         write = [(RANK_ATTEMPT, _INSERT_ATTEMPT, [row + (_epoch_ts(start), _epoch_ts(end))])]
         self._unawaited[self.ledger.write_soon(write)] = None
 
@@ -240,6 +267,7 @@ class Recorder:
             result.latency_s,
             _epoch_ts(started),
             _epoch_ts(finished),
+            _value_json(task, result),
         )
         write = [(RANK_TASK, _TASK_FINISHED, [task_row])]
         key = meta.get("cache_key")
@@ -268,6 +296,20 @@ class Recorder:
             ended = self.ledger.write_soon([(RANK_END, _FINISH_RUN, [row])])
             for commit in [*self._unawaited, ended]:
                 await commit.wait()
+
+
+def _contract(task: AgentTask) -> str | None:
+    """The task's output contract as the ledger keeps it (the objects themselves cannot be)."""
+    contract = OutputContract.of(task.output_type, task.validators)
+    return None if contract is None else json.dumps(contract.describe(), ensure_ascii=False)
+
+
+def _value_json(task: AgentTask, result: TaskResult) -> str | None:
+    """A succeeded task's value as JSON, when its contract made one from the text."""
+    if not result.succeeded or result.value is None or result.value is result.output:
+        return None
+    contract = OutputContract.of(task.output_type, task.validators)
+    return None if contract is None else contract.dump_json(result.value)
 
 
 def _attempt_row(

@@ -63,6 +63,7 @@ class RunTaskRow(SQLModel, table=True):
     task_id: str = Field(primary_key=True)
     position: int
     definition: str  # AgentTask as JSON
+    contract: str | None = None  # its output_type's name and schema, its validators' names
 
 
 class TaskRunRow(SQLModel, table=True):
@@ -86,6 +87,7 @@ class TaskRunRow(SQLModel, table=True):
     latency_s: float | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    value: str | None = None  # the typed value as JSON, when an output contract made one
 
 
 class AttemptRow(SQLModel, table=True):
@@ -117,6 +119,10 @@ class AttemptRow(SQLModel, table=True):
     wait_s: float | None = None  # waited before this attempt: backoff, Retry-After, rate limit
     fallback_reason: str | None = None  # why this attempt moved on from the one before
     cached_from: int | None = None  # for a cache hit: the attempt the answer came from
+    request: str | None = None  # what was sent (messages, system, settings) as JSON, redacted
+    response: str | None = None  # the answer's text, redacted
+    finish_reason: str | None = None
+    validation: str | None = None  # accepted, refused or crashed; NULL: no contract to check
 
 
 class RunAgentRow(SQLModel, table=True):
@@ -188,10 +194,38 @@ def _m003_run_budget(connection: Connection) -> None:
         connection.execute(text("ALTER TABLE runs ADD COLUMN budget_usd FLOAT"))
 
 
+def _m004_checked_output(connection: Connection) -> None:
+    """Output contracts: what each attempt sent and got back, and how it was judged."""
+    _add_columns(
+        connection,
+        {
+            "run_tasks": (("contract", "TEXT"),),
+            "task_runs": (("value", "TEXT"),),
+            "attempts": (
+                ("request", "TEXT"),
+                ("response", "TEXT"),
+                ("finish_reason", "VARCHAR"),
+                ("validation", "VARCHAR"),
+            ),
+        },
+    )
+
+
+def _add_columns(connection: Connection, added: dict[str, tuple[tuple[str, str], ...]]) -> None:
+    """Add the columns a table lacks (a database created by this version has them)."""
+    schema = inspect(connection)
+    for table, columns in added.items():
+        present = {column["name"] for column in schema.get_columns(table)}
+        for name, kind in columns:
+            if name not in present:
+                connection.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {kind}"))
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_initial_tables", _m001_initial_tables),
     ("002_resilience", _m002_resilience),
     ("003_run_budget", _m003_run_budget),
+    ("004_checked_output", _m004_checked_output),
 ]
 
 

@@ -12,7 +12,9 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from llm_abstractions.errors import ConfigurationError
 from orchestration.model.agent_registry import AgentRegistry
+from orchestration.model.contracts import OutputContract
 from orchestration.model.errors import GraphValidationError, UnknownAgentError
 from orchestration.model.tasks import AgentTask
 
@@ -45,6 +47,7 @@ def validate_tasks(
     counts = Counter(task.task_id for task in tasks)
     problems += [f"task id {tid!r} is used {n} times" for tid, n in counts.items() if n > 1]
     problems += _agent_problems(tasks, registry, default_agent)
+    problems += _contract_problems(tasks)
     graph: nx.DiGraph[str] = nx.DiGraph()
     graph.add_nodes_from(counts)
     for task in tasks:
@@ -75,6 +78,17 @@ def _agent_problems(
         except UnknownAgentError as exc:
             hint = f" (did you mean {exc.suggestions[0]!r}?)" if exc.suggestions else ""
             problems.append(f"task {task.task_id!r} uses unknown agent {name!r}{hint}")
+    return problems
+
+
+def _contract_problems(tasks: Sequence[AgentTask]) -> list[str]:
+    """Output types pydantic cannot handle, validators that are not callables."""
+    problems = []
+    for task in tasks:
+        try:
+            OutputContract.of(task.output_type, task.validators)
+        except ConfigurationError as exc:
+            problems.append(f"task {task.task_id!r}: {exc}")
     return problems
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
@@ -51,6 +52,17 @@ class AgentTask(BaseModel):
         timeout: Seconds one attempt may take.
         budget_usd: The most this task's attempts may cost together; an attempt whose
             estimate would go over is not made (the task ends ``budget_exceeded``).
+        output_type: What the answer must be: a pydantic model, a dataclass, ``list[...]``,
+            ``dict[...]`` (anything ``pydantic.TypeAdapter`` takes). The provider is asked
+            for JSON of its schema (natively where it can), the answer is parsed, and the
+            value is ``TaskResult.value``.
+        validators: Functions of the value (of the text, without ``output_type``) that
+            raise ``OutputRejected("why")`` to refuse it, or return a value to use instead.
+            A refused answer is asked for again with the reason, up to
+            ``RetryPolicy.max_output_retries`` times; then the task fails.
+
+    ``output_type`` and ``validators`` are Python objects: the ledger keeps their names and
+    schema, not them, so a resumed run needs the tasks again to check its answers.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -62,13 +74,17 @@ class AgentTask(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     timeout: float | None = Field(default=None, gt=0)
     budget_usd: float | None = Field(default=None, ge=0)
+    output_type: Any = Field(default=None, exclude=True)
+    validators: tuple[Callable[[Any], Any], ...] = Field(default=(), exclude=True)
 
 
 class TaskResult(BaseModel):
     """The outcome of a task.
 
-    ``metadata`` carries ``execution_method``, ``provider`` and ``model`` of the attempt
-    that produced the result, as earlier orchestrators reported them.
+    ``output`` is the answer's text; ``value`` is what its task's output contract made of it
+    (the parsed ``output_type``, or a validator's replacement; the text when the task has no
+    contract). ``metadata`` carries ``execution_method``, ``provider`` and ``model`` of the
+    attempt that produced the result, as earlier orchestrators reported them.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -82,6 +98,7 @@ class TaskResult(BaseModel):
     attempts: int = 0
     error: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+    value: Any = Field(default=None, exclude=True)
 
     @property
     def succeeded(self) -> bool:

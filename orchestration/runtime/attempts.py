@@ -17,6 +17,7 @@ import anyio
 
 from llm_abstractions.base import BaseLlm
 from llm_abstractions.errors import (
+    InvalidRequestError,
     LLMAuthenticationError,
     LLMContextLengthError,
     LLMError,
@@ -31,6 +32,7 @@ from llm_abstractions.errors import (
 from llm_abstractions.types import LlmRequest, Usage
 from orchestration.ledger.accounting import agent_secrets, cost_of, redact
 from orchestration.model.agent_registry import AgentConfig, AgentInterface
+from orchestration.model.contracts import OutputContract, OutputRejected, ValidatorCrashed
 from orchestration.model.tasks import AgentTask, ExecutionMethod, TaskResult, TaskStatus
 from orchestration.runtime.subprocess_runner import ScriptError, run_script
 
@@ -38,6 +40,7 @@ __all__ = [
     "BUNDLED_SCRIPT",
     "FailureKind",
     "can_fall_back",
+    "check_output",
     "failure_kind",
     "llm_attempt",
     "script_attempt",
@@ -70,6 +73,16 @@ async def llm_attempt(
     }
     try:
         llm: BaseLlm = build()
+        if request.output_schema is not None and not llm.supports_output_schema:
+            raise InvalidRequestError(
+                f"provider {agent.agent_type!r} ({type(llm).__name__}) cannot do structured "
+                "output, which this task's output_type needs; use another provider or drop "
+                "output_type and check the text with validators"
+            )
+        if request.grammar is not None and not llm.supports_grammar:
+            raise InvalidRequestError(
+                f"provider {agent.agent_type!r} ({type(llm).__name__}) cannot follow a grammar"
+            )
         if task.timeout is None:
             response = await llm.generate(request)
         else:
@@ -87,6 +100,7 @@ class FailureKind:
     TRANSIENT = "transient"  # retrying the same provider can work
     PROVIDER = "provider"  # this provider cannot serve it: go to the next in the chain
     REQUEST = "request"  # the request itself is wrong: nothing else will do better
+    OUTPUT = "invalid_output"  # answered, but the task's output contract refused the answer
 
 
 # Failures no retry fixes but another provider or model might: a rejected key, a prompt too
@@ -173,6 +187,49 @@ async def script_attempt(task: AgentTask, agent: AgentConfig, request: LlmReques
         output_tokens=_count(usage.get("output_tokens")),
     )
     return _succeeded(task, output, counted, perf_counter() - started, meta)
+
+
+def check_output(
+    contract: OutputContract | None, attempt: TaskResult, agent: AgentConfig
+) -> TaskResult:
+    """The attempt as its task's output contract judges it.
+
+    An answer the contract accepts gets its ``value``; without a contract the value is the
+    text. A refused answer becomes a failed attempt of kind ``invalid_output`` (paid for all
+    the same), its reason in ``error`` and in ``metadata["rejection"]``; a validator that
+    crashed fails the attempt as the caller's bug, which no retry fixes.
+    """
+    if not attempt.succeeded or attempt.output is None:
+        return attempt
+    if contract is None:
+        return attempt.model_copy(update={"value": attempt.output})
+    meta = dict(attempt.metadata)
+    try:
+        value = contract.check(attempt.output)
+    except OutputRejected as exc:
+        reason = str(exc) or "a validator refused it (without saying why)"
+        if meta.get("finish_reason") == "length":
+            reason = f"It was cut off at the token limit (max_tokens) before it ended.\n{reason}"
+        reason = redact(reason, agent_secrets(agent)) or reason
+        meta.update(
+            error_type=FailureKind.OUTPUT,
+            failure_kind=FailureKind.OUTPUT,
+            validation="refused",
+            rejection=reason,
+        )
+        error = f"invalid_output: {reason}"
+        return attempt.model_copy(
+            update={"status": TaskStatus.FAILED, "error": error, "metadata": meta}
+        )
+    except ValidatorCrashed as exc:
+        meta.update(error_type="ValidatorCrashed", failure_kind=FailureKind.REQUEST)
+        meta["validation"] = "crashed"
+        crashed = redact(str(exc), agent_secrets(agent))
+        return attempt.model_copy(
+            update={"status": TaskStatus.FAILED, "error": crashed, "metadata": meta}
+        )
+    meta["validation"] = "accepted"
+    return attempt.model_copy(update={"value": value, "metadata": meta})
 
 
 def _succeeded(

@@ -29,14 +29,16 @@ from llm_abstractions.errors import ConfigurationError
 from orchestration.ledger.accounting import agent_secrets, cost_of, redact
 from orchestration.ledger.cache import ResponseCache, cache_key
 from orchestration.model.agent_registry import AgentConfig, AgentInterface
+from orchestration.model.contracts import OutputContract
 from orchestration.model.tasks import AgentTask, ExecutionMethod, TaskResult, TaskStatus
 from orchestration.runtime.attempts import (
     FailureKind,
+    check_output,
     llm_attempt,
     script_attempt,
     script_can_stand_in,
 )
-from orchestration.runtime.prompts import build_request
+from orchestration.runtime.prompts import build_request, with_feedback
 from orchestration.runtime.resilience import (
     CALL,
     BreakerPolicy,
@@ -55,7 +57,10 @@ if TYPE_CHECKING:
     from llm_abstractions.types import LlmRequest
     from orchestration.model.agent_registry import AgentRegistry
 
-__all__ = ["TaskRunner"]
+__all__ = ["OnAttempt", "TaskRunner"]
+
+# Called with each attempt made, and the request it sent (None for a script agent's).
+OnAttempt = Callable[[TaskResult, "LlmRequest | None"], None]
 
 
 class TaskRunner:
@@ -160,22 +165,24 @@ class TaskRunner:
         *,
         budget: Budget | None = None,
         cache: ResponseCache | None = None,
-        on_attempt: Callable[[TaskResult], None] | None = None,
+        on_attempt: OnAttempt | None = None,
         waiting: Waiting = contextlib.nullcontext,
     ) -> list[TaskResult]:
         """Every attempt at ``task``, in order; the last one is the task's outcome.
 
         ``on_attempt`` is called with each attempt made (not with outcomes no attempt
         produced, such as a budget refusal) as soon as it ends. Every wait (backoff, rate
-        limit, budget) happens inside ``waiting()``.
+        limit, budget) happens inside ``waiting()``. An answer the task's output contract
+        refuses is asked for again, with the reason, up to ``max_output_retries`` times.
         """
         attempts = _Attempts(self, task, agent, upstream, cache, on_attempt, waiting)
         try:
-            request = build_request(task, agent, upstream)
+            request = build_request(task, agent, upstream, attempts.contract)
         except ConfigurationError as exc:  # bad settings: nothing to try
             return [_not_attempted(task, agent, TaskStatus.FAILED, exc)]
         if agent.interface is not AgentInterface.API:
-            attempts.add(await script_attempt(task, agent, request))
+            made = await script_attempt(task, agent, request)
+            attempts.add(check_output(attempts.contract, made, agent), None)
             return attempts.tries
         estimate = 0.0 if budget is None else _estimate_cost(agent, request)
         if budget is not None and not await budget.admit(estimate, waiting):
@@ -207,10 +214,13 @@ class _Attempts:
         agent: AgentConfig,
         upstream: dict[str, str],
         cache: ResponseCache | None,
-        on_attempt: Callable[[TaskResult], None] | None,
+        on_attempt: OnAttempt | None,
         waiting: Waiting,
     ) -> None:
         self.runner = runner
+        # Checked when the run was validated: building it again cannot fail here.
+        self.contract = OutputContract.of(task.output_type, task.validators)
+        self.output_retries = 0  # answers refused and asked for again
         self.waiting = waiting
         self.task = task
         self.agent = agent
@@ -223,11 +233,11 @@ class _Attempts:
         self.primary_failure: TaskResult | None = None
         self.primary_open = False
 
-    def add(self, result: TaskResult) -> None:
-        """One more result; an attempt made is reported at once."""
+    def add(self, result: TaskResult, request: LlmRequest | None) -> None:
+        """One more result (of ``request``); an attempt made is reported at once."""
         self.tries.append(result)
         if self.on_attempt is not None and result.metadata.get("attempted", True):
-            self.on_attempt(result)
+            self.on_attempt(result, request)
 
     async def run(self, request: LlmRequest) -> None:
         self.started = self.runner.clock.now()  # the task's time runs from its first try
@@ -247,7 +257,8 @@ class _Attempts:
                     TaskStatus.FAILED,
                     f"not run: {self.reason or 'out of time'}",
                     error_type="NotAttempted",
-                )
+                ),
+                None,
             )
 
     def _could_serve(self, link: AgentConfig) -> bool:
@@ -266,28 +277,21 @@ class _Attempts:
         """
         runner, retry = self.runner, self.runner.retry
         primary = request is not None
-        if request is None:
-            try:
-                request = build_request(self.task, link, self.upstream)
-            except ConfigurationError as exc:  # this fallback's own settings are invalid
-                self.reason = f"{label} was skipped: {exc}"
-                return "next"
-        key = self._cache_key(link, request)
-        if key is not None:
-            hit = await self._cached(key, link)
-            if hit is not None:
-                self.add(hit)
-                return "done"
+        prepared = await self._prepare(label, link, request)
+        if isinstance(prepared, str):
+            return prepared
+        request, key = prepared
         limiter = runner.limiters.get(link.agent_type)
         wait = 0.0
         error = None
-        for number in range(1, retry.max_attempts + 1):
+        number = 0  # failures retrying could fix, so far
+        while number < retry.max_attempts:
             if runner.clock.now() - self.started + wait > retry.max_total_s:
                 self.reason = self.reason or f"{label} ran out of time ({retry.max_total_s} s)"
                 return "done"  # out of time: the last failure stands
             over = self._over_task_budget(link, request)
             if over is not None:
-                self.add(over)
+                self.add(over, None)
                 return "done"
             if wait > 0:
                 async with self.waiting():
@@ -295,13 +299,20 @@ class _Attempts:
             made = await self._attempt(label, link, request, limiter, primary)
             if isinstance(made, str):
                 return made
-            result, limited = made
-            self.add(self._annotate(result, link, wait + limited, key))
+            result = check_output(self.contract, made[0], link)
+            self.add(self._annotate(result, link, wait + made[1], key), request)
             kind = result.metadata.get("failure_kind")
             if primary and not result.succeeded:
                 self.primary_failure = result
             if result.succeeded or kind == FailureKind.REQUEST:
                 return "done"
+            if kind == FailureKind.OUTPUT:
+                asked_again = self._ask_again(request, result)
+                if asked_again is None:
+                    return "done"  # refused too often: the last refusal is the outcome
+                request, wait = asked_again, 0.0
+                continue
+            number += 1
             error = result.metadata.get("error_type")
             if kind == FailureKind.PROVIDER:
                 self.reason = f"{label} cannot serve it: {error}"
@@ -316,6 +327,33 @@ class _Attempts:
             wait = retry.backoff(number, asked, runner.rng)
         self.reason = f"{label} failed {retry.max_attempts} time(s), the last with {error}"
         return "next"
+
+    async def _prepare(
+        self, label: str, link: AgentConfig, request: LlmRequest | None
+    ) -> tuple[LlmRequest, str | None] | str:
+        """The link's request and cache key; or "done" (answered from the cache) or "next"."""
+        if request is None:
+            try:
+                request = build_request(self.task, link, self.upstream, self.contract)
+            except ConfigurationError as exc:  # this fallback's own settings are invalid
+                self.reason = f"{label} was skipped: {exc}"
+                return "next"
+        key = self._cache_key(link, request)
+        if key is not None:
+            hit = await self._cached(key, link)
+            if hit is not None:
+                self.add(hit, request)
+                return "done"
+        return request, key
+
+    def _ask_again(self, request: LlmRequest, refused: TaskResult) -> LlmRequest | None:
+        """The request that asks again after a refused answer, or None when none is left."""
+        if self.output_retries >= self.runner.retry.max_output_retries:
+            return None
+        self.output_retries += 1
+        typed = self.contract is not None and self.contract.typed
+        reason = refused.metadata["rejection"]
+        return with_feedback(request, refused.output or "", reason, typed)
 
     async def _attempt(
         self,
@@ -407,7 +445,7 @@ class _Attempts:
         }
         if self.reason is not None:
             meta["fallback_reason"], self.reason = self.reason, None
-        return TaskResult(
+        answer = TaskResult(
             task_id=self.task.task_id,
             status=TaskStatus.SUCCEEDED,
             output=hit.output,
@@ -416,6 +454,12 @@ class _Attempts:
             attempts=1,
             metadata=meta,
         )
+        checked = check_output(self.contract, answer, link)
+        if not checked.succeeded:  # kept under another contract: ask the provider instead
+            if "fallback_reason" in meta:
+                self.reason = meta["fallback_reason"]
+            return None
+        return checked
 
     def _annotate(
         self, result: TaskResult, link: AgentConfig, wait: float, key: str | None
@@ -457,8 +501,9 @@ class _Attempts:
         unavailable = failure is not None and bool(failure.metadata.get("provider_unavailable"))
         closed = not self.primary_open and self._could_serve(self.agent)
         if unavailable and closed and script_can_stand_in(self.agent):
-            result = await script_attempt(self.task, self.agent, request)
-            self.add(self._annotate(result, self.agent, 0.0, None))
+            made = await script_attempt(self.task, self.agent, request)
+            result = check_output(self.contract, made, self.agent)
+            self.add(self._annotate(result, self.agent, 0.0, None), request)
         elif not self.tries:  # every link's circuit was open
             self.add(
                 _not_attempted(
@@ -467,7 +512,8 @@ class _Attempts:
                     TaskStatus.FAILED,
                     f"not run: {self.reason or 'no provider could take it'}",
                     error_type="CircuitOpen",
-                )
+                ),
+                None,
             )
 
 

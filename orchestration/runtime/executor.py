@@ -32,7 +32,7 @@ import anyio
 from llm_abstractions.base import BaseLlm
 from llm_abstractions.errors import ConfigurationError
 from orchestration.logs import get_logger
-from orchestration.model.agent_registry import AgentConfig, AgentRegistry
+from orchestration.model.agent_registry import AgentConfig, AgentInterface, AgentRegistry
 from orchestration.model.errors import LedgerError
 from orchestration.model.graph import validate_tasks
 from orchestration.model.tasks import AgentTask, TaskResult
@@ -195,6 +195,7 @@ class TaskExecutor:
         on_task_done: Callable[[TaskResult], None] | None = None,
         budget_usd: float | None = None,
         force: bool = False,
+        tasks: Sequence[AgentTask] | None = None,
     ) -> RunResult:
         """Finish a recorded run: what succeeded is kept, everything else runs.
 
@@ -212,11 +213,15 @@ class TaskExecutor:
                 run's own budget (if it had one).
             force: Resume a run recorded as running on another machine (whose process
                 cannot be checked from here).
+            tasks: The run's tasks as first given, for what the ledger cannot keep: their
+                ``output_type`` and ``validators`` (matched by task id). Needed when a task
+                that runs again had an output contract.
 
         Raises:
             ConfigurationError: No such run, its process is still alive (or on another
-                machine, without ``force``), another process resumed it first, or an agent
-                it needs is not in the registry.
+                machine, without ``force``), another process resumed it first, an agent
+                it needs is not in the registry, or a task that runs again had an output
+                contract and ``tasks`` does not give it back.
             LedgerError: The executor records nothing (``record=False``).
         """
         from orchestration.runtime.resume import claim_run, load_run
@@ -229,6 +234,9 @@ class TaskExecutor:
             self.last_run = saved.as_result()
             return self.last_run
         saved.refuse_if_alive(force)
+        if tasks is not None:
+            saved.with_contracts(tasks)
+        saved.refuse_missing_contracts(list(saved.kept(retry_failed)))
         if budget_usd is None and saved.budget_usd is not None:
             budget_usd = max(0.0, saved.budget_usd - saved.spent)
         graph = self._validate(saved.tasks, None, budget_usd)
@@ -263,7 +271,27 @@ class TaskExecutor:
         graph = validate_tasks(tasks, self.registry, default)
         for agent in self._agents_of(tasks, default):
             self.runner.chain(agent)  # a fallback that names nothing fails here, not later
+        for task in tasks:
+            if task.output_type is not None:
+                self._check_structured_output(task, default)
         return graph
+
+    def _check_structured_output(self, task: AgentTask, default: str | None) -> None:
+        """Refuse, before the run, a typed task whose providers cannot do structured output."""
+        agent = self.registry.get(task.agent or default or "")
+        if agent.interface is not AgentInterface.API:
+            return  # a script answers as it can; the contract checks what it says
+        from llm_abstractions.factory import LlmFactory
+
+        for label, link in self.runner.chain(agent):
+            built_from = LlmFactory.provider_class(link.agent_type)
+            if built_from is not None and not built_from.supports_output_schema:
+                raise ConfigurationError(
+                    f"Task {task.task_id!r} has an output_type, but {label!r} runs on provider "
+                    f"{link.agent_type!r}, which cannot do structured output: give the task an "
+                    "agent whose provider can, or drop output_type and check the text with "
+                    "validators."
+                )
 
     def _agents_of(self, tasks: Sequence[AgentTask], default: str | None) -> list[AgentConfig]:
         """The agents the tasks name, and the agents of their fallbacks."""

@@ -2,25 +2,42 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
-from llm_abstractions.types import LlmRequest
+from llm_abstractions.types import LlmRequest, Message, OutputSchema
 from orchestration.model.agent_registry import AgentConfig
+from orchestration.model.contracts import OutputContract, feedback
 from orchestration.model.tasks import AgentTask
 
-__all__ = ["build_request"]
+__all__ = ["build_request", "with_feedback"]
 
 # Settings a task's or an agent's metadata may carry into the request.
-_REQUEST_SETTINGS = ("max_tokens", "temperature", "top_p", "seed", "stop", "response_format")
+_REQUEST_SETTINGS = (
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "seed",
+    "stop",
+    "response_format",
+    "grammar",
+)
 
 
-def build_request(task: AgentTask, agent: AgentConfig, upstream: Mapping[str, str]) -> LlmRequest:
+def build_request(
+    task: AgentTask,
+    agent: AgentConfig,
+    upstream: Mapping[str, str],
+    contract: OutputContract | None = None,
+) -> LlmRequest:
     """The request for one attempt of ``task`` on ``agent``.
 
     The user message is the task's description, followed by its ``context`` metadata and
     then the output of each dependency, labelled with its task id. Task metadata overrides
-    agent metadata for the system prompt and the generation settings.
+    agent metadata for the system prompt and the generation settings. A typed ``contract``
+    adds its JSON schema twice: to the prompt (any model can read it) and as the request's
+    ``output_schema`` (providers enforce it natively), in place of ``response_format``.
 
     Raises:
         InvalidRequestError: A setting has an invalid value.
@@ -33,6 +50,12 @@ def build_request(task: AgentTask, agent: AgentConfig, upstream: Mapping[str, st
     params = {key: settings[key] for key in _REQUEST_SETTINGS if settings.get(key) is not None}
     if isinstance(params.get("stop"), str):
         params["stop"] = [params["stop"]]
+    schema = None if contract is None else contract.json_schema()
+    if contract is not None and schema is not None:
+        shown = json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
+        parts.append(f"Reply with only a JSON value that matches this JSON schema:\n{shown}")
+        params.pop("response_format", None)
+        params["output_schema"] = OutputSchema(name=contract.schema_name, json_schema=schema)
     return LlmRequest.build(
         "\n\n".join(parts),
         system=settings.get("system_prompt"),
@@ -40,3 +63,13 @@ def build_request(task: AgentTask, agent: AgentConfig, upstream: Mapping[str, st
         metadata={"task_id": task.task_id, "agent": agent.name},
         **params,
     )
+
+
+def with_feedback(request: LlmRequest, answer: str, reason: str, typed: bool) -> LlmRequest:
+    """``request``'s conversation, then the refused ``answer`` and why it was refused."""
+    messages = (
+        *request.messages,
+        Message(role="assistant", content=answer),
+        Message(role="user", content=feedback(reason, typed)),
+    )
+    return request.model_copy(update={"messages": messages})

@@ -95,6 +95,8 @@ class RetryPolicy:
         max_delay_s: Longest backoff wait.
         retry_after_cap_s: Longest wait a provider's ``Retry-After`` can impose.
         jitter: Share of each backoff wait that is random (0: none, 1: all of it).
+        max_output_retries: Times a task whose answer its output contract refused is asked
+            again (with the reason), on top of ``max_attempts``; then the task fails.
     """
 
     max_attempts: int = 3
@@ -103,10 +105,13 @@ class RetryPolicy:
     max_delay_s: float = 30.0
     retry_after_cap_s: float = 60.0
     jitter: float = 0.5
+    max_output_retries: int = 2
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ConfigurationError("RetryPolicy: max_attempts must be at least 1.")
+        if self.max_output_retries < 0:
+            raise ConfigurationError("RetryPolicy: max_output_retries cannot be negative.")
         _positive("RetryPolicy", max_total_s=self.max_total_s)
         if min(self.base_delay_s, self.max_delay_s, self.retry_after_cap_s) < 0:
             raise ConfigurationError("RetryPolicy: waits cannot be negative.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -13,6 +14,7 @@ from llm_abstractions.errors import ConfigurationError
 from llm_abstractions.types import Usage
 from orchestration.ledger.store import Ledger
 from orchestration.model.agent_registry import AgentConfig, AgentRegistry
+from orchestration.model.contracts import OutputContract
 from orchestration.model.tasks import AgentTask, TaskResult, TaskStatus
 from orchestration.runtime.results import RunResult, RunStatus
 
@@ -38,6 +40,50 @@ class SavedRun:
     spent: float = 0.0  # by every attempt of the run so far
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    contracts: dict[str, str] = field(default_factory=dict)  # task id -> recorded contract
+    values: dict[str, str] = field(default_factory=dict)  # task id -> its value as JSON
+
+    def with_contracts(self, tasks: Sequence[AgentTask]) -> None:
+        """Give the recorded tasks the output types and validators of ``tasks`` (by id).
+
+        Raises:
+            ConfigurationError: ``tasks`` holds a task the run does not have.
+        """
+        given = {task.task_id: task for task in tasks}
+        unknown = sorted(set(given) - {task.task_id for task in self.tasks})
+        if unknown:
+            raise ConfigurationError(
+                f"Run {self.run_id!r} has no task {', '.join(map(repr, unknown))}: resume it "
+                "with the tasks it was started with."
+            )
+        self.tasks = [
+            task.model_copy(update={"output_type": g.output_type, "validators": g.validators})
+            if (g := given.get(task.task_id)) is not None
+            else task
+            for task in self.tasks
+        ]
+
+    def refuse_missing_contracts(self, kept: Sequence[str]) -> None:
+        """Raise if a task that runs again had an output contract the ledger could not keep.
+
+        Raises:
+            ConfigurationError: Name the tasks, and how to give their contracts back.
+        """
+        missing = [
+            task.task_id
+            for task in self.tasks
+            if task.task_id in self.contracts
+            and task.task_id not in kept
+            and task.output_type is None
+            and not task.validators
+        ]
+        if missing:
+            raise ConfigurationError(
+                f"Run {self.run_id!r}: task(s) {', '.join(map(repr, missing))} had an output "
+                "contract (output_type, validators), which the ledger cannot keep; resume with "
+                "the run's tasks (TaskExecutor.resume(..., tasks=...), or orchestra resume "
+                "--file RUN_FILE.py)."
+            )
 
     def refuse_if_alive(self, force: bool = False) -> None:
         """Raise if the process that runs this run may still be running it.
@@ -84,9 +130,28 @@ class SavedRun:
         )
 
     def kept(self, retry_failed: bool) -> dict[str, TaskResult]:
-        """The results that stand: succeeded ones, and failed ones unless retried."""
+        """The results that stand: succeeded ones, and failed ones unless retried.
+
+        A succeeded result gets its value back: parsed from the JSON recorded for it when its
+        task (given again) has an ``output_type``, else its text.
+        """
         keep = {TaskStatus.SUCCEEDED} | (set() if retry_failed else {TaskStatus.FAILED})
-        return {tid: r for tid, r in self.results.items() if r.status in keep}
+        tasks = {task.task_id: task for task in self.tasks}
+        kept = {}
+        for tid, result in self.results.items():
+            if result.status not in keep:
+                continue
+            if result.succeeded:
+                result = result.model_copy(update={"value": self._value(tasks.get(tid), result)})
+            kept[tid] = result
+        return kept
+
+    def _value(self, task: AgentTask | None, result: TaskResult) -> object:
+        recorded = self.values.get(result.task_id)
+        if task is None or task.output_type is None or recorded is None:
+            return result.output
+        contract = OutputContract.of(task.output_type, task.validators)
+        return recorded if contract is None else contract.load_json(recorded)
 
     def crashed(self) -> list[tuple[str, str, int, datetime | None]]:
         """Tasks a dead process left running: id, agent, the attempt it was making, start.
@@ -160,14 +225,17 @@ def load_run(ledger: Ledger, run_id: str) -> SavedRun:
                 "lists the runs it has."
             )
         definitions = session.execute(
-            text("SELECT definition FROM run_tasks WHERE run_id = :id ORDER BY position"),
+            text(
+                "SELECT definition, task_id, contract FROM run_tasks WHERE run_id = :id "
+                "ORDER BY position"
+            ),
             {"id": run_id},
         ).all()
         rows = session.execute(
             text(
                 "SELECT task_id, status, output, error, attempts, execution_method, provider, "
-                "model, input_tokens, output_tokens, cost_usd, latency_s, agent, started_at "
-                "FROM task_runs WHERE run_id = :id"
+                "model, input_tokens, output_tokens, cost_usd, latency_s, agent, started_at, "
+                "value FROM task_runs WHERE run_id = :id"
             ),
             {"id": run_id},
         ).all()
@@ -182,12 +250,14 @@ def load_run(ledger: Ledger, run_id: str) -> SavedRun:
             text("SELECT COALESCE(SUM(cost_usd), 0) FROM attempts WHERE run_id = :id"),
             {"id": run_id},
         ).scalar_one()
-    results, agent_of, started_of = {}, {}, {}
+    results, agent_of, started_of, values = {}, {}, {}, {}
     for row in rows:
         task_id, status, output, error, attempts, method, provider, model, i, o, cost, secs = row[
             :12
         ]
         agent_of[task_id], started_of[task_id] = row[12], _moment(row[13])
+        if row[14] is not None:
+            values[task_id] = row[14]
         results[task_id] = TaskResult(
             task_id=task_id,
             status=TaskStatus(status),
@@ -215,6 +285,8 @@ def load_run(ledger: Ledger, run_id: str) -> SavedRun:
         spent=float(spent),
         started_at=_moment(run[5]),
         finished_at=_moment(run[6]),
+        contracts={d[1]: d[2] for d in definitions if d[2] is not None},
+        values=values,
     )
 
 

@@ -33,6 +33,7 @@ from orchestration.runtime.results import RunResult
 if TYPE_CHECKING:
     import networkx as nx
 
+    from llm_abstractions.types import LlmRequest
     from orchestration.ledger.cache import ResponseCache
     from orchestration.ledger.recording import Recorder
     from orchestration.ledger.store import Commit
@@ -285,7 +286,13 @@ class Scheduler:
         self._done(result)
         self._release_dependents(tid, result)
 
-    def _attempt_made(self, task: AgentTask, agent: AgentConfig, attempt: TaskResult) -> None:
+    def _attempt_made(
+        self,
+        task: AgentTask,
+        agent: AgentConfig,
+        attempt: TaskResult,
+        request: LlmRequest | None,
+    ) -> None:
         """Number, log and record an attempt as soon as it ends.
 
         Recorded then, not with the task's result: a run cancelled (or killed) between two
@@ -296,15 +303,16 @@ class Scheduler:
         attempt.metadata["attempt"] = number
         _log_attempt(self.log, task, agent, number, attempt)
         if self.recorder is not None:
-            self.recorder.attempt_made(self.run_result.run_id, tid, agent, number, attempt)
+            run_id = self.run_result.run_id
+            self.recorder.attempt_made(run_id, tid, agent, number, attempt, request)
 
     async def _attempts(
         self, task: AgentTask, agent: AgentConfig, upstream: dict[str, str]
     ) -> list[TaskResult]:
         """The task's attempts; a bug or an unmapped error fails this task, not the run."""
 
-        def made(attempt: TaskResult) -> None:
-            self._attempt_made(task, agent, attempt)
+        def made(attempt: TaskResult, request: LlmRequest | None) -> None:
+            self._attempt_made(task, agent, attempt, request)
 
         try:
             return await self.runner.run(
@@ -318,7 +326,7 @@ class Scheduler:
             )
         except Exception as exc:  # cancellation is a BaseException and passes through
             failed = _failed_before_trying(task, agent, exc, "unexpected ")
-            made(failed)
+            made(failed, None)
             return [failed]
 
     def _done(self, result: TaskResult) -> None:
