@@ -322,3 +322,58 @@ async def test_resume_needs_the_contracts_back_and_restores_typed_values(ledger:
     assert again.ok
     assert again.results["a"].value == Todo(title="first")  # kept, its value read back
     assert again.results["b"].value == Todo(title="second")
+
+
+async def test_orchestra_output_prints_answers_as_they_came(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from orchestration.cli import app
+
+    scripted("not json", '{"title": "kept"}', "no", "no", "no")
+    tasks = [
+        AgentTask(task_id="good", agent="writer", description="x", output_type=Todo),
+        AgentTask(
+            task_id="bad", agent="writer", description="y", output_type=Todo, depends_on=("good",)
+        ),
+    ]
+    async with TaskExecutor(agents(), retry=fast()) as executor:
+        run = await executor.run(tasks)
+    assert run.results["bad"].status is TaskStatus.FAILED
+    cli = CliRunner()
+
+    final = cli.invoke(app, ["output", run.run_id, "good"])
+    assert (final.exit_code, final.stdout) == (0, '{"title": "kept"}\n')
+    first_try = cli.invoke(app, ["output", run.run_id[:8], "good", "--attempt", "1"])
+    assert (first_try.exit_code, first_try.stdout) == (0, "not json\n")
+    as_json = json.loads(cli.invoke(app, ["output", run.run_id, "good", "--json"]).stdout)
+    assert as_json["value"] == {"title": "kept", "done": False}
+    detail = json.loads(
+        cli.invoke(app, ["output", run.run_id, "good", "--attempt", "1", "--json"]).stdout
+    )
+    assert (
+        detail["validation"] == "refused" and detail["request"]["output_schema"]["name"] == "Todo"
+    )
+
+    failed = cli.invoke(app, ["output", run.run_id, "bad"])
+    assert failed.exit_code == 1 and failed.stdout == ""
+    assert "task 'bad' has no usable output (invalid_output: It is not a valid Todo:)" in (
+        failed.stderr
+    )
+    assert "--attempt 3" in failed.stderr
+    missing = cli.invoke(app, ["output", run.run_id, "nope"])
+    assert missing.exit_code == 2 and "has no task 'nope'; its tasks: good, bad" in missing.stderr
+
+    everything = cli.invoke(app, ["output", run.run_id])
+    assert everything.exit_code == 1
+    assert everything.stdout.startswith('=== good: succeeded ===\n{"title": "kept"}\n=== bad: ')
+
+    shown = cli.invoke(app, ["show", run.run_id, "--json"])
+    refused = {t["task_id"]: t["refused"] for t in json.loads(shown.stdout)["tasks"]}
+    assert refused == {"good": 1, "bad": 3}
+
+    from orchestration.cli.report import render_html
+    from orchestration.cli.report_data import load_report
+
+    page = render_html(load_report(Ledger(), run.run_id))
+    assert "good #1: llm_factory, scripted, scripted-model, failed (refused: It is not a" in page
+    assert '<td class="error">invalid_output: It is not a valid Todo:' in page

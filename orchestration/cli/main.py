@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
+from orchestration.cli.common import open_ledger, resolve
+from orchestration.cli.output import output
+
 if TYPE_CHECKING:
-    from orchestration.ledger.store import Ledger
     from orchestration.runtime.results import RunResult
 
 app = typer.Typer(
@@ -152,7 +154,7 @@ def runs(
     """List runs: id, name, status, tasks, tokens, cost, duration."""
     from orchestration.ledger.history import fmt_cost, fmt_seconds, fmt_tokens, list_runs
 
-    found = list_runs(_open_ledger(), limit)
+    found = list_runs(open_ledger(), limit)
     if as_json:
         typer.echo(json.dumps(found, indent=2))
         return
@@ -176,23 +178,31 @@ def show(
     run: Annotated[str, typer.Argument(help="Run id, or its first characters.")],
     as_json: JsonOption = False,
 ) -> None:
-    """Show a run task by task: agent, status, method, provider, model, tokens, cost."""
+    """Show a run task by task: agent, status, method, provider, model, tokens, cost.
+
+    ``refused`` counts the answers a task's output contract refused (and asked again for);
+    a failed task's error says why its last answer was refused.
+    """
     from orchestration.ledger.history import (
         fmt_cost,
         fmt_seconds,
         fmt_tokens,
+        refusals,
         resolve_run,
         run_tasks,
     )
 
-    ledger = _open_ledger()
-    run_id = _resolve(lambda: resolve_run(ledger, run))
+    ledger = open_ledger()
+    run_id = resolve(lambda: resolve_run(ledger, run))
     tasks = run_tasks(ledger, run_id)
+    refused = refusals(ledger, run_id)
+    for found in tasks:
+        found["refused"] = refused.get(found["task_id"], 0)
     if as_json:
         typer.echo(json.dumps({"run_id": run_id, "tasks": tasks}, indent=2))
         return
     columns = ["task", "agent", "status", "method", "provider", "model", "tokens in/out"]
-    columns += ["cost", "latency", "attempts", "error"]
+    columns += ["cost", "latency", "attempts", "refused", "error"]
     rows = [
         [
             t["task_id"],
@@ -205,7 +215,8 @@ def show(
             fmt_cost(t["cost_usd"]),
             fmt_seconds(t["latency_s"]),
             str(t["attempts"]),
-            (t["error"] or "")[:80],
+            str(t["refused"]),
+            _one_line(t["error"]),
         ]
         for t in tasks
     ]
@@ -227,8 +238,8 @@ def attempts(
         run_attempts,
     )
 
-    ledger = _open_ledger()
-    run_id = _resolve(lambda: resolve_run(ledger, run))
+    ledger = open_ledger()
+    run_id = resolve(lambda: resolve_run(ledger, run))
     found = run_attempts(ledger, run_id, task)
     if as_json:
         typer.echo(json.dumps(found, indent=2))
@@ -246,7 +257,7 @@ def attempts(
             fmt_tokens(a["input_tokens"], a["output_tokens"]),
             fmt_cost(a["cost_usd"]),
             fmt_seconds(a["latency_s"]),
-            (a["error_message"] or "")[:80],
+            _one_line(a["error_message"]),
         ]
         for a in found
     ]
@@ -268,8 +279,8 @@ def report(
     from orchestration.cli.report import print_report, render_html, report_json, summary_line
     from orchestration.cli.report_data import load_report
 
-    ledger = _open_ledger()
-    found = _resolve(lambda: load_report(ledger, run))
+    ledger = open_ledger()
+    found = resolve(lambda: load_report(ledger, run))
     if html is not None:
         try:
             html.write_text(render_html(found), encoding="utf-8")
@@ -295,8 +306,8 @@ def run_file(
     """Run the DAG a Python file builds (module-level `registry` and `tasks`)."""
     from orchestration.cli.runfile import load_run_file, run_with_progress
 
-    registry, tasks = _resolve(lambda: load_run_file(file))
-    result = _resolve(
+    registry, tasks = resolve(lambda: load_run_file(file))
+    result = resolve(
         lambda: run_with_progress(registry, tasks, name or file.stem, max_concurrency, as_json)
     )
     _outcome(result, as_json)
@@ -335,10 +346,10 @@ def resume(
     from orchestration.model.agent_registry import AgentRegistry
     from orchestration.runtime.resume import load_run
 
-    ledger = _open_ledger()
+    ledger = open_ledger()
     try:
-        run_id = _resolve(lambda: resolve_run(ledger, run))
-        saved = _resolve(lambda: load_run(ledger, run_id))
+        run_id = resolve(lambda: resolve_run(ledger, run))
+        saved = resolve(lambda: load_run(ledger, run_id))
     finally:
         ledger.close()
     if file is not None and agents is not None:
@@ -346,11 +357,11 @@ def resume(
         raise typer.Exit(2)
     given = None
     if file is not None:
-        registry, given = _resolve(lambda: load_run_file(file))
+        registry, given = resolve(lambda: load_run_file(file))
     elif agents is not None:
-        registry = _resolve(lambda: AgentRegistry.from_toml(agents))
+        registry = resolve(lambda: AgentRegistry.from_toml(agents))
     elif saved.agents:
-        registry = _resolve(saved.registry)
+        registry = resolve(saved.registry)
     else:
         typer.echo(
             f"error: run {run_id} recorded no agents (it predates that); give them with "
@@ -358,7 +369,7 @@ def resume(
             err=True,
         )
         raise typer.Exit(2)
-    result = _resolve(
+    result = resolve(
         lambda: resume_with_progress(
             registry,
             run_id,
@@ -384,32 +395,6 @@ def _outcome(result: RunResult, as_json: bool) -> NoReturn:
     raise typer.Exit(0 if result.ok else 1)
 
 
-def _resolve(call: Any) -> Any:
-    """Run ``call``; a configuration error becomes a clear message and exit code 2."""
-    from llm_abstractions.errors import ConfigurationError
-
-    try:
-        return call()
-    except ConfigurationError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-
-
-def _open_ledger() -> Ledger:
-    from orchestration.ledger.store import Ledger, LedgerError, default_db_url, sqlite_file
-
-    url = default_db_url()
-    path = sqlite_file(url)
-    if path is not None and not path.exists():
-        typer.echo(f"No ledger at {path} yet: run something first.", err=True)
-        raise typer.Exit(1)
-    try:
-        return Ledger(url)
-    except LedgerError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
-
-
 def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -422,8 +407,17 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     Console().print(table)
 
 
+def _one_line(text: str | None, limit: int = 120) -> str:
+    """An error for a table cell: its lines joined, cut at ``limit`` characters."""
+    joined = " ".join(line.strip() for line in (text or "").splitlines() if line.strip())
+    return joined if len(joined) <= limit else joined[: limit - 3] + "..."
+
+
 def _mark(value: bool | None) -> str:
     return "-" if value is None else ("yes" if value else "no")
+
+
+app.command()(output)
 
 
 def main() -> None:

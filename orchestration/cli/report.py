@@ -97,7 +97,7 @@ def render_html(report: RunReport) -> str:
 _TASK_COLUMNS = ["task", "agent", "status", "method", "provider", "model", "tokens in/out"]
 _TASK_COLUMNS += ["cost", "latency", "attempts", "error"]
 _ATTEMPT_COLUMNS = ["task", "#", "method", "provider", "model", "status", "start", "duration"]
-_ATTEMPT_COLUMNS += ["tokens in/out", "cost", "error type"]
+_ATTEMPT_COLUMNS += ["tokens in/out", "cost", "error"]
 
 
 def _task_cells(task: TaskReport) -> list[str]:
@@ -128,7 +128,7 @@ def _attempt_cells(attempt: AttemptReport, run_started: datetime) -> list[str]:
         fmt_seconds((attempt.finished_at - attempt.started_at).total_seconds()),
         fmt_tokens(attempt.input_tokens, attempt.output_tokens),
         fmt_cost(attempt.cost_usd),
-        attempt.error_type or "",
+        attempt.error_message or attempt.error_type or "",
     ]
 
 
@@ -148,10 +148,19 @@ def print_report(report: RunReport, console: Console) -> None:
     """Print the run's summary line, then its tasks and its attempts as rich tables."""
     console.print(Text(summary_line(report)))
     # A whole error (a traceback, a page of HTML) would drown the table; the page has it all.
-    tasks = [[*cells[:-1], cells[-1][:80]] for cells in map(_task_cells, report.tasks)]
-    attempts = [_attempt_cells(a, report.started_at) for a in report.attempts]
+    tasks = [[*cells[:-1], _cut(cells[-1])] for cells in map(_task_cells, report.tasks)]
+    attempts = [
+        [*cells[:-1], _cut(cells[-1])]
+        for cells in (_attempt_cells(a, report.started_at) for a in report.attempts)
+    ]
     console.print(_rich_table(f"Tasks of {report.run_id}", _TASK_COLUMNS, tasks))
     console.print(_rich_table(f"Attempts of {report.run_id}", _ATTEMPT_COLUMNS, attempts))
+
+
+def _cut(error: str, limit: int = 80) -> str:
+    """An error's lines joined, cut at ``limit`` characters (the page shows it whole)."""
+    joined = " ".join(line.strip() for line in error.splitlines() if line.strip())
+    return joined if len(joined) <= limit else joined[: limit - 3] + "..."
 
 
 def _rich_table(title: str, columns: list[str], rows: Iterable[list[str]]) -> Table:

@@ -78,6 +78,8 @@ class AttemptReport:
     input_tokens: int | None = None
     output_tokens: int | None = None
     cost_usd: float | None = None
+    error_message: str | None = None  # for a refused answer, why it was refused
+    validation: str | None = None  # accepted, refused or crashed; None: no contract
 
 
 @dataclass(frozen=True)

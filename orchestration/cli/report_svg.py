@@ -222,6 +222,8 @@ def _attempt_title(attempt: AttemptReport) -> str:
         if part
     )
     error = f" ({attempt.error_type})" if attempt.error_type else ""
+    if attempt.validation == "refused" and attempt.error_message:
+        error = f" (refused: {attempt.error_message.removeprefix('invalid_output: ')})"
     seconds = (attempt.finished_at - attempt.started_at).total_seconds()
     return f"{attempt.task_id} #{attempt.attempt}: {what}{error}, {seconds:.2f}s"
 

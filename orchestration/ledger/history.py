@@ -13,17 +13,20 @@ from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 
 from llm_abstractions.errors import ConfigurationError
-from orchestration.ledger.schema import AttemptRow, RunRow, TaskRunRow
+from orchestration.ledger.schema import AttemptRow, RunRow, RunTaskRow, TaskRunRow
 from orchestration.ledger.store import Ledger
 
 __all__ = [
+    "attempt_answer",
     "fmt_cost",
     "fmt_seconds",
     "fmt_tokens",
     "list_runs",
+    "refusals",
     "resolve_run",
     "run_attempts",
     "run_tasks",
+    "task_outputs",
 ]
 
 
@@ -113,6 +116,96 @@ def run_attempts(ledger: Ledger, run_id: str, task_id: str | None = None) -> lis
     with ledger.session() as session:
         found = session.exec(query.order_by(col(AttemptRow.id))).all()
         return [row.model_dump(mode="json") for row in found]
+
+
+def task_outputs(ledger: Ledger, run_id: str, task_id: str | None = None) -> list[dict[str, Any]]:
+    """Each task's final answer (or only ``task_id``'s), in the order the run defined them.
+
+    Raises:
+        ConfigurationError: The run has no task ``task_id``.
+    """
+    query = (
+        sa_select(
+            col(RunTaskRow.task_id),
+            col(TaskRunRow.status),
+            col(TaskRunRow.output),
+            col(TaskRunRow.value),
+            col(TaskRunRow.error),
+            col(TaskRunRow.attempts),
+        )
+        .join(
+            TaskRunRow,
+            (col(TaskRunRow.run_id) == col(RunTaskRow.run_id))
+            & (col(TaskRunRow.task_id) == col(RunTaskRow.task_id)),
+            isouter=True,
+        )
+        .where(col(RunTaskRow.run_id) == run_id)
+        .order_by(col(RunTaskRow.position))
+    )
+    if task_id is not None:
+        query = query.where(col(RunTaskRow.task_id) == task_id)
+    with ledger.session() as session:
+        found = session.execute(query).all()
+        if not found and task_id is not None:
+            known = session.execute(
+                sa_select(col(RunTaskRow.task_id))
+                .where(col(RunTaskRow.run_id) == run_id)
+                .order_by(col(RunTaskRow.position))
+            ).scalars()
+            raise ConfigurationError(
+                f"Run {run_id} has no task {task_id!r}; its tasks: {', '.join(known)}."
+            )
+    names = ("task_id", "status", "output", "value", "error", "attempts")
+    return [
+        dict(zip(names, (tid, status or "pending", out, value, error, n or 0), strict=True))
+        for tid, status, out, value, error, n in found
+    ]
+
+
+def attempt_answer(ledger: Ledger, run_id: str, task_id: str, number: int) -> dict[str, Any]:
+    """What one attempt sent and got back, and how it was judged.
+
+    Raises:
+        ConfigurationError: The task made no attempt of that number.
+    """
+    query = select(AttemptRow).where(
+        col(AttemptRow.run_id) == run_id,
+        col(AttemptRow.task_id) == task_id,
+        col(AttemptRow.attempt) == number,
+    )
+    with ledger.session() as session:
+        row = session.exec(query.order_by(col(AttemptRow.id).desc())).first()
+        made = session.execute(
+            sa_select(func.max(col(AttemptRow.attempt))).where(
+                col(AttemptRow.run_id) == run_id, col(AttemptRow.task_id) == task_id
+            )
+        ).scalar()
+    if row is None:
+        tried = f"its attempts are 1 to {made}" if made else "it made no attempt"
+        raise ConfigurationError(
+            f"Task {task_id!r} of run {run_id} has no attempt {number}: {tried}."
+        )
+    return {
+        "task_id": task_id,
+        "attempt": number,
+        "status": row.status,
+        "validation": row.validation,
+        "error": row.error_message,
+        "finish_reason": row.finish_reason,
+        "request": row.request,
+        "response": row.response,
+    }
+
+
+def refusals(ledger: Ledger, run_id: str) -> dict[str, int]:
+    """How many answers each task's output contract refused."""
+    query = (
+        sa_select(col(AttemptRow.task_id), func.count())
+        .where(col(AttemptRow.run_id) == run_id, col(AttemptRow.validation) == "refused")
+        .group_by(col(AttemptRow.task_id))
+    )
+    with ledger.session() as session:
+        return {tid: int(n) for tid, n in session.execute(query).all()}
 
 
 def fmt_tokens(tokens_in: int | None, tokens_out: int | None) -> str:
