@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agents.contract import ParsedOutput, parse_files
+from agents.contract import ContractError, ParsedOutput, parse_files
 from agents.routing import ModelChoice, Tier
-from orchestration import AgentRegistry, AgentTask, TaskExecutor, TaskResult
+from orchestration import AgentRegistry, AgentTask, OutputRejected, TaskExecutor, TaskResult
 
 __all__ = [
     "ARCHITECT",
@@ -26,9 +26,11 @@ __all__ = [
     "Tier",
 ]
 
+# Three-backtick fences only: models asked for longer ones for Markdown close them with three
+# and then write until their token limit. A file therefore holds no code fence of its own.
 CONTRACT = (
     "Answer with files only. For each file write a line `FILE: <path>` and then the whole "
-    "file in a fenced code block. Use a fence of four backticks for Markdown files."
+    "file in a code block fenced with three backticks. Put no code fences inside a file."
 )
 
 
@@ -71,13 +73,18 @@ class SpecialistAgent:
     def task(
         self, request: str, *, task_id: str | None = None, depends_on: tuple[str, ...] = ()
     ) -> AgentTask:
-        """The task asking this role for ``request``; dependencies' outputs become context."""
+        """The task asking this role for ``request``; dependencies' outputs become context.
+
+        Its answer is checked by ``check``: one that breaks the file contract is asked for
+        again with the reason, and the task's value is the parsed files.
+        """
         return AgentTask(
             task_id=task_id or self.name,
             agent=self.name,
             description=f"{request}\n\nStart your answer with the line `FILE: {self.first_file}`.",
             depends_on=depends_on,
             metadata={"system_prompt": self.system_prompt, "role": self.role},
+            validators=(self.check,),
         )
 
     def parse(self, output: str) -> ParsedOutput:
@@ -87,6 +94,31 @@ class SpecialistAgent:
             ContractError: The answer holds no usable file.
         """
         return parse_files(output, self.writes)
+
+    def check(self, output: str) -> ParsedOutput:
+        """The files of an answer that is usable whole: the task's validator.
+
+        Usable: it holds files under the contract, every path is one this role writes, and
+        every Python file compiles.
+
+        Raises:
+            OutputRejected: Says what to fix, file by file.
+        """
+        try:
+            parsed = self.parse(output)
+        except ContractError as exc:
+            raise OutputRejected(f"{exc}. {CONTRACT}") from None
+        problems = list(parsed.problems)
+        for path, body in parsed.files.items():
+            if path.endswith(".py"):
+                try:
+                    compile(body, path, "exec", dont_inherit=True)
+                except SyntaxError as exc:
+                    problems.append(f"{path}: line {exc.lineno}: {exc.msg}")
+        if problems:
+            listed = "\n".join(f"- {problem}" for problem in problems)
+            raise OutputRejected(f"Fix these, then give every file again:\n{listed}")
+        return parsed
 
     async def run(self, executor: TaskExecutor, request: str) -> TaskResult:
         """Ask this role once, on the executor's registry (where it must be registered)."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agents.contract import ContractError, write_files
+from agents.contract import ContractError, ParsedOutput, write_files
 from agents.routing import ModelChoice, route_team
 from agents.specialists import ARCHITECT, BACKEND, DEVOPS, FRONTEND, QA, SPECIALISTS
 from orchestration import AgentRegistry, AgentTask, TaskResult
@@ -104,18 +104,23 @@ class TodoBuild:
         ]
 
     def on_task_done(self, result: TaskResult) -> None:
-        """Write a finished specialist's files (called before its dependents start)."""
+        """Write a finished specialist's files (called before its dependents start).
+
+        A specialist that succeeded has had its answer checked (``SpecialistAgent.check``):
+        its value is the parsed files. One that failed writes nothing; why is its error.
+        """
         role = next((r for r in SPECIALISTS if r.name == _role_of(result.task_id)), None)
-        if role is None or not result.succeeded or result.output is None:
+        if role is None or result.status.value == "skipped":
             return
         report = self.files.setdefault(result.task_id, FileReport())
+        if not result.succeeded or not isinstance(result.value, ParsedOutput):
+            report.problems.append(result.error or f"not run ({result.status.value})")
+            return
         try:
-            parsed = role.parse(result.output)
-            written = write_files(parsed.files, self.output_dir)
+            written = write_files(result.value.files, self.output_dir)
         except ContractError as exc:
             report.problems.append(str(exc))
             return
-        report.problems.extend(parsed.problems)
         report.written = [str(p.relative_to(self.output_dir.resolve())) for p in written]
 
 

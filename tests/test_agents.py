@@ -19,7 +19,7 @@ from agents import (
 )
 from llm_abstractions import ConfigurationError, LlmFactory, LlmRequest
 from llm_abstractions.testing import FunctionLlm
-from orchestration import TaskExecutor, TaskStatus
+from orchestration import OutputRejected, TaskExecutor, TaskStatus
 
 GOOD = """Here is the spec.
 
@@ -219,11 +219,14 @@ async def test_qa_verdict_comes_from_really_running_the_generated_tests(
 
 
 @pytest.mark.anyio
-async def test_a_broken_answer_is_reported_and_writes_nothing(tmp_path: Path) -> None:
+async def test_a_broken_answer_is_asked_again_then_fails_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    asked: list[LlmRequest] = []
+
     def answer(request: LlmRequest) -> str:
-        if request.metadata["agent"] == "architect":
-            return "FILE: ../../escape.md\n```\nx\n```\nFILE: docs/SPEC.md\n```\nnever closed"
-        return "no files at all"
+        asked.append(request)
+        return "FILE: ../../escape.md\n```\nx\n```\nFILE: docs/SPEC.md\n```\nnever closed"
 
     LlmFactory.register_provider("broken-team", lambda **_: FunctionLlm(answer), replace=True)
     build = TodoBuild(output_dir=tmp_path / "app")
@@ -235,12 +238,34 @@ async def test_a_broken_answer_is_reported_and_writes_nothing(tmp_path: Path) ->
         run = await executor.run(build.tasks(), on_task_done=build.on_task_done)
     finally:
         await executor.aclose()
-    assert run.results["architect"].status is TaskStatus.SUCCEEDED
+    architect = run.results["architect"]
+    assert architect.status is TaskStatus.FAILED and architect.attempts == 3
+    assert architect.error is not None
+    assert "docs/SPEC.md: its code fence is never closed" in architect.error
+    assert "docs/SPEC.md: its code fence is never closed" in asked[1].messages[-1].content
     assert "never closed" in build.files["architect"].problems[0]
-    assert "no usable file" in build.files["backend"].problems[0]
-    assert qa_verdict(run.results["qa-run"])["verdict"] == "no tests"
+    assert {r.status for tid, r in run.results.items() if tid != "architect"} == {
+        TaskStatus.SKIPPED
+    }
+    assert qa_verdict(run.results["qa-run"])["verdict"] == "no verdict"
     assert not (tmp_path / "escape.md").exists()
     assert not any((tmp_path / "app").rglob("*.md"))
+
+
+def test_a_specialist_refuses_files_out_of_its_place_and_python_that_does_not_compile() -> None:
+    answer = (
+        "FILE: backend/server.py\n```python\ndef broken(:\n    pass\n```\n"
+        "FILE: frontend/index.html\n```html\n<p>not mine</p>\n```\n"
+    )
+    with pytest.raises(OutputRejected) as info:
+        BACKEND.check(answer)
+    assert str(info.value).splitlines()[1:] == [
+        "- frontend/index.html: outside what this role writes (backend/)",
+        "- backend/server.py: line 1: invalid syntax",
+    ]
+    good = BACKEND.check("FILE: backend/server.py\n```python\nprint('ok')\n```\n")
+    assert good.files == {"backend/server.py": "print('ok')\n"}
+    assert BACKEND.task("Build it.").validators == (BACKEND.check,)
 
 
 def test_a_specialist_task_carries_its_role() -> None:
