@@ -149,8 +149,7 @@ def test_todo_demo_builds_on_the_embedded_model_and_records_every_task(tmp_path:
             (run_id,),
         ).fetchall()
         tries = db.execute(
-            "SELECT attempt, validation FROM attempts WHERE run_id = ? "
-            "ORDER BY attempt",
+            "SELECT attempt, validation FROM attempts WHERE run_id = ? ORDER BY attempt",
             (run_id,),
         ).fetchall()
     assert rows == [
