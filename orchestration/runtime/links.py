@@ -1,0 +1,435 @@
+"""One task's attempts along its fallback chain, link by link.
+
+``TaskAttempts`` walks the links ``TaskRunner.chain`` gives (see ``runtime.chain`` for the
+order of checks): per link the cache, then attempts past the circuit breaker and the rate
+limit, retried with backoff while retrying can help; every answer is judged by the task's
+output contract, and a refused one is asked for again with the reason. Last comes the
+bundled script, when the agent's own provider could not serve.
+
+It needs of the runner only what ``Policies`` names: the runner's limits, breakers and
+providers outlive one task, these attempts do not.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from time import perf_counter
+from typing import TYPE_CHECKING, Any, Protocol
+
+from llm_abstractions.errors import ConfigurationError
+from orchestration.ledger.accounting import agent_secrets, cost_of, redact
+from orchestration.ledger.cache import ResponseCache, cache_key
+from orchestration.model.agent_registry import AgentConfig
+from orchestration.model.contracts import OutputContract
+from orchestration.model.tasks import AgentTask, ExecutionMethod, TaskResult, TaskStatus
+from orchestration.runtime.attempts import (
+    FailureKind,
+    check_output,
+    llm_attempt,
+    script_attempt,
+    script_can_stand_in,
+)
+from orchestration.runtime.prompts import build_request, with_feedback
+from orchestration.runtime.resilience import (
+    CALL,
+    CircuitBreaker,
+    Clock,
+    RateLimiter,
+    RetryPolicy,
+    Waiting,
+    estimate_tokens,
+)
+
+if TYPE_CHECKING:
+    from llm_abstractions.base import BaseLlm
+    from llm_abstractions.types import LlmRequest
+
+__all__ = ["OnAttempt", "Policies", "TaskAttempts", "estimate_cost", "not_attempted"]
+
+# Called with each attempt made, and the request it sent (None for a script agent's).
+OnAttempt = Callable[[TaskResult, "LlmRequest | None"], None]
+
+
+class Policies(Protocol):
+    """What the attempts of a task use of their runner (``runtime.chain.TaskRunner``)."""
+
+    retry: RetryPolicy
+    clock: Clock
+    limiters: dict[str, RateLimiter]
+    breakers: dict[str, CircuitBreaker]
+    cache_default: bool
+    rng: random.Random
+
+    def chain(self, agent: AgentConfig) -> list[tuple[str, AgentConfig]]:
+        """The agent's links as (label, agent settings), the agent first."""
+        ...
+
+    def breaker(self, provider: str) -> CircuitBreaker | None:
+        """The provider's breaker (None when breakers are off)."""
+        ...
+
+    def provider(self, agent: AgentConfig) -> BaseLlm:
+        """The agent's provider, built once."""
+        ...
+
+
+class TaskAttempts:
+    """The attempts of one task, link by link."""
+
+    def __init__(
+        self,
+        runner: Policies,
+        task: AgentTask,
+        agent: AgentConfig,
+        upstream: dict[str, str],
+        cache: ResponseCache | None,
+        on_attempt: OnAttempt | None,
+        waiting: Waiting,
+    ) -> None:
+        self.runner = runner
+        # Checked when the run was validated: building it again cannot fail here.
+        self.contract = OutputContract.of(task.output_type, task.validators)
+        self.output_retries = 0  # answers refused and asked for again
+        self.waiting = waiting
+        self.task = task
+        self.agent = agent
+        self.upstream = upstream
+        self.cache = cache
+        self.on_attempt = on_attempt
+        self.tries: list[TaskResult] = []
+        self.started = runner.clock.now()
+        self.reason: str | None = None  # why the next attempt is on another link
+        self.primary_failure: TaskResult | None = None
+        self.primary_open = False
+
+    def add(self, result: TaskResult, request: LlmRequest | None) -> None:
+        """One more result (of ``request``); an attempt made is reported at once."""
+        self.tries.append(result)
+        if self.on_attempt is not None and result.metadata.get("attempted", True):
+            self.on_attempt(result, request)
+
+    async def run(self, request: LlmRequest) -> None:
+        """Try the links in order with the primary link's ``request``, then the script."""
+        self.started = self.runner.clock.now()  # the task's time runs from its first try
+        links = self.runner.chain(self.agent)
+        for number, (label, link) in enumerate(links):
+            last = not any(self._could_serve(later) for _, later in links[number + 1 :])
+            outcome = await self._link(label, link, request if number == 0 else None, last)
+            if outcome == "done":
+                break
+        else:
+            await self._last_resort(request)
+        if not self.tries:  # out of time before any link could try
+            self.add(
+                not_attempted(
+                    self.task,
+                    self.agent,
+                    TaskStatus.FAILED,
+                    f"not run: {self.reason or 'out of time'}",
+                    error_type="NotAttempted",
+                ),
+                None,
+            )
+
+    def _could_serve(self, link: AgentConfig) -> bool:
+        """Whether a link's circuit would let a call through now."""
+        breaker = self.runner.breakers.get(link.agent_type)
+        return breaker is None or breaker.would_allow()
+
+    async def _link(
+        self, label: str, link: AgentConfig, request: LlmRequest | None, last: bool
+    ) -> str:
+        """Try one link; "done" ends the task, "next" moves on to the next link.
+
+        ``request`` is the primary link's (None: build this link's own). A provider that
+        asks to wait longer than the cap is left for the next link, unless no later link
+        could take the task now.
+        """
+        runner, retry = self.runner, self.runner.retry
+        primary = request is not None
+        prepared = await self._prepare(label, link, request)
+        if isinstance(prepared, str):
+            return prepared
+        request, key = prepared
+        limiter = runner.limiters.get(link.agent_type)
+        wait = 0.0
+        error = None
+        number = 0  # failures retrying could fix, so far
+        while number < retry.max_attempts:
+            if runner.clock.now() - self.started + wait > retry.max_total_s:
+                self.reason = self.reason or f"{label} ran out of time ({retry.max_total_s} s)"
+                return "done"  # out of time: the last failure stands
+            over = self._over_task_budget(link, request)
+            if over is not None:
+                self.add(over, None)
+                return "done"
+            if wait > 0:
+                async with self.waiting():
+                    await runner.clock.sleep(wait)
+            made = await self._attempt(label, link, request, limiter, primary)
+            if isinstance(made, str):
+                return made
+            result = check_output(self.contract, made[0], link)
+            self.add(self._annotate(result, link, wait + made[1], key), request)
+            kind = result.metadata.get("failure_kind")
+            if primary and not result.succeeded:
+                self.primary_failure = result
+            if result.succeeded or kind == FailureKind.REQUEST:
+                return "done"
+            if kind == FailureKind.OUTPUT:
+                asked_again = self._ask_again(request, result)
+                if asked_again is None:
+                    return "done"  # refused too often: the last refusal is the outcome
+                request, wait = asked_again, 0.0
+                continue
+            number += 1
+            error = result.metadata.get("error_type")
+            if kind == FailureKind.PROVIDER:
+                self.reason = f"{label} cannot serve it: {error}"
+                return "next"
+            asked = result.metadata.get("retry_after_s")
+            if asked is not None and asked > retry.retry_after_cap_s and not last:
+                self.reason = (
+                    f"{label} asked to wait {asked:g} s (more than the {retry.retry_after_cap_s:g}"
+                    f" s cap) after {error}"
+                )
+                return "next"
+            wait = retry.backoff(number, asked, runner.rng)
+        self.reason = f"{label} failed {retry.max_attempts} time(s), the last with {error}"
+        return "next"
+
+    async def _prepare(
+        self, label: str, link: AgentConfig, request: LlmRequest | None
+    ) -> tuple[LlmRequest, str | None] | str:
+        """The link's request and cache key; or "done" (answered from the cache) or "next"."""
+        if request is None:
+            try:
+                request = build_request(self.task, link, self.upstream, self.contract)
+            except ConfigurationError as exc:  # this fallback's own settings are invalid
+                self.reason = f"{label} was skipped: {exc}"
+                return "next"
+        key = self._cache_key(link, request)
+        if key is not None:
+            hit = await self._cached(key, link)
+            if hit is not None:
+                self.add(hit, request)
+                return "done"
+        return request, key
+
+    def _ask_again(self, request: LlmRequest, refused: TaskResult) -> LlmRequest | None:
+        """The request that asks again after a refused answer, or None when none is left."""
+        if self.output_retries >= self.runner.retry.max_output_retries:
+            return None
+        self.output_retries += 1
+        typed = self.contract is not None and self.contract.typed
+        reason = refused.metadata["rejection"]
+        return with_feedback(request, refused.output or "", reason, typed)
+
+    async def _attempt(
+        self,
+        label: str,
+        link: AgentConfig,
+        request: LlmRequest,
+        limiter: RateLimiter | None,
+        primary: bool,
+    ) -> tuple[TaskResult, float] | str:
+        """One attempt, past the link's circuit breaker and rate limit.
+
+        Returns:
+            The attempt and the seconds its rate limit made it wait; or "next" when the
+            circuit is open, "done" when the rate limit would take it past its time.
+        """
+        runner = self.runner
+        breaker = runner.breaker(link.agent_type)
+        ticket = CALL if breaker is None else breaker.allow()  # before any rate-limit wait
+        if ticket is None:
+            self.primary_open = self.primary_open or primary
+            self.reason = f"circuit open for {link.agent_type}"
+            return "next"
+        try:
+            limited, taken = 0.0, 0.0
+            if limiter is not None:
+                left = runner.retry.max_total_s - (runner.clock.now() - self.started)
+                tokens = sum(estimate_tokens(request))
+                limited, granted = await limiter.acquire(tokens, self.waiting, within=left)
+                if granted is None:
+                    if breaker is not None:
+                        breaker.abandoned(ticket)
+                    self.reason = self.reason or f"{label} ran out of time for its rate limit"
+                    return "done"
+                taken = granted
+            result = await self._call(link, request, breaker, ticket)
+        except BaseException:
+            if breaker is not None:
+                breaker.abandoned(ticket)
+            raise
+        if limiter is not None:
+            limiter.correct(taken, result.usage.total_tokens if result.succeeded else None)
+        return result, limited
+
+    async def _call(
+        self,
+        link: AgentConfig,
+        request: LlmRequest,
+        breaker: CircuitBreaker | None,
+        ticket: int,
+    ) -> TaskResult:
+        """One attempt through the link's provider; its breaker learns how it went."""
+        result = await llm_attempt(self.task, link, request, lambda: self.runner.provider(link))
+        if breaker is not None:
+            kind = result.metadata.get("failure_kind")
+            if result.succeeded or kind == FailureKind.REQUEST:
+                breaker.succeeded(ticket)  # answered, or rightly refused: the provider is up
+            elif kind == FailureKind.TRANSIENT and result.metadata["error_type"] != _RATE_LIMITED:
+                breaker.failed(ticket)
+            else:  # a rate limit, or a failure of ours (a key, an SDK): no verdict
+                breaker.abandoned(ticket)
+        return result
+
+    def _cache_key(self, link: AgentConfig, request: LlmRequest) -> str | None:
+        """The request's cache key, if the cache is on for this link (and it can be built)."""
+        enabled = link.cache if link.cache is not None else self.runner.cache_default
+        if self.cache is None or not enabled:
+            return None
+        try:
+            llm = self.runner.provider(link)
+        except ConfigurationError:  # the attempt will say what is wrong
+            return None
+        endpoint = getattr(llm, "base_url", None) or getattr(llm, "host", None)
+        return cache_key(link.agent_type, _model(link), request, endpoint)
+
+    async def _cached(self, key: str, link: AgentConfig) -> TaskResult | None:
+        assert self.cache is not None  # noqa: S101 - only called with a cache
+        started = perf_counter()
+        hit = await self.cache.get(key)
+        if hit is None:
+            return None
+        meta: dict[str, Any] = {
+            "execution_method": ExecutionMethod.CACHE.value,
+            "provider": link.agent_type,
+            "model": hit.model or link.model,
+            "finish_reason": hit.finish_reason,
+            "price_source": "cache: not charged",
+            "cached_from": hit.attempt_id,
+            "agent": link.name,
+        }
+        if self.reason is not None:
+            meta["fallback_reason"], self.reason = self.reason, None
+        answer = TaskResult(
+            task_id=self.task.task_id,
+            status=TaskStatus.SUCCEEDED,
+            output=hit.output,
+            cost_usd=0.0,  # and no tokens: none were used for this answer
+            latency_s=perf_counter() - started,
+            attempts=1,
+            metadata=meta,
+        )
+        checked = check_output(self.contract, answer, link)
+        if not checked.succeeded:  # kept under another contract: ask the provider instead
+            if "fallback_reason" in meta:
+                self.reason = meta["fallback_reason"]
+            return None
+        return checked
+
+    def _annotate(
+        self, result: TaskResult, link: AgentConfig, wait: float, key: str | None
+    ) -> TaskResult:
+        """The attempt with what the chain knows: wait, why it moved here, the cache key."""
+        meta = result.metadata
+        meta["agent"] = link.name
+        meta["wait_s"] = wait
+        if self.reason is not None:
+            meta["fallback_reason"], self.reason = self.reason, None
+        complete = meta.get("finish_reason") not in ("length", "content_filter")
+        if key is not None and result.succeeded and complete:
+            meta["cache_key"] = key
+        return result
+
+    def _over_task_budget(self, link: AgentConfig, request: LlmRequest) -> TaskResult | None:
+        limit = self.task.budget_usd
+        if limit is None:
+            return None
+        spent = sum(t.cost_usd or 0.0 for t in self.tries)
+        estimate = estimate_cost(link, request)
+        if spent + estimate <= limit:
+            return None
+        return not_attempted(
+            self.task,
+            link,
+            TaskStatus.BUDGET_EXCEEDED,
+            f"stopped: ${spent:.4f} spent and the next attempt's estimated ${estimate:.4f} "
+            f"would exceed the task's budget of ${limit:.4f}",
+        )
+
+    async def _last_resort(self, request: LlmRequest) -> None:
+        """The bundled script for the agent's own provider, if it could not serve.
+
+        Not when its circuit is open: the script would go around the breaker to a provider
+        that is failing.
+        """
+        failure = self.primary_failure
+        unavailable = failure is not None and bool(failure.metadata.get("provider_unavailable"))
+        closed = not self.primary_open and self._could_serve(self.agent)
+        if unavailable and closed and script_can_stand_in(self.agent):
+            made = await script_attempt(self.task, self.agent, request)
+            result = check_output(self.contract, made, self.agent)
+            self.add(self._annotate(result, self.agent, 0.0, None), request)
+        elif not self.tries:  # every link's circuit was open
+            self.add(
+                not_attempted(
+                    self.task,
+                    self.agent,
+                    TaskStatus.FAILED,
+                    f"not run: {self.reason or 'no provider could take it'}",
+                    error_type="CircuitOpen",
+                ),
+                None,
+            )
+
+
+_RATE_LIMITED = "LLMRateLimitError"
+
+
+def _model(agent: AgentConfig) -> str | None:
+    if agent.model:
+        return agent.model
+    from llm_abstractions.factory import LlmFactory
+
+    return LlmFactory.spec(agent.agent_type).default_model
+
+
+def estimate_cost(agent: AgentConfig, request: LlmRequest) -> float:
+    """What a request to the agent's provider may cost at most (0 when unknown)."""
+    from llm_abstractions.types import Usage
+
+    tokens_in, tokens_out = estimate_tokens(request)
+    cost, _ = cost_of(
+        agent.agent_type, _model(agent), Usage(input_tokens=tokens_in, output_tokens=tokens_out)
+    )
+    return cost or 0.0
+
+
+def not_attempted(
+    task: AgentTask,
+    agent: AgentConfig,
+    status: TaskStatus,
+    error: str | BaseException,
+    *,
+    error_type: str | None = None,
+) -> TaskResult:
+    """A task outcome that no attempt produced (the ledger records no attempt for it)."""
+    if isinstance(error, BaseException):
+        error_type, error = type(error).__name__, f"{type(error).__name__}: {error}"
+    return TaskResult(
+        task_id=task.task_id,
+        status=status,
+        error=redact(error, agent_secrets(agent)),
+        metadata={
+            "execution_method": None,
+            "attempted": False,
+            "provider": agent.agent_type,
+            "model": agent.model,
+            "error_type": error_type or status.value,
+        },
+    )
