@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from email.utils import formatdate
 
+import aiohttp
 import pytest
+from pydantic import BaseModel
 
 from llm_abstractions import LlmFactory, LlmRequest
 from llm_abstractions.errors import (
@@ -26,8 +29,10 @@ from llm_abstractions.errors import (
 from llm_abstractions.providers.anthropic import (
     DEFAULT_MAX_TOKENS,
     JSON_INSTRUCTION,
+    SCHEMA_INSTRUCTION,
     AnthropicLlm,
 )
+from llm_abstractions.types import OutputSchema
 from tests.fakes.anthropic_api import anthropic_app, error_body
 from tests.fakes.server import LoopbackServer, Scripted, loopback_fixtures
 from tests.support.loops import answers_from_two_event_loops
@@ -263,3 +268,90 @@ def test_no_key_at_all_is_a_configuration_error() -> None:
 def test_one_provider_serves_two_event_loops(api: LoopbackServer) -> None:
     answers = answers_from_two_event_loops(llm(api))
     assert answers == (("Hello from the loopback server.",) * 2,) * 2
+
+
+class Todo(BaseModel):
+    title: str
+    done: bool = False
+    tags: list[str] = []
+
+
+class Tally(BaseModel):
+    counts: dict[str, int]  # free keys: JSON outputs close every object
+
+
+TODO = OutputSchema(name="Todo", json_schema=Todo.model_json_schema())
+TODO_JSON = '{"title": "Buy milk", "done": false, "tags": ["home"]}'
+
+
+def test_anthropic_takes_schemas_but_no_grammar() -> None:
+    assert AnthropicLlm.supports_output_schema and not AnthropicLlm.supports_grammar
+
+
+async def test_a_schema_goes_out_as_json_outputs_and_the_json_is_the_text(
+    api: LoopbackServer,
+) -> None:
+    api.script(Scripted(text=TODO_JSON), Scripted(text=TODO_JSON))
+    request = LlmRequest.build("Make a todo.", system="Be brief.", output_schema=TODO)
+    async with llm(api) as provider:
+        response = await provider.generate(request)
+        chunks = [c async for c in provider.stream(request)]
+    assert response.text == TODO_JSON
+    assert Todo.model_validate_json(response.text).tags == ["home"]
+    assert "".join(c.delta for c in chunks[:-1]) == TODO_JSON
+    assert chunks[-1].response is not None and chunks[-1].response.text == TODO_JSON
+    plain, streamed = api.requests
+    fmt = plain["output_config"]["format"]
+    assert fmt["type"] == "json_schema"
+    assert fmt["schema"]["additionalProperties"] is False  # closed by the SDK's transform
+    assert fmt["schema"]["properties"].keys() == {"title", "done", "tags"}
+    assert streamed["stream"] is True and streamed["output_config"] == plain["output_config"]
+    assert plain["system"] == streamed["system"] == "Be brief."  # nothing added: enforced
+    assert TODO.json_schema == Todo.model_json_schema()  # the request's schema is untouched
+
+
+async def test_a_schema_json_outputs_cannot_express_goes_in_the_prompt(
+    api: LoopbackServer,
+) -> None:
+    tally = OutputSchema(name="Tally", json_schema=Tally.model_json_schema())
+    api.script(Scripted(text='{"counts": {"a": 1}}'))
+    async with llm(api) as provider:
+        response = await provider.generate(
+            LlmRequest.build("Count.", system="Be brief.", output_schema=tally)
+        )
+    assert response.text == '{"counts": {"a": 1}}'
+    sent = api.requests[0]
+    assert "output_config" not in sent
+    instruction = SCHEMA_INSTRUCTION.format(schema=json.dumps(tally.json_schema))
+    assert sent["system"] == f"Be brief.\n\n{instruction}"
+
+
+async def test_a_grammar_is_refused_before_anything_is_sent(api: LoopbackServer) -> None:
+    request = LlmRequest.build("yes or no", grammar='root ::= "yes" | "no"')
+    async with llm(api) as provider:
+        with pytest.raises(InvalidRequestError, match=r"embedded model \(provider `local`\)"):
+            await provider.generate(request)
+        with pytest.raises(InvalidRequestError, match="grammar"):
+            async for _ in provider.stream(request):
+                pass
+    assert api.requests == []
+
+
+@pytest.mark.parametrize(
+    "output_config",
+    [
+        {"format": {"type": "json_schema", "schema": Todo.model_json_schema()}},  # left open
+        {"format": {"type": "json", "schema": {"type": "string"}}},
+        {"format": {"type": "json_schema"}},
+    ],
+)
+async def test_the_fake_refuses_what_the_api_refuses(
+    api: LoopbackServer, output_config: dict[str, object]
+) -> None:
+    body = {"model": MODEL, "max_tokens": 5, "messages": [], "output_config": output_config}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{api.url}/v1/messages", json=body) as answer,
+    ):
+        assert answer.status == 400
+        assert (await answer.json())["error"]["type"] == "invalid_request_error"

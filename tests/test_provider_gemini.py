@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import aiohttp
 import pytest
+from pydantic import BaseModel
 
 from llm_abstractions import LlmFactory, LlmRequest
 from llm_abstractions.errors import (
@@ -21,6 +23,7 @@ from llm_abstractions.errors import (
     ModelNotFoundError,
 )
 from llm_abstractions.providers.gemini import GeminiLlm
+from llm_abstractions.types import OutputSchema
 from tests.fakes.gemini_api import gemini_app
 from tests.fakes.server import LoopbackServer, Scripted, loopback_fixtures
 from tests.support.loops import answers_from_two_event_loops
@@ -276,3 +279,70 @@ async def test_the_factory_builds_it_from_the_environment_google_key_first(
 def test_one_provider_serves_two_event_loops(api: LoopbackServer) -> None:
     answers = answers_from_two_event_loops(llm(api))
     assert answers == (("Hello from the loopback server.",) * 2,) * 2
+
+
+class Todo(BaseModel):
+    title: str
+    done: bool = False
+
+
+class Plan(BaseModel):
+    todos: list[Todo]  # a $ref into $defs, kept as written
+
+
+PLAN = OutputSchema(name="Plan", json_schema=Plan.model_json_schema())
+PLAN_JSON = '{"todos": [{"title": "Buy milk", "done": false}]}'
+
+
+def test_gemini_takes_schemas_but_no_grammar() -> None:
+    assert GeminiLlm.supports_output_schema and not GeminiLlm.supports_grammar
+
+
+async def test_a_schema_goes_out_as_response_json_schema_and_the_json_is_the_text(
+    api: LoopbackServer,
+) -> None:
+    api.script(Scripted(text=PLAN_JSON), Scripted(text=PLAN_JSON))
+    request = LlmRequest.build("Plan my day.", output_schema=PLAN)
+    async with llm(api) as provider:
+        response = await provider.generate(request)
+        chunks = [c async for c in provider.stream(request)]
+    assert response.text == PLAN_JSON
+    assert Plan.model_validate_json(response.text).todos[0].title == "Buy milk"
+    assert "".join(c.delta for c in chunks[:-1]) == PLAN_JSON
+    assert chunks[-1].response is not None and chunks[-1].response.text == PLAN_JSON
+    for sent in api.requests:
+        config = sent["generationConfig"]
+        assert config["responseMimeType"] == "application/json"
+        assert config["responseJsonSchema"] == PLAN.json_schema
+        assert "responseSchema" not in config
+
+
+async def test_a_grammar_is_refused_before_anything_is_sent(api: LoopbackServer) -> None:
+    request = LlmRequest.build("yes or no", grammar='root ::= "yes" | "no"')
+    async with llm(api) as provider:
+        with pytest.raises(InvalidRequestError, match="embedded model"):
+            await provider.generate(request)
+        with pytest.raises(InvalidRequestError, match="`local`"):
+            async for _ in provider.stream(request):
+                pass
+    assert api.requests == []
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"responseJsonSchema": {"type": "object"}},  # no JSON mime type
+        {"responseMimeType": "application/json", "responseJsonSchema": {}, "responseSchema": {}},
+    ],
+)
+async def test_the_fake_refuses_what_gemini_refuses(
+    api: LoopbackServer, config: dict[str, Any]
+) -> None:
+    body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}], "generationConfig": config}
+    url = f"{api.url}/v1beta/models/gemini-2.5-flash:generateContent"
+    async with (
+        aiohttp.ClientSession(headers={"x-goog-api-key": "g-test"}) as session,
+        session.post(url, json=body) as answer,
+    ):
+        assert answer.status == 400
+        assert (await answer.json())["error"]["status"] == "INVALID_ARGUMENT"

@@ -10,7 +10,9 @@ from pathlib import Path
 from types import BuiltinFunctionType, FunctionType, ModuleType
 from typing import Any, TypeVar, cast
 
+import aiohttp
 import pytest
+from pydantic import BaseModel
 
 from llm_abstractions import LlmFactory, LlmRequest, StreamChunk
 from llm_abstractions.errors import (
@@ -27,6 +29,7 @@ from llm_abstractions.errors import (
     OrchestraError,
 )
 from llm_abstractions.providers.huggingface import HuggingFaceLlm
+from llm_abstractions.types import OutputSchema
 from tests.fakes.hf_api import hf_app
 from tests.fakes.server import LoopbackServer, Scripted, loopback_fixtures
 from tests.support.loops import answers_from_two_event_loops
@@ -296,3 +299,65 @@ async def test_without_any_token_the_request_goes_anonymously(
 def test_one_provider_serves_two_event_loops(api: LoopbackServer) -> None:
     answers = answers_from_two_event_loops(llm(api))
     assert answers == (("Hello from the loopback server.",) * 2,) * 2
+
+
+class Todo(BaseModel):
+    title: str
+    done: bool = False
+
+
+TODO = OutputSchema(name="Todo", json_schema=Todo.model_json_schema())
+TODO_JSON = '{"title": "Buy milk", "done": true}'
+
+
+def test_huggingface_takes_schemas_but_no_grammar() -> None:
+    assert HuggingFaceLlm.supports_output_schema and not HuggingFaceLlm.supports_grammar
+
+
+async def test_a_schema_goes_out_as_tgis_grammar_and_the_json_is_the_text(
+    api: LoopbackServer,
+) -> None:
+    api.script(Scripted(text=TODO_JSON), Scripted(text=TODO_JSON))
+    request = LlmRequest.build("Make a todo.", output_schema=TODO)
+    async with llm(api) as provider:
+        response = await provider.generate(request)
+        chunks = [c async for c in provider.stream(request)]
+    assert response.text == TODO_JSON and Todo.model_validate_json(response.text).done
+    assert "".join(c.delta for c in chunks[:-1]) == TODO_JSON
+    assert chunks[-1].response is not None and chunks[-1].response.text == TODO_JSON
+    plain, streamed = api.requests
+    assert streamed["stream"] is True
+    # The client turns OpenAI's json_schema into TGI's grammar, the schema as written.
+    expected = {"type": "json_object", "value": TODO.json_schema}
+    assert plain["response_format"] == streamed["response_format"] == expected
+
+
+async def test_a_grammar_is_refused_before_anything_is_sent(api: LoopbackServer) -> None:
+    request = LlmRequest.build("yes or no", grammar='root ::= "yes" | "no"')
+    async with llm(api) as provider:
+        with pytest.raises(InvalidRequestError, match="embedded model"):
+            await provider.generate(request)
+        with pytest.raises(InvalidRequestError, match="`local`"):
+            async for _ in provider.stream(request):
+                pass
+    assert api.requests == []
+
+
+@pytest.mark.parametrize(
+    "response_format",
+    [
+        {"type": "json_object", "value": "not a schema"},
+        {"type": "json_schema", "json_schema": {"name": "x"}},
+        {"type": "gbnf", "value": 'root ::= "x"'},
+    ],
+)
+async def test_the_fake_refuses_what_tgi_refuses(
+    api: LoopbackServer, response_format: dict[str, Any]
+) -> None:
+    body = {"model": MODEL, "messages": [], "response_format": response_format}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{api.url}/v1/chat/completions", json=body) as answer,
+    ):
+        assert answer.status == 422
+        assert (await answer.json())["error_type"] == "validation"

@@ -6,7 +6,9 @@ import asyncio
 import gc
 import os
 
+import aiohttp
 import pytest
+from pydantic import BaseModel
 
 from llm_abstractions import LlmFactory, LlmRequest
 from llm_abstractions.errors import (
@@ -20,6 +22,7 @@ from llm_abstractions.errors import (
     OrchestraError,
 )
 from llm_abstractions.providers.ollama import OllamaLlm
+from llm_abstractions.types import OutputSchema
 from tests.fakes.ollama_api import ollama_app
 from tests.fakes.server import LoopbackServer, Scripted, loopback_fixtures
 
@@ -234,3 +237,53 @@ async def test_the_factory_builds_it_from_the_environment(
     async with provider:
         response = await provider.generate(LlmRequest.build("hi"))
     assert (provider.host, response.model) == (api.url, "qwen2.5:0.5b")
+
+
+class Todo(BaseModel):
+    title: str
+    done: bool = False
+
+
+TODO = OutputSchema(name="Todo", json_schema=Todo.model_json_schema())
+TODO_JSON = '{"title": "Buy milk", "done": true}'
+
+
+def test_ollama_takes_schemas_but_no_grammar() -> None:
+    assert OllamaLlm.supports_output_schema and not OllamaLlm.supports_grammar
+
+
+async def test_a_schema_goes_out_as_the_format_and_the_json_is_the_text(
+    api: LoopbackServer,
+) -> None:
+    api.script(Scripted(text=TODO_JSON), Scripted(text=TODO_JSON))
+    request = LlmRequest.build("Make a todo.", output_schema=TODO)
+    async with llm(api) as provider:
+        response = await provider.generate(request)
+        chunks = [c async for c in provider.stream(request)]
+    assert response.text == TODO_JSON and Todo.model_validate_json(response.text).done
+    assert "".join(c.delta for c in chunks[:-1]) == TODO_JSON
+    assert chunks[-1].response is not None and chunks[-1].response.text == TODO_JSON
+    plain, streamed = api.requests
+    assert plain["format"] == streamed["format"] == TODO.json_schema
+    assert (plain["stream"], streamed["stream"]) == (False, True)
+
+
+async def test_a_grammar_is_refused_before_anything_is_sent(api: LoopbackServer) -> None:
+    request = LlmRequest.build("yes or no", grammar='root ::= "yes" | "no"')
+    async with llm(api) as provider:
+        with pytest.raises(InvalidRequestError, match="embedded model"):
+            await provider.generate(request)
+        with pytest.raises(InvalidRequestError, match="`local`"):
+            async for _ in provider.stream(request):
+                pass
+    assert api.requests == []
+
+
+async def test_the_fake_refuses_a_format_ollama_refuses(api: LoopbackServer) -> None:
+    body = {"model": "llama3.2", "messages": [], "stream": False, "format": "yaml"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{api.url}/api/chat", json=body) as answer,
+    ):
+        assert answer.status == 400
+        assert "invalid format" in (await answer.json())["error"]

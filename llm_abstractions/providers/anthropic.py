@@ -14,6 +14,21 @@ them (``health_check`` asks for ``temperature=0``) would break every such call. 
 no JSON mode, so ``response_format="json"`` adds an instruction to the system prompt asking
 for a single JSON object (``JSON_INSTRUCTION``); the answer is not validated here.
 
+Structured output uses the Messages API's own JSON outputs, which SDK 2.17 documents on
+``messages.create`` and ``messages.stream`` as ``output_config={"format": {"type":
+"json_schema", "schema": ...}}`` (generally available: no beta header). The API then
+constrains decoding, and the answer's text block, streamed as ordinary text deltas, is the
+JSON document itself; forced tool use (a tool whose ``input_schema`` is the schema) would
+need the answer read back from a ``tool_use`` block and its input re-serialised, and tool
+schemas are not enforced unless marked strict. The API accepts a subset of JSON Schema
+(every object closed, no numeric or length bounds...), so the schema goes through the
+SDK's public ``transform_schema``, as ``messages.parse`` does: it closes objects and moves
+unsupported constraints into descriptions; the caller validates the answer against the
+original. Where that subset cannot express the schema at all (a mapping with free keys,
+which ``transform_schema`` would close to an empty object; a value of any type), the
+schema is put in the system prompt instead (``SCHEMA_INSTRUCTION``): asked for, not
+enforced. A GBNF ``grammar`` is refused (``InvalidRequestError``) before anything is sent.
+
 Usage follows the OpenTelemetry GenAI rules, which Anthropic does not: its
 ``input_tokens`` exclude the tokens read from and written to the prompt cache, so ours are
 ``input_tokens + cache_read_input_tokens + cache_creation_input_tokens``, with the two
@@ -25,6 +40,7 @@ success, and an ``error`` event is mapped like the HTTP status it stands for.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import AsyncIterator, Mapping
 from time import perf_counter
@@ -39,16 +55,21 @@ from llm_abstractions.errors import (
 )
 from llm_abstractions.providers._loop_bound import LoopBound
 from llm_abstractions.providers.http_errors import error_from_status, sdk_transport_error
+from llm_abstractions.providers.json_schema import free_form_part, refuse_grammar
 from llm_abstractions.types import FinishReason, LlmRequest, LlmResponse, StreamChunk, Usage
 
 if TYPE_CHECKING:
     from anthropic import AsyncAnthropic
 
-__all__ = ["DEFAULT_MAX_TOKENS", "JSON_INSTRUCTION", "AnthropicLlm"]
+__all__ = ["DEFAULT_MAX_TOKENS", "JSON_INSTRUCTION", "SCHEMA_INSTRUCTION", "AnthropicLlm"]
 
 DEFAULT_MAX_TOKENS = 4096
 JSON_INSTRUCTION = (
     "Answer with a single JSON object and nothing else: no prose, no Markdown code fences."
+)
+SCHEMA_INSTRUCTION = (
+    "Answer with a single JSON value matching this JSON schema and nothing else: no prose, "
+    "no Markdown code fences.\n{schema}"
 )
 
 _STOP: dict[str, FinishReason] = {
@@ -88,6 +109,7 @@ class AnthropicLlm(BaseLlm):
     provider: ClassVar[str] = "anthropic-claude"
     default_model: ClassVar[str | None] = "claude-sonnet-4-6"
     can_stream: ClassVar[bool] = True
+    supports_output_schema: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -119,9 +141,10 @@ class AnthropicLlm(BaseLlm):
     async def generate(self, request: LlmRequest) -> LlmResponse:
         """Answer one request (see the module docstring for usage and errors)."""
         started = perf_counter()
+        params = self._params(request)
         try:
             client = await self._clients.get()
-            message = await client.messages.create(**self._params(request))
+            message = await client.messages.create(**params)
         except Warning:
             raise  # the SDK's model deprecation warning, made an error by -W error
         except Exception as exc:
@@ -149,9 +172,10 @@ class AnthropicLlm(BaseLlm):
         counts: dict[str, Any] = {}
         stop_reason: str | None = None
         model, response_id, complete = self.model, None, False
+        params = self._params(request)
         try:
             client = await self._clients.get()
-            events = await client.messages.create(**self._params(request), stream=True)
+            events = await client.messages.create(**params, stream=True)
             async with events:  # closes the response when the consumer stops early
                 async for event in events:
                     if event.type == "message_start":
@@ -191,14 +215,29 @@ class AnthropicLlm(BaseLlm):
         await self._clients.aclose()
 
     def _params(self, request: LlmRequest) -> dict[str, Any]:
-        system = request.system
-        if request.response_format == "json":
-            system = f"{system}\n\n{JSON_INSTRUCTION}" if system else JSON_INSTRUCTION
+        """The SDK's arguments for a request.
+
+        Raises:
+            InvalidRequestError: The request carries a grammar.
+        """
+        refuse_grammar(self.provider, request)
+        system, instruction = request.system, None
         params: dict[str, Any] = {
             "model": request.model or self.model,
             "messages": [{"role": m.role, "content": m.content} for m in request.messages],
             "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS,
         }
+        if request.output_schema is not None:
+            schema = request.output_schema.json_schema
+            output_format = _output_format(schema)
+            if output_format is not None:
+                params["output_config"] = {"format": output_format}
+            else:
+                instruction = SCHEMA_INSTRUCTION.format(schema=json.dumps(schema))
+        elif request.response_format == "json":
+            instruction = JSON_INSTRUCTION
+        if instruction:
+            system = f"{system}\n\n{instruction}" if system else instruction
         if system:
             params["system"] = system
         if request.stop:
@@ -237,6 +276,18 @@ class AnthropicLlm(BaseLlm):
             f"{self.provider}: malformed answer: {type(exc).__name__}: {exc}",
             provider=self.provider,
         )
+
+
+def _output_format(schema: Mapping[str, Any]) -> dict[str, Any] | None:
+    """``output_config.format`` for a schema, or None when the API cannot express it."""
+    from anthropic import transform_schema
+
+    if free_form_part(schema) is not None:
+        return None
+    try:
+        return {"type": "json_schema", "schema": transform_schema(dict(schema))}
+    except ValueError:  # a part the SDK cannot translate (it names what is missing)
+        return None
 
 
 def _usage(counts: Mapping[str, Any]) -> Usage:

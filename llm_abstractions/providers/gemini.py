@@ -15,6 +15,13 @@ the answer, so ``output_tokens`` is ``candidatesTokenCount + thoughtsTokenCount`
 takes its usage from the last event that carries some, and a stream that ends before a
 finish reason arrived is an error, never a short success. Answers withheld for safety,
 recitation or blocklists, and prompts blocked outright, raise ``LLMContentFilterError``.
+
+Structured output: ``output_schema`` is sent as ``response_mime_type="application/json"``
+with the schema as written in ``response_json_schema`` (google-genai 3.6's
+``GenerateContentConfig``; ``responseJsonSchema`` on the wire), which takes JSON Schema
+itself, unlike ``response_schema`` and its OpenAPI subset. Gemini documents the keywords it
+follows and leaves the others out of its constraint; the caller validates the answer. A
+GBNF ``grammar`` is refused (``InvalidRequestError``) before anything is sent.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from llm_abstractions.errors import (
 )
 from llm_abstractions.providers._loop_bound import LoopBound
 from llm_abstractions.providers.http_errors import error_from_status
+from llm_abstractions.providers.json_schema import refuse_grammar
 from llm_abstractions.types import FinishReason, LlmRequest, LlmResponse, StreamChunk, Usage
 
 if TYPE_CHECKING:
@@ -75,6 +83,7 @@ class GeminiLlm(BaseLlm):
     provider: ClassVar[str] = "google-gemini"
     default_model: ClassVar[str | None] = "gemini-2.5-flash"
     can_stream: ClassVar[bool] = True
+    supports_output_schema: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -108,9 +117,10 @@ class GeminiLlm(BaseLlm):
     async def generate(self, request: LlmRequest) -> LlmResponse:
         """Answer one request (see the module docstring for usage and errors)."""
         started = perf_counter()
+        params = self._params(request)
         try:
             client = await self._clients.get()
-            answer = await client.aio.models.generate_content(**self._params(request))
+            answer = await client.aio.models.generate_content(**params)
         except Exception as exc:
             raise self._error(exc) from exc
         self._refuse_blocked_prompt(answer)
@@ -136,9 +146,10 @@ class GeminiLlm(BaseLlm):
         reason: object = None
         usage = Usage()
         model, response_id = self.model, None
+        params = self._params(request)
         try:
             client = await self._clients.get()
-            events = await client.aio.models.generate_content_stream(**self._params(request))
+            events = await client.aio.models.generate_content_stream(**params)
             async for event in events:
                 model, response_id = event.model_version or model, event.response_id or response_id
                 if event.usage_metadata is not None:
@@ -174,8 +185,16 @@ class GeminiLlm(BaseLlm):
         await self._clients.aclose()
 
     def _params(self, request: LlmRequest) -> dict[str, Any]:
+        """The SDK's arguments for a request.
+
+        Raises:
+            InvalidRequestError: The request carries a grammar.
+        """
         from google.genai import types
 
+        refuse_grammar(self.provider, request)
+        schema = request.output_schema.json_schema if request.output_schema else None
+        json_out = schema is not None or request.response_format == "json"
         contents = [
             types.Content(
                 role="model" if m.role == "assistant" else "user",
@@ -190,7 +209,8 @@ class GeminiLlm(BaseLlm):
             top_p=request.top_p,
             stop_sequences=list(request.stop) if request.stop else None,
             seed=request.seed,
-            response_mime_type="application/json" if request.response_format == "json" else None,
+            response_mime_type="application/json" if json_out else None,
+            response_json_schema=schema,
         )
         return {"model": request.model or self.model, "contents": contents, "config": config}
 

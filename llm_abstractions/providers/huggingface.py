@@ -26,6 +26,15 @@ the SDK keeps every streamed response on its client's exit stack until that clie
 closed, so a shared client would hold on to every stream it ever served (and to the
 connection of each stream given up early). The price is a new connection per stream.
 ``aclose`` closes the clients that are left.
+
+Structured output: ``output_schema`` is handed to the client in the OpenAI shape that
+huggingface_hub 2.4 types as ``ChatCompletionInputResponseFormatJSONSchema`` (``{"type":
+"json_schema", "json_schema": {"name", "schema", "strict"}}``), streamed or not. The client
+rewrites it for the route it takes: with a base URL (always, here) that is its
+``hf-inference`` helper, which sends TGI's grammar shape, ``{"type": "json_object",
+"value": <schema>}``. TGI compiles the whole schema into a grammar, so it goes as written.
+A GBNF ``grammar`` is refused (``InvalidRequestError``) before anything is sent: TGI's own
+grammar type takes JSON schemas and regular expressions, not GBNF.
 """
 
 from __future__ import annotations
@@ -48,11 +57,12 @@ from llm_abstractions.errors import (
 )
 from llm_abstractions.providers._loop_bound import LoopBound
 from llm_abstractions.providers.http_errors import caused_by, error_from_status
+from llm_abstractions.providers.json_schema import refuse_grammar
 from llm_abstractions.providers.openai import ChatStream
 from llm_abstractions.types import FinishReason, LlmRequest, LlmResponse, StreamChunk, Usage
 
 if TYPE_CHECKING:
-    from huggingface_hub import AsyncInferenceClient
+    from huggingface_hub import AsyncInferenceClient, ChatCompletionInputGrammarType
 
 __all__ = ["HF_ROUTER_URL", "HuggingFaceLlm"]
 
@@ -74,6 +84,7 @@ class HuggingFaceLlm(BaseLlm):
     provider: ClassVar[str] = "huggingface"
     default_model: ClassVar[str | None] = "Qwen/Qwen2.5-7B-Instruct"
     can_stream: ClassVar[bool] = True
+    supports_output_schema: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -100,9 +111,10 @@ class HuggingFaceLlm(BaseLlm):
     async def generate(self, request: LlmRequest) -> LlmResponse:
         """Answer one request (see the module docstring for usage and errors)."""
         started = perf_counter()
+        params = self._params(request)
         try:
             client = await self._clients.get()
-            completion = await client.chat_completion(**self._params(request))
+            completion = await client.chat_completion(**params)
         except Exception as exc:
             raise self._error(exc) from exc
         if not completion.choices:
@@ -132,11 +144,12 @@ class HuggingFaceLlm(BaseLlm):
         from huggingface_hub import ChatCompletionInputStreamOptions
 
         started = perf_counter()
+        params = self._params(request)
         answer = ChatStream(self.provider, request.model or self.model, _finish, _usage)
         client = self._new_client()  # this stream's alone (see the module docstring)
         try:
             events = await client.chat_completion(
-                **self._params(request),
+                **params,
                 stream=True,
                 stream_options=ChatCompletionInputStreamOptions(include_usage=True),
             )
@@ -157,11 +170,14 @@ class HuggingFaceLlm(BaseLlm):
         await self._clients.aclose()
 
     def _params(self, request: LlmRequest) -> dict[str, Any]:
-        from huggingface_hub import ChatCompletionInputResponseFormatJSONObject
+        """The client's arguments for a request.
 
+        Raises:
+            InvalidRequestError: The request carries a grammar.
+        """
+        refuse_grammar(self.provider, request)
         messages = [{"role": "system", "content": request.system}] if request.system else []
         messages += [{"role": m.role, "content": m.content} for m in request.messages]
-        json_object = ChatCompletionInputResponseFormatJSONObject(type="json_object")
         # None values are dropped by the client before sending.
         return {
             "messages": messages,
@@ -171,7 +187,7 @@ class HuggingFaceLlm(BaseLlm):
             "top_p": request.top_p,
             "seed": request.seed,
             "stop": list(request.stop) if request.stop else None,
-            "response_format": json_object if request.response_format == "json" else None,
+            "response_format": _response_format(request),
         }
 
     def _error(self, exc: Exception) -> OrchestraError:
@@ -206,6 +222,24 @@ class HuggingFaceLlm(BaseLlm):
         return LLMBadResponseError(
             f"huggingface: malformed answer: {type(exc).__name__}", provider=self.provider
         )
+
+
+def _response_format(request: LlmRequest) -> ChatCompletionInputGrammarType | None:
+    from huggingface_hub import (
+        ChatCompletionInputJSONSchema,
+        ChatCompletionInputResponseFormatJSONObject,
+        ChatCompletionInputResponseFormatJSONSchema,
+    )
+
+    output = request.output_schema
+    if output is not None:
+        spec = ChatCompletionInputJSONSchema(
+            name=output.name, schema=output.json_schema, strict=output.strict
+        )
+        return ChatCompletionInputResponseFormatJSONSchema(type="json_schema", json_schema=spec)
+    if request.response_format == "json":
+        return ChatCompletionInputResponseFormatJSONObject(type="json_object")
+    return None
 
 
 async def _close(client: AsyncInferenceClient) -> None:

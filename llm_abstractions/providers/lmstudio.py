@@ -2,6 +2,8 @@
 
 The address comes from ``base_url=``, else ``ORCHESTRA_LMSTUDIO_URL``, else LM Studio's
 default ``http://localhost:1234/v1``. Models run on the user's own machine: they cost 0.
+Structured output goes in OpenAI's ``json_schema`` shape, which LM Studio takes; pass
+``schema_format="json_object"`` for llama-cpp-python's server (see ``OpenAICompatibleLlm``).
 """
 
 from __future__ import annotations

@@ -24,6 +24,11 @@ A stream is NDJSON, one message delta per line; the last line has ``done: true``
 reason and the counts. A stream that ends without that line, or that carries an
 ``{"error": ...}`` line, fails: a short answer is never passed off as a whole one. Nothing
 is retried here: the executor owns retries.
+
+Structured output: ``output_schema`` goes as written in the body's ``format`` (Ollama
+takes ``"json"`` or a JSON schema there, and turns a schema into a grammar for decoding),
+streamed or not. Ollama's API has no field for a grammar of the caller's own, so a
+``grammar`` is refused (``InvalidRequestError``) before anything is sent.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from llm_abstractions.errors import (
 )
 from llm_abstractions.providers._loop_bound import LoopBound
 from llm_abstractions.providers.http_errors import error_from_status
+from llm_abstractions.providers.json_schema import refuse_grammar
 from llm_abstractions.specs import OLLAMA_DEFAULT_HOST, server_url
 from llm_abstractions.types import (
     FinishReason,
@@ -74,6 +80,7 @@ class OllamaLlm(BaseLlm):
     default_model: ClassVar[str | None] = "llama3.2"
     can_stream: ClassVar[bool] = True
     is_local: ClassVar[bool] = True
+    supports_output_schema: ClassVar[bool] = True
 
     def __init__(
         self, model: str | None = None, *, host: str | None = None, timeout: float = 120.0
@@ -165,6 +172,12 @@ class OllamaLlm(BaseLlm):
         return aiohttp.ClientSession(timeout=self._timeout)
 
     def _body(self, request: LlmRequest, *, stream: bool) -> dict[str, Any]:
+        """The ``/api/chat`` body for a request.
+
+        Raises:
+            InvalidRequestError: The request carries a grammar.
+        """
+        refuse_grammar(self.provider, request)
         messages = [{"role": "system", "content": request.system}] if request.system else []
         messages += [{"role": m.role, "content": m.content} for m in request.messages]
         options: dict[str, Any] = {}
@@ -181,7 +194,9 @@ class OllamaLlm(BaseLlm):
             "stream": stream,
             "options": options,
         }
-        if request.response_format == "json":
+        if request.output_schema is not None:
+            body["format"] = request.output_schema.json_schema
+        elif request.response_format == "json":
             body["format"] = "json"
         return body
 

@@ -13,9 +13,26 @@ include reasoning ones. A stream asks for usage in its last chunk
 (``stream_options={"include_usage": True}``); a stream that ends before a finish reason
 arrived is an error, never a short success.
 
+Structured output: ``output_schema`` goes out as ``response_format={"type": "json_schema",
+"json_schema": {"name", "schema", "strict"}}``, streamed or not. OpenAI accepts
+``strict: true`` only for a subset of JSON Schema, which pydantic's schemas miss, so the
+schema is first rewritten into it (``json_schema.strict_json_schema``); a schema that cannot
+be (a ``dict[str, int]`` field, a value of any type, a tuple) is sent as written with
+``strict: false``, which OpenAI follows as guidance rather than a guarantee; the answer is
+validated against the original either way. OpenAI also refuses a schema whose top level is
+not an object (``list[Todo]``), even without ``strict``: such a schema is sent as the one
+property ``value`` of an object, and the answer unwrapped, so ``text`` is the JSON value
+the schema describes. A stream of such an answer yields that text as one piece at the end,
+since the wrapped document only becomes the value once it is complete. A GBNF ``grammar``
+is refused (``InvalidRequestError``) before anything is sent.
+
 ``OpenAICompatibleLlm`` is the same client for servers that speak this API without being
 OpenAI (LM Studio, llama.cpp's server, vLLM): ``max_tokens`` instead of
-``max_completion_tokens``, no key required, and no price.
+``max_completion_tokens``, no key required, and no price. These servers turn the schema
+into a grammar and enforce all of it, so they get it as written, with its top level as it
+is. Most take OpenAI's ``json_schema`` shape; llama-cpp-python's server (0.3) takes only
+``{"type": "json_object", "schema": ...}`` and answers the other with HTTP 500, hence
+``schema_format="json_object"``.
 """
 
 from __future__ import annotations
@@ -23,22 +40,39 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from llm_abstractions.base import BaseLlm
 from llm_abstractions.errors import (
+    ConfigurationError,
     LLMBadResponseError,
     LLMContentFilterError,
     OrchestraError,
 )
 from llm_abstractions.providers._loop_bound import LoopBound
 from llm_abstractions.providers.http_errors import error_from_status, sdk_transport_error
-from llm_abstractions.types import FinishReason, LlmRequest, LlmResponse, StreamChunk, Usage
+from llm_abstractions.providers.json_schema import (
+    is_object_schema,
+    refuse_grammar,
+    strict_where_possible,
+    unwrap_object,
+    wrap_in_object,
+)
+from llm_abstractions.types import (
+    FinishReason,
+    LlmRequest,
+    LlmResponse,
+    OutputSchema,
+    StreamChunk,
+    Usage,
+)
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
 
-__all__ = ["ChatStream", "OpenAICompatibleLlm", "OpenAILlm"]
+__all__ = ["WRAPPED_KEY", "ChatStream", "OpenAICompatibleLlm", "OpenAILlm"]
+
+WRAPPED_KEY = "value"  # the property a non-object answer travels in (module docstring)
 
 _FINISH: dict[str, FinishReason] = {
     "stop": "stop",
@@ -62,6 +96,7 @@ class OpenAILlm(BaseLlm):
     provider: ClassVar[str] = "openai-gpt"
     default_model: ClassVar[str | None] = "gpt-4o-mini"
     can_stream: ClassVar[bool] = True
+    supports_output_schema: ClassVar[bool] = True
     base_url_env: ClassVar[str] = "OPENAI_BASE_URL"
     max_tokens_field: ClassVar[str] = "max_completion_tokens"
 
@@ -100,9 +135,10 @@ class OpenAILlm(BaseLlm):
     async def generate(self, request: LlmRequest) -> LlmResponse:
         """Answer one request (see the module docstring for usage and errors)."""
         started = perf_counter()
+        params, wrapped = self._params(request)
         try:
             client = await self._clients.get()
-            completion = await client.chat.completions.create(**self._params(request))
+            completion = await client.chat.completions.create(**params)
         except Exception as exc:
             raise self._error(exc) from exc
         if not completion.choices:
@@ -115,8 +151,9 @@ class OpenAILlm(BaseLlm):
             )
         finish = _finish(choice.finish_reason)
         _refuse_filtered(self.provider, finish)
+        text = choice.message.content or ""
         return LlmResponse(
-            text=choice.message.content or "",
+            text=unwrap_object(text, WRAPPED_KEY) if wrapped else text,
             provider=self.provider,
             model=completion.model or self.model,
             finish_reason=finish,
@@ -128,27 +165,41 @@ class OpenAILlm(BaseLlm):
     async def stream(self, request: LlmRequest) -> AsyncIterator[StreamChunk]:
         """Stream one answer; the last chunk carries the whole response and its usage."""
         started = perf_counter()
+        params, wrapped = self._params(request)
         answer = ChatStream(self.provider, self.model, _finish, _usage)
         try:
             client = await self._clients.get()
             events = await client.chat.completions.create(
-                **self._params(request), stream=True, stream_options={"include_usage": True}
+                **params, stream=True, stream_options={"include_usage": True}
             )
             async for event in events:
                 for delta in answer.add(event):
-                    yield StreamChunk(delta=delta)
+                    if not wrapped:  # a wrapped answer is unwrapped whole, at the end
+                        yield StreamChunk(delta=delta)
         except OrchestraError:
             raise
         except Exception as exc:
             raise self._error(exc) from exc
         _refuse_filtered(self.provider, answer.complete())
-        yield StreamChunk(done=True, response=answer.response(started))
+        response = answer.response(started)
+        if wrapped:
+            response = response.model_copy(
+                update={"text": unwrap_object(response.text, WRAPPED_KEY)}
+            )
+            yield StreamChunk(delta=response.text)
+        yield StreamChunk(done=True, response=response)
 
     async def aclose(self) -> None:
         """Close the HTTP clients."""
         await self._clients.aclose()
 
-    def _params(self, request: LlmRequest) -> dict[str, Any]:
+    def _params(self, request: LlmRequest) -> tuple[dict[str, Any], bool]:
+        """The SDK's arguments, and whether the answer comes wrapped (module docstring).
+
+        Raises:
+            InvalidRequestError: The request carries a grammar.
+        """
+        refuse_grammar(self.provider, request)
         messages = [{"role": "system", "content": request.system}] if request.system else []
         messages += [{"role": m.role, "content": m.content} for m in request.messages]
         params: dict[str, Any] = {"model": request.model or self.model, "messages": messages}
@@ -159,9 +210,21 @@ class OpenAILlm(BaseLlm):
                 params[name] = getattr(request, name)
         if request.stop:
             params["stop"] = list(request.stop)
-        if request.response_format == "json":
+        wrapped = False
+        if request.output_schema is not None:
+            params["response_format"], wrapped = self._schema_format(request.output_schema)
+        elif request.response_format == "json":
             params["response_format"] = {"type": "json_object"}
-        return params
+        return params, wrapped
+
+    def _schema_format(self, output: OutputSchema) -> tuple[dict[str, Any], bool]:
+        """OpenAI's ``response_format`` for a schema, and whether it wraps the answer."""
+        schema, wrapped = output.json_schema, not is_object_schema(output.json_schema)
+        if wrapped:
+            schema = wrap_in_object(schema, WRAPPED_KEY)
+        schema, strict = strict_where_possible(schema, output.strict)
+        body = {"name": output.name, "schema": schema, "strict": strict}
+        return {"type": "json_schema", "json_schema": body}, wrapped
 
     def _error(self, exc: Exception) -> OrchestraError:
         """The error tree's class for an SDK exception, most specific first."""
@@ -188,15 +251,48 @@ class OpenAILlm(BaseLlm):
 
 
 class OpenAICompatibleLlm(OpenAILlm):
-    """A server speaking OpenAI's API (LM Studio, llama.cpp's server, vLLM); no key needed."""
+    """A server speaking OpenAI's API (LM Studio, llama.cpp's server, vLLM); no key needed.
+
+    Args:
+        model: The model the server should use (servers with one model ignore it).
+        api_key: A key, for a server that wants one.
+        base_url: The API root, ending in ``/v1``.
+        timeout: Seconds one call may take.
+        schema_format: How ``output_schema`` is sent: ``"json_schema"``, OpenAI's shape
+            (LM Studio, llama.cpp's ``llama-server``, vLLM), or ``"json_object"``, the
+            ``{"type": "json_object", "schema": ...}`` that llama-cpp-python's server takes.
+    """
 
     provider: ClassVar[str] = "openai-compatible"
     default_model: ClassVar[str | None] = None
     max_tokens_field: ClassVar[str] = "max_tokens"
     is_local: ClassVar[bool] = True
 
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout: float = 120.0,
+        schema_format: Literal["json_schema", "json_object"] = "json_schema",
+    ) -> None:
+        if schema_format not in ("json_schema", "json_object"):
+            raise ConfigurationError(
+                f"schema_format must be 'json_schema' or 'json_object', not {schema_format!r}."
+            )
+        self.schema_format = schema_format
+        super().__init__(model, api_key=api_key, base_url=base_url, timeout=timeout)
+
     def _default_key(self) -> str | None:
         return "not-needed"  # the SDK insists on a key; local servers ignore it
+
+    def _schema_format(self, output: OutputSchema) -> tuple[dict[str, Any], bool]:
+        """The schema as written: these servers compile all of it into a grammar."""
+        if self.schema_format == "json_object":
+            return {"type": "json_object", "schema": output.json_schema}, False
+        body = {"name": output.name, "schema": output.json_schema, "strict": output.strict}
+        return {"type": "json_schema", "json_schema": body}, False
 
 
 class ChatStream:

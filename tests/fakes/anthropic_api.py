@@ -8,6 +8,10 @@ error on a stream (``Scripted(status=200, body=...)``) is sent as an ``error`` e
 the first words, the way Anthropic reports an overload mid-answer.
 
 Usage is in Anthropic's own fields (``input_tokens`` excludes the cache counts).
+
+``output_config.format`` (JSON outputs) is checked as the API checks it before answering:
+``{"type": "json_schema", "schema": {...}}``, every object in the schema closed with
+``"additionalProperties": false``; anything else is a 400 ``invalid_request_error``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ def anthropic_app(server: LoopbackServer) -> web.Application:
         scripted = server.next_answer(body, dict(request.headers))
         await asyncio.sleep(scripted.delay)
         stream = bool(body.get("stream"))
+        refused = _output_config_error(body.get("output_config"))
+        if refused is not None:
+            return web.json_response(error_body("invalid_request_error", refused), status=400)
         if scripted.status is not None and not (stream and scripted.status == 200):
             return await answer_error(scripted)
         if isinstance(scripted.body, bytes):
@@ -50,6 +57,36 @@ def anthropic_app(server: LoopbackServer) -> web.Application:
 def error_body(kind: str, message: str) -> dict[str, Any]:
     """Anthropic's error body, as an HTTP answer and in an ``error`` event."""
     return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+def _output_config_error(config: Any) -> str | None:
+    """The API's complaint about ``output_config``, or None when it is acceptable."""
+    if config is None:
+        return None
+    fmt = config.get("format") if isinstance(config, dict) else None
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+        return "output_config.format.type: Input should be 'json_schema'"
+    if not isinstance(fmt.get("schema"), dict):
+        return "output_config.format.schema: Field required"
+    return _open_object(fmt["schema"], "output_config.format.schema")
+
+
+def _open_object(node: Any, path: str) -> str | None:
+    if isinstance(node, list):
+        found = (_open_object(item, f"{path}.{i}") for i, item in enumerate(node))
+        return next((problem for problem in found if problem), None)
+    if not isinstance(node, dict):
+        return None
+    if node.get("type") == "object" and node.get("additionalProperties") is not False:
+        return f"{path}: For 'object' type, 'additionalProperties' must be explicitly set to false"
+    for key in ("properties", "$defs"):
+        for name, sub in (node.get(key) or {}).items():
+            if problem := _open_object(sub, f"{path}.{key}.{name}"):
+                return problem
+    for key in ("items", "anyOf", "allOf"):
+        if problem := _open_object(node.get(key), f"{path}.{key}"):
+            return problem
+    return None
 
 
 def _message(

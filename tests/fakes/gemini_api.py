@@ -9,6 +9,10 @@ with their HTTP status, and a request without ``x-goog-api-key`` is refused with
 
 Beyond ``Scripted``'s usual fields: a ``dict`` body with no status is answered verbatim with
 200, for the shapes a script cannot describe (a blocked prompt, an answer without candidates).
+
+``generationConfig`` is checked as Gemini checks it: a ``responseJsonSchema`` (or a
+``responseSchema``) needs ``responseMimeType: "application/json"``, and the two schemas
+exclude each other; a violation is a 400 ``INVALID_ARGUMENT``.
 """
 
 from __future__ import annotations
@@ -43,6 +47,10 @@ def gemini_app(server: LoopbackServer) -> web.Application:
         await asyncio.sleep(scripted.delay)
         if "x-goog-api-key" not in request.headers:
             return web.json_response(_UNREGISTERED, status=403)
+        refused = _config_error(body.get("generationConfig") or {})
+        if refused is not None:
+            error = {"code": 400, "message": refused, "status": "INVALID_ARGUMENT"}
+            return web.json_response({"error": error}, status=400)
         if scripted.status is not None:
             return await answer_error(scripted)
         if isinstance(scripted.body, bytes):
@@ -78,6 +86,21 @@ async def _stream(
         event = _answer(model, [candidate], usage if last else running)
         await response.write(f"data: {json.dumps(event)}\r\n\r\n".encode())
     return response
+
+
+def _config_error(config: dict[str, Any]) -> str | None:
+    """Gemini's complaint about a ``generationConfig``, or None when it is acceptable."""
+    schemas = [key for key in ("responseSchema", "responseJsonSchema") if key in config]
+    if len(schemas) == 2:
+        return "responseSchema and responseJsonSchema cannot both be set."
+    if schemas and config.get("responseMimeType") != "application/json":
+        return (
+            f"GenerateContentRequest.generation_config.{schemas[0]}: the response mime type "
+            "must be application/json when a schema is set."
+        )
+    if "responseJsonSchema" in config and not isinstance(config["responseJsonSchema"], dict):
+        return "GenerateContentRequest.generation_config.response_json_schema: not an object."
+    return None
 
 
 def _candidate(text: str, finish: str | None) -> dict[str, Any]:

@@ -11,6 +11,12 @@ or ``{"error": {"message", "type", "code"}}`` (the router's providers).
 Scripting: ``cut`` ends a stream after that many events; a dict ``body`` without a
 ``status`` is sent as one more event where the stream stops (TGI's mid-stream
 ``{"error": ..., "error_type": ...}``).
+
+``response_format`` is checked as TGI checks it before answering: ``text``; its grammar
+types ``json_object`` (or ``json``) with an optional object ``value`` (the schema), and
+``regex`` with a string ``value``; OpenAI's ``json_schema`` with a ``json_schema`` holding a
+``name`` and an object ``schema``. Anything else is a 422 ``{"error", "error_type":
+"validation"}``.
 """
 
 from __future__ import annotations
@@ -32,6 +38,9 @@ def hf_app(server: LoopbackServer) -> web.Application:
         body = await request.json()
         scripted = server.next_answer(body, dict(request.headers))
         await asyncio.sleep(scripted.delay)
+        refused = _response_format_error(body.get("response_format"))
+        if refused is not None:
+            return web.json_response({"error": refused, "error_type": "validation"}, status=422)
         if scripted.status is not None:
             return await answer_error(scripted)
         if isinstance(scripted.body, bytes):
@@ -48,6 +57,27 @@ def hf_app(server: LoopbackServer) -> web.Application:
     app = web.Application()
     app.router.add_post("/v1/chat/completions", completions)
     return app
+
+
+def _response_format_error(fmt: Any) -> str | None:
+    if fmt is None:
+        return None
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    value = fmt.get("value") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return None
+    if kind in ("json_object", "json"):
+        return None if value is None or isinstance(value, dict) else "value: expected a schema"
+    if kind == "regex":
+        return None if isinstance(value, str) else "value: expected a string"
+    if kind != "json_schema":
+        return f"Failed to deserialize the JSON body: unknown variant `{kind}`"
+    spec = fmt.get("json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        return "Failed to deserialize the JSON body: json_schema: missing field `name`"
+    if not isinstance(spec.get("schema"), dict):
+        return "Failed to deserialize the JSON body: json_schema.schema: expected an object"
+    return None
 
 
 async def _stream(

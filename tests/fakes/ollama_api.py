@@ -10,6 +10,9 @@ Scripting: ``usage`` holds Ollama's own fields (``prompt_eval_count``, ``eval_co
 ``cut`` ends a stream after that many lines; a dict ``body`` without a ``status`` is sent as
 one more stream line where the stream stops (an ``{"error": ...}`` line mid-stream), or, for
 ``/api/tags``, as the whole answer.
+
+``format`` is checked as Ollama checks it: ``"json"``, or a JSON schema (an object); any
+other value is a 400 before anything is answered.
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ def ollama_app(server: LoopbackServer) -> web.Application:
         body = await request.json()
         scripted = server.next_answer(body, dict(request.headers))
         await asyncio.sleep(scripted.delay)
+        fmt = body.get("format")
+        if fmt not in (None, "", "json") and not isinstance(fmt, dict):
+            error = 'invalid format: expected "json" or a valid JSON schema'
+            return web.json_response({"error": error}, status=400)
         if scripted.status is not None:
             return await answer_error(scripted)
         if isinstance(scripted.body, bytes):

@@ -3,12 +3,21 @@
 Faithful to what the ``openai`` SDK reads: the completion object, ``chat.completion.chunk``
 events, a usage-only last event when ``stream_options.include_usage`` is set, ``[DONE]``,
 and errors as ``{"error": {"message", "type", "code"}}`` with their HTTP status.
+
+``response_format`` is checked the way OpenAI checks it, before anything is answered: a
+known ``type``; for ``json_schema``, a ``name`` and a ``schema`` whose top level is an
+object; with ``strict: true``, the strict subset (every object closed with
+``"additionalProperties": false`` and all of its properties ``required``, no ``$ref`` with
+siblings, none of the keywords strict mode refuses). A violation is a 400
+``invalid_request_error`` with ``param: "response_format"``. ``compatible_app`` is the same
+server without OpenAI's own rules (LM Studio, llama.cpp's server): any schema is taken.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from typing import Any
 
@@ -17,13 +26,26 @@ from aiohttp import web
 from tests.fakes.server import LoopbackServer, Scripted, answer_error
 
 
-def openai_app(server: LoopbackServer) -> web.Application:
-    """The application ``LoopbackServer`` serves."""
+def openai_app(server: LoopbackServer, *, openai_rules: bool = True) -> web.Application:
+    """The application ``LoopbackServer`` serves (OpenAI's schema rules unless told not to)."""
 
     async def completions(request: web.Request) -> web.StreamResponse:
         body = await request.json()
         scripted = server.next_answer(body, dict(request.headers))
         await asyncio.sleep(scripted.delay)
+        refused = _response_format_error(body.get("response_format"), openai_rules)
+        if refused is not None:
+            return web.json_response(
+                {
+                    "error": {
+                        "message": refused,
+                        "type": "invalid_request_error",
+                        "param": "response_format",
+                        "code": None,
+                    }
+                },
+                status=400,
+            )
         if scripted.status is not None:
             return await answer_error(scripted)
         if isinstance(scripted.body, bytes):
@@ -51,6 +73,90 @@ def openai_app(server: LoopbackServer) -> web.Application:
     app = web.Application()
     app.router.add_post("/v1/chat/completions", completions)
     return app
+
+
+def compatible_app(server: LoopbackServer) -> web.Application:
+    """An OpenAI-compatible server (LM Studio, llama.cpp's): OpenAI's schema rules off."""
+    return openai_app(server, openai_rules=False)
+
+
+# Keywords OpenAI's strict mode refuses (its "supported schemas" guide).
+_NOT_PERMITTED = (
+    "minLength",
+    "maxLength",
+    "uniqueItems",
+    "oneOf",
+    "allOf",
+    "not",
+    "prefixItems",
+    "patternProperties",
+    "discriminator",
+    "if",
+)
+
+
+def _response_format_error(fmt: Any, openai_rules: bool) -> str | None:
+    """OpenAI's complaint about a ``response_format``, or None when it is acceptable."""
+    if fmt is None:
+        return None
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind in ("text", "json_object"):
+        schema = fmt.get("schema")  # llama-cpp-python's server takes a schema here
+        return None if schema is None or isinstance(schema, dict) else "schema must be an object"
+    if kind != "json_schema":
+        return f"Invalid value: {kind!r}. Supported values are: json_object, json_schema, text."
+    spec = fmt.get("json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+        return "Missing required parameter: 'response_format.json_schema.schema'."
+    name = spec.get("name")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
+        return "Invalid 'response_format.json_schema.name': letters, digits, '_' and '-'."
+    if not openai_rules:
+        return None
+    schema = spec["schema"]
+    if schema.get("type") != "object":
+        return (
+            f"Invalid schema for response_format {name!r}: schema must be a JSON Schema of "
+            f"'type: \"object\"', got 'type: \"{schema.get('type')}\"'."
+        )
+    if spec.get("strict"):
+        problem = strict_schema_problem(schema, ())
+        if problem is not None:
+            return f"Invalid schema for response_format {name!r}: {problem}"
+    return None
+
+
+def strict_schema_problem(node: Any, path: tuple[str, ...]) -> str | None:
+    """The first part of ``node`` outside OpenAI's strict subset, said as OpenAI says it."""
+    where = f"In context={path}, "
+    if not isinstance(node, dict):
+        return f"{where}schema must be an object."
+    for key in _NOT_PERMITTED:
+        if key in node:
+            return f"{where}'{key}' is not permitted."
+    if "$ref" in node and len(node) > 1:
+        return f"{where}$ref cannot have keywords {sorted(set(node) - {'$ref'})}."
+    if not any(k in node for k in ("type", "enum", "const", "anyOf", "$ref")):
+        return f"{where}schema must have a 'type' key."
+    if node.get("type") == "object":
+        if node.get("additionalProperties") is not False:
+            return f"{where}'additionalProperties' is required to be supplied and to be false."
+        missing = [k for k in node.get("properties", {}) if k not in node.get("required", [])]
+        if missing:
+            return (
+                f"{where}'required' is required to be supplied and to be an array including "
+                f"every key in properties. Missing {missing[0]!r}."
+            )
+    for key in ("properties", "$defs"):
+        for name, sub in (node.get(key) or {}).items():
+            if (problem := strict_schema_problem(sub, (*path, key, name))) is not None:
+                return problem
+    subs = [("items", node["items"])] if "items" in node else []
+    subs += [(f"anyOf.{i}", sub) for i, sub in enumerate(node.get("anyOf") or [])]
+    for key, sub in subs:
+        if (problem := strict_schema_problem(sub, (*path, key))) is not None:
+            return problem
+    return None
 
 
 async def _stream(
