@@ -12,23 +12,40 @@ The decode loop is ours rather than ``Llama.create_chat_completion`` for three r
 usage must be exact in streaming too (llama-cpp-python reports it only without streaming),
 streamed and non-streamed answers must be the same text by construction, and a cancelled
 caller must be able to stop generation between two tokens.
+
+Constrained output (``response_format="json"``, ``output_schema``, ``grammar``) becomes a
+GBNF grammar that llama.cpp's grammar sampler enforces token by token. Each engine keeps the
+grammars it has checked, by text (``GrammarCache``): llama.cpp must see a grammar before
+generation starts, because ``Llama.generate`` adds a grammar it cannot parse to its sampler
+chain as a null sampler and the process then crashes at the first token.
 """
 
 from __future__ import annotations
 
 import codecs
+import ctypes
+import json
 import os
+import sys
+import tempfile
 import threading
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar, json_schema_to_gbnf
 
-from llm_abstractions.errors import LLMContextLengthError, LLMError, ModelFileError
+from llm_abstractions.errors import (
+    InvalidRequestError,
+    LLMContextLengthError,
+    LLMError,
+    ModelFileError,
+)
 from llm_abstractions.threads import SerialWorker
 from llm_abstractions.types import FinishReason, LlmRequest
 
@@ -36,6 +53,7 @@ __all__ = [
     "LLAMA_THREAD",
     "Generation",
     "GenerationCancelled",
+    "GrammarCache",
     "LlamaEngine",
     "get_engine",
 ]
@@ -85,6 +103,7 @@ class LlamaEngine:
         # llama.cpp knows which tokens end a turn (eos, eot, im_end...); ask it, as
         # llama-cpp-python's own completion loop does.
         self._vocab = self.llama._model.vocab
+        self.grammars = GrammarCache(self._vocab)
 
     def _chat_formatter(self) -> Jinja2ChatFormatter:
         model = self.llama._model
@@ -118,13 +137,15 @@ class LlamaEngine:
         spent, or ``cancelled`` is set (then raises ``GenerationCancelled``).
 
         Raises:
+            InvalidRequestError: The request's grammar or output schema cannot be used.
             LLMContextLengthError: The prompt leaves no room in the context window.
             LLMError: llama.cpp failed.
         """
         if cancelled.is_set():
             raise GenerationCancelled
+        grammar = self.grammars.for_request(request)
         try:
-            return self._decode(request, emit, cancelled)
+            return self._decode(request, grammar, emit, cancelled)
         except (GenerationCancelled, LLMError):
             raise
         except Exception as exc:
@@ -133,6 +154,7 @@ class LlamaEngine:
     def _decode(
         self,
         request: LlmRequest,
+        grammar: LlamaGrammar | None,
         emit: Callable[[str], None] | None,
         cancelled: threading.Event,
     ) -> Generation:
@@ -155,7 +177,7 @@ class LlamaEngine:
             temp=request.temperature if request.temperature is not None else DEFAULT_TEMPERATURE,
             top_p=request.top_p if request.top_p is not None else 0.95,
             repeat_penalty=1.0,
-            grammar=_json_grammar() if request.response_format == "json" else None,
+            grammar=grammar,
         ):
             if cancelled.is_set():
                 raise GenerationCancelled
@@ -210,13 +232,124 @@ class _TextAssembler:
             self._emitted = upto
 
 
-_json_grammar_cache: list[LlamaGrammar] = []
+class GrammarCache:
+    """The grammars one model's vocabulary has accepted, by source; least recently used go.
+
+    Only ever touched from the llama thread. A miss converts the source to GBNF (for a JSON
+    schema) and has llama.cpp parse it once; ``compiled`` counts the misses.
+    """
+
+    SIZE = 64
+
+    def __init__(self, vocab: llama_cpp.llama_vocab_p) -> None:
+        self._vocab = vocab
+        self._grammars: OrderedDict[tuple[str, str], LlamaGrammar] = OrderedDict()
+        self.compiled = 0
+
+    def for_request(self, request: LlmRequest) -> LlamaGrammar | None:
+        """The grammar that constrains this request's answer, if any.
+
+        Raises:
+            InvalidRequestError: llama.cpp cannot parse the grammar, or cannot convert the
+                output schema into one.
+        """
+        if request.grammar is not None:
+            return self.get("gbnf", request.grammar)
+        if request.output_schema is not None:
+            try:
+                schema = json.dumps(request.output_schema.json_schema)
+            except (TypeError, ValueError) as exc:
+                raise InvalidRequestError(f"output_schema is not JSON: {exc}") from exc
+            return self.get("schema", schema)
+        if request.response_format == "json":
+            return self.get("gbnf", JSON_GBNF)
+        return None
+
+    def get(self, kind: Literal["gbnf", "schema"], source: str) -> LlamaGrammar:
+        """The checked grammar for ``source``: GBNF text (``gbnf``) or a JSON schema (``schema``).
+
+        Raises:
+            InvalidRequestError: The source cannot be used (nothing is cached then).
+        """
+        key = (kind, source)
+        grammar = self._grammars.get(key)
+        if grammar is not None:
+            self._grammars.move_to_end(key)
+            return grammar
+        self.compiled += 1
+        text = _schema_to_gbnf(source) if kind == "schema" else source
+        problem = _parse_problem(self._vocab, text)
+        if problem is not None:
+            what = "the GBNF grammar made from output_schema" if kind == "schema" else "grammar"
+            raise InvalidRequestError(f"llama.cpp cannot parse the {what}: {problem}")
+        grammar = self._grammars[key] = LlamaGrammar.from_string(text, verbose=False)
+        if len(self._grammars) > self.SIZE:
+            self._grammars.popitem(last=False)
+        return grammar
 
 
-def _json_grammar() -> LlamaGrammar:
-    if not _json_grammar_cache:
-        _json_grammar_cache.append(LlamaGrammar.from_string(JSON_GBNF, verbose=False))
-    return _json_grammar_cache[0]
+def _schema_to_gbnf(schema: str) -> str:
+    try:
+        text: str = json_schema_to_gbnf(schema)
+    except Exception as exc:  # the converter raises bare ValueError, KeyError, TypeError...
+        raise InvalidRequestError(
+            f"llama.cpp's JSON-schema converter cannot use output_schema: {exc!r}. Simplify "
+            "the schema, or pass a GBNF grammar instead."
+        ) from exc
+    return text
+
+
+# Only one llama.cpp log sink exists per process: it may be swapped only on the llama thread.
+_log_lines: list[bytes] = []
+_LOG_SINK = llama_cpp.llama_log_callback(lambda _level, text, _data: _log_lines.append(text or b""))
+
+
+def _parse_problem(vocab: llama_cpp.llama_vocab_p, text: str) -> str | None:
+    """Why llama.cpp rejects the GBNF ``text`` for ``vocab``, or None when it accepts it.
+
+    llama.cpp reports a syntax error on stderr and a missing root or a left-recursive rule
+    through its log; both are caught here so that they become the exception's message. For
+    the parse (a fraction of a millisecond, on a cache miss only) file descriptor 2 points
+    at a temporary file: what other threads write there meanwhile is written back after.
+    """
+    saved_log, saved_data = llama_cpp.llama_log_callback(), ctypes.c_void_p()
+    llama_cpp.llama_log_get(ctypes.byref(saved_log), ctypes.byref(saved_data))
+    _log_lines.clear()
+    with tempfile.TemporaryFile() as stderr:
+        with _fd_redirected(2, stderr.fileno()):
+            llama_cpp.llama_log_set(_LOG_SINK, None)
+            try:
+                sampler = llama_cpp.llama_sampler_init_grammar(vocab, text.encode(), b"root")
+            finally:
+                llama_cpp.llama_log_set(saved_log, saved_data)
+        stderr.seek(0)
+        printed = stderr.read()
+    if sampler:
+        llama_cpp.llama_sampler_free(sampler)
+        if printed and sys.stderr is not None:  # someone else's, written in the meantime
+            sys.stderr.write(printed.decode("utf-8", "replace"))
+        return None
+    said = b"".join([printed, *_log_lines]).decode("utf-8", "replace")
+    reason = said.split("\n\n", 1)[0].replace("parse: error parsing grammar: ", "").strip()
+    return reason or "no `root` rule, or a left-recursive rule (llama.cpp gives no reason)"
+
+
+@contextmanager
+def _fd_redirected(fd: int, target: int) -> Iterator[None]:
+    """Point file descriptor ``fd`` at ``target`` meanwhile: C code writes there directly."""
+    if sys.stderr is not None:
+        sys.stderr.flush()
+    try:
+        saved = os.dup(fd)
+    except OSError:  # no such descriptor (a detached process): nothing to keep apart
+        yield
+        return
+    os.dup2(target, fd)
+    try:
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
 
 
 _engines: dict[tuple[Path, int, int], LlamaEngine] = {}

@@ -9,6 +9,13 @@ finished loop. A cancelled caller stops its generation at the next token; so doe
 that is closed (``aclose()``, ``contextlib.aclosing``). A stream left behind by a ``break``
 is closed when the event loop finalizes it, which asyncio does promptly.
 
+Constrained output is enforced while decoding, by llama.cpp's grammar sampler:
+``response_format="json"`` through its JSON grammar, ``output_schema`` through
+llama-cpp-python's JSON-schema-to-GBNF converter, ``grammar`` as the GBNF given. A grammar
+llama.cpp cannot parse is an ``InvalidRequestError`` before any token is generated. A
+grammar that parses but reaches a point no token can continue (an empty character class,
+say) aborts the process inside llama.cpp: test hand-written grammars before relying on them.
+
 Settings: ``model=`` or ``ORCHESTRA_LOCAL_MODEL`` (a .gguf path; default the bundled
 SmolLM2-135M-Instruct), ``n_ctx=`` or ``ORCHESTRA_LOCAL_N_CTX`` (default 4096),
 ``n_threads=`` or ``ORCHESTRA_LOCAL_THREADS`` (default: every core).
@@ -65,6 +72,8 @@ class LocalLlm(BaseLlm):
     provider: ClassVar[str] = "local"
     can_stream: ClassVar[bool] = True
     is_local: ClassVar[bool] = True
+    supports_output_schema: ClassVar[bool] = True
+    supports_grammar: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -81,7 +90,13 @@ class LocalLlm(BaseLlm):
         )
 
     async def generate(self, request: LlmRequest) -> LlmResponse:
-        """Answer on the llama thread; a cancelled caller stops generation at the next token."""
+        """Answer on the llama thread; a cancelled caller stops generation at the next token.
+
+        Raises:
+            InvalidRequestError: llama.cpp cannot parse the request's grammar, or cannot turn
+                its output schema into one.
+            LLMContextLengthError: The prompt leaves no room in the context window.
+        """
         started = perf_counter()
         async with aclosing(self._run(request, stream=False)) as items:
             async for item in items:
@@ -90,7 +105,12 @@ class LocalLlm(BaseLlm):
         raise LLMBadResponseError("local generation ended without a result", provider="local")
 
     async def stream(self, request: LlmRequest) -> AsyncIterator[StreamChunk]:
-        """Yield text as it is decoded; the last chunk carries the full response and usage."""
+        """Yield text as it is decoded; the last chunk carries the full response and usage.
+
+        Raises:
+            InvalidRequestError: As ``generate``, before the first chunk.
+            LLMContextLengthError: As ``generate``.
+        """
         started = perf_counter()
         async with aclosing(self._run(request, stream=True)) as items:
             async for item in items:
