@@ -37,12 +37,15 @@ MAX_PATH = 200
 _PLAIN_PATH = re.compile(r"[A-Za-z0-9._\-/]+")
 
 
-def file_contract_grammar(paths: Iterable[str]) -> str:
+def file_contract_grammar(paths: Iterable[str], *, each_once: bool = False) -> str:
     """A GBNF grammar admitting only answers that write some of ``paths`` under the contract.
 
     Args:
         paths: The exact files the role may write (``"app/models.py"``), in any order; a
             path given twice counts once.
+        each_once: Admit only answers that write every path once, in the order given, and
+            end there. A small model under the plain grammar tends to write the same file
+            again and again until ``max_tokens``; this bounds the answer to its files.
 
     Returns:
         The grammar, with ``root`` as its start rule.
@@ -59,13 +62,24 @@ def file_contract_grammar(paths: Iterable[str]) -> str:
         problem = _path_problem(path)
         if problem is not None:
             raise ValueError(f"{path!r}: {problem}")
-    alternatives = " | ".join(f'"{path}"' for path in unique)
     line_end = {0x0A, *LINE_BREAKS}
-    return "\n".join(
-        [
+    if each_once:
+        names = [f"file{index}" for index in range(len(unique))]
+        files = [
+            f'{name} ::= "FILE: {path}\\n```" lang "\\n" line* "```"'
+            for name, path in zip(names, unique, strict=True)
+        ]
+        start = ['root ::= ' + ' "\\n" "\\n"? '.join(names) + ' "\\n"?', *files]
+    else:
+        alternatives = " | ".join(f'"{path}"' for path in unique)
+        start = [
             'root ::= file ("\\n" "\\n"? file)* "\\n"?',
             'file ::= "FILE: " path "\\n```" lang "\\n" line* "```"',
             f"path ::= {alternatives}",
+        ]
+    return "\n".join(
+        [
+            *start,
             f"lang ::= [A-Za-z0-9_+.#-]{{0,{MAX_LANGUAGE_TAG}}}",
             # A line whose first visible character is not a backtick, or that starts with
             # one or two backticks and something else: never a closing fence, stripped.

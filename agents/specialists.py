@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agents.contract import ContractError, ParsedOutput, parse_files
+from agents.grammar import file_contract_grammar
 from agents.routing import ModelChoice, Tier
 from orchestration import AgentRegistry, AgentTask, OutputRejected, TaskExecutor, TaskResult
 
@@ -45,6 +46,8 @@ class SpecialistAgent:
         writes: Path prefixes its files must start with.
         tier: ``strong`` for design and code, ``cheap`` for short, formulaic work.
         first_file: The file its answer should start with (small models need the hint).
+        files: Every file it writes, in order (``first_file`` alone when empty). On the
+            embedded model a grammar holds its answer to exactly these, each once.
     """
 
     name: str
@@ -53,6 +56,7 @@ class SpecialistAgent:
     writes: tuple[str, ...]
     tier: Tier
     first_file: str
+    files: tuple[str, ...] = ()
 
     @property
     def system_prompt(self) -> str:
@@ -61,14 +65,23 @@ class SpecialistAgent:
         return f"{self.instructions}\n\n{CONTRACT} Paths start with {where}."
 
     def register(self, registry: AgentRegistry, choice: ModelChoice, max_tokens: int) -> None:
-        """Register this role on the provider and model chosen for it."""
+        """Register this role on the provider and model chosen for it.
+
+        On the embedded model (``local``), decoding is held to the file contract by a
+        grammar over the role's files; other providers get the contract in the prompt, and
+        every answer is checked either way.
+        """
+        metadata: dict[str, object] = {"max_tokens": max_tokens, "temperature": 0.2, "seed": 7}
+        if choice.provider == "local":
+            metadata["grammar"] = file_contract_grammar(self.paths, each_once=True)
         registry.register_agent(
-            self.name,
-            choice.provider,
-            model=choice.model,
-            metadata={"max_tokens": max_tokens, "temperature": 0.2, "seed": 7},
-            replace=True,
+            self.name, choice.provider, model=choice.model, metadata=metadata, replace=True
         )
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """The files this role writes, in order."""
+        return self.files or (self.first_file,)
 
     def task(
         self, request: str, *, task_id: str | None = None, depends_on: tuple[str, ...] = ()
@@ -185,5 +198,6 @@ DEVOPS = SpecialistAgent(
     ),
     writes=("run.sh", "Dockerfile", "README.md"),
     tier="cheap",
+    files=("run.sh", "Dockerfile", "README.md"),
 )
 SPECIALISTS = (ARCHITECT, BACKEND, FRONTEND, QA, DEVOPS)

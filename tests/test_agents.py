@@ -308,3 +308,13 @@ def test_the_verdict_counts_skipped_tests_apart() -> None:
     failed = verdict("Ran 2 tests in 0.1s\n\nFAILED (failures=1, errors=1)\n", 1)
     assert (failed["failed"], failed["errors"], failed["verdict"]) == (1, 1, "failed")
     assert verdict("SyntaxError: invalid syntax\n", 1)["errors"] == 1
+
+
+def test_on_the_embedded_model_a_grammar_holds_each_role_to_its_files(tmp_path: Path) -> None:
+    build = TodoBuild(output_dir=tmp_path / "app")
+    build.choices = route_team(SPECIALISTS, env={"ORCHESTRA_ROLE_QA": "openai-gpt:gpt-4.1"})
+    registry = build.registry()
+    devops = registry.get("devops").metadata["grammar"]
+    assert 'root ::= file0 "\\n" "\\n"? file1 "\\n" "\\n"? file2 "\\n"?' in devops
+    assert '"FILE: run.sh\\n```"' in devops and '"FILE: README.md\\n```"' in devops
+    assert "grammar" not in registry.get("qa").metadata  # a cloud model gets the prompt only

@@ -208,6 +208,23 @@ def test_what_the_grammar_refuses(llm: LocalLlm, case: str) -> None:
 
 
 @pytest.mark.model
+def test_each_once_admits_every_path_once_in_order_and_nothing_after(llm: LocalLlm) -> None:
+    grammar = file_contract_grammar(PATHS, each_once=True)
+    models = "FILE: app/models.py\n```python\nA = 1\n```"
+    store = "FILE: app/store.py\n```\nB = 2\n```"
+    engine = engine_of(llm)
+    assert admits(engine, grammar, f"{models}\n\n{store}\n")
+    assert parse_files(f"{models}\n{store}", PATHS).files == {
+        "app/models.py": "A = 1\n",
+        "app/store.py": "B = 2\n",
+    }
+    assert not admits(engine, grammar, models)  # a path left out
+    assert not admits(engine, grammar, f"{store}\n{models}")  # out of order
+    assert not admits(engine, grammar, f"{models}\n{store}\n{store}")  # written twice
+    assert admits(engine, file_contract_grammar(PATHS), f"{models}\n{store}\n{store}")
+
+
+@pytest.mark.model
 def test_the_admission_check_itself_tells_a_prefix_from_a_whole(llm: LocalLlm) -> None:
     engine = engine_of(llm)
     assert admits(engine, 'root ::= "yes" | "no"', "yes")

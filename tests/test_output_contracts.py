@@ -199,7 +199,10 @@ async def test_an_answer_cut_at_max_tokens_says_so(ledger: Ledger) -> None:
     async with TaskExecutor(agents(), ledger=ledger, retry=fast()) as executor:
         run = await executor.run([task])
     assert run.ok
-    assert "cut off at the token limit (max_tokens)" in llm.calls[1].messages[2].content
+    assert (
+        "cut off at the token limit (max_tokens): make it shorter"
+        in llm.calls[1].messages[2].content
+    )
     assert rows(ledger, "SELECT finish_reason FROM attempts ORDER BY attempt") == [
         ("length",),
         ("stop",),

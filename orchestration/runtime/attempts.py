@@ -209,7 +209,7 @@ def check_output(
     except OutputRejected as exc:
         reason = str(exc) or "a validator refused it (without saying why)"
         if meta.get("finish_reason") == "length":
-            reason = f"It was cut off at the token limit (max_tokens) before it ended.\n{reason}"
+            reason = f"It was cut off at the token limit (max_tokens): make it shorter.\n{reason}"
         reason = redact(reason, agent_secrets(agent)) or reason
         meta.update(
             error_type=FailureKind.OUTPUT,
