@@ -69,7 +69,7 @@ def file_contract_grammar(paths: Iterable[str], *, each_once: bool = False) -> s
             f'{name} ::= "FILE: {path}\\n```" lang "\\n" line* "```"'
             for name, path in zip(names, unique, strict=True)
         ]
-        start = ['root ::= ' + ' "\\n" "\\n"? '.join(names) + ' "\\n"?', *files]
+        start = ["root ::= " + ' "\\n" "\\n"? '.join(names) + ' "\\n"?', *files]
     else:
         alternatives = " | ".join(f'"{path}"' for path in unique)
         start = [
