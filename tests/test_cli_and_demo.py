@@ -162,3 +162,16 @@ def test_todo_demo_builds_on_the_embedded_model_and_records_every_task(tmp_path:
     ]
     assert tries == [(1, "refused"), (2, "refused"), (3, "refused")]
     assert out.is_dir()
+
+
+@pytest.mark.model
+def test_the_typed_example_gets_a_todo_from_the_embedded_model() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "demos" / "typed.py")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("succeeded Todo(title='"), done.stdout
