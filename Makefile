@@ -46,6 +46,7 @@ test: lint typecheck unit
 bench: $(VENV)/.dev-installed .venv-litellm/bin/python
 	$(PY) bench/import_time.py
 	$(PY) bench/local_model.py
+	$(PY) bench/grammar.py
 	$(PY) bench/executor.py
 	$(PY) bench/provider_path.py
 	$(PY) bench/todo_demo.py

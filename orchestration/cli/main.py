@@ -212,7 +212,7 @@ def show(
             t["provider"] or "",
             t["model"] or "",
             fmt_tokens(t["input_tokens"], t["output_tokens"]),
-            fmt_cost(t["cost_usd"]),
+            fmt_cost(t["cost_usd"]) if t["attempts"] else "-",  # nothing tried, nothing spent
             fmt_seconds(t["latency_s"]),
             str(t["attempts"]),
             str(t["refused"]),
