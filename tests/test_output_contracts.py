@@ -380,3 +380,28 @@ async def test_orchestra_output_prints_answers_as_they_came(tmp_path: Path) -> N
     page = render_html(load_report(Ledger(), run.run_id))
     assert "good #1: llm_factory, scripted, scripted-model, failed (refused: It is not a" in page
     assert '<td class="error">invalid_output: It is not a valid Todo:' in page
+
+
+async def test_a_resumed_run_keeps_a_validators_value(ledger: Ledger) -> None:
+    answers = {"a": ["alpha beta"], "b": ["no", "no", "no", "fine"]}
+
+    def answer(request: LlmRequest) -> str:
+        return answers[str(request.metadata["task_id"])].pop(0)
+
+    llm = FunctionLlm(answer)
+    LlmFactory.register_provider("scripted", lambda **_: llm, replace=True)
+
+    def fine(text: str) -> None:
+        if text != "fine":
+            raise OutputRejected("Say fine.")
+
+    tasks = [
+        AgentTask(task_id="a", agent="writer", description="x", validators=(str.split,)),
+        AgentTask(task_id="b", agent="writer", description="y", validators=(fine,)),
+    ]
+    async with TaskExecutor(agents(), ledger=ledger, retry=fast()) as executor:
+        first = await executor.run(tasks)
+        assert first.results["a"].value == ["alpha", "beta"]
+        again = await executor.resume(first.run_id, retry_failed=True, tasks=tasks)
+    assert again.ok and again.results["a"].value == ["alpha", "beta"]
+    assert again.results["b"].value == "fine"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections.abc import Sequence
@@ -132,8 +133,9 @@ class SavedRun:
     def kept(self, retry_failed: bool) -> dict[str, TaskResult]:
         """The results that stand: succeeded ones, and failed ones unless retried.
 
-        A succeeded result gets its value back: parsed from the JSON recorded for it when its
-        task (given again) has an ``output_type``, else its text.
+        A succeeded result gets its value back: the JSON recorded for it, typed when its task
+        is given again with its ``output_type`` (plain JSON values when not); without a
+        recorded value, its text.
         """
         keep = {TaskStatus.SUCCEEDED} | (set() if retry_failed else {TaskStatus.FAILED})
         tasks = {task.task_id: task for task in self.tasks}
@@ -147,11 +149,12 @@ class SavedRun:
         return kept
 
     def _value(self, task: AgentTask | None, result: TaskResult) -> object:
+        """The value recorded for a result: typed when its task's type is given again."""
         recorded = self.values.get(result.task_id)
-        if task is None or task.output_type is None or recorded is None:
+        if recorded is None:  # no contract made one: the value is the text
             return result.output
-        contract = OutputContract.of(task.output_type, task.validators)
-        return recorded if contract is None else contract.load_json(recorded)
+        contract = None if task is None else OutputContract.of(task.output_type, task.validators)
+        return json.loads(recorded) if contract is None else contract.load_json(recorded)
 
     def crashed(self) -> list[tuple[str, str, int, datetime | None]]:
         """Tasks a dead process left running: id, agent, the attempt it was making, start.
