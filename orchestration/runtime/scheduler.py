@@ -394,6 +394,7 @@ def _log_attempt(
         error_type=meta.get("error_type"),
         wait_s=meta.get("wait_s"),
         fallback_reason=meta.get("fallback_reason"),
+        validation=meta.get("validation"),
         error=attempt.error,
         input_tokens=attempt.usage.input_tokens,
         output_tokens=attempt.usage.output_tokens,
