@@ -9,6 +9,7 @@ three for a single request through a ``TaskExecutor``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from agents.contract import ContractError, ParsedOutput, parse_files
@@ -48,6 +49,8 @@ class SpecialistAgent:
         first_file: The file its answer should start with (small models need the hint).
         files: Every file it writes, in order (``first_file`` alone when empty). On the
             embedded model a grammar holds its answer to exactly these, each once.
+        validators: More checks of its parsed files, run after the contract's: each takes
+            the ``ParsedOutput`` and raises ``OutputRejected("why")`` to refuse it.
     """
 
     name: str
@@ -57,6 +60,7 @@ class SpecialistAgent:
     tier: Tier
     first_file: str
     files: tuple[str, ...] = ()
+    validators: tuple[Callable[[ParsedOutput], object], ...] = ()
 
     @property
     def system_prompt(self) -> str:
@@ -111,8 +115,9 @@ class SpecialistAgent:
     def check(self, output: str) -> ParsedOutput:
         """The files of an answer that is usable whole: the task's validator.
 
-        Usable: it holds files under the contract, every path is one this role writes, and
-        every Python file compiles.
+        Usable: it holds files under the contract, every one of the role's ``paths`` among
+        them, every path is one this role writes, and every Python file compiles. The
+        role's own ``validators`` then check the files.
 
         Raises:
             OutputRejected: Says what to fix, file by file.
@@ -122,6 +127,9 @@ class SpecialistAgent:
         except ContractError as exc:
             raise OutputRejected(f"{exc}. {CONTRACT}") from None
         problems = list(parsed.problems)
+        problems += [
+            f"{path}: missing: give every file" for path in self.paths if path not in parsed.files
+        ]
         for path, body in parsed.files.items():
             if path.endswith(".py"):
                 try:
@@ -131,6 +139,8 @@ class SpecialistAgent:
         if problems:
             listed = "\n".join(f"- {problem}" for problem in problems)
             raise OutputRejected(f"Fix these, then give every file again:\n{listed}")
+        for validator in self.validators:
+            validator(parsed)
         return parsed
 
     async def run(self, executor: TaskExecutor, request: str) -> TaskResult:

@@ -8,6 +8,7 @@ import pytest
 from agents import (
     ARCHITECT,
     BACKEND,
+    DEVOPS,
     SPECIALISTS,
     ContractError,
     TodoBuild,
@@ -181,7 +182,8 @@ class TodoTest(unittest.TestCase):
 
 def scripted_team(done_value: str) -> dict[str, str]:
     answers = {
-        role.name: f"FILE: {role.first_file}\n```\n{role.name}\n```\n" for role in SPECIALISTS
+        role.name: "".join(f"FILE: {path}\n```\n{role.name}\n```\n" for path in role.paths)
+        for role in SPECIALISTS
     }
     answers["backend"] = SERVER.replace("{done}", done_value)
     answers["qa"] = TESTS
@@ -263,6 +265,8 @@ def test_a_specialist_refuses_files_out_of_its_place_and_python_that_does_not_co
         "- frontend/index.html: outside what this role writes (backend/)",
         "- backend/server.py: line 1: invalid syntax",
     ]
+    with pytest.raises(OutputRejected, match=r"- README.md: missing: give every file"):
+        DEVOPS.check("FILE: run.sh\n```\npython x\n```\nFILE: Dockerfile\n```\nFROM x\n```\n")
     good = BACKEND.check("FILE: backend/server.py\n```python\nprint('ok')\n```\n")
     assert good.files == {"backend/server.py": "print('ok')\n"}
     assert BACKEND.task("Build it.").validators == (BACKEND.check,)

@@ -114,7 +114,7 @@ def test_team_demo_runs_its_dag_and_records_every_task() -> None:
 
 
 @pytest.mark.model
-def test_todo_demo_builds_on_the_embedded_model_and_records_every_task(tmp_path: Path) -> None:
+def test_todo_demo_on_the_embedded_model_fails_honestly_and_records_why(tmp_path: Path) -> None:
     import os
     import sqlite3
 

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import pytest
 from pydantic import BaseModel, Field
 
-from llm_abstractions import BaseLlm, LlmFactory, LlmRequest, LlmResponse
+from llm_abstractions import BaseLlm, LlmFactory, LlmRequest, LlmResponse, Usage
 from llm_abstractions.testing import FunctionLlm, ScriptedLlm
 from orchestration import (
     AgentRegistry,
@@ -171,7 +171,7 @@ async def test_validators_refuse_with_a_reason_and_may_replace_the_value(ledger:
     assert run.results["t"].output == "HELLO WORLD"
     assert "Answer in capitals only." in llm.calls[1].messages[2].content
     assert llm.calls[1].output_schema is None  # no output_type: nothing to enforce natively
-    assert rows(ledger, "SELECT value FROM task_runs") == [('["HELLO", "WORLD"]',)]
+    assert rows(ledger, "SELECT value FROM task_runs") == [('["HELLO","WORLD"]',)]
 
 
 async def test_a_validator_that_crashes_fails_the_task_without_a_retry(ledger: Ledger) -> None:
@@ -405,3 +405,173 @@ async def test_a_resumed_run_keeps_a_validators_value(ledger: Ledger) -> None:
         again = await executor.resume(first.run_id, retry_failed=True, tasks=tasks)
     assert again.ok and again.results["a"].value == ["alpha", "beta"]
     assert again.results["b"].value == "fine"
+
+
+def priced(*answers: str) -> tuple[ScriptedLlm, AgentRegistry]:
+    """A scripted model standing in for a priced provider (gpt-4o-mini's list price)."""
+    llm = ScriptedLlm(
+        [
+            LlmResponse(
+                text=text,
+                provider="openai-gpt",
+                model="gpt-4o-mini",
+                usage=Usage(input_tokens=1000, output_tokens=1000),
+            )
+            for text in answers
+        ]
+    )
+    LlmFactory.register_provider("openai-gpt", lambda **_: llm, replace=True)
+    registry = AgentRegistry()
+    registry.register_agent("writer", "openai-gpt", model="gpt-4o-mini", metadata={"max_tokens": 5})
+    return llm, registry
+
+
+async def test_a_task_costs_every_answer_it_was_given_refused_or_not(ledger: Ledger) -> None:
+    _, registry = priced("no", "no", '{"title": "ok"}')
+    task = AgentTask(task_id="t", agent="writer", description="x", output_type=Todo)
+    async with TaskExecutor(registry, ledger=ledger, retry=fast()) as executor:
+        run = await executor.run([task])
+    paid = rows(ledger, "SELECT SUM(cost_usd) FROM attempts")[0][0]
+    one = rows(ledger, "SELECT cost_usd FROM attempts WHERE attempt = 1")[0][0]
+    assert paid == pytest.approx(3 * one) and one > 0
+    assert run.results["t"].cost_usd == pytest.approx(paid)
+    assert rows(ledger, "SELECT cost_usd FROM task_runs")[0][0] == pytest.approx(paid)
+
+
+async def test_asking_again_is_admitted_by_the_runs_budget_first(ledger: Ledger) -> None:
+    llm, registry = priced("no", "no", '{"title": "ok"}')
+    task = AgentTask(task_id="t", agent="writer", description="x", output_type=Todo)
+    async with TaskExecutor(registry, ledger=ledger, retry=fast()) as executor:
+        run = await executor.run([task], budget_usd=0.0007)  # spent by the first answer
+    result = run.results["t"]
+    assert result.status is TaskStatus.BUDGET_EXCEEDED and len(llm.calls) == 1
+    assert result.error is not None and result.error.startswith("not asked again: the next")
+    assert "the last answer was refused: It is not a valid Todo" in result.error
+
+
+async def test_async_validators_are_refused_before_the_run(ledger: Ledger) -> None:
+    async def later(text: str) -> None:
+        raise OutputRejected("never")
+
+    scripted("x")
+    task = AgentTask(task_id="t", agent="writer", description="x", validators=(later,))
+    async with TaskExecutor(agents(), ledger=ledger) as executor:
+        with pytest.raises(GraphValidationError, match="validator .*later is async"):
+            await executor.run([task])
+
+
+async def test_a_dict_given_as_output_type_is_a_clear_error(ledger: Ledger) -> None:
+    scripted("x")
+    task = AgentTask(task_id="t", agent="writer", description="x", output_type={"title": str})
+    async with TaskExecutor(agents(), ledger=ledger) as executor:
+        with pytest.raises(GraphValidationError, match="output_type .* cannot be used"):
+            await executor.run([task])
+
+
+async def test_a_typed_task_with_a_grammar_too_is_refused_before_the_run(ledger: Ledger) -> None:
+    scripted("x")
+    registry = agents(metadata={"grammar": 'root ::= "x"'})
+    task = AgentTask(task_id="t", agent="writer", description="x", output_type=Todo)
+    async with TaskExecutor(registry, ledger=ledger) as executor:
+        with pytest.raises(Exception, match="has an output_type, and a grammar"):
+            await executor.run([task])
+
+
+async def test_response_format_gives_way_to_the_schema(ledger: Ledger) -> None:
+    llm = scripted('{"title": "t"}')
+    registry = agents(metadata={"response_format": "json"})
+    task = AgentTask(task_id="t", agent="writer", description="x", output_type=Todo)
+    async with TaskExecutor(registry, ledger=ledger) as executor:
+        assert (await executor.run([task])).ok
+    assert llm.calls[0].response_format is None and llm.calls[0].output_schema is not None
+
+
+async def test_a_text_answer_cut_at_max_tokens_is_not_accepted(ledger: Ledger) -> None:
+    llm = scripted(LlmResponse(text="half an ans", provider="p", model="m", finish_reason="length"))
+    task = AgentTask(task_id="t", agent="writer", description="x", validators=(len,))
+    policy = fast(max_output_retries=0)
+    async with TaskExecutor(agents(), ledger=ledger, retry=policy) as executor:
+        run = await executor.run([task])
+    assert run.results["t"].error == (
+        "invalid_output: It was cut off at the token limit (max_tokens): make it shorter."
+    )
+    assert len(llm.calls) == 1
+
+
+async def test_a_validators_other_type_of_value_is_kept_whole(ledger: Ledger) -> None:
+    scripted('{"title": "buy milk"}')
+
+    def steps(todo: Todo) -> Point:
+        return Point(len(todo.title), 0)
+
+    task = AgentTask(
+        task_id="t", agent="writer", description="x", output_type=Todo, validators=(steps,)
+    )
+    async with TaskExecutor(agents(), ledger=ledger) as executor:
+        run = await executor.run([task])
+    assert run.results["t"].value == Point(8, 0)
+    assert rows(ledger, "SELECT value FROM task_runs") == [('{"x":8,"y":0}',)]
+
+
+async def test_a_cached_answer_the_contract_refuses_is_not_used(ledger: Ledger) -> None:
+    llm = scripted("plain words", '{"title": "fresh"}')
+    plain = AgentTask(task_id="t", agent="writer", description="x")
+    typed = AgentTask(
+        task_id="t", agent="writer", description="x", validators=(Todo.model_validate_json,)
+    )
+    async with TaskExecutor(agents(), ledger=ledger, cache=True) as executor:
+        assert (await executor.run([plain])).results["t"].output == "plain words"
+        again = await executor.run([typed])
+    assert again.ok and again.results["t"].value == Todo(title="fresh") and len(llm.calls) == 2
+    assert rows(ledger, "SELECT execution_method FROM attempts ORDER BY id") == [
+        ("llm_factory",),
+        ("llm_factory",),
+    ]
+
+
+LEARNER = """
+import json, sys
+request = json.load(sys.stdin)
+told = any("not accepted" in m["content"] for m in request["messages"])
+print(json.dumps({"output": '{"title": "learnt"}' if told else "no idea"}))
+"""
+
+
+async def test_a_script_agent_is_asked_again_with_the_reason_too(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    import sys
+
+    script = tmp_path / "learner.py"
+    script.write_text(LEARNER)
+    registry = AgentRegistry()
+    registry.register_agent(
+        "tool", "local", interface="script", script={"command": [sys.executable, str(script)]}
+    )
+    task = AgentTask(task_id="t", agent="tool", description="x", output_type=Todo)
+    async with TaskExecutor(registry, ledger=ledger) as executor:
+        run = await executor.run([task])
+    assert run.ok and run.results["t"].value == Todo(title="learnt")
+    recorded = rows(
+        ledger, "SELECT attempt, validation, request IS NOT NULL, response FROM attempts"
+    )
+    assert recorded == [(1, "refused", 1, "no idea"), (2, "accepted", 1, '{"title": "learnt"}')]
+
+
+async def test_no_key_reaches_a_tasks_row_either(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "sk-another-secret-key-98765"  # noqa: S105 - a fake key, to be masked
+    monkeypatch.setenv("SCRIPTED_KEY", secret)
+    LlmFactory.register_provider(
+        "scripted",
+        lambda **_: ScriptedLlm([f'{{"title": "{secret}"}}']),
+        env_keys=("SCRIPTED_KEY",),
+    )
+    registry = AgentRegistry()
+    registry.register_agent("writer", "scripted", api_key_env="SCRIPTED_KEY")
+    task = AgentTask(task_id="t", agent="writer", description="x", output_type=Todo)
+    async with TaskExecutor(registry, ledger=ledger) as executor:
+        assert (await executor.run([task])).ok
+    stored = rows(ledger, "SELECT output, value FROM task_runs")
+    assert len(stored) == 1 and "title" in stored[0][0] and secret not in repr(stored)

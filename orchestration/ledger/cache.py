@@ -7,7 +7,11 @@ generation settings), never of a key or of the task's own id, so the same questi
 another task or another run is a hit. A hit is recorded as an attempt with method ``cache``, cost 0
 and ``cached_from`` naming the attempt that paid for the answer.
 
-Only successful, complete answers are stored (not ones cut at ``max_tokens``).
+Only successful, complete answers are stored (not ones cut at ``max_tokens``). With an
+output contract, that is the answer its checks accepted, kept under the key of the request
+that began the exchange: when a refused answer was asked for again, the accepted one
+answered a longer conversation, but it is what that first request ended with. A hit is
+checked against the task's contract again, and one the contract refuses is not used.
 """
 
 from __future__ import annotations

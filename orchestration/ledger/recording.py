@@ -250,13 +250,14 @@ class Recorder:
         finished = time.time()
         started = self._started.pop((run_id, task.task_id), finished)
         meta = result.metadata
+        secrets = self._secrets(agent)
         task_row = (
             run_id,
             task.task_id,
             agent.name,
             result.status.value,
-            result.output,
-            redact(result.error, self._secrets(agent)),
+            redact(result.output, secrets),  # a model may echo what it was sent
+            redact(result.error, secrets),
             result.attempts,
             meta.get("execution_method"),
             meta.get("provider"),
@@ -267,7 +268,7 @@ class Recorder:
             result.latency_s,
             _epoch_ts(started),
             _epoch_ts(finished),
-            _value_json(task, result),
+            redact(_value_json(task, result), secrets),
         )
         write = [(RANK_TASK, _TASK_FINISHED, [task_row])]
         key = meta.get("cache_key")

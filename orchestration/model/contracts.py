@@ -17,6 +17,7 @@ Adapters and schemas are built once per type: building one costs far more than a
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import traceback
@@ -75,6 +76,11 @@ class OutputContract:
         for validator in validators:
             if not callable(validator):
                 raise ConfigurationError(f"validators must be callables, not {validator!r}.")
+            if _is_async(validator):
+                raise ConfigurationError(
+                    f"validator {_name(validator)} is async: validators must be plain "
+                    "functions (do the awaiting before the run, or in a later task)."
+                )
         contract = cls(output_type, tuple(validators))
         if output_type is not None:
             _schema(output_type)  # fails here, before the run, not at the first answer
@@ -119,6 +125,9 @@ class OutputContract:
                 raise
             except Exception as exc:
                 raise ValidatorCrashed(validator, exc) from exc
+            if inspect.isawaitable(replaced):  # an async callable that hid from ``of``
+                getattr(replaced, "close", lambda: None)()
+                raise ValidatorCrashed(validator, TypeError("it returned an awaitable"))
             if replaced is not None:
                 value = replaced
         return value
@@ -135,13 +144,15 @@ class OutputContract:
             return json.loads(recorded)
 
     def dump_json(self, value: Any) -> str | None:
-        """``value`` as JSON for the ledger (None when it cannot be written as JSON)."""
-        from pydantic_core import PydanticSerializationError
+        """``value`` as JSON for the ledger (None when it cannot be written as JSON).
+
+        Written by the value's own type: a validator may have replaced the parsed value
+        with one of another type.
+        """
+        from pydantic_core import PydanticSerializationError, to_json
 
         try:
-            if self.output_type is not None:
-                return _adapter(self.output_type).dump_json(value).decode()
-            return json.dumps(value, ensure_ascii=False)
+            return to_json(value).decode()
         except (PydanticSerializationError, TypeError, ValueError):
             return None
 
@@ -228,8 +239,10 @@ def _schema(output_type: Any) -> dict[str, Any]:
             text = _schema_for(output_type)
         except TypeError:  # unhashable
             text = json.dumps(_adapter(output_type).json_schema())
-    except (PydanticSchemaGenerationError, PydanticUserError, TypeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except Exception as exc:  # pydantic raises its own errors, and KeyError or worse on junk
+        kind = (PydanticSchemaGenerationError, PydanticUserError, TypeError, ValueError)
+        said = str(exc).strip() if isinstance(exc, kind) else ""
+        first = said.splitlines()[0] if said else f"{type(exc).__name__}: {exc}"
         raise ConfigurationError(
             f"output_type {describe_type(output_type)} cannot be used: pydantic cannot "
             f"validate it or write its JSON schema ({first}). Use a pydantic model, a "
@@ -237,6 +250,11 @@ def _schema(output_type: Any) -> dict[str, Any]:
         ) from None
     loaded: dict[str, Any] = json.loads(text)
     return loaded
+
+
+def _is_async(validator: Validator) -> bool:
+    call = getattr(validator, "__call__", None)  # noqa: B004 - an object's own async __call__
+    return inspect.iscoroutinefunction(validator) or inspect.iscoroutinefunction(call)
 
 
 def _name(validator: Validator) -> str:

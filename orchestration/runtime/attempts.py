@@ -189,6 +189,9 @@ async def script_attempt(task: AgentTask, agent: AgentConfig, request: LlmReques
     return _succeeded(task, output, counted, perf_counter() - started, meta)
 
 
+_CUT = "It was cut off at the token limit (max_tokens): make it shorter."
+
+
 def check_output(
     contract: OutputContract | None, attempt: TaskResult, agent: AgentConfig
 ) -> TaskResult:
@@ -196,40 +199,47 @@ def check_output(
 
     An answer the contract accepts gets its ``value``; without a contract the value is the
     text. A refused answer becomes a failed attempt of kind ``invalid_output`` (paid for all
-    the same), its reason in ``error`` and in ``metadata["rejection"]``; a validator that
-    crashed fails the attempt as the caller's bug, which no retry fixes.
+    the same), its reason in ``error`` and in ``metadata["rejection"]``; so does a text
+    answer cut at ``max_tokens``, whatever its validators said (a typed answer that parses
+    is whole). A validator that crashed fails the attempt as the caller's bug, which no
+    retry fixes.
     """
     if not attempt.succeeded or attempt.output is None:
         return attempt
     if contract is None:
         return attempt.model_copy(update={"value": attempt.output})
-    meta = dict(attempt.metadata)
+    cut = attempt.metadata.get("finish_reason") == "length"
     try:
         value = contract.check(attempt.output)
     except OutputRejected as exc:
         reason = str(exc) or "a validator refused it (without saying why)"
-        if meta.get("finish_reason") == "length":
-            reason = f"It was cut off at the token limit (max_tokens): make it shorter.\n{reason}"
-        reason = redact(reason, agent_secrets(agent)) or reason
-        meta.update(
-            error_type=FailureKind.OUTPUT,
-            failure_kind=FailureKind.OUTPUT,
-            validation="refused",
-            rejection=reason,
-        )
-        error = f"invalid_output: {reason}"
-        return attempt.model_copy(
-            update={"status": TaskStatus.FAILED, "error": error, "metadata": meta}
-        )
+        return _refused(attempt, f"{_CUT}\n{reason}" if cut else reason, agent)
     except ValidatorCrashed as exc:
-        meta.update(error_type="ValidatorCrashed", failure_kind=FailureKind.REQUEST)
-        meta["validation"] = "crashed"
+        meta = {**attempt.metadata, "error_type": "ValidatorCrashed"}
+        meta.update(failure_kind=FailureKind.REQUEST, validation="crashed")
         crashed = redact(str(exc), agent_secrets(agent))
         return attempt.model_copy(
             update={"status": TaskStatus.FAILED, "error": crashed, "metadata": meta}
         )
-    meta["validation"] = "accepted"
+    if cut and not contract.typed:
+        return _refused(attempt, _CUT, agent)
+    meta = {**attempt.metadata, "validation": "accepted"}
     return attempt.model_copy(update={"value": value, "metadata": meta})
+
+
+def _refused(attempt: TaskResult, reason: str, agent: AgentConfig) -> TaskResult:
+    reason = redact(reason, agent_secrets(agent)) or reason
+    meta = {
+        **attempt.metadata,
+        "error_type": FailureKind.OUTPUT,
+        "failure_kind": FailureKind.OUTPUT,
+        "validation": "refused",
+        "rejection": reason,
+    }
+    error = f"invalid_output: {reason}"
+    return attempt.model_copy(
+        update={"status": TaskStatus.FAILED, "error": error, "metadata": meta}
+    )
 
 
 def _succeeded(

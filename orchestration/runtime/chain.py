@@ -34,7 +34,6 @@ from llm_abstractions.errors import ConfigurationError
 from orchestration.ledger.cache import ResponseCache
 from orchestration.model.agent_registry import AgentConfig, AgentInterface
 from orchestration.model.tasks import AgentTask, TaskResult, TaskStatus
-from orchestration.runtime.attempts import check_output, script_attempt
 from orchestration.runtime.links import OnAttempt, TaskAttempts, estimate_cost, not_attempted
 from orchestration.runtime.prompts import build_request
 from orchestration.runtime.resilience import (
@@ -167,14 +166,14 @@ class TaskRunner:
         limit, budget) happens inside ``waiting()``. An answer the task's output contract
         refuses is asked for again, with the reason, up to ``max_output_retries`` times.
         """
-        attempts = TaskAttempts(self, task, agent, upstream, cache, on_attempt, waiting)
+        attempts = TaskAttempts(self, task, agent, upstream, cache, on_attempt, waiting, budget)
         try:
             request = build_request(task, agent, upstream, attempts.contract)
         except ConfigurationError as exc:  # bad settings: nothing to try
             return [not_attempted(task, agent, TaskStatus.FAILED, exc)]
         if agent.interface is not AgentInterface.API:
-            made = await script_attempt(task, agent, request)
-            attempts.add(check_output(attempts.contract, made, agent), None)
+            attempts.budget = None  # a script agent's own command is not priced
+            await attempts.run_script(request)
             return attempts.tries
         estimate = 0.0 if budget is None else estimate_cost(agent, request)
         if budget is not None and not await budget.admit(estimate, waiting):
@@ -188,9 +187,9 @@ class TaskRunner:
                     f"${budget.limit:.4f} ({spent})",
                 )
             ]
+        attempts.reserved = estimate
         try:
             await attempts.run(request)
         finally:
-            if budget is not None:
-                budget.settle(estimate, sum(t.cost_usd or 0.0 for t in attempts.tries))
+            attempts.settle()
         return attempts.tries

@@ -281,6 +281,12 @@ class TaskExecutor:
         agent = self.registry.get(task.agent or default or "")
         if agent.interface is not AgentInterface.API:
             return  # a script answers as it can; the contract checks what it says
+        if "grammar" in agent.metadata or "grammar" in task.metadata:
+            raise ConfigurationError(
+                f"Task {task.task_id!r} has an output_type, and a grammar in its or its "
+                f"agent {agent.name!r}'s metadata: the output_type's schema already constrains "
+                "the answer; drop one of them."
+            )
         from llm_abstractions.factory import LlmFactory
 
         for label, link in self.runner.chain(agent):

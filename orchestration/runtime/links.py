@@ -33,6 +33,7 @@ from orchestration.runtime.attempts import (
 from orchestration.runtime.prompts import build_request, with_feedback
 from orchestration.runtime.resilience import (
     CALL,
+    Budget,
     CircuitBreaker,
     Clock,
     RateLimiter,
@@ -86,8 +87,12 @@ class TaskAttempts:
         cache: ResponseCache | None,
         on_attempt: OnAttempt | None,
         waiting: Waiting,
+        budget: Budget | None = None,
     ) -> None:
         self.runner = runner
+        self.budget = budget
+        self.reserved = 0.0  # of the run's budget, for the attempt to come
+        self.settled = 0.0  # of what the attempts cost, already settled with the budget
         # Checked when the run was validated: building it again cannot fail here.
         self.contract = OutputContract.of(task.output_type, task.validators)
         self.output_retries = 0  # answers refused and asked for again
@@ -108,6 +113,24 @@ class TaskAttempts:
         self.tries.append(result)
         if self.on_attempt is not None and result.metadata.get("attempted", True):
             self.on_attempt(result, request)
+
+    def settle(self) -> None:
+        """Give back what is reserved of the run's budget and count what was spent."""
+        if self.budget is not None:
+            spent = sum(t.cost_usd or 0.0 for t in self.tries) - self.settled
+            self.budget.settle(self.reserved, spent)
+            self.reserved, self.settled = 0.0, self.settled + spent
+
+    async def run_script(self, request: LlmRequest) -> None:
+        """A script agent's attempts: its own command, asked again after a refused answer."""
+        next_request: LlmRequest | None = request
+        while next_request is not None:
+            made = await script_attempt(self.task, self.agent, next_request)
+            result = check_output(self.contract, made, self.agent)
+            self.add(result, next_request)
+            if result.metadata.get("failure_kind") != FailureKind.OUTPUT:
+                return
+            next_request = await self._ask_again(self.agent, next_request, result)
 
     async def run(self, request: LlmRequest) -> None:
         """Try the links in order with the primary link's ``request``, then the script."""
@@ -178,7 +201,7 @@ class TaskAttempts:
             if result.succeeded or kind == FailureKind.REQUEST:
                 return "done"
             if kind == FailureKind.OUTPUT:
-                asked_again = self._ask_again(request, result)
+                asked_again = await self._ask_again(link, request, result)
                 if asked_again is None:
                     return "done"  # refused too often: the last refusal is the outcome
                 request, wait = asked_again, 0.0
@@ -217,14 +240,40 @@ class TaskAttempts:
                 return "done"
         return request, key
 
-    def _ask_again(self, request: LlmRequest, refused: TaskResult) -> LlmRequest | None:
-        """The request that asks again after a refused answer, or None when none is left."""
+    async def _ask_again(
+        self, link: AgentConfig, request: LlmRequest, refused: TaskResult
+    ) -> LlmRequest | None:
+        """The request that asks again after a refused answer, or None when none is left.
+
+        None too when the run's budget cannot afford another attempt (then the task ends
+        ``budget_exceeded``, saying so).
+        """
         if self.output_retries >= self.runner.retry.max_output_retries:
             return None
-        self.output_retries += 1
         typed = self.contract is not None and self.contract.typed
         reason = refused.metadata["rejection"]
-        return with_feedback(request, refused.output or "", reason, typed)
+        again = with_feedback(request, refused.output or "", reason, typed)
+        if self.budget is not None:
+            self.settle()  # what was reserved for the refused attempt, against what it cost
+            estimate = estimate_cost(link, again)
+            if not await self.budget.admit(estimate, self.waiting):
+                budget = self.budget
+                self.add(
+                    not_attempted(
+                        self.task,
+                        link,
+                        TaskStatus.BUDGET_EXCEEDED,
+                        f"not asked again: the next attempt's estimated ${estimate:.4f} would "
+                        f"exceed the run's budget of ${budget.limit:.4f} (${budget.spent:.4f} "
+                        f"spent, ${budget.reserved:.4f} in flight); the last answer was "
+                        f"refused: {reason}",
+                    ),
+                    None,
+                )
+                return None
+            self.reserved = estimate
+        self.output_retries += 1
+        return again
 
     async def _attempt(
         self,

@@ -254,8 +254,14 @@ class Scheduler:
         self._take(tid, +1)  # the provider is done: the slot may serve another task now
         result = tries[-1]
         made = self.made.get(tid, self.attempts_before.get(tid, 0))
+        changes: dict[str, Any] = {}
         if result.attempts != made:  # counted as the ledger counts them
-            result = result.model_copy(update={"attempts": made})
+            changes["attempts"] = made
+        earlier = sum(t.cost_usd or 0.0 for t in tries[:-1])  # answers refused, paid for
+        if earlier and (result.cost_usd is not None or not result.succeeded):
+            changes["cost_usd"] = (result.cost_usd or 0.0) + earlier
+        if changes:
+            result = result.model_copy(update=changes)
         if self.recorder is None:
             self._finish(tid, result)
             return
