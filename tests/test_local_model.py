@@ -289,3 +289,11 @@ def test_corrupt_gguf_fails_cleanly_in_a_fresh_interpreter(tmp_path: Path) -> No
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "ModelFileError: llama.cpp could not load" in done.stdout
+
+
+def test_threads_default_to_the_cores_the_load_leaves_free() -> None:
+    from llm_abstractions.providers.llama_engine import default_threads, free_cores
+
+    assert [free_cores(2, load) for load in (0.3, 1.7, 5.0)] == [2, 1, 1]
+    assert (free_cores(8, 2.0), free_cores(4, None), free_cores(1, 0.0)) == (6, 4, 1)
+    assert default_threads() == default_threads() >= 1  # decided once a process

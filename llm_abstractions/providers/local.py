@@ -18,7 +18,8 @@ say) aborts the process inside llama.cpp: test hand-written grammars before rely
 
 Settings: ``model=`` or ``ORCHESTRA_LOCAL_MODEL`` (a .gguf path; default the bundled
 SmolLM2-135M-Instruct), ``n_ctx=`` or ``ORCHESTRA_LOCAL_N_CTX`` (default 4096),
-``n_threads=`` or ``ORCHESTRA_LOCAL_THREADS`` (default: every core).
+``n_threads=`` or ``ORCHESTRA_LOCAL_THREADS`` (default: the cores the load average leaves
+free when the process first asks, at least one).
 """
 
 from __future__ import annotations
