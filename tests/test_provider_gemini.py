@@ -27,6 +27,7 @@ from llm_abstractions.types import OutputSchema
 from tests.fakes.gemini_api import gemini_app
 from tests.fakes.server import LoopbackServer, Scripted, loopback_fixtures
 from tests.support.loops import answers_from_two_event_loops
+from tests.support.structured import assert_same_text, generate_and_stream, refuses_grammar
 
 pytestmark = pytest.mark.anyio
 
@@ -304,12 +305,10 @@ async def test_a_schema_goes_out_as_response_json_schema_and_the_json_is_the_tex
     api.script(Scripted(text=PLAN_JSON), Scripted(text=PLAN_JSON))
     request = LlmRequest.build("Plan my day.", output_schema=PLAN)
     async with llm(api) as provider:
-        response = await provider.generate(request)
-        chunks = [c async for c in provider.stream(request)]
+        response, chunks = await generate_and_stream(provider, request)
     assert response.text == PLAN_JSON
     assert Plan.model_validate_json(response.text).todos[0].title == "Buy milk"
-    assert "".join(c.delta for c in chunks[:-1]) == PLAN_JSON
-    assert chunks[-1].response is not None and chunks[-1].response.text == PLAN_JSON
+    assert_same_text(PLAN_JSON, response, chunks)
     for sent in api.requests:
         config = sent["generationConfig"]
         assert config["responseMimeType"] == "application/json"
@@ -318,13 +317,8 @@ async def test_a_schema_goes_out_as_response_json_schema_and_the_json_is_the_tex
 
 
 async def test_a_grammar_is_refused_before_anything_is_sent(api: LoopbackServer) -> None:
-    request = LlmRequest.build("yes or no", grammar='root ::= "yes" | "no"')
     async with llm(api) as provider:
-        with pytest.raises(InvalidRequestError, match="embedded model"):
-            await provider.generate(request)
-        with pytest.raises(InvalidRequestError, match="`local`"):
-            async for _ in provider.stream(request):
-                pass
+        await refuses_grammar(provider)
     assert api.requests == []
 
 

@@ -33,6 +33,7 @@ from llm_abstractions.types import OutputSchema
 from tests.fakes.hf_api import hf_app
 from tests.fakes.server import LoopbackServer, Scripted, loopback_fixtures
 from tests.support.loops import answers_from_two_event_loops
+from tests.support.structured import assert_same_text, generate_and_stream, refuses_grammar
 
 pytestmark = pytest.mark.anyio
 
@@ -320,11 +321,9 @@ async def test_a_schema_goes_out_as_tgis_grammar_and_the_json_is_the_text(
     api.script(Scripted(text=TODO_JSON), Scripted(text=TODO_JSON))
     request = LlmRequest.build("Make a todo.", output_schema=TODO)
     async with llm(api) as provider:
-        response = await provider.generate(request)
-        chunks = [c async for c in provider.stream(request)]
+        response, chunks = await generate_and_stream(provider, request)
     assert response.text == TODO_JSON and Todo.model_validate_json(response.text).done
-    assert "".join(c.delta for c in chunks[:-1]) == TODO_JSON
-    assert chunks[-1].response is not None and chunks[-1].response.text == TODO_JSON
+    assert_same_text(TODO_JSON, response, chunks)
     plain, streamed = api.requests
     assert streamed["stream"] is True
     # The client turns OpenAI's json_schema into TGI's grammar, the schema as written.
@@ -333,13 +332,8 @@ async def test_a_schema_goes_out_as_tgis_grammar_and_the_json_is_the_text(
 
 
 async def test_a_grammar_is_refused_before_anything_is_sent(api: LoopbackServer) -> None:
-    request = LlmRequest.build("yes or no", grammar='root ::= "yes" | "no"')
     async with llm(api) as provider:
-        with pytest.raises(InvalidRequestError, match="embedded model"):
-            await provider.generate(request)
-        with pytest.raises(InvalidRequestError, match="`local`"):
-            async for _ in provider.stream(request):
-                pass
+        await refuses_grammar(provider)
     assert api.requests == []
 
 
