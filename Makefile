@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 export CMAKE_ARGS
 
-.PHONY: demo test lint typecheck unit bench clean print-cmake-args
+.PHONY: demo test lint typecheck unit browser bench clean print-cmake-args
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Orchestra needs Python >= 3.11; set PYTHON=python3.11 (or newer)")'
@@ -33,8 +33,18 @@ lint: $(VENV)/.dev-installed
 typecheck: $(VENV)/.dev-installed
 	$(PY) -m mypy
 
-unit: $(VENV)/.dev-installed
+unit: $(VENV)/.dev-installed browser
 	$(PY) -m pytest
+
+# The run report's test opens its page in headless Chromium: as root on Debian (CI), install
+# it; elsewhere say what to install, and that test is skipped.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else \
+	    echo "no chromium: the report's browser test will be skipped (apt-get install chromium)"; \
+	  fi; }
 
 test: lint typecheck unit
 
