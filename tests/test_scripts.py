@@ -186,3 +186,21 @@ async def test_bad_scripts_fail_cleanly(
     assert result.status is TaskStatus.FAILED
     assert result.metadata["error_type"] == error_type
     assert needle in (result.error or "")
+
+
+async def test_the_scripts_answer_is_checked_like_any_other(chat_server: str) -> None:
+    from orchestration import OutputRejected
+
+    def formal(text: str) -> None:
+        if not text.startswith("Dear"):
+            raise OutputRejected("Start with 'Dear'.")
+
+    registry = AgentRegistry()
+    registry.register_agent("gpt", "openai-gpt", model="gpt-4o-mini", api_key=KEY)
+    executor = TaskExecutor(registry=registry, retry=RetryPolicy.never())
+    task = AgentTask(task_id="T1", description="Say hello", validators=(formal,))
+    result = await executor.execute(task, agent="gpt")
+    await executor.aclose()
+    assert result.status is TaskStatus.FAILED  # "from loopback" is refused, not accepted
+    assert result.metadata["execution_method"] == "script"
+    assert result.error == "invalid_output: Start with 'Dear'."
