@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 
 from llm_abstractions.errors import ModelFileError
-from llm_abstractions.local_models import CATALOG, entry, pulled_path
 
 __all__ = [
     "GGUF_MAGIC",
@@ -48,6 +47,8 @@ def resolve_model_path(model: str | os.PathLike[str] | None = None) -> Path:
     Raises:
         ModelFileError: No model is configured, or the chosen file is missing or not GGUF.
     """
+    from llm_abstractions.local_models import CATALOG  # its pulling machinery only when asked
+
     chosen = model or os.environ.get(LOCAL_MODEL_ENV)
     if chosen and str(chosen).strip().lower() in CATALOG:
         return _catalogued(str(chosen))
@@ -64,6 +65,8 @@ def resolve_model_path(model: str | os.PathLike[str] | None = None) -> Path:
 
 
 def _catalogued(name: str) -> Path:
+    from llm_abstractions.local_models import entry, pulled_path
+
     found = entry(name)
     if found.bundled:
         bundled = default_model_path()

