@@ -23,7 +23,7 @@ from typing import Any
 from agents.contract import ContractError, ParsedOutput, write_files
 from agents.routing import ModelChoice, route_team
 from agents.specialists import ARCHITECT, BACKEND, DEVOPS, FRONTEND, QA, SPECIALISTS
-from orchestration import AgentRegistry, AgentTask, TaskResult
+from orchestration import AgentRegistry, AgentTask, OutputRejected, TaskResult
 
 __all__ = ["DEFAULT_REQUEST", "RUN_TESTS_SCRIPT", "FileReport", "TodoBuild", "qa_verdict"]
 
@@ -96,6 +96,7 @@ class TodoBuild:
                 agent=QA_RUNNER,
                 description="Run the generated tests.",
                 depends_on=("qa-tests",),
+                validators=(_is_verdict,),
             ),
             DEVOPS.task(
                 "Write the run script, Dockerfile and README of this app.",
@@ -126,6 +127,17 @@ class TodoBuild:
 
 def _role_of(task_id: str) -> str:
     return "qa" if task_id == "qa-tests" else task_id
+
+
+def _is_verdict(output: str) -> dict[str, Any]:
+    """The test runner's answer, refused unless it is a JSON object with a verdict."""
+    try:
+        answer = json.loads(output)
+    except json.JSONDecodeError:
+        raise OutputRejected("the test runner's answer is not JSON") from None
+    if not isinstance(answer, dict) or "verdict" not in answer:
+        raise OutputRejected("the test runner's answer has no verdict")
+    return answer
 
 
 def qa_verdict(result: TaskResult | None) -> dict[str, Any]:

@@ -127,10 +127,9 @@ def _failures(run: RunResult, console: Console) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the demo: exit 0 when every task delivered checked work, 1 if not, 2 on bad settings.
+    """Run the demo; its exit code: 0 when the app was built and its tests passed.
 
-    The QA verdict is reported, not turned into the exit code: failing generated tests are
-    the app's problem, not the demo's.
+    1 when a task delivered no checked work or the tests did not pass, 2 on bad settings.
     """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--request", default=DEFAULT_REQUEST, help="what to build")
@@ -162,7 +161,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     report(run, build, console)
     if run.ok:
-        return 0
+        verdict = qa_verdict(run.results.get("qa-run"))["verdict"]
+        if verdict == "passed":
+            return 0
+        print(
+            f"error: the app was built, but its tests did not pass (verdict: {verdict})",
+            file=sys.stderr,
+        )
+        return 1
     failed = [
         r.task_id for r in run.results.values() if r.status.value not in ("succeeded", "skipped")
     ]

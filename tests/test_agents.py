@@ -322,3 +322,35 @@ def test_on_the_embedded_model_a_grammar_holds_each_role_to_its_files(tmp_path: 
     assert 'root ::= file0 "\\n" "\\n"? file1 "\\n" "\\n"? file2 "\\n"?' in devops
     assert '"FILE: run.sh\\n```"' in devops and '"FILE: README.md\\n```"' in devops
     assert "grammar" not in registry.get("qa").metadata  # a cloud model gets the prompt only
+
+
+@pytest.mark.parametrize(("done_value", "code"), [("True", 0), ("None", 1)])
+def test_the_demo_exits_0_only_when_the_built_apps_tests_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, done_value: str, code: int
+) -> None:
+    import importlib.util
+
+    answers = scripted_team(done_value)
+
+    def answer(request: LlmRequest) -> str:
+        return answers[str(request.metadata["agent"])]
+
+    LlmFactory.register_provider("scripted-team", lambda **_: FunctionLlm(answer), replace=True)
+    for role in SPECIALISTS:
+        monkeypatch.setenv(f"ORCHESTRA_ROLE_{role.name.upper()}", "scripted-team")
+    path = Path(__file__).resolve().parent.parent / "demos" / "todo_app.py"
+    spec = importlib.util.spec_from_file_location("todo_app_demo", path)
+    assert spec is not None and spec.loader is not None
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    assert demo.main(["--out", str(tmp_path / "app")]) == code
+
+
+def test_the_test_runners_answer_must_be_a_verdict() -> None:
+    from agents.todo import _is_verdict
+
+    assert _is_verdict('{"verdict": "passed", "ran": 2}')["ran"] == 2
+    with pytest.raises(OutputRejected, match="not JSON"):
+        _is_verdict("Ran 2 tests")
+    with pytest.raises(OutputRejected, match="no verdict"):
+        _is_verdict('{"ran": 2}')
