@@ -77,10 +77,10 @@ class _DoubleLlm(BaseLlm):
         )
 
     async def stream(self, request: LlmRequest) -> AsyncIterator[StreamChunk]:
-        """Yield the scripted answer word by word, then the full response."""
+        """Yield the scripted answer word by word (a token each), then the full response."""
         response = await self.generate(request)
         for piece in re.findall(r"\s*\S+|\s+$", response.text):
-            yield StreamChunk(delta=piece)
+            yield StreamChunk(delta=piece, tokens=1 if piece.strip() else 0)
         yield StreamChunk(done=True, response=response)
 
     async def aclose(self) -> None:

@@ -194,14 +194,16 @@ class LlmResponse(BaseModel):
 class StreamChunk(BaseModel):
     """One piece of a streamed answer.
 
-    Every chunk but the last carries a text ``delta``. The last one has ``done=True`` and the
-    full ``response`` (the joined text, finish reason and usage), so a consumer that only
-    wants the final numbers reads them from there.
+    Every chunk but the last carries a text ``delta``, and ``tokens``, how many tokens it
+    holds, when the provider counts them as it goes (the embedded model does). The last one
+    has ``done=True`` and the full ``response`` (the joined text, finish reason and usage),
+    so a consumer that only wants the final numbers reads them from there.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     delta: str = ""
+    tokens: int | None = None
     done: bool = False
     response: LlmResponse | None = None
 

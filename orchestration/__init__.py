@@ -24,7 +24,13 @@ if TYPE_CHECKING:
     from orchestration.model.contracts import OutputRejected
     from orchestration.model.errors import GraphValidationError, UnknownAgentError
     from orchestration.model.graph import validate_tasks
-    from orchestration.model.tasks import AgentTask, ExecutionMethod, TaskResult, TaskStatus
+    from orchestration.model.tasks import (
+        AgentTask,
+        ExecutionMethod,
+        TaskProgress,
+        TaskResult,
+        TaskStatus,
+    )
     from orchestration.runtime.executor import TaskExecutor
     from orchestration.runtime.resilience import BreakerPolicy, RateLimit, RetryPolicy
     from orchestration.runtime.results import RunResult, RunStatus
@@ -47,6 +53,7 @@ _LAZY = {
     "TaskExecutor": "orchestration.runtime.executor",
     "AgentTask": "orchestration.model.tasks",
     "ExecutionMethod": "orchestration.model.tasks",
+    "TaskProgress": "orchestration.model.tasks",
     "TaskResult": "orchestration.model.tasks",
     "TaskStatus": "orchestration.model.tasks",
 }
@@ -67,6 +74,7 @@ __all__ = [
     "RunStatus",
     "ScriptSettings",
     "TaskExecutor",
+    "TaskProgress",
     "TaskResult",
     "TaskStatus",
     "UnknownAgentError",

@@ -110,6 +110,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPath
     # Every test gets its own ledger, never the working directory's .orchestra/runs.db.
     ledger_dir = tmp_path_factory.mktemp("ledger")
     monkeypatch.setenv("ORCHESTRA_DB_URL", f"sqlite:///{ledger_dir / 'runs.db'}")
+    # Nor the user's model cache: a test that wants a pulled model pulls it here.
+    monkeypatch.setenv("ORCHESTRA_HOME", str(ledger_dir / "home"))
     monkeypatch.setenv("ORCHESTRA_LMSTUDIO_URL", f"http://127.0.0.1:{_closed_port()}/v1")
     # The script fallback runs in a subprocess, out of the socket guard's reach: point every
     # provider it can call at a closed loopback port so that no test can leave the machine.

@@ -368,3 +368,31 @@ async def test_a_stray_cancellation_from_a_provider_leaves_no_task_without_a_res
         ("a", "cancelled"),
         ("b", "cancelled"),
     ]
+
+
+async def test_examples_become_earlier_turns_of_the_conversation() -> None:
+    asked: list[LlmRequest] = []
+
+    def answer(request: LlmRequest) -> str:
+        asked.append(request)
+        return "ok"
+
+    executor = TaskExecutor(
+        registry=registry_with(answer, metadata={"examples": [["2+2?", "4"]]}), record=False
+    )
+    task = t("a", metadata={"system_prompt": "Answer with a number."})
+    overridden = t("b", metadata={"examples": [("1+1?", "2"), ("3+3?", "6")]})
+    bad = t("c", metadata={"examples": [("only a prompt",)]})
+    run = await executor.run([task, overridden, bad])
+    await executor.aclose()
+    by_task = {str(r.metadata["task_id"]): r for r in asked}
+    first = by_task["a"]
+    assert first.system == "Answer with a number."
+    assert [(m.role, m.content) for m in first.messages] == [
+        ("user", "2+2?"),
+        ("assistant", "4"),
+        ("user", "do a"),
+    ]
+    assert [m.content for m in by_task["b"].messages] == ["1+1?", "2", "3+3?", "6", "do b"]
+    assert run.results["c"].status is TaskStatus.FAILED and "c" not in by_task
+    assert "examples must be a list of (prompt, answer) pairs" in (run.results["c"].error or "")

@@ -66,6 +66,7 @@ def test_orchestration_names_resolve_lazily_and_are_locked() -> None:
         "RunStatus",
         "ScriptSettings",
         "TaskExecutor",
+        "TaskProgress",
         "TaskResult",
         "TaskStatus",
         "UnknownAgentError",

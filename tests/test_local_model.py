@@ -202,7 +202,7 @@ def test_engine_stops_between_tokens_when_cancelled(llm: LocalLlm) -> None:
     cancelled = threading.Event()
     pieces: list[str] = []
 
-    def emit(piece: str) -> None:
+    def emit(piece: str, _tokens: int) -> None:
         pieces.append(piece)
         if len(pieces) == 3:
             cancelled.set()  # what the provider does when its caller goes away

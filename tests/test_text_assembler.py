@@ -5,9 +5,17 @@ from __future__ import annotations
 from llm_abstractions.providers.llama_engine import _TextAssembler
 
 
-def feed(pieces: list[bytes], stops: tuple[str, ...] = ()) -> tuple[str, list[str], bool]:
+def feed(
+    pieces: list[bytes], stops: tuple[str, ...] = (), counts: list[int] | None = None
+) -> tuple[str, list[str], bool]:
     emitted: list[str] = []
-    assembler = _TextAssembler(stops, emitted.append)
+
+    def emit(text: str, tokens: int) -> None:
+        emitted.append(text)
+        if counts is not None:
+            counts.append(tokens)
+
+    assembler = _TextAssembler(stops, emit)
     stopped = any(assembler.add(piece) for piece in pieces)
     return assembler.finish(), emitted, stopped
 
@@ -19,6 +27,17 @@ def test_multibyte_character_split_across_tokens() -> None:
     assert "".join(emitted) == text
     assert not any("\ufffd" in piece for piece in emitted)
     assert not stopped
+
+
+def test_every_token_is_counted_once_with_the_piece_that_releases_it() -> None:
+    euro = "€".encode()
+    counts: list[int] = []
+    feed([b"a", euro[:1], euro[1:2], euro[2:], b"b"], counts=counts)
+    assert counts == [1, 3, 1]  # "€" is emitted after its third token, and counts all three
+    counts.clear()
+    text, _, _ = feed([b"a", euro[:1], euro[1:2], euro[2:], b"b", b" EN"], ("END",), counts)
+    assert text == "a€b EN"
+    assert sum(counts) == 6  # text held back for a possible stop is counted when released
 
 
 def test_stop_sequence_split_across_tokens_is_never_emitted() -> None:

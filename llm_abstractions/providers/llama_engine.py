@@ -129,10 +129,10 @@ class LlamaEngine:
     def run(
         self,
         request: LlmRequest,
-        emit: Callable[[str], None] | None,
+        emit: Callable[[str, int], None] | None,
         cancelled: threading.Event,
     ) -> Generation:
-        """Generate an answer, calling ``emit`` with each new piece of text.
+        """Generate an answer, calling ``emit`` with each new piece of text and its tokens.
 
         Returns when the model ends its turn, a stop sequence appears, the token budget is
         spent, or ``cancelled`` is set (then raises ``GenerationCancelled``).
@@ -156,7 +156,7 @@ class LlamaEngine:
         self,
         request: LlmRequest,
         grammar: LlamaGrammar | None,
-        emit: Callable[[str], None] | None,
+        emit: Callable[[str, int], None] | None,
         cancelled: threading.Event,
     ) -> Generation:
         llama = self.llama
@@ -196,9 +196,13 @@ class LlamaEngine:
 
 
 class _TextAssembler:
-    """Decodes token bytes incrementally, cuts at stop sequences, emits safe text."""
+    """Decodes token bytes incrementally, cuts at stop sequences, emits safe text.
 
-    def __init__(self, stops: tuple[str, ...], emit: Callable[[str], None] | None) -> None:
+    Each piece emitted comes with the number of tokens added since the last one (text held
+    back for a possible stop sequence is counted with the piece that releases it).
+    """
+
+    def __init__(self, stops: tuple[str, ...], emit: Callable[[str, int], None] | None) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._stops = tuple(s for s in stops if s)
         # Text that could still turn out to be the start of a stop sequence is held back.
@@ -207,9 +211,11 @@ class _TextAssembler:
         self._text = ""
         self._emitted = 0
         self._stopped = False
+        self._tokens = 0  # added and not yet emitted
 
     def add(self, piece: bytes) -> bool:
         """Append token bytes; return True when a stop sequence was reached."""
+        self._tokens += 1
         start = max(0, len(self._text) - self._hold)
         self._text += self._decoder.decode(piece)
         cut = min((i for s in self._stops if (i := self._text.find(s, start)) >= 0), default=-1)
@@ -229,8 +235,8 @@ class _TextAssembler:
 
     def _flush(self, upto: int) -> None:
         if self._emit is not None and upto > self._emitted:
-            self._emit(self._text[self._emitted : upto])
-            self._emitted = upto
+            self._emit(self._text[self._emitted : upto], self._tokens)
+            self._emitted, self._tokens = upto, 0
 
 
 class GrammarCache:

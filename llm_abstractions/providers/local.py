@@ -31,7 +31,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from pathlib import Path
 from time import monotonic, perf_counter
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import anyio
 import anyio.lowlevel
@@ -52,7 +52,16 @@ from llm_abstractions.types import LlmRequest, LlmResponse, StreamChunk, Usage
 __all__ = ["LocalLlm"]
 
 DEFAULT_N_CTX = 4096
-_Item = str | Generation | BaseException
+
+
+class _Piece(NamedTuple):
+    """Text decoded since the last hand-off, and how many tokens it took."""
+
+    text: str
+    tokens: int
+
+
+_Item = _Piece | Generation | BaseException
 
 
 class LocalLlm(BaseLlm):
@@ -115,15 +124,15 @@ class LocalLlm(BaseLlm):
         started = perf_counter()
         async with aclosing(self._run(request, stream=True)) as items:
             async for item in items:
-                if isinstance(item, str):
-                    yield StreamChunk(delta=item)
+                if isinstance(item, _Piece):
+                    yield StreamChunk(delta=item.text, tokens=item.tokens)
                 elif isinstance(item, Generation):
                     response = self._response(item, perf_counter() - started)
                     yield StreamChunk(done=True, response=response)
 
     async def _run(
         self, request: LlmRequest, *, stream: bool
-    ) -> AsyncGenerator[str | Generation, None]:
+    ) -> AsyncGenerator[_Piece | Generation, None]:
         """Queue one generation on the llama thread and relay what it produces.
 
         Yields text pieces (only when ``stream``) and then exactly one ``Generation``.
@@ -190,11 +199,13 @@ class _Handoff:
         self._token = token
         self._cancelled = cancelled
         self._pending: list[str] = []
+        self._tokens = 0
         self._last_flush = -math.inf
 
-    def text(self, piece: str) -> None:
-        """Queue a piece of text (llama thread)."""
+    def text(self, piece: str, tokens: int) -> None:
+        """Queue a piece of text and the tokens it took (llama thread)."""
         self._pending.append(piece)
+        self._tokens += tokens
         now = monotonic()
         if now - self._last_flush >= self.FLUSH_INTERVAL:
             self._flush(now)
@@ -206,10 +217,11 @@ class _Handoff:
 
     def _flush(self, now: float) -> None:
         if self._pending:
-            text = "".join(self._pending)
+            piece = _Piece("".join(self._pending), self._tokens)
             self._pending.clear()
+            self._tokens = 0
             self._last_flush = now
-            self._submit(text)
+            self._submit(piece)
 
     def _submit(self, item: _Item) -> None:
         if self._cancelled.is_set():

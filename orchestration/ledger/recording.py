@@ -48,6 +48,9 @@ def _insert(table: str, columns: str, *, key: str = "", update: str = "") -> Sta
 _INSERT_RUN = _insert("runs", "id name status task_count started_at pid host budget_usd")
 _INSERT_DEFINITION = _insert("run_tasks", "run_id task_id position definition contract")
 _INSERT_AGENT = _insert("run_agents", "run_id name definition")
+_EXTEND_RUN = Statement(
+    "UPDATE runs SET task_count = task_count + :added WHERE id = :id", ("added", "id")
+)
 _RESUME_RUN = Statement(
     "UPDATE runs SET status = 'running', finished_at = NULL WHERE id = :id", ("id",)
 )
@@ -150,6 +153,30 @@ class Recorder:
         await self.ledger.write(
             [
                 (RANK_RUN, _INSERT_RUN, [run]),
+                (RANK_DEFINITION, _INSERT_DEFINITION, definitions),
+                (RANK_DEFINITION, _INSERT_AGENT, known),
+            ]
+        )
+
+    async def extend_run(
+        self,
+        run_id: str,
+        tasks: Sequence[AgentTask],
+        first_position: int,
+        agents: Sequence[AgentConfig] = (),
+    ) -> None:
+        """Add tasks (and the agents they bring) to a recorded run, after its own tasks.
+
+        ``resume.claim_run`` has made the run this process's and marked it running.
+        """
+        definitions = [
+            (run_id, task.task_id, first_position + offset, task.model_dump_json(), _contract(task))
+            for offset, task in enumerate(tasks)
+        ]
+        known = [(run_id, agent.name, agent.model_dump_json()) for agent in agents]
+        await self.ledger.write(
+            [
+                (RANK_RUN, _EXTEND_RUN, [(len(tasks), run_id)]),
                 (RANK_DEFINITION, _INSERT_DEFINITION, definitions),
                 (RANK_DEFINITION, _INSERT_AGENT, known),
             ]

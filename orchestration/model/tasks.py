@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -10,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llm_abstractions.types import Usage
 
-__all__ = ["AgentTask", "ExecutionMethod", "TaskResult", "TaskStatus"]
+__all__ = ["AgentTask", "ExecutionMethod", "TaskProgress", "TaskResult", "TaskStatus"]
 
 
 class TaskStatus(StrEnum):
@@ -104,3 +105,39 @@ class TaskResult(BaseModel):
     def succeeded(self) -> bool:
         """Whether the task produced its output."""
         return self.status is TaskStatus.SUCCEEDED
+
+
+@dataclass(frozen=True, slots=True)
+class TaskProgress:
+    """How far the answer of a task being generated has come (``run(on_progress=...)``).
+
+    Sent as text arrives, for providers that stream (the embedded model does, in batches
+    of at most 50 ms); others report nothing until their answer is whole.
+
+    Attributes:
+        task_id: The task.
+        agent: The agent (or fallback) answering it.
+        provider: Its provider.
+        model: Its model, as configured (None: the provider's default).
+        output_tokens: Tokens generated so far in this attempt: counted by the provider
+            when it can (the embedded model does), else estimated from the text.
+        elapsed_s: Seconds since the attempt started (waiting for the model and the
+            prompt's processing included).
+        first_token_s: Seconds from the attempt's start to its first text.
+        delta: The text that arrived since the last report.
+    """
+
+    task_id: str
+    agent: str
+    provider: str
+    model: str | None
+    output_tokens: int
+    elapsed_s: float
+    first_token_s: float
+    delta: str = ""
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Output tokens per second since the first text arrived (0 until it can tell)."""
+        writing = self.elapsed_s - self.first_token_s
+        return self.output_tokens / writing if writing > 0 else 0.0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from time import perf_counter
 from typing import Any
@@ -19,6 +20,7 @@ from llm_abstractions.base import BaseLlm
 from llm_abstractions.errors import (
     InvalidRequestError,
     LLMAuthenticationError,
+    LLMBadResponseError,
     LLMContextLengthError,
     LLMError,
     LLMRateLimitError,
@@ -29,11 +31,17 @@ from llm_abstractions.errors import (
     ProviderNotImplementedError,
     ProviderNotInstalledError,
 )
-from llm_abstractions.types import LlmRequest, Usage
+from llm_abstractions.types import LlmRequest, LlmResponse, Usage
 from orchestration.ledger.accounting import agent_secrets, cost_of, redact
 from orchestration.model.agent_registry import AgentConfig, AgentInterface
 from orchestration.model.contracts import OutputContract, OutputRejected, ValidatorCrashed
-from orchestration.model.tasks import AgentTask, ExecutionMethod, TaskResult, TaskStatus
+from orchestration.model.tasks import (
+    AgentTask,
+    ExecutionMethod,
+    TaskProgress,
+    TaskResult,
+    TaskStatus,
+)
 from orchestration.runtime.subprocess_runner import ScriptError, run_script
 
 __all__ = [
@@ -62,9 +70,17 @@ _SCRIPT_ENV = {
 
 
 async def llm_attempt(
-    task: AgentTask, agent: AgentConfig, request: LlmRequest, build: Any
+    task: AgentTask,
+    agent: AgentConfig,
+    request: LlmRequest,
+    build: Any,
+    on_progress: Callable[[TaskProgress], None] | None = None,
 ) -> TaskResult:
-    """Answer through the agent's provider in this process; ``build()`` returns it."""
+    """Answer through the agent's provider in this process; ``build()`` returns it.
+
+    With ``on_progress``, a provider that can stream is asked to, and the callback hears
+    of every piece of text as it arrives.
+    """
     started = perf_counter()
     meta: dict[str, Any] = {
         "execution_method": ExecutionMethod.LLM_FACTORY.value,
@@ -83,15 +99,62 @@ async def llm_attempt(
             raise InvalidRequestError(
                 f"provider {agent.agent_type!r} ({type(llm).__name__}) cannot follow a grammar"
             )
-        if task.timeout is None:
-            response = await llm.generate(request)
-        else:
-            with anyio.fail_after(task.timeout):
+        with anyio.fail_after(task.timeout):  # None: no limit
+            if on_progress is not None and llm.can_stream:
+                response = await _streamed(llm, request, _Reporter(task, agent, on_progress))
+            else:
                 response = await llm.generate(request)
     except (TimeoutError, OrchestraError) as exc:
         return _failed(task, agent, exc, perf_counter() - started, meta)
     meta.update(model=response.model, finish_reason=response.finish_reason)
     return _succeeded(task, response.text, response.usage, perf_counter() - started, meta)
+
+
+class _Reporter:
+    """Turns the pieces of a streamed answer into ``TaskProgress`` reports."""
+
+    def __init__(
+        self, task: AgentTask, agent: AgentConfig, report: Callable[[TaskProgress], None]
+    ) -> None:
+        self.task, self.agent, self.report = task, agent, report
+        self.started = perf_counter()
+        self.first: float | None = None
+        self.tokens = 0
+
+    def piece(self, delta: str, tokens: int | None) -> None:
+        # Providers that do not count tokens per piece: about four characters a token.
+        self.tokens += tokens if tokens is not None else -(-len(delta) // 4)
+        elapsed = perf_counter() - self.started
+        if self.first is None:
+            self.first = elapsed
+        self.report(
+            TaskProgress(
+                task_id=self.task.task_id,
+                agent=self.agent.name,
+                provider=self.agent.agent_type,
+                model=self.agent.model,
+                output_tokens=self.tokens,
+                elapsed_s=elapsed,
+                first_token_s=self.first,
+                delta=delta,
+            )
+        )
+
+
+async def _streamed(llm: BaseLlm, request: LlmRequest, reporter: _Reporter) -> LlmResponse:
+    """The provider's streamed answer, whole; each piece is reported as it arrives."""
+    chunks = llm.stream(request)
+    try:
+        async for chunk in chunks:
+            if chunk.done and chunk.response is not None:
+                return chunk.response
+            if chunk.delta:
+                reporter.piece(chunk.delta, chunk.tokens)
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]  # an async generator
+    raise LLMBadResponseError(
+        "the provider's stream ended without its final response", provider=llm.provider
+    )
 
 
 class FailureKind:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 from llm_abstractions.errors import ConfigurationError
 from orchestration.ledger.cache import ResponseCache
 from orchestration.model.agent_registry import AgentConfig, AgentInterface
-from orchestration.model.tasks import AgentTask, TaskResult, TaskStatus
+from orchestration.model.tasks import AgentTask, TaskProgress, TaskResult, TaskStatus
 from orchestration.runtime.links import OnAttempt, TaskAttempts, estimate_cost, not_attempted
 from orchestration.runtime.prompts import build_request
 from orchestration.runtime.resilience import (
@@ -158,6 +158,7 @@ class TaskRunner:
         cache: ResponseCache | None = None,
         on_attempt: OnAttempt | None = None,
         waiting: Waiting = contextlib.nullcontext,
+        on_progress: Callable[[TaskProgress], None] | None = None,
     ) -> list[TaskResult]:
         """Every attempt at ``task``, in order; the last one is the task's outcome.
 
@@ -167,6 +168,7 @@ class TaskRunner:
         refuses is asked for again, with the reason, up to ``max_output_retries`` times.
         """
         attempts = TaskAttempts(self, task, agent, upstream, cache, on_attempt, waiting, budget)
+        attempts.on_progress = on_progress
         try:
             request = build_request(task, agent, upstream, attempts.contract)
         except ConfigurationError as exc:  # bad settings: nothing to try

@@ -35,7 +35,7 @@ from orchestration.logs import get_logger
 from orchestration.model.agent_registry import AgentConfig, AgentInterface, AgentRegistry
 from orchestration.model.errors import LedgerError
 from orchestration.model.graph import validate_tasks
-from orchestration.model.tasks import AgentTask, TaskResult
+from orchestration.model.tasks import AgentTask, TaskProgress, TaskResult
 from orchestration.runtime.chain import TaskRunner
 from orchestration.runtime.resilience import (
     BreakerPolicy,
@@ -143,6 +143,7 @@ class TaskExecutor:
         on_task_done: Callable[[TaskResult], None] | None = None,
         run_id: str | None = None,
         budget_usd: float | None = None,
+        on_progress: Callable[[TaskProgress], None] | None = None,
     ) -> RunResult:
         """Run a DAG of tasks; validation errors are raised before anything runs.
 
@@ -157,6 +158,9 @@ class TaskExecutor:
             budget_usd: The most the run may spend; a task whose estimated cost would go
                 over (with what was spent and what tasks in flight may spend) is not run
                 and ends ``budget_exceeded``.
+            on_progress: Called on the event loop as an answer's text arrives, with the
+                task, tokens so far and time taken (``TaskProgress``). Providers that can
+                stream are then asked to; a callback that raises is logged and ignored.
 
         Raises:
             GraphValidationError: The graph is not runnable (every problem listed).
@@ -184,7 +188,7 @@ class TaskExecutor:
                     budget_usd,
                 )
         return await self._execute(
-            Plan(graph, tasks, default, budget_usd), run, recorder, on_task_done
+            Plan(graph, tasks, default, budget_usd), run, recorder, on_task_done, on_progress
         )
 
     async def resume(
@@ -196,6 +200,7 @@ class TaskExecutor:
         budget_usd: float | None = None,
         force: bool = False,
         tasks: Sequence[AgentTask] | None = None,
+        on_progress: Callable[[TaskProgress], None] | None = None,
     ) -> RunResult:
         """Finish a recorded run: what succeeded is kept, everything else runs.
 
@@ -216,6 +221,7 @@ class TaskExecutor:
             tasks: The run's tasks as first given, for what the ledger cannot keep: their
                 ``output_type`` and ``validators`` (matched by task id). Needed when a task
                 that runs again had an output contract.
+            on_progress: As for ``run``.
 
         Raises:
             ConfigurationError: No such run, its process is still alive (or on another
@@ -251,7 +257,72 @@ class TaskExecutor:
         with anyio.CancelScope(shield=True):
             await recorder.resume_run(run_id, crashed, run.started_at)
         plan = Plan(graph, saved.tasks, None, budget_usd, kept, saved.attempts)
-        return await self._execute(plan, run, recorder, on_task_done)
+        return await self._execute(plan, run, recorder, on_task_done, on_progress)
+
+    async def extend(
+        self,
+        run_id: str,
+        tasks: Sequence[AgentTask],
+        *,
+        on_task_done: Callable[[TaskResult], None] | None = None,
+        on_progress: Callable[[TaskProgress], None] | None = None,
+        budget_usd: float | None = None,
+    ) -> RunResult:
+        """Add tasks to a finished run and run them: follow-up work its results called for.
+
+        A repair after failing tests, a second opinion on a weak answer: work that is
+        decided by what a run produced becomes tasks of the same run, in its ledger rows
+        and its report's graph. Their dependencies may name the run's tasks, whose recorded
+        outputs they receive; nothing recorded runs again. The run ends with a status over
+        all its tasks, old and new.
+
+        Args:
+            run_id: A run that is not running (``resume`` one that was cut short first).
+            tasks: The new tasks; their ids must be new to the run.
+            on_task_done: As for ``run``; called for the new tasks.
+            on_progress: As for ``run``.
+            budget_usd: The most the new tasks may spend; when None, what is left of the
+                run's own budget (if it had one).
+
+        Raises:
+            GraphValidationError: The new tasks clash with the run's or do not form a DAG
+                with them (every problem listed).
+            ConfigurationError: No such run, it is still running or has tasks that never
+                finished, another process claimed it first, or an agent it needs is not in
+                the registry.
+            LedgerError: The executor records nothing (``record=False``).
+        """
+        from orchestration.runtime.resume import claim_run, load_run
+
+        recorder = await self._recorder()
+        if recorder is None or self.ledger is None:
+            raise LedgerError("extend needs the run ledger: build the executor with record=True.")
+        saved = await anyio.to_thread.run_sync(load_run, self.ledger, run_id)
+        saved.refuse_if_alive()
+        unfinished = saved.unfinished()
+        if unfinished:
+            raise ConfigurationError(
+                f"Run {run_id!r} has tasks that never finished ({', '.join(unfinished)}): "
+                f"finish it first (orchestra resume {run_id}), then extend it."
+            )
+        if budget_usd is None and saved.budget_usd is not None:
+            budget_usd = max(0.0, saved.budget_usd - saved.spent)
+        every = [*saved.tasks, *tasks]
+        graph = self._validate(every, None, budget_usd)
+        new = {task.task_id for task in tasks}
+        agents = [a for a in self._agents_of(tasks, None) if a.name not in saved.agent_names()]
+        if not await anyio.to_thread.run_sync(claim_run, self.ledger, saved):
+            raise ConfigurationError(
+                f"Run {run_id!r} was just claimed by another process; leave it to that one."
+            )
+        run = RunResult(run_id=run_id, name=saved.name)
+        kept = saved.standing()
+        run.results.update(kept)
+        with anyio.CancelScope(shield=True):
+            await recorder.extend_run(run_id, tasks, len(saved.tasks), agents)
+        plan = Plan(graph, every, None, budget_usd, kept, saved.attempts)
+        get_logger().info("run extended", run=run_id, tasks=sorted(new))
+        return await self._execute(plan, run, recorder, on_task_done, on_progress)
 
     def _breaker_changed(self, breaker: CircuitBreaker) -> None:
         if self._recording:  # recorded by a run in progress (any: the state is shared)
@@ -318,11 +389,13 @@ class TaskExecutor:
         run: RunResult,
         recorder: Recorder | None,
         on_task_done: Callable[[TaskResult], None] | None,
+        on_progress: Callable[[TaskProgress], None] | None = None,
     ) -> RunResult:
         self.last_run = run
         scheduler = Scheduler(plan, run, self.runner, self.registry, self.max_concurrency)
         scheduler.recorder = recorder
         scheduler.on_task_done = on_task_done
+        scheduler.on_progress = on_progress
         if recorder is not None and self.ledger is not None:
             from orchestration.ledger.cache import ResponseCache
 

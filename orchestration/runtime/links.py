@@ -22,7 +22,13 @@ from orchestration.ledger.accounting import agent_secrets, cost_of, redact
 from orchestration.ledger.cache import ResponseCache, cache_key
 from orchestration.model.agent_registry import AgentConfig
 from orchestration.model.contracts import OutputContract
-from orchestration.model.tasks import AgentTask, ExecutionMethod, TaskResult, TaskStatus
+from orchestration.model.tasks import (
+    AgentTask,
+    ExecutionMethod,
+    TaskProgress,
+    TaskResult,
+    TaskStatus,
+)
 from orchestration.runtime.attempts import (
     FailureKind,
     check_output,
@@ -102,6 +108,7 @@ class TaskAttempts:
         self.upstream = upstream
         self.cache = cache
         self.on_attempt = on_attempt
+        self.on_progress: Callable[[TaskProgress], None] | None = None
         self.tries: list[TaskResult] = []
         self.started = runner.clock.now()
         self.reason: str | None = None  # why the next attempt is on another link
@@ -325,7 +332,9 @@ class TaskAttempts:
         ticket: int,
     ) -> TaskResult:
         """One attempt through the link's provider; its breaker learns how it went."""
-        result = await llm_attempt(self.task, link, request, lambda: self.runner.provider(link))
+        result = await llm_attempt(
+            self.task, link, request, lambda: self.runner.provider(link), self.on_progress
+        )
         if breaker is not None:
             kind = result.metadata.get("failure_kind")
             if result.succeeded or kind == FailureKind.REQUEST:

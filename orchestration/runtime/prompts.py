@@ -6,6 +6,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from llm_abstractions.errors import InvalidRequestError
 from llm_abstractions.types import LlmRequest, Message, OutputSchema
 from orchestration.model.agent_registry import AgentConfig
 from orchestration.model.contracts import OutputContract, feedback
@@ -34,8 +35,10 @@ def build_request(
     """The request for one attempt of ``task`` on ``agent``.
 
     The user message is the task's description, followed by its ``context`` metadata and
-    then the output of each dependency, labelled with its task id. Task metadata overrides
-    agent metadata for the system prompt and the generation settings. A typed ``contract``
+    then the output of each dependency, labelled with its task id. ``examples`` in the
+    metadata, pairs of a prompt and the answer wanted, come before it as earlier turns of
+    the conversation (few-shot). Task metadata overrides agent metadata for the system
+    prompt, the examples and the generation settings. A typed ``contract``
     adds its JSON schema twice: to the prompt (any model can read it) and as the request's
     ``output_schema`` (providers enforce it natively), in place of ``response_format``.
 
@@ -57,12 +60,37 @@ def build_request(
         params.pop("response_format", None)
         params["output_schema"] = OutputSchema(name=contract.schema_name, json_schema=schema)
     return LlmRequest.build(
-        "\n\n".join(parts),
+        [
+            *_example_turns(settings.get("examples")),
+            Message(role="user", content="\n\n".join(parts)),
+        ],
         system=settings.get("system_prompt"),
         model=agent.model,
         metadata={"task_id": task.task_id, "agent": agent.name},
         **params,
     )
+
+
+def _example_turns(examples: object) -> list[Message]:
+    """User and assistant turns from ``(prompt, answer)`` pairs.
+
+    Raises:
+        InvalidRequestError: ``examples`` is not a list of pairs of strings.
+    """
+    if not examples:
+        return []
+    turns = []
+    for pair in examples if isinstance(examples, list | tuple) else [examples]:
+        if not (
+            isinstance(pair, list | tuple)
+            and len(pair) == 2
+            and all(isinstance(text, str) for text in pair)
+        ):
+            raise InvalidRequestError(
+                f"examples must be a list of (prompt, answer) pairs of strings, not {pair!r:.80}"
+            )
+        turns += [Message(role="user", content=pair[0]), Message(role="assistant", content=pair[1])]
+    return turns
 
 
 def with_feedback(request: LlmRequest, answer: str, reason: str, typed: bool) -> LlmRequest:

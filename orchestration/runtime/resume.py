@@ -148,6 +148,23 @@ class SavedRun:
             kept[tid] = result
         return kept
 
+    def unfinished(self) -> list[str]:
+        """The tasks that have not reached an end (never run, or left running)."""
+        return [
+            task.task_id
+            for task in self.tasks
+            if (result := self.results.get(task.task_id)) is None or not result.status.finished
+        ]
+
+    def standing(self) -> dict[str, TaskResult]:
+        """Every result as it stands, succeeded ones with their values (for ``extend``)."""
+        kept = self.kept(retry_failed=False)
+        return {tid: kept.get(tid, result) for tid, result in self.results.items()}
+
+    def agent_names(self) -> set[str]:
+        """The agents recorded for the run."""
+        return {agent.name for agent in self.agents}
+
     def _value(self, task: AgentTask | None, result: TaskResult) -> object:
         """The value recorded for a result: typed when its task's type is given again."""
         recorded = self.values.get(result.task_id)

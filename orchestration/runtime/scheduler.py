@@ -25,7 +25,7 @@ import anyio.lowlevel
 from orchestration.ledger.accounting import agent_secrets, redact
 from orchestration.logs import get_logger
 from orchestration.model.agent_registry import AgentConfig, AgentRegistry
-from orchestration.model.tasks import AgentTask, TaskResult, TaskStatus
+from orchestration.model.tasks import AgentTask, TaskProgress, TaskResult, TaskStatus
 from orchestration.runtime.chain import TaskRunner
 from orchestration.runtime.resilience import Budget
 from orchestration.runtime.results import RunResult
@@ -108,6 +108,7 @@ class Scheduler:
         self.tg: anyio.abc.TaskGroup | None = None
         self.recorder: Recorder | None = None
         self.on_task_done: Callable[[TaskResult], None] | None = None
+        self.on_progress: Callable[[TaskProgress], None] | None = None
 
     async def run(self) -> None:
         """Run the plan's tasks to the end (or until cancelled)."""
@@ -329,11 +330,19 @@ class Scheduler:
                 cache=self.cache,
                 on_attempt=made,
                 waiting=lambda: self._slot_given_back(task.task_id),
+                on_progress=None if self.on_progress is None else self._progress,
             )
         except Exception as exc:  # cancellation is a BaseException and passes through
             failed = _failed_before_trying(task, agent, exc, "unexpected ")
             made(failed, None)
             return [failed]
+
+    def _progress(self, progress: TaskProgress) -> None:
+        assert self.on_progress is not None  # noqa: S101 - passed only when set
+        try:
+            self.on_progress(progress)
+        except Exception:  # a progress display must not break the run
+            self.log.exception("on_progress failed", task=progress.task_id)
 
     def _done(self, result: TaskResult) -> None:
         if self.on_task_done is None:
