@@ -14,6 +14,7 @@ from agents.specialists import (
     DEVOPS,
     FRONTEND,
     QA,
+    REPAIR,
     SPECIALISTS,
     SpecialistAgent,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "DEVOPS",
     "FRONTEND",
     "QA",
+    "REPAIR",
     "SPECIALISTS",
     "ContractError",
     "ModelChoice",

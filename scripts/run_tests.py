@@ -1,8 +1,9 @@
 """Run a generated app's unittest suite and report the verdict (the Todo demo's ``qa-run``).
 
 Speaks the script-agent protocol: a JSON task on stdin, a JSON answer on stdout whose
-``output`` is itself JSON: ``ran``, ``passed``, ``failed``, ``errors``, ``verdict``
-(``passed``, ``failed`` or ``no tests``) and the tail of the test log. The suite is
+``output`` is a line of JSON (``ran``, ``passed``, ``failed``, ``errors``, ``verdict``:
+``passed``, ``failed`` or ``no tests``), a blank line and the tail of the test log as plain
+text, which a model asked to repair the app reads as it is. The suite is
 ``tests/test_*.py`` under the working directory, which the agent's settings point at the
 generated app. It runs in a child interpreter with a timeout a little under the task's, so
 that a hanging suite still gets a verdict; the executor kills the whole process group if
@@ -90,13 +91,16 @@ def main() -> int:
             "failed": 0,
             "errors": 0,
             "verdict": "no tests",
-            "log": "no tests/test_*.py in the generated app",
         }
+        log = "no tests/test_*.py in the generated app"
     else:
-        argv = [sys.executable, "-m", "unittest", "discover", "-s", "tests"]
+        # -B: no bytecode cache, which a file rewritten within the same second and at the
+        # same size (a repair changing one word) would be read from instead of the source.
+        argv = [sys.executable, "-B", "-m", "unittest", "discover", "-s", "tests"]
         log, code = _run_suite(argv, max(limit - 5.0, 1.0))
-        result = {**verdict(log, code), "log": log[-LOG_TAIL:]}
-    json.dump({"output": json.dumps(result), "model": "unittest"}, sys.stdout)
+        result = verdict(log, code)
+    output = f"{json.dumps(result)}\n\n{log[-LOG_TAIL:]}"
+    json.dump({"output": output, "model": "unittest"}, sys.stdout)
     return 0
 
 

@@ -9,6 +9,7 @@ from agents import (
     ARCHITECT,
     BACKEND,
     DEVOPS,
+    REPAIR,
     SPECIALISTS,
     ContractError,
     TodoBuild,
@@ -180,14 +181,18 @@ class TodoTest(unittest.TestCase):
 """
 
 
-def scripted_team(done_value: str) -> dict[str, str]:
+def scripted_team(done_value: str, repaired: str = "None") -> dict[str, str]:
     answers = {
         role.name: "".join(f"FILE: {path}\n```\n{role.name}\n```\n" for path in role.paths)
         for role in SPECIALISTS
     }
     answers["backend"] = SERVER.replace("{done}", done_value)
     answers["qa"] = TESTS
+    answers["repair"] = SERVER.replace("{done}", repaired) + TESTS
     return answers
+
+
+SCRIPTED = {f"ORCHESTRA_ROLE_{r.name.upper()}": "scripted-team" for r in (*SPECIALISTS, REPAIR)}
 
 
 @pytest.mark.anyio
@@ -324,33 +329,135 @@ def test_on_the_embedded_model_a_grammar_holds_each_role_to_its_files(tmp_path: 
     assert "grammar" not in registry.get("qa").metadata  # a cloud model gets the prompt only
 
 
-@pytest.mark.parametrize(("done_value", "code"), [("True", 0), ("None", 1)])
+@pytest.mark.parametrize(
+    ("done_value", "repaired", "code", "rounds"),
+    [("True", "None", 0, 0), ("None", "True", 0, 1), ("None", "None", 1, 2)],
+)
 def test_the_demo_exits_0_only_when_the_built_apps_tests_pass(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, done_value: str, code: int
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    done_value: str,
+    repaired: str,
+    code: int,
+    rounds: int,
 ) -> None:
     import importlib.util
 
-    answers = scripted_team(done_value)
+    answers = scripted_team(done_value, repaired)
 
     def answer(request: LlmRequest) -> str:
         return answers[str(request.metadata["agent"])]
 
     LlmFactory.register_provider("scripted-team", lambda **_: FunctionLlm(answer), replace=True)
-    for role in SPECIALISTS:
-        monkeypatch.setenv(f"ORCHESTRA_ROLE_{role.name.upper()}", "scripted-team")
+    for name, value in SCRIPTED.items():
+        monkeypatch.setenv(name, value)
     path = Path(__file__).resolve().parent.parent / "demos" / "todo_app.py"
     spec = importlib.util.spec_from_file_location("todo_app_demo", path)
     assert spec is not None and spec.loader is not None
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
     assert demo.main(["--out", str(tmp_path / "app")]) == code
+    shown = capsys.readouterr().out
+    assert shown.count("repair round") == rounds
+    assert ("repair-1 " in shown) == (rounds > 0)
+    assert "pulling" not in shown  # no role on the embedded model: nothing to pull
+
+
+@pytest.mark.anyio
+async def test_a_repair_round_is_two_more_tasks_of_the_same_run(tmp_path: Path) -> None:
+    from orchestration.ledger import Ledger
+
+    answers = scripted_team("None", repaired="True")
+    asked: dict[str, LlmRequest] = {}
+
+    def answer(request: LlmRequest) -> str:
+        asked[str(request.metadata["task_id"])] = request
+        return answers[str(request.metadata["agent"])]
+
+    LlmFactory.register_provider("scripted-team", lambda **_: FunctionLlm(answer), replace=True)
+    build = TodoBuild(
+        output_dir=tmp_path / "app", choices=route_team((*SPECIALISTS, REPAIR), env=SCRIPTED)
+    )
+    executor = TaskExecutor(registry=build.registry(), max_concurrency=4)
+    try:
+        run = await executor.run(build.tasks(), on_task_done=build.on_task_done)
+        assert build.verdict(run)["verdict"] == "failed" and build.needs_repair(run)
+        run = await executor.extend(
+            run.run_id, build.repair_tasks(), on_task_done=build.on_task_done
+        )
+    finally:
+        await executor.aclose()
+    assert run.ok and build.verdict(run)["verdict"] == "passed"
+    assert not build.needs_repair(run)
+    assert build.test_runs == ["qa-run", "qa-run-2"]
+    # The repair saw the spec, the code, the tests and the failing log.
+    prompt = asked["repair-1"].messages[-1].content
+    for source in ("architect", "backend", "qa-tests", "qa-run"):
+        assert f"Output of task {source}:" in prompt
+    assert "FAILED (failures=1)" in prompt and '"verdict": "failed"' in prompt
+    assert build.files["repair-1"].written == ["backend/server.py", "tests/test_backend.py"]
+    ledger = Ledger(os.environ["ORCHESTRA_DB_URL"])
+    with ledger.session() as session:
+        from sqlalchemy import text
+
+        tasks = (
+            session.execute(
+                text("SELECT task_id FROM run_tasks WHERE run_id = :id ORDER BY position"),
+                {"id": run.run_id},
+            )
+            .scalars()
+            .all()
+        )
+        status, count = session.execute(
+            text("SELECT status, task_count FROM runs WHERE id = :id"), {"id": run.run_id}
+        ).one()
+    ledger.close()
+    assert tasks[-2:] == ["repair-1", "qa-run-2"] and count == len(tasks) == 8
+    assert status == "succeeded"
 
 
 def test_the_test_runners_answer_must_be_a_verdict() -> None:
     from agents.todo import _is_verdict
 
-    assert _is_verdict('{"verdict": "passed", "ran": 2}')["ran"] == 2
-    with pytest.raises(OutputRejected, match="not JSON"):
+    answer = _is_verdict('{"verdict": "passed", "ran": 2}\n\nRan 2 tests\n\nOK\n')
+    assert answer["ran"] == 2 and answer["log"] == "Ran 2 tests\n\nOK"
+    with pytest.raises(OutputRejected, match="does not start with a JSON line"):
         _is_verdict("Ran 2 tests")
     with pytest.raises(OutputRejected, match="no verdict"):
         _is_verdict('{"ran": 2}')
+
+
+def test_every_role_is_shown_a_worked_example_that_meets_its_own_contract() -> None:
+    from agents.examples import FILES
+
+    for role in (*SPECIALISTS, REPAIR):
+        task = role.task("Implement it.", example_request="Design notes.")
+        if not role.example:
+            assert "examples" not in task.metadata
+            continue
+        ((prompt, answer),) = task.metadata["examples"]
+        assert role.check(answer).files == {path: FILES[path][1] for path in role.paths}
+        assert prompt.startswith("Design notes.")  # the example's request, not the real one
+        assert f"Start your answer with the line `FILE: {role.first_file}`." in prompt
+    backend = BACKEND.task("Implement the backend of this spec.").metadata["examples"][0][0]
+    assert "Output of task architect:\nFILE: docs/SPEC.md\n```markdown\n# Notes app" in backend
+
+
+def test_the_worked_examples_tests_pass_against_its_backend(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from agents.examples import FILES
+
+    write_files({path: content for path, (_, content) in FILES.items()}, tmp_path)
+    done = subprocess.run(  # noqa: S603 - our interpreter, fixed arguments
+        [sys.executable, "-B", "-m", "unittest", "discover", "-s", "tests"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Ran 4 tests" in done.stderr
