@@ -81,6 +81,7 @@ class SpecialistAgent:
         max_tokens: int | None = None,
         *,
         seed: int = 7,
+        temperature: float = 0.2,
     ) -> None:
         """Register this role on the provider and model chosen for it.
 
@@ -90,7 +91,7 @@ class SpecialistAgent:
         """
         metadata: dict[str, object] = {
             "max_tokens": max_tokens or self.max_tokens,
-            "temperature": 0.2,
+            "temperature": temperature,
             "seed": seed,
         }
         if choice.provider == "local":

@@ -59,6 +59,7 @@ class TodoBuild:
         local_model: The model of roles on the embedded provider that name none: a path or
             a catalogue name (``llm_abstractions.local_models``); None for the default.
         seed: Sampling seed of every specialist.
+        temperature: Sampling temperature of every specialist.
         max_repairs: Repair rounds at most, when the tests fail.
     """
 
@@ -69,6 +70,7 @@ class TodoBuild:
     choices: dict[str, ModelChoice] = field(default_factory=dict)
     local_model: str | None = None
     seed: int = 7
+    temperature: float = 0.2
     max_repairs: int = 2
     files: dict[str, FileReport] = field(default_factory=dict)
     test_runs: list[str] = field(default_factory=lambda: ["qa-run"])
@@ -89,7 +91,9 @@ class TodoBuild:
             choice = self.choices[role.name]
             if choice.provider == "local" and choice.model is None and self.local_model:
                 choice = ModelChoice("local", self.local_model, choice.reason)
-            role.register(registry, choice, self.max_tokens, seed=self.seed)
+            role.register(
+                registry, choice, self.max_tokens, seed=self.seed, temperature=self.temperature
+            )
         registry.register_agent(
             QA_RUNNER,
             "local",  # never called: a script agent runs its command instead

@@ -5,10 +5,12 @@ process, no key, the embedded model), each into a temporary directory with its o
 and reads every run back from that ledger. Per seed: wall time, tokens in and out, LLM
 attempts, repair rounds, the last test run's counts and verdict, and the exit code; then
 how many seeds met the issue's bar (verdict "passed" with 3 or more tests, in under 12
-minutes). The load average before each seed is printed too: these machines are shared, and
-a busy one makes the model slower.
+minutes). Before each seed it waits (up to ``--settle`` seconds) for the one-minute load
+average to fall below 1: the engine takes its threads from the cores the load average leaves
+free, and right after a seed the load is that seed's own. The load at the start is printed
+too: these machines are shared, and a busy one makes the model slower.
 
-Run: ``.venv/bin/python bench/todo_demo.py [--seeds 1 2 3 4 5] [--model qwen2.5-coder-1.5b]``
+Run: ``.venv/bin/python bench/todo_demo.py [--seeds 1 2 3 4 5] [--temperature 0.2]``
 """
 
 from __future__ import annotations
@@ -52,14 +54,26 @@ class Seed:
         return self.verdict == "passed" and self.ran >= MIN_TESTS and self.wall_s < LIMIT_S
 
 
-def one_seed(seed: int, model: str, workdir: Path) -> Seed:
+def settle(limit_s: float) -> None:
+    """Wait until the one-minute load average is below 1, or ``limit_s`` has passed."""
+    deadline = time.monotonic() + limit_s
+    while os.getloadavg()[0] >= 1.0 and time.monotonic() < deadline:
+        time.sleep(5)
+
+
+def one_seed(seed: int, model: str, workdir: Path, temperature: float) -> Seed:
     """Run the demo once; what the ledger and the exit code say about it."""
     db = workdir / f"seed{seed}.db"
     env = {**os.environ, "ORCHESTRA_DB_URL": f"sqlite:///{db}", "ORCHESTRA_LOCAL_MODEL": model}
     load = os.getloadavg()[0]
     started = time.perf_counter()
     done = subprocess.run(  # noqa: S603 - our interpreter and script
-        [sys.executable, str(DEMO), "--seed", str(seed), "--out", str(workdir / f"app{seed}")],
+        [
+            sys.executable,
+            str(DEMO),
+            *("--seed", str(seed), "--temperature", str(temperature)),
+            *("--out", str(workdir / f"app{seed}")),
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -98,12 +112,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     parser.add_argument("--model", default="qwen2.5-coder-1.5b")
+    parser.add_argument("--temperature", type=float, default=0.2, help="the demo's is 0.2")
     parser.add_argument("--keep", type=Path, help="keep the apps, logs and ledgers here")
+    parser.add_argument("--settle", type=float, default=180.0, help="most seconds to wait idle")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.keep or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        print(f"Todo demo on {args.model}, {os.cpu_count()} cores, seeds {args.seeds}")
+        print(
+            f"Todo demo on {args.model}, temperature {args.temperature}, {os.cpu_count()} "
+            f"cores, seeds {args.seeds}"
+        )
         print(
             "| seed | load before | wall | tokens in/out | LLM calls | repair rounds "
             "| tests passed/ran | verdict | exit |"
@@ -111,7 +130,8 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|---|---|")
         rows = []
         for seed in args.seeds:
-            row = one_seed(seed, args.model, workdir)
+            settle(args.settle)
+            row = one_seed(seed, args.model, workdir, args.temperature)
             rows.append(row)
             print(
                 f"| {seed} | {row.load:.2f} | {row.wall_s / 60:.1f} min "

@@ -257,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         help=f"the embedded model: a catalogue name or a .gguf path (default {DEMO_MODEL})",
     )
     parser.add_argument("--seed", type=int, default=7, help="sampling seed of every agent")
+    parser.add_argument(
+        "--temperature", type=float, default=0.2, help="sampling temperature of every agent"
+    )
     parser.add_argument("--repairs", type=int, default=2, help="repair rounds at most")
     parser.add_argument("--test-timeout", type=float, default=60.0, help="seconds for the tests")
     parser.add_argument("--roles", type=Path, help="TOML file with [roles.<name>] overrides")
@@ -281,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             choices=choices,
             local_model=model,
             seed=args.seed,
+            temperature=args.temperature,
             max_repairs=args.repairs,
         )
         console.print(f"building {args.request!r} into {output_dir}")

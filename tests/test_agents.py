@@ -19,9 +19,10 @@ from agents import (
     route_team,
     write_files,
 )
-from llm_abstractions import ConfigurationError, LlmFactory, LlmRequest
+from llm_abstractions import ConfigurationError, LlmFactory, LlmRequest, Usage
 from llm_abstractions.testing import FunctionLlm
-from orchestration import OutputRejected, TaskExecutor, TaskStatus
+from orchestration import OutputRejected, TaskExecutor, TaskProgress, TaskResult, TaskStatus
+from tests.support.demo import load_demo
 
 GOOD = """Here is the spec.
 
@@ -342,8 +343,6 @@ def test_the_demo_exits_0_only_when_the_built_apps_tests_pass(
     code: int,
     rounds: int,
 ) -> None:
-    import importlib.util
-
     answers = scripted_team(done_value, repaired)
 
     def answer(request: LlmRequest) -> str:
@@ -352,12 +351,7 @@ def test_the_demo_exits_0_only_when_the_built_apps_tests_pass(
     LlmFactory.register_provider("scripted-team", lambda **_: FunctionLlm(answer), replace=True)
     for name, value in SCRIPTED.items():
         monkeypatch.setenv(name, value)
-    path = Path(__file__).resolve().parent.parent / "demos" / "todo_app.py"
-    spec = importlib.util.spec_from_file_location("todo_app_demo", path)
-    assert spec is not None and spec.loader is not None
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
-    assert demo.main(["--out", str(tmp_path / "app")]) == code
+    assert load_demo().main(["--out", str(tmp_path / "app")]) == code
     shown = capsys.readouterr().out
     assert shown.count("repair round") == rounds
     assert ("repair-1 " in shown) == (rounds > 0)
@@ -461,3 +455,56 @@ def test_the_worked_examples_tests_pass_against_its_backend(tmp_path: Path) -> N
     )
     assert done.returncode == 0, done.stderr
     assert "Ran 4 tests" in done.stderr
+
+
+def test_the_demo_board_shows_running_tasks_and_what_each_one_ended_with() -> None:
+    import io
+
+    from rich.console import Console
+    from rich.live import Live
+
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=100)
+    board = load_demo().Board(console)
+    report = TaskProgress("backend", "backend", "local", None, 300, 40.0, 10.0, "x")
+    with Live(console=console, transient=True) as live:
+        board.live = live
+        board.progress(report)
+        assert "backend" in str(board._table().columns[0]._cells)
+        assert "300 tokens, 10.0 tok/s, 40 s" in str(board._table().columns[2]._cells)
+        board.done(
+            TaskResult(
+                task_id="backend",
+                status=TaskStatus.SUCCEEDED,
+                attempts=2,
+                latency_s=41.2,
+                usage=Usage(output_tokens=310),
+            )
+        )
+        assert board.running == {}
+    assert "backend    succeeded 310 tokens in 41 s, 2 attempts" in out.getvalue()
+
+
+def test_in_a_pipe_the_board_prints_a_line_per_task_now_and_then() -> None:
+    import io
+
+    from rich.console import Console
+
+    demo = load_demo()
+    reports = [
+        TaskProgress("qa-tests", "qa", "local", None, 12, 3.0, 1.0, "x"),
+        TaskProgress("qa-tests", "qa", "local", None, 24, 4.0, 1.0, "y"),
+    ]
+    out = io.StringIO()
+    board = demo.Board(Console(file=out, width=100), every_s=0.0)
+    for report in reports:
+        board.progress(report)
+    assert out.getvalue().splitlines() == [
+        "  qa-tests   ... 12 tokens, 6.0 tok/s, 3 s",
+        "  qa-tests   ... 24 tokens, 8.0 tok/s, 4 s",
+    ]
+    quiet = io.StringIO()
+    board = demo.Board(Console(file=quiet, width=100), every_s=3600.0)
+    for report in reports:
+        board.progress(report)
+    assert quiet.getvalue() == ""  # not a line before a task has run that long

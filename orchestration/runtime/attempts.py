@@ -151,7 +151,9 @@ async def _streamed(llm: BaseLlm, request: LlmRequest, reporter: _Reporter) -> L
             if chunk.delta:
                 reporter.piece(chunk.delta, chunk.tokens)
     finally:
-        await chunks.aclose()  # type: ignore[attr-defined]  # an async generator
+        close = getattr(chunks, "aclose", None)  # async generators have it: stop generating
+        if close is not None:
+            await close()
     raise LLMBadResponseError(
         "the provider's stream ended without its final response", provider=llm.provider
     )
