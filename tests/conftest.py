@@ -18,6 +18,8 @@ import structlog
 
 from llm_abstractions import LlmFactory
 
+pytest_plugins = ("tests.support.ledger_rows",)
+
 # Variables that change which provider or model the code under test picks.
 PROVIDER_ENV = (
     "ANTHROPIC_API_KEY",

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import sqlite3
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -28,28 +25,9 @@ from orchestration import (
 )
 from orchestration.ledger import Ledger
 from tests.fakes.faults import FaultPlan, FaultServer
+from tests.support.ledger_rows import rows
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultServer]:
-    with FaultServer() as running:
-        monkeypatch.setenv("OPENAI_BASE_URL", f"{running.url}/v1")
-        yield running
-
-
-@pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[Ledger]:
-    opened = Ledger(f"sqlite:///{tmp_path / 'runs.db'}")
-    yield opened
-    opened.close()
-
-
-def rows(ledger: Ledger, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    assert ledger.path is not None
-    with sqlite3.connect(ledger.path) as connection:
-        return connection.execute(sql, params).fetchall()
 
 
 def registry() -> AgentRegistry:

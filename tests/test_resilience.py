@@ -7,9 +7,7 @@ go through a fake clock, so a ``Retry-After`` of seconds costs no real time.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -26,6 +24,7 @@ from orchestration import (
 )
 from orchestration.ledger import Ledger
 from tests.fakes.faults import INPUT_TOKENS, OUTPUT_TOKENS, FaultPlan, FaultServer
+from tests.support.ledger_rows import rows
 
 pytestmark = pytest.mark.anyio
 
@@ -59,19 +58,6 @@ def server(faults: FaultServer, monkeypatch: pytest.MonkeyPatch) -> FaultServer:
     monkeypatch.setenv("OPENAI_BASE_URL", f"{faults.url}/v1")
     monkeypatch.setenv("ANTHROPIC_BASE_URL", faults.url)
     return faults
-
-
-@pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[Ledger]:
-    opened = Ledger(f"sqlite:///{tmp_path / 'runs.db'}")
-    yield opened
-    opened.close()
-
-
-def rows(ledger: Ledger, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    assert ledger.path is not None
-    with sqlite3.connect(ledger.path) as connection:
-        return connection.execute(sql, params).fetchall()
 
 
 def gpt_registry(**settings: Any) -> AgentRegistry:

@@ -15,7 +15,6 @@ import sys
 import textwrap
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,29 +25,10 @@ from llm_abstractions.errors import ConfigurationError
 from orchestration import AgentRegistry, AgentTask, RetryPolicy, TaskExecutor, TaskStatus
 from orchestration.ledger import Ledger
 from tests.fakes.faults import OK, FaultPlan, FaultServer
+from tests.support.ledger_rows import rows
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultServer]:
-    with FaultServer() as running:
-        monkeypatch.setenv("OPENAI_BASE_URL", f"{running.url}/v1")
-        yield running
-
-
-@pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[Ledger]:
-    opened = Ledger(f"sqlite:///{tmp_path / 'runs.db'}")
-    yield opened
-    opened.close()
-
-
-def rows(path: Path | None, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    assert path is not None
-    with sqlite3.connect(path) as connection:
-        return connection.execute(sql, params).fetchall()
 
 
 def registry() -> AgentRegistry:
