@@ -27,6 +27,7 @@ from typing import Any
 
 from agents.contract import ContractError, ParsedOutput, write_files
 from agents.examples import EXAMPLE_REQUEST
+from agents.pycheck import module_names, unknown_uses
 from agents.routing import ModelChoice, route_team
 from agents.specialists import ARCHITECT, BACKEND, DEVOPS, FRONTEND, QA, REPAIR, SPECIALISTS
 from orchestration import AgentRegistry, AgentTask, OutputRejected, RunResult, TaskResult
@@ -36,6 +37,7 @@ __all__ = ["DEFAULT_REQUEST", "RUN_TESTS_SCRIPT", "FileReport", "TodoBuild", "qa
 DEFAULT_REQUEST = "a Todo app: add, list, complete and delete todos, kept across restarts"
 RUN_TESTS_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "run_tests.py"
 QA_RUNNER = "qa-runner"
+SERVER, TESTS = "backend/server.py", "tests/test_backend.py"
 
 
 @dataclass
@@ -112,8 +114,13 @@ class TodoBuild:
             ARCHITECT.task(f"Design {self.request}.", example_request=f"Design {EXAMPLE_REQUEST}."),
             BACKEND.task("Implement the backend of this spec.", depends_on=("architect",)),
             FRONTEND.task("Implement the web page of this spec.", depends_on=("architect",)),
-            QA.task(
-                "Write unit tests for this backend.", task_id="qa-tests", depends_on=("backend",)
+            _also(
+                QA.task(
+                    "Write unit tests for this backend.",
+                    task_id="qa-tests",
+                    depends_on=("backend",),
+                ),
+                self._tests_fit_the_written_backend,
             ),
             AgentTask(
                 task_id="qa-run",
@@ -151,11 +158,14 @@ class TodoBuild:
         repair_id, test_id = f"repair-{round_}", f"qa-run-{round_ + 1}"
         self.test_runs.append(test_id)
         self.repairs += [
-            REPAIR.task(
-                "The unit tests of this app fail; the last test run's log says why. Fix the "
-                "backend or the tests, whichever is wrong.",
-                task_id=repair_id,
-                depends_on=("architect", *sources, self.test_runs[-2]),
+            _also(
+                REPAIR.task(
+                    "The unit tests of this app fail; the last test run's log says why. Fix "
+                    "the backend or the tests, whichever is wrong.",
+                    task_id=repair_id,
+                    depends_on=("architect", *sources, self.test_runs[-2]),
+                ),
+                _tests_fit_their_backend,
             ),
             AgentTask(
                 task_id=test_id,
@@ -166,6 +176,12 @@ class TodoBuild:
             ),
         ]
         return self.repairs[-2:]
+
+    def _tests_fit_the_written_backend(self, parsed: ParsedOutput) -> None:
+        """QA's tests use only names of the backend the backend task wrote (on disk by now)."""
+        backend = self.output_dir / SERVER
+        if TESTS in parsed.files and backend.is_file():
+            check_tests_fit(parsed.files[TESTS], backend.read_text(encoding="utf-8"))
 
     def all_tasks(self) -> list[AgentTask]:
         """The build's tasks, and those of the repair rounds so far."""
@@ -190,6 +206,33 @@ class TodoBuild:
             report.problems.append(str(exc))
             return
         report.written = [str(p.relative_to(self.output_dir.resolve())) for p in written]
+
+
+def check_tests_fit(tests: str, backend: str) -> None:
+    """Refuse tests that use names of the backend module it does not define.
+
+    Raises:
+        OutputRejected: Names each unknown use and what the backend defines.
+    """
+    unknown = unknown_uses(tests, "server", backend)
+    if unknown:
+        defined = sorted(n for n in module_names(backend) or () if not n.startswith("_"))
+        raise OutputRejected(
+            f"{TESTS} uses names that {SERVER} does not define: {'; '.join(unknown)}. It "
+            f"defines: {', '.join(defined)}. Use only those (set the data file through the "
+            "name the backend reads), then give every file again."
+        )
+
+
+def _tests_fit_their_backend(parsed: ParsedOutput) -> None:
+    """A repair's tests use only names of the backend it gives with them."""
+    if TESTS in parsed.files and SERVER in parsed.files:
+        check_tests_fit(parsed.files[TESTS], parsed.files[SERVER])
+
+
+def _also(task: AgentTask, validator: Any) -> AgentTask:
+    """``task`` with one more validator, run after its own."""
+    return task.model_copy(update={"validators": (*task.validators, validator)})
 
 
 def _role_of(task_id: str) -> str:

@@ -5,9 +5,12 @@ Speaks the script-agent protocol: a JSON task on stdin, a JSON answer on stdout 
 ``passed``, ``failed`` or ``no tests``), a blank line and the tail of the test log as plain
 text, which a model asked to repair the app reads as it is. The suite is
 ``tests/test_*.py`` under the working directory, which the agent's settings point at the
-generated app. It runs in a child interpreter with a timeout a little under the task's, so
-that a hanging suite still gets a verdict; the executor kills the whole process group if
-even that fails. Standard library only.
+generated app. It runs on a fresh copy of the app, so that what one run of the tests writes
+(a data file, when a test misses the app's storage setting) neither reaches the delivered app
+nor the next run; paths in the log are given relative to the app. It runs in a child
+interpreter with a timeout a little under the task's, so that a hanging suite still gets a
+verdict; the executor kills the whole process group if even that fails. Standard library
+only.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 LOG_TAIL = 4000
@@ -50,10 +55,10 @@ def verdict(log: str, returncode: int) -> dict[str, object]:
     return {"ran": ran, "passed": passed, "failed": failed, "errors": errors, "verdict": outcome}
 
 
-def _run_suite(argv: list[str], timeout_s: float) -> tuple[str, int]:
+def _run_suite(argv: list[str], timeout_s: float, cwd: Path) -> tuple[str, int]:
     """Run the suite in a process group of its own; whatever it started dies with it."""
     child = subprocess.Popen(  # noqa: S603 - our interpreter, fixed arguments
-        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+        argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
     )
     try:
         output, _ = child.communicate(timeout=timeout_s)
@@ -97,7 +102,11 @@ def main() -> int:
         # -B: no bytecode cache, which a file rewritten within the same second and at the
         # same size (a repair changing one word) would be read from instead of the source.
         argv = [sys.executable, "-B", "-m", "unittest", "discover", "-s", "tests"]
-        log, code = _run_suite(argv, max(limit - 5.0, 1.0))
+        with tempfile.TemporaryDirectory(prefix="qa-run-") as scratch:
+            app = Path(scratch) / "app"
+            shutil.copytree(".", app, ignore=shutil.ignore_patterns("__pycache__"))
+            log, code = _run_suite(argv, max(limit - 5.0, 1.0), app)
+            log = log.replace(f"{app.resolve()}{os.sep}", "").replace(f"{app}{os.sep}", "")
         result = verdict(log, code)
     output = f"{json.dumps(result)}\n\n{log[-LOG_TAIL:]}"
     json.dump({"output": output, "model": "unittest"}, sys.stdout)

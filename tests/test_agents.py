@@ -508,3 +508,82 @@ def test_in_a_pipe_the_board_prints_a_line_per_task_now_and_then() -> None:
     for report in reports:
         board.progress(report)
     assert quiet.getvalue() == ""  # not a line before a task has run that long
+
+
+@pytest.mark.anyio
+async def test_tests_that_use_names_the_backend_lacks_are_refused_with_the_names_it_has(
+    tmp_path: Path,
+) -> None:
+    answers = scripted_team("True")
+    wrong = TESTS.replace("server.TODOS[index]", "server.TODO_LIST[index]")
+    asked: list[LlmRequest] = []
+
+    def answer(request: LlmRequest) -> str:
+        if request.metadata["task_id"] == "qa-tests":
+            asked.append(request)
+            return wrong if len(asked) == 1 else answers["qa"]
+        return answers[str(request.metadata["agent"])]
+
+    LlmFactory.register_provider("scripted-team", lambda **_: FunctionLlm(answer), replace=True)
+    build = TodoBuild(output_dir=tmp_path / "app", choices=route_team(SPECIALISTS, env=SCRIPTED))
+    executor = TaskExecutor(registry=build.registry(), max_concurrency=4)
+    try:
+        run = await executor.run(build.tasks(), on_task_done=build.on_task_done)
+    finally:
+        await executor.aclose()
+    assert run.ok and build.verdict(run)["verdict"] == "passed"
+    assert len(asked) == 2
+    reason = asked[1].messages[-1].content
+    assert "tests/test_backend.py uses names that backend/server.py does not define" in reason
+    assert "line 16: server.TODO_LIST" in reason and "It defines: TODOS, add, complete" in reason
+    assert run.results["qa-tests"].attempts == 2
+
+
+def test_a_repair_whose_tests_use_names_its_backend_lacks_is_refused() -> None:
+    from agents.todo import _tests_fit_their_backend
+
+    server = SERVER.replace("{done}", "True")
+    _tests_fit_their_backend(REPAIR.check(server + TESTS))
+    bad = REPAIR.check(server + TESTS.replace("server.add(", "server.ad("))
+    with pytest.raises(OutputRejected, match=r"line 14: server\.ad\. It defines: TODOS, add, complete"):
+        _tests_fit_their_backend(bad)
+
+
+def test_the_tests_run_on_a_copy_of_the_app_and_their_log_names_its_files(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from agents.todo import RUN_TESTS_SCRIPT
+
+    app = tmp_path / "app"
+    (app / "tests").mkdir(parents=True)
+    (app / "tests" / "test_leak.py").write_text(
+        "import unittest\n\n\nclass T(unittest.TestCase):\n    def test_writes(self):\n"
+        "        with open('data.json', 'a') as f:\n            f.write('x')\n"
+        "        with open('data.json') as f:\n            self.assertEqual(f.read(), 'x')\n"
+    )
+    outputs = []
+    for _ in range(2):  # the second run does not see what the first one wrote
+        done = subprocess.run(  # noqa: S603 - our interpreter and script
+            [sys.executable, "-I", str(RUN_TESTS_SCRIPT)],
+            input=json.dumps({"timeout_s": 60}),
+            cwd=app,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        outputs.append(json.loads(done.stdout)["output"])
+    assert all(o.startswith('{"ran": 1, "passed": 1,') for o in outputs), outputs
+    assert not (app / "data.json").exists()  # nor does the delivered app
+    (app / "tests" / "test_leak.py").write_text("import missing_module\n")
+    done = subprocess.run(  # noqa: S603 - our interpreter and script
+        [sys.executable, "-I", str(RUN_TESTS_SCRIPT)],
+        input=json.dumps({"timeout_s": 60}),
+        cwd=app,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    log = json.loads(done.stdout)["output"]
+    assert "tests/test_leak.py" in log and "qa-run-" not in log, log
