@@ -141,7 +141,7 @@ def local_model(requested: str, console: Console) -> str:
     When it cannot be pulled, the bundled SmolLM2, saying what that means.
     """
     from llm_abstractions.errors import ModelFileError
-    from llm_abstractions.local_models import CATALOG, entry, pull, pulled_path
+    from llm_abstractions.local_models import CATALOG, entry, pulled_path
 
     if requested.strip().lower() not in CATALOG or entry(requested).bundled:
         return requested  # a path, or the bundled model
@@ -152,7 +152,7 @@ def local_model(requested: str, console: Console) -> str:
                 f"pulling {found.name} ({found.size / 1e9:.2f} GB, once) into the model "
                 "cache; `orchestra models list` says what it is"
             )
-            pull(requested)
+            _pull(requested, found.size, console)
     except ModelFileError as exc:
         console.print(
             Text(
@@ -165,6 +165,18 @@ def local_model(requested: str, console: Console) -> str:
         )
         return FALLBACK_MODEL
     return requested
+
+
+def _pull(name: str, size: int, console: Console) -> None:
+    """Pull a catalogue model, with a bar while its chunks are joined and checked."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+    from llm_abstractions.local_models import pull
+
+    columns = (TextColumn("joining and checking"), BarColumn(), DownloadColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        bar = progress.add_task("pull", total=size)
+        pull(name, progress=lambda done, _: progress.update(bar, completed=done))
 
 
 def report(run: RunResult, build: TodoBuild, console: Console) -> None:
