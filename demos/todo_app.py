@@ -182,14 +182,13 @@ def _pull(name: str, size: int, console: Console) -> None:
 def report(run: RunResult, build: TodoBuild, console: Console) -> None:
     """The per-task table, total cost, QA verdict and inspect commands."""
     table = Table(title=f"run {run.run_id}: {run.status.value}")
-    columns = ("task", "agent", "status", "method", "provider", "model", "tokens in/out", "cost")
+    columns = ("task", "status", "method", "provider", "model", "tokens in/out", "cost")
     for column in columns:
         table.add_column(column, no_wrap=column != "model")  # a GGUF's name is long
     table.add_column("latency", justify="right", no_wrap=True)
     table.add_column("files", min_width=20)
     total, priced = 0.0, True
     tasks = build.all_tasks()
-    agents = {task.task_id: task.agent or "" for task in tasks}
     for result in (run.results[t.task_id] for t in tasks if t.task_id in run.results):
         meta = result.metadata
         if result.cost_usd is None:
@@ -197,7 +196,6 @@ def report(run: RunResult, build: TodoBuild, console: Console) -> None:
         total += result.cost_usd or 0.0
         table.add_row(
             escape(result.task_id),
-            escape(agents.get(result.task_id, "")),
             result.status.value,
             str(meta.get("execution_method", "")),
             escape(str(meta.get("provider", ""))),
