@@ -563,8 +563,8 @@ def test_the_tests_run_on_a_copy_of_the_app_and_their_log_names_its_files(tmp_pa
         "        with open('data.json', 'a') as f:\n            f.write('x')\n"
         "        with open('data.json') as f:\n            self.assertEqual(f.read(), 'x')\n"
     )
-    outputs = []
-    for _ in range(2):  # the second run does not see what the first one wrote
+
+    def run_tests() -> str:
         done = subprocess.run(  # noqa: S603 - our interpreter and script
             [sys.executable, "-I", str(RUN_TESTS_SCRIPT)],
             input=json.dumps({"timeout_s": 60}),
@@ -573,17 +573,11 @@ def test_the_tests_run_on_a_copy_of_the_app_and_their_log_names_its_files(tmp_pa
             text=True,
             check=True,
         )
-        outputs.append(json.loads(done.stdout)["output"])
+        return str(json.loads(done.stdout)["output"])
+
+    outputs = [run_tests(), run_tests()]  # the second run does not see what the first wrote
     assert all(o.startswith('{"ran": 1, "passed": 1,') for o in outputs), outputs
     assert not (app / "data.json").exists()  # nor does the delivered app
     (app / "tests" / "test_leak.py").write_text("import missing_module\n")
-    done = subprocess.run(  # noqa: S603 - our interpreter and script
-        [sys.executable, "-I", str(RUN_TESTS_SCRIPT)],
-        input=json.dumps({"timeout_s": 60}),
-        cwd=app,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    log = json.loads(done.stdout)["output"]
+    log = run_tests()
     assert "tests/test_leak.py" in log and "qa-run-" not in log, log
