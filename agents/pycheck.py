@@ -10,6 +10,7 @@ mistake is plain, and the answer can be refused with the names that exist.
 from __future__ import annotations
 
 import ast
+import difflib
 
 __all__ = ["module_names", "unknown_uses"]
 
@@ -90,7 +91,14 @@ def unknown_uses(tests: str, module: str, source: str) -> list[str]:
             for alias in node.names:
                 used.setdefault(alias.name, node.lineno)
     return [
-        f"line {line}: {module}.{name}"
+        f"line {line}: {module}.{name}{_did_you_mean(module, name, defined)}"
         for name, line in sorted(used.items(), key=lambda item: item[1])
         if name not in defined and not name.startswith("__")
     ]
+
+
+def _did_you_mean(module: str, name: str, defined: set[str]) -> str:
+    """`` (use module.X)`` for the defined name closest to ``name``, if one is close."""
+    by_case = {candidate.lower(): candidate for candidate in defined}
+    close = difflib.get_close_matches(name.lower(), list(by_case), n=1, cutoff=0.6)
+    return f" (use {module}.{by_case[close[0]]})" if close else ""

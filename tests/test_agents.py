@@ -545,7 +545,8 @@ def test_a_repair_whose_tests_use_names_its_backend_lacks_is_refused() -> None:
     server = SERVER.replace("{done}", "True")
     _tests_fit_their_backend(REPAIR.check(server + TESTS))
     bad = REPAIR.check(server + TESTS.replace("server.add(", "server.ad("))
-    with pytest.raises(OutputRejected, match=r"line 14: server\.ad\. It defines: TODOS, add, "):
+    wanted = r"line 14: server\.ad \(use server\.add\)\. It defines: TODOS, add, "
+    with pytest.raises(OutputRejected, match=wanted):
         _tests_fit_their_backend(bad)
 
 

@@ -63,8 +63,9 @@ class T(unittest.TestCase):
 """
     assert unknown_uses(tests, "server", BACKEND) == [
         "line 5: server.complete_todo",
-        "line 9: server.TODO_FILE",
+        "line 9: server.TODO_FILE (use server.DATA_FILE)",
     ]
+    assert unknown_uses("import server\nserver.zzz\n", "server", BACKEND) == ["line 2: server.zzz"]
     assert unknown_uses("import server\nserver.add_todo()\n", "server", BACKEND) == []
     assert unknown_uses("server.nothing\n", "server", BACKEND) == []  # never imported
     assert unknown_uses("import server\nserver.x\n", "server", "from os import *\n") == []
