@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import math
-from collections.abc import Callable
-from concurrent.futures import Future
 
 import llama_cpp
 import pytest
@@ -24,6 +22,7 @@ from llm_abstractions.providers import llama_engine
 from llm_abstractions.providers.llama_engine import GrammarCache, LlamaEngine
 from llm_abstractions.providers.local import LocalLlm
 from llm_abstractions.types import OutputSchema
+from tests.support.llama_thread import run_on_llama_thread
 
 PATHS = ("app/models.py", "app/store.py")
 FILE_SYSTEM = (
@@ -42,20 +41,6 @@ class TodoList(BaseModel):
     items: list[Todo]
 
 
-def on_llama_thread(job: Callable[[], object]) -> object:
-    """Run ``job`` where the provider runs llama.cpp, and wait for its result."""
-    done: Future[object] = Future()
-
-    def wrapper() -> None:
-        try:
-            done.set_result(job())
-        except BaseException as exc:  # handed to the test
-            done.set_exception(exc)
-
-    llama_engine.LLAMA_THREAD.submit(wrapper)
-    return done.result(timeout=120)
-
-
 @pytest.fixture
 def llm() -> LocalLlm:
     built = LlmFactory.get_provider("local")
@@ -64,7 +49,9 @@ def llm() -> LocalLlm:
 
 
 def engine_of(llm: LocalLlm) -> LlamaEngine:
-    engine = on_llama_thread(lambda: llama_engine.get_engine(llm.path, llm.n_ctx, llm.n_threads))
+    engine = run_on_llama_thread(
+        lambda: llama_engine.get_engine(llm.path, llm.n_ctx, llm.n_threads)
+    )
     assert isinstance(engine, LlamaEngine)
     return engine
 
@@ -93,7 +80,7 @@ def admits(engine: LlamaEngine, grammar: str, text: str) -> bool:
         finally:
             llama_cpp.llama_sampler_free(sampler)
 
-    return bool(on_llama_thread(check))
+    return bool(run_on_llama_thread(check))
 
 
 def files_request(prompt: str, **params: object) -> LlmRequest:
@@ -305,7 +292,7 @@ def test_nested_schemas_become_grammars(llm: LocalLlm) -> None:
     engine = engine_of(llm)
     schema = OutputSchema(json_schema=TodoList.model_json_schema())  # with $defs and $ref
     request = LlmRequest.build("list", output_schema=schema)
-    assert on_llama_thread(lambda: engine.grammars.for_request(request)) is not None
+    assert run_on_llama_thread(lambda: engine.grammars.for_request(request)) is not None
 
 
 # Grammars llama.cpp cannot use, and the cache --------------------------------------------
@@ -376,9 +363,9 @@ def test_the_cache_forgets_the_least_recently_used(
         for text in texts:
             cache.get("gbnf", text)
 
-    on_llama_thread(lambda: use(a, b, a, c))  # b is the least recently used when c comes
+    run_on_llama_thread(lambda: use(a, b, a, c))  # b is the least recently used when c comes
     assert cache.compiled == 3
-    on_llama_thread(lambda: use(a, c))
+    run_on_llama_thread(lambda: use(a, c))
     assert cache.compiled == 3
-    on_llama_thread(lambda: use(b))
+    run_on_llama_thread(lambda: use(b))
     assert cache.compiled == 4

@@ -6,8 +6,6 @@ import json
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
-from concurrent.futures import Future
 from pathlib import Path
 
 import anyio
@@ -24,24 +22,11 @@ from llm_abstractions import (
 from llm_abstractions.providers import llama_engine
 from llm_abstractions.providers.gguf import default_model_path
 from llm_abstractions.providers.local import LocalLlm
+from tests.support.llama_thread import run_on_llama_thread
 
 pytestmark = [pytest.mark.anyio, pytest.mark.model]
 
 QUESTION = "Name three colours of the rainbow."
-
-
-def run_on_llama_thread(job: Callable[[], object]) -> object:
-    """Run ``job`` where the provider runs llama.cpp, and wait for its result."""
-    done: Future[object] = Future()
-
-    def wrapper() -> None:
-        try:
-            done.set_result(job())
-        except BaseException as exc:  # handed to the test
-            done.set_exception(exc)
-
-    llama_engine.LLAMA_THREAD.submit(wrapper)
-    return done.result(timeout=120)
 
 
 def ask(prompt: str = QUESTION, **params: object) -> LlmRequest:

@@ -12,7 +12,6 @@ from typing import Any, TypeVar, cast
 
 import aiohttp
 import pytest
-from pydantic import BaseModel
 
 from llm_abstractions import LlmFactory, LlmRequest, StreamChunk
 from llm_abstractions.errors import (
@@ -29,11 +28,17 @@ from llm_abstractions.errors import (
     OrchestraError,
 )
 from llm_abstractions.providers.huggingface import HuggingFaceLlm
-from llm_abstractions.types import OutputSchema
 from tests.fakes.hf_api import hf_app
 from tests.fakes.server import LoopbackServer, Scripted, loopback_fixtures
 from tests.support.loops import answers_from_two_event_loops
-from tests.support.structured import assert_same_text, generate_and_stream, refuses_grammar
+from tests.support.structured import (
+    TODO,
+    TODO_JSON,
+    Todo,
+    assert_same_text,
+    generate_and_stream,
+    refuses_grammar,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -300,15 +305,6 @@ async def test_without_any_token_the_request_goes_anonymously(
 def test_one_provider_serves_two_event_loops(api: LoopbackServer) -> None:
     answers = answers_from_two_event_loops(llm(api))
     assert answers == (("Hello from the loopback server.",) * 2,) * 2
-
-
-class Todo(BaseModel):
-    title: str
-    done: bool = False
-
-
-TODO = OutputSchema(name="Todo", json_schema=Todo.model_json_schema())
-TODO_JSON = '{"title": "Buy milk", "done": true}'
 
 
 def test_huggingface_takes_schemas_but_no_grammar() -> None:

@@ -8,7 +8,6 @@ import os
 
 import aiohttp
 import pytest
-from pydantic import BaseModel
 
 from llm_abstractions import LlmFactory, LlmRequest
 from llm_abstractions.errors import (
@@ -22,10 +21,16 @@ from llm_abstractions.errors import (
     OrchestraError,
 )
 from llm_abstractions.providers.ollama import OllamaLlm
-from llm_abstractions.types import OutputSchema
 from tests.fakes.ollama_api import ollama_app
 from tests.fakes.server import LoopbackServer, Scripted, loopback_fixtures
-from tests.support.structured import assert_same_text, generate_and_stream, refuses_grammar
+from tests.support.structured import (
+    TODO,
+    TODO_JSON,
+    Todo,
+    assert_same_text,
+    generate_and_stream,
+    refuses_grammar,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -238,15 +243,6 @@ async def test_the_factory_builds_it_from_the_environment(
     async with provider:
         response = await provider.generate(LlmRequest.build("hi"))
     assert (provider.host, response.model) == (api.url, "qwen2.5:0.5b")
-
-
-class Todo(BaseModel):
-    title: str
-    done: bool = False
-
-
-TODO = OutputSchema(name="Todo", json_schema=Todo.model_json_schema())
-TODO_JSON = '{"title": "Buy milk", "done": true}'
 
 
 def test_ollama_takes_schemas_but_no_grammar() -> None:

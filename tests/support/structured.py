@@ -3,8 +3,21 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import BaseModel
 
 from llm_abstractions import BaseLlm, InvalidRequestError, LlmRequest, LlmResponse, StreamChunk
+from llm_abstractions.types import OutputSchema
+
+
+class Todo(BaseModel):
+    """The type the providers' structured-output tests ask for."""
+
+    title: str
+    done: bool = False
+
+
+TODO = OutputSchema(name="Todo", json_schema=Todo.model_json_schema())
+TODO_JSON = '{"title": "Buy milk", "done": true}'
 
 
 async def generate_and_stream(
