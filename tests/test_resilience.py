@@ -242,7 +242,7 @@ def test_a_fallback_that_names_nothing_fails_before_the_run() -> None:
         anyio.run(executor.run, [task("a", agent="gpt")])
 
 
-async def test_an_open_circuit_sends_tasks_straight_to_the_fallback_then_probes(
+async def test_an_open_circuit_without_a_fallback_fails_only_when_its_time_is_up(
     server: FaultServer, ledger: Ledger
 ) -> None:
     server.plan = FaultPlan(rate=1.0, kinds={"500": 1})
@@ -254,21 +254,30 @@ async def test_an_open_circuit_sends_tasks_straight_to_the_fallback_then_probes(
         ledger=ledger,
         clock=clock,
         max_concurrency=1,
-        retry=RetryPolicy.never(),
+        retry=RetryPolicy(max_attempts=10, max_total_s=100.0),
         breaker=BreakerPolicy(consecutive_failures=3, cooldown_s=30.0),
     )
     async with executor:
-        # Both agents use the same provider, so its circuit covers both: once open, the
-        # fallback is skipped too and the task fails without a call.
+        # Both agents use the same provider, so its circuit covers both: once it is open the
+        # tasks wait for its probes (each fails: the provider is down) until their time is up.
+        started = clock.time
         run = await executor.run([task(f"t{i}", agent="gpt") for i in range(6)])
         breaker = executor.runner.breakers["openai-gpt"]
         assert breaker.state == "open"
-        assert len(server.log) == 3  # t0 (gpt, spare), t1 (gpt): then the circuit opened
         assert [r.status for r in run.results.values()] == [TaskStatus.FAILED] * 6
-        assert run.results["t5"].metadata["error_type"] == "CircuitOpen"
-        assert run.results["t5"].error == "not run: circuit open for openai-gpt"
-        state = rows(ledger, "SELECT provider, state, consecutive_failures FROM breakers")
-        assert state == [("openai-gpt", "open", 3)]
+        # Each task waited for probes (one per cool-down, sent by whichever task was first)
+        # until its next try would come too late; the last ones say why they were not tried.
+        errors = {r.metadata["error_type"] for r in run.results.values()}
+        assert "CircuitOpen" in errors and errors <= {"CircuitOpen", "LLMServerError"}
+        assert run.results["t5"].error == (
+            "not run: the circuit for openai-gpt is open (failing calls) and its next probe "
+            "would come after the task's max_total_s of 100 s"
+        )
+        probes = len(server.log) - 3  # t0's three tries opened the circuit
+        assert 2 <= probes <= (clock.time - started) / 30 + 1
+        assert max(clock.sleeps) <= 30.0
+        state = rows(ledger, "SELECT provider, state FROM breakers")
+        assert state == [("openai-gpt", "open")]
         assert shown_breaker(ledger)["state"] == "open"  # what `orchestra providers` shows
         # After the cool-down one probe goes through; it succeeds and closes the circuit.
         server.plan = FaultPlan()
@@ -276,6 +285,28 @@ async def test_an_open_circuit_sends_tasks_straight_to_the_fallback_then_probes(
         again = await executor.run([task("p1", agent="gpt"), task("p2", agent="gpt")])
         assert again.ok and breaker.state == "closed"
     assert rows(ledger, "SELECT state FROM breakers") == [("closed",)]
+
+
+async def test_tasks_that_meet_an_open_circuit_wait_for_its_probe(
+    server: FaultServer, ledger: Ledger
+) -> None:
+    clock = FakeClock()
+    executor = TaskExecutor(
+        gpt_registry(), ledger=ledger, clock=clock, breaker=BreakerPolicy(cooldown_s=30.0)
+    )
+    async with executor:
+        breaker = executor.runner.breaker("openai-gpt")
+        assert breaker is not None
+        for _ in range(10):
+            breaker.failed(breaker.allow() or 0)
+        assert breaker.state == "open"
+        clock.time += 20.0  # 10 s of the cool-down left
+        run = await executor.run([task(f"w{i}") for i in range(8)])
+    assert run.ok, {t: r.error for t, r in run.results.items()}
+    assert breaker.state == "closed" and len(server.log) == 8  # one probe, then the rest
+    assert 10.0 in clock.sleeps and max(clock.sleeps) == 10.0
+    waits = rows(ledger, "SELECT COUNT(*) FROM attempts WHERE status = 'succeeded'")
+    assert waits == [(8,)]
 
 
 def shown_breaker(ledger: Ledger) -> dict[str, Any]:
@@ -687,9 +718,8 @@ async def test_a_long_retry_after_is_waited_out_when_no_later_link_can_serve(
     async with executor:
         breaker = executor.runner.breaker("anthropic-claude")
         assert breaker is not None
-        breaker.failed(breaker.allow() or 0)
-        for _ in range(4):
-            breaker.failed(0)  # the spare's circuit is open
+        for _ in range(10):
+            breaker.failed(breaker.allow() or 0)  # the spare's circuit is open
         assert breaker.state == "open"
         result = await executor.execute(task("w"))
     assert result.succeeded and clock.sleeps == [60.0]  # the cap, not 120 s, and no move

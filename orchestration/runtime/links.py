@@ -186,6 +186,7 @@ class TaskAttempts:
         wait = 0.0
         error = None
         number = 0  # failures retrying could fix, so far
+        waited = 0  # answers that asked to wait (Retry-After), so far
         while number < retry.max_attempts:
             if runner.clock.now() - self.started + wait > retry.max_total_s:
                 self.reason = self.reason or f"{label} ran out of time ({retry.max_total_s} s)"
@@ -197,7 +198,7 @@ class TaskAttempts:
             if wait > 0:
                 async with self.waiting():
                     await runner.clock.sleep(wait)
-            made = await self._attempt(label, link, request, limiter, primary)
+            made = await self._attempt(label, link, request, limiter, primary, last)
             if isinstance(made, str):
                 return made
             result = check_output(self.contract, made[0], link)
@@ -213,7 +214,6 @@ class TaskAttempts:
                     return "done"  # refused too often: the last refusal is the outcome
                 request, wait = asked_again, 0.0
                 continue
-            number += 1
             error = result.metadata.get("error_type")
             if kind == FailureKind.PROVIDER:
                 self.reason = f"{label} cannot serve it: {error}"
@@ -225,6 +225,11 @@ class TaskAttempts:
                     f" s cap) after {error}"
                 )
                 return "next"
+            if asked is not None and asked > 0:  # asked to wait: not a failed try
+                waited += 1
+                wait = retry.backoff(waited, asked, runner.rng)
+                continue
+            number += 1
             wait = retry.backoff(number, asked, runner.rng)
         self.reason = f"{label} failed {retry.max_attempts} time(s), the last with {error}"
         return "next"
@@ -289,16 +294,26 @@ class TaskAttempts:
         request: LlmRequest,
         limiter: RateLimiter | None,
         primary: bool,
+        last: bool,
     ) -> tuple[TaskResult, float] | str:
         """One attempt, past the link's circuit breaker and rate limit.
 
+        An open circuit sends the task on to the next link; on the last link that could
+        serve, the task waits for the circuit's probe instead.
+
         Returns:
             The attempt and the seconds its rate limit made it wait; or "next" when the
-            circuit is open, "done" when the rate limit would take it past its time.
+            circuit is open, "done" when the circuit or the rate limit would take it past
+            its time.
         """
         runner = self.runner
         breaker = runner.breaker(link.agent_type)
         ticket = CALL if breaker is None else breaker.allow()  # before any rate-limit wait
+        if ticket is None and last:
+            assert breaker is not None  # noqa: S101 - no ticket comes only from a breaker
+            ticket = await self._through_circuit(breaker, link)
+            if ticket is None:
+                return "done"
         if ticket is None:
             self.primary_open = self.primary_open or primary
             self.reason = f"circuit open for {link.agent_type}"
@@ -324,6 +339,40 @@ class TaskAttempts:
             limiter.correct(taken, result.usage.total_tokens if result.succeeded else None)
         return result, limited
 
+    async def _through_circuit(self, breaker: CircuitBreaker, link: AgentConfig) -> int | None:
+        """Wait (without a slot) for an open circuit to let this call through, in time.
+
+        Returns:
+            The ticket; or None when the probe would come after the task's ``max_total_s``
+            (the task then ends, saying so).
+        """
+        clock, limit = self.runner.clock, self.runner.retry.max_total_s
+        while True:
+            ticket = breaker.allow()
+            if ticket is not None:
+                return ticket
+            wait = breaker.cooldown_left()
+            left = limit - (clock.now() - self.started)
+            if wait > left or left <= 0:
+                self.add(
+                    not_attempted(
+                        self.task,
+                        link,
+                        TaskStatus.FAILED,
+                        f"not run: the circuit for {link.agent_type} is open (failing calls) "
+                        f"and its next probe would come after the task's max_total_s of "
+                        f"{limit:g} s",
+                        error_type="CircuitOpen",
+                    ),
+                    None,
+                )
+                return None
+            async with self.waiting():
+                if wait > 0:
+                    await clock.sleep(wait)
+                else:  # a probe is out: its outcome opens or closes the circuit
+                    await breaker.settled()
+
     async def _call(
         self,
         link: AgentConfig,
@@ -339,9 +388,9 @@ class TaskAttempts:
             kind = result.metadata.get("failure_kind")
             if result.succeeded or kind == FailureKind.REQUEST:
                 breaker.succeeded(ticket)  # answered, or rightly refused: the provider is up
-            elif kind == FailureKind.TRANSIENT and result.metadata["error_type"] != _RATE_LIMITED:
+            elif kind == FailureKind.TRANSIENT and not _asks_to_wait(result):
                 breaker.failed(ticket)
-            else:  # a rate limit, or a failure of ours (a key, an SDK): no verdict
+            else:  # asked to wait, or a failure of ours (a key, an SDK): no verdict
                 breaker.abandoned(ticket)
         return result
 
@@ -446,7 +495,10 @@ class TaskAttempts:
             )
 
 
-_RATE_LIMITED = "LLMRateLimitError"
+def _asks_to_wait(result: TaskResult) -> bool:
+    """A rate limit, or an overload that said when to come back: the provider is up."""
+    meta = result.metadata
+    return meta["error_type"] == "LLMRateLimitError" or bool(meta.get("retry_after_s"))
 
 
 def _model(agent: AgentConfig) -> str | None:

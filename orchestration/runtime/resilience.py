@@ -86,10 +86,16 @@ class RetryPolicy:
 
     Only failures that retrying can fix are retried (rate limits, overload, 5xx, timeouts,
     lost connections, cut or malformed answers): never authentication, a bad request, a
-    prompt too long for the model or refused content.
+    prompt too long for the model or refused content. An answer that says when to come back
+    (a 429 or 529 with ``Retry-After``) is a request to wait, not a failed attempt: it is
+    waited out and does not count against ``max_attempts``; ``max_total_s`` bounds it.
+
+    Five attempts by default: at a 30% rate of faults (a fifth of calls failing for good
+    reasons besides rate limits), one task in about 3,000 would fail all five.
 
     Attributes:
-        max_attempts: Tries per provider of a task's fallback chain, the first included.
+        max_attempts: Tries per provider of a task's fallback chain, the first included
+            (answers that asked to wait with ``Retry-After`` not counted).
         max_total_s: Time a task may spend on all its attempts and waits; none starts later.
         base_delay_s: Wait before the first retry; doubled for each retry after it.
         max_delay_s: Longest backoff wait.
@@ -99,7 +105,7 @@ class RetryPolicy:
             again (with the reason), on top of ``max_attempts``; then the task fails.
     """
 
-    max_attempts: int = 3
+    max_attempts: int = 5
     max_total_s: float = 600.0
     base_delay_s: float = 0.5
     max_delay_s: float = 30.0
@@ -251,12 +257,18 @@ class BreakerState(StrEnum):
 
     CLOSED = "closed"  # calls go through
     OPEN = "open"  # calls go straight to the fallback until the cool-down ends
-    HALF_OPEN = "half_open"  # one probe call is let through
+    HALF_OPEN = "half_open"  # one probe call is let through; the others wait for its outcome
 
 
 @dataclass(frozen=True)
 class BreakerPolicy:
     """When a provider's circuit opens, and for how long.
+
+    A breaker is for outages, not for the noise of a busy provider: by default ten failures
+    in a row, or half of the last 50 calls (once 30 were made), open it. At a 25% rate of
+    random failures that happens about once in 10,000 calls; a provider that is down opens it
+    within ten calls. A task that meets an open circuit goes to its fallback, or, with none
+    that could serve, waits for the probe (within its ``max_total_s``): it does not fail.
 
     Attributes:
         consecutive_failures: Failures in a row that open the circuit.
@@ -266,10 +278,10 @@ class BreakerPolicy:
         cooldown_s: Time an open circuit waits before letting one probe call through.
     """
 
-    consecutive_failures: int = 5
+    consecutive_failures: int = 10
     failure_rate: float = 0.5
-    window: int = 20
-    min_calls: int = 10
+    window: int = 50
+    min_calls: int = 30
     cooldown_s: float = 30.0
 
     def __post_init__(self) -> None:
@@ -290,7 +302,8 @@ class CircuitBreaker:
 
     Only failures of the provider count: overload, 5xx, timeouts, lost connections, cut or
     malformed answers. A rate limit does not (the provider is up and says when to come
-    back), nor does a request it rightly refused. ``allow`` hands out a ticket; the call's
+    back), nor does an overload that says when to come back (``Retry-After``), nor a
+    request it rightly refused. ``allow`` hands out a ticket; the call's
     outcome is reported with it, so that only the probe's own outcome decides a half-open
     circuit. ``on_change`` is called on every change of state.
     """
@@ -304,6 +317,7 @@ class CircuitBreaker:
     opened_at: float | None = None
     recent: deque[bool] = field(default_factory=deque)  # True: a failure
     _probing: bool = False
+    _settled: anyio.Event | None = None  # set when the state changes or a probe is given up
 
     def allow(self) -> int | None:
         """A ticket for a call now (``CALL`` or ``PROBE``), or None: the circuit is open."""
@@ -359,6 +373,25 @@ class CircuitBreaker:
         """The call ended without a verdict on the provider (cancelled, not sent)."""
         if ticket == PROBE:
             self._probing = False
+            self._wake()  # another caller may probe instead
+
+    def cooldown_left(self) -> float:
+        """Seconds until an open circuit lets its probe through (0: it would now)."""
+        if self.state is not BreakerState.OPEN:
+            return 0.0
+        assert self.opened_at is not None  # noqa: S101 - set when opened
+        return max(0.0, self.policy.cooldown_s - (self.clock.now() - self.opened_at))
+
+    async def settled(self) -> None:
+        """Wait until the circuit changes state or its probe is given up."""
+        if self._settled is None:
+            self._settled = anyio.Event()
+        await self._settled.wait()
+
+    def _wake(self) -> None:
+        if self._settled is not None:
+            self._settled.set()
+            self._settled = None
 
     def _open(self) -> None:
         self.opened_at = self.clock.now()
@@ -373,6 +406,7 @@ class CircuitBreaker:
         if state is self.state:
             return
         self.state = state
+        self._wake()
         if self.on_change is not None:
             self.on_change(self)
 
