@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,8 @@ import openai
 import pytest
 
 from tests.fakes.faults import (
+    CHARS_OUTPUT_TOKENS,
+    DEFAULT_KINDS,
     INPUT_TOKENS,
     OUTPUT_TOKENS,
     RANDOM_KINDS,
@@ -311,6 +313,239 @@ async def test_a_random_kind_can_be_forced_by_marker(
     assert faults.log.kinds_for("k") == ["429"]
 
 
+# Answers that are no answers, and proxies
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+async def test_a_502_is_a_proxy_s_html_page(
+    faults: FaultServer, oai: openai.AsyncOpenAI, claude: anthropic.AsyncAnthropic, stream: bool
+) -> None:
+    faults.plan = only("502")
+    with pytest.raises(openai.InternalServerError) as oai_error:
+        await (stream_openai if stream else ask_openai)(oai, "x")
+    with pytest.raises(anthropic.InternalServerError) as claude_error:
+        await (stream_claude if stream else ask_claude)(claude, "x")
+    for error in (oai_error.value, claude_error.value):
+        assert error.status_code == 502
+        assert error.response.headers["content-type"] == "text/html"
+        assert "retry-after" not in error.response.headers
+        assert error.body == (
+            "<html><head><title>502 Bad Gateway</title></head><body><center>"
+            "<h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>"
+        )
+    assert faults.log.kinds_for("x") == ["502", "502"]
+
+
+async def test_a_529_says_when_to_come_back_when_the_plan_says_so(
+    faults: FaultServer, oai: openai.AsyncOpenAI, claude: anthropic.AsyncAnthropic
+) -> None:
+    with pytest.raises(anthropic.OverloadedError) as by_default:
+        await ask_claude(claude, "[[529]]")
+    assert "retry-after" not in by_default.value.response.headers  # as before the option
+    faults.plan = FaultPlan(retry_after=3.0, retry_after_ms=True, retry_after_kinds=("429", "529"))
+    with pytest.raises(anthropic.OverloadedError) as claude_error:
+        await ask_claude(claude, "[[529]]")
+    with pytest.raises(openai.InternalServerError) as oai_error:
+        await ask_openai(oai, "[[529]]")
+    for error in (claude_error.value, oai_error.value):
+        assert error.status_code == 529
+        assert error.response.headers["retry-after"] == "3"
+        assert error.response.headers["retry-after-ms"] == "3000"
+    with pytest.raises(openai.RateLimitError) as limited:
+        await ask_openai(oai, "[[429]]")
+    assert limited.value.response.headers["retry-after"] == "3"
+
+
+async def test_a_malformed_answer_is_json_the_sdks_build_an_empty_answer_from(
+    faults: FaultServer, oai: openai.AsyncOpenAI, claude: anthropic.AsyncAnthropic
+) -> None:
+    faults.plan = only("malformed")
+    # Neither SDK validates a 200's body: the missing fields come out as None.
+    completion = await oai.chat.completions.create(
+        model="gpt-test", messages=[{"role": "user", "content": "x"}]
+    )
+    assert (completion.id, completion.object) == ("chatcmpl-faults", "chat.completion")
+    assert completion.model_dump(exclude_none=True) == {
+        "id": "chatcmpl-faults",
+        "object": "chat.completion",
+    }
+    message = await ask_claude(claude, "x")
+    assert message.model_dump(exclude_none=True) == {"type": "message"}
+    stream = await oai.chat.completions.create(
+        model="gpt-test", messages=[{"role": "user", "content": "x"}], stream=True
+    )
+    assert [chunk.choices async for chunk in stream] == [None]
+    events = await claude.messages.create(
+        model="claude-test", max_tokens=16, messages=[{"role": "user", "content": "x"}], stream=True
+    )
+    seen = [event async for event in events]
+    assert [event.type for event in seen] == ["message_start", "message_stop"]
+    assert seen[0].message is None  # type: ignore[union-attr]
+    assert faults.log.kinds_for("x") == ["malformed"] * 4
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+async def test_bad_json_fails_to_parse_in_both_sdks(
+    faults: FaultServer, oai: openai.AsyncOpenAI, claude: anthropic.AsyncAnthropic, stream: bool
+) -> None:
+    with pytest.raises(json.JSONDecodeError):
+        await (stream_openai if stream else ask_openai)(oai, "[[task:j]] [[badjson]]")
+    with pytest.raises(json.JSONDecodeError):
+        await (stream_claude if stream else ask_claude)(claude, "[[task:j]] [[badjson]]")
+    faults.plan = only("badjson")
+    raw = await oai.chat.completions.with_raw_response.create(
+        model="gpt-test", messages=[{"role": "user", "content": "x"}]
+    )
+    assert raw.headers["content-type"] == "application/json"
+    assert raw.content == b'{"id": "chatcmpl-faults", "cho'
+    assert faults.log.kinds_for("j") == ["badjson", "badjson"]
+
+
+# Good answers that are odd
+
+
+async def test_a_lone_surrogate_arrives_as_one_in_the_text(
+    faults: FaultServer, oai: openai.AsyncOpenAI, claude: anthropic.AsyncAnthropic
+) -> None:
+    prompt = "[[task:s]] [[surrogate]]"
+    assert await ask_openai(oai, prompt) == "done:s \ud800"
+    chunks = await stream_openai(oai, prompt)
+    assert [content for content, _, _ in chunks] == ["", "done:", "s \ud800", None, None]
+    assert chunks[-1][2] == (INPUT_TOKENS, OUTPUT_TOKENS)
+    message = await ask_claude(claude, prompt)
+    assert message.content[0].type == "text" and message.content[0].text == "done:s \ud800"
+    assert "content_block_delta:s \ud800" in await stream_claude(claude, prompt)
+    raw = await oai.chat.completions.with_raw_response.create(
+        model="gpt-test", messages=[{"role": "user", "content": prompt}]
+    )
+    assert b'"content": "done:s \\ud800"' in raw.content  # the escape, not UTF-8 bytes
+    assert faults.log.kinds_for("s") == ["surrogate"] * 5
+
+
+async def test_an_answer_without_usage_has_none(
+    faults: FaultServer, oai: openai.AsyncOpenAI, claude: anthropic.AsyncAnthropic
+) -> None:
+    prompt = "[[task:n]] [[nousage]]"
+    completion = await oai.chat.completions.create(
+        model="gpt-test", messages=[{"role": "user", "content": prompt}]
+    )
+    assert completion.choices[0].message.content == "done:n"
+    assert completion.usage is None and "usage" not in completion.model_fields_set
+    assert await stream_openai(oai, prompt) == [  # no usage chunk, though asked for
+        ("", None, None),
+        ("done:", None, None),
+        ("n", None, None),
+        (None, "stop", None),
+    ]
+    message = await ask_claude(claude, prompt)
+    assert message.content[0].type == "text" and message.content[0].text == "done:n"
+    assert message.usage is None
+    events = await claude.messages.create(
+        model="claude-test",
+        max_tokens=16,
+        messages=[{"role": "user", "content": prompt}],
+        stream=True,
+    )
+    seen = {event.type: event async for event in events}
+    assert seen["message_start"].message.usage is None
+    assert seen["message_delta"].usage is None
+    assert "message_stop" in seen
+    assert faults.log.kinds_for("n") == ["nousage"] * 4
+
+
+# Usage in proportion to the prompt
+
+
+async def test_chars_usage_counts_a_token_a_character_and_spends_max_tokens(
+    faults: FaultServer, oai: openai.AsyncOpenAI
+) -> None:
+    faults.plan = FaultPlan(usage="chars")
+    system, first, question = "Sé breve.", "こんにちは", "[[task:u]] 日本語で答えて"
+    messages: list[Any] = [
+        {"role": "system", "content": system},
+        {"role": "user", "content": first},
+        {"role": "assistant", "content": "はい"},
+        {"role": "user", "content": [{"type": "text", "text": question}]},
+    ]
+    chars = 9 + 5 + 2 + 18  # characters, where UTF-8 has 63 bytes
+    assert len((system + first + "はい" + question).encode()) == 63
+    completion = await oai.chat.completions.create(
+        model="gpt-test", messages=messages, max_completion_tokens=300
+    )
+    assert completion.choices[0].message.content == "done:u"  # the text is the same
+    assert completion.usage is not None
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (chars, 300)
+    assert completion.usage.total_tokens == chars + 300
+    unlimited = await oai.chat.completions.create(model="gpt-test", messages=messages)
+    assert unlimited.usage is not None
+    assert unlimited.usage.completion_tokens == CHARS_OUTPUT_TOKENS == 4096
+    old_style = await oai.chat.completions.create(
+        model="gpt-test", messages=messages, max_tokens=50
+    )
+    assert old_style.usage is not None and old_style.usage.completion_tokens == 50
+    stream = await oai.chat.completions.create(
+        model="gpt-test",
+        messages=messages,
+        max_completion_tokens=70,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    usages = [(c.usage.prompt_tokens, c.usage.completion_tokens) async for c in stream if c.usage]
+    assert usages == [(chars, 70)]
+
+
+async def test_chars_usage_counts_anthropic_s_system_prompt_in_either_form(
+    faults: FaultServer, claude: anthropic.AsyncAnthropic
+) -> None:
+    faults.plan = FaultPlan(usage="chars")
+    for system in (
+        "Be brief.",
+        [{"type": "text", "text": "Be "}, {"type": "text", "text": "brief."}],
+    ):
+        message = await claude.messages.create(
+            model="claude-test",
+            max_tokens=64,
+            system=system,  # type: ignore[arg-type]
+            messages=[{"role": "user", "content": "¿Qué tal?"}],
+        )
+        assert (message.usage.input_tokens, message.usage.output_tokens) == (9 + 9, 64)
+    events = await claude.messages.create(
+        model="claude-test",
+        max_tokens=64,
+        messages=[{"role": "user", "content": "¿Qué tal?"}],
+        stream=True,
+    )
+    seen = {event.type: event async for event in events}
+    assert seen["message_start"].message.usage.input_tokens == 9  # type: ignore[union-attr]
+    assert seen["message_delta"].usage.output_tokens == 64  # type: ignore[union-attr]
+
+
+async def test_answer_tokens_set_the_output_count_up_to_max_tokens(
+    faults: FaultServer, oai: openai.AsyncOpenAI, claude: anthropic.AsyncAnthropic
+) -> None:
+    async def spent(max_tokens: int | None) -> tuple[int, int]:
+        completion = await oai.chat.completions.create(
+            model="gpt-test",
+            messages=[{"role": "user", "content": "abc"}],
+            max_completion_tokens=openai.omit if max_tokens is None else max_tokens,
+        )
+        assert completion.usage is not None
+        return completion.usage.prompt_tokens, completion.usage.completion_tokens
+
+    faults.plan = FaultPlan(answer_tokens=120)
+    assert [await spent(None), await spent(500), await spent(40)] == [
+        (INPUT_TOKENS, 120),
+        (INPUT_TOKENS, 120),
+        (INPUT_TOKENS, 40),
+    ]
+    faults.plan = FaultPlan(usage="chars", answer_tokens=120)
+    assert [await spent(None), await spent(40)] == [(3, 120), (3, 40)]
+    message = await claude.messages.create(
+        model="claude-test", max_tokens=16, messages=[{"role": "user", "content": "abc"}]
+    )
+    assert (message.usage.input_tokens, message.usage.output_tokens) == (3, 16)
+
+
 # Determinism and the cap
 
 
@@ -321,7 +556,7 @@ def test_the_same_seed_gives_the_same_faults_and_another_seed_others() -> None:
 
     assert sequence(1) == sequence(1)
     assert sequence(1) != sequence(2)
-    assert set(sequence(1)) == {"ok", *RANDOM_KINDS}
+    assert set(sequence(1)) == {"ok", *DEFAULT_KINDS}  # the newer kinds are opt-in
     # A stable hash, not Python's salted one: the same picks in every process and run.
     plan = FaultPlan(rate=0.5, seed=1)
     assert [plan.pick("a", attempt, 0) for attempt in range(1, 9)] == [
@@ -339,6 +574,13 @@ def test_the_rate_and_the_weights_shape_the_mix() -> None:
     assert 2.5 < faulted.count("429") / faulted.count("reset") < 3.5
     assert {FaultPlan(rate=0.0).pick(f"t{i}", 1, 0) for i in range(100)} == {"ok"}
     assert {FaultPlan(rate=1.0).pick(f"t{i}", 1, 0) for i in range(100)} <= set(RANDOM_KINDS)
+
+
+def test_every_random_kind_can_be_weighed_in() -> None:
+    assert set(DEFAULT_KINDS) < set(RANDOM_KINDS)
+    assert {"malformed", "badjson", "502"} <= set(RANDOM_KINDS)
+    plan = FaultPlan(rate=1.0, kinds=dict.fromkeys(RANDOM_KINDS, 1.0))
+    assert {plan.pick(f"t{i}", 1, 0) for i in range(400)} == set(RANDOM_KINDS)
 
 
 async def test_faults_per_key_do_not_depend_on_arrival_order(
@@ -384,6 +626,14 @@ def test_a_plan_refuses_what_it_cannot_do() -> None:
         FaultPlan(rate=1.5)
     with pytest.raises(ValueError, match="positive weight"):
         FaultPlan(rate=0.5, kinds={"429": 0.0})
+    with pytest.raises(ValueError, match=r"unknown fault kinds \['nousage'\].*\[\[nousage\]\]"):
+        FaultPlan(kinds={"nousage": 1.0})
+    with pytest.raises(ValueError, match="retry_after_kinds must be among"):
+        FaultPlan(retry_after_kinds=("429", "reset"))
+    with pytest.raises(ValueError, match="usage must be 'fixed' or 'chars'"):
+        FaultPlan(usage="tokens")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="answer_tokens cannot be negative"):
+        FaultPlan(answer_tokens=-1)
 
 
 # The call log
@@ -428,15 +678,11 @@ def test_loading_a_log_skips_a_half_written_last_line(tmp_path: Path) -> None:
 # As a child process
 
 
-@pytest.fixture
-def child(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, Path]]:
-    """The server as a child process: one fault per key, 429 or a hang; hangs last 10 min."""
-    log = tmp_path / "calls.jsonl"
-    args = ["--port", "0", "--rate", "1", "--kinds", "429=1", "--retry-after", "0.25"]
-    args += ["--max-faults-per-key", "1", "--hang", "600", "--latency", "0.001"]
-    args += ["--seed", "1", "--log", str(log)]
+@contextmanager
+def serving(args: list[str]) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """The server as a child process on a free port, and its URL; killed if still running."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes.faults", *args],
+        [sys.executable, "-m", "tests.fakes.faults", "--port", "0", *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
@@ -444,13 +690,24 @@ def child(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, Path]]:
     try:
         assert process.stdout is not None
         port = int(process.stdout.readline())
-        yield process, f"http://127.0.0.1:{port}", log
+        yield process, f"http://127.0.0.1:{port}"
     finally:
         if process.poll() is None:
             process.kill()
         process.wait()
         if process.stdout is not None:
             process.stdout.close()
+
+
+@pytest.fixture
+def child(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, Path]]:
+    """The server as a child process: one fault per key, 429 or a hang; hangs last 10 min."""
+    log = tmp_path / "calls.jsonl"
+    args = ["--rate", "1", "--kinds", "429=1", "--retry-after", "0.25"]
+    args += ["--max-faults-per-key", "1", "--hang", "600", "--latency", "0.001"]
+    args += ["--seed", "1", "--log", str(log)]
+    with serving(args) as (process, url):
+        yield process, url, log
 
 
 async def test_as_a_child_process_it_serves_logs_and_stops_on_sigterm(
@@ -474,3 +731,20 @@ async def test_as_a_child_process_it_serves_logs_and_stops_on_sigterm(
     ]
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
+
+
+async def test_as_a_child_process_it_takes_the_newer_options() -> None:
+    args = ["--rate", "1", "--kinds", "529=1", "--max-faults-per-key", "1"]
+    args += ["--retry-after", "0.5", "--retry-after-kinds", "429,529"]
+    args += ["--usage", "chars", "--answer-tokens", "20"]
+    with serving(args) as (_, url):
+        async with anthropic.AsyncAnthropic(base_url=url, api_key="k", max_retries=0) as client:
+            with pytest.raises(anthropic.OverloadedError) as overloaded:
+                await ask_claude(client, "[[task:c1]]")
+            assert overloaded.value.response.headers["retry-after"] == "0.5"
+            message = await ask_claude(client, "[[task:c1]]")  # max_tokens=16 caps the 20
+            with pytest.raises(anthropic.InternalServerError) as proxy:
+                await ask_claude(client, "[[task:c2]] [[502]]")
+    assert (message.usage.input_tokens, message.usage.output_tokens) == (11, 16)
+    assert proxy.value.response.headers["content-type"] == "text/html"
+    assert "retry-after" not in proxy.value.response.headers

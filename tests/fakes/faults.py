@@ -20,18 +20,39 @@ Kinds, on both routes (HTTP status; OpenAI's error ``code`` / Anthropic's error 
 * ``429``: 429 with ``Retry-After`` (and ``retry-after-ms`` if asked);
   ``rate_limit_exceeded`` / ``rate_limit_error``.
 * ``500``: 500; ``server_error`` / ``api_error``.
-* ``529``: 529; ``overloaded`` / ``overloaded_error``.
+* ``529``: 529; ``overloaded`` / ``overloaded_error``. ``Retry-After`` too when the plan's
+  ``retry_after_kinds`` names it, as real Anthropic 529s do; not by default, since tests
+  count on a 529 being left to the client's own backoff.
 * ``reset``: the connection is reset (RST) before any answer.
 * ``timeout``: no answer for ``hang`` seconds (cut short by shutdown), then a reset.
 * ``cut``: a stream sends its first text piece and ends, without finish, usage or stop
   events; a plain answer announces its full length, sends half the body, then resets.
+* ``malformed``: a 200 with JSON that is no answer: OpenAI ``{"id", "object"}`` without
+  ``choices``, Anthropic ``{"type": "message"}`` without content; a stream sends one such
+  chunk (``message_start`` without its message) and ends properly.
+* ``badjson``: a 200 ``application/json`` whose body is cut mid-JSON
+  (``{"id": "chatcmpl-faults", "cho``); in a stream, the first event's data is.
+* ``502``: 502 from a proxy: ``text/html``, nginx's "502 Bad Gateway" page.
 * ``401`` (marker only): 401; ``invalid_api_key`` / ``authentication_error``.
 * ``context`` (marker only): 400; ``context_length_exceeded`` / ``invalid_request_error``
   with "prompt is too long".
+* ``surrogate`` (marker only): a good answer whose text ends in a lone surrogate, sent as
+  the JSON escape ``\\ud800`` (``done:KEY \\ud800``; streamed, in the last text delta).
+* ``nousage`` (marker only): a good answer without any usage: no ``usage`` key, no usage
+  chunk even when asked for, ``message_start`` and ``message_delta`` without usage.
 
-A good answer's text is ``done:KEY``, streamed as ``done:`` then ``KEY``; usage is always
-``INPUT_TOKENS`` in and ``OUTPUT_TOKENS`` out. Every call lands in a thread-safe ``CallLog``,
-optionally appended to a file as JSON lines, flushed line by line.
+The default ``kinds`` weighs only the first six (``DEFAULT_KINDS``), so a seed picks what it
+always did; ``malformed``, ``badjson`` and ``502`` are opt-in through ``kinds`` (``--kinds``)
+or a marker. ``surrogate`` and ``nousage`` are logged under their kind, not ``ok``.
+
+A good answer's text is ``done:KEY``, streamed as ``done:`` then ``KEY``. Its usage is
+``INPUT_TOKENS`` in and ``OUTPUT_TOKENS`` out, or with ``usage="chars"`` one input token per
+character of the messages' and system prompt's text (a non-English prompt is not cheaper
+than it looks) and as many output tokens as the request's ``max_tokens`` (OpenAI:
+``max_completion_tokens`` or ``max_tokens``) allows, ``CHARS_OUTPUT_TOKENS`` without one;
+``answer_tokens`` sets the output count instead, capped by ``max_tokens``. The text is the
+same either way. Every call lands in a thread-safe ``CallLog``, optionally appended to a
+file as JSON lines, flushed line by line.
 
 Run it in-process (``with FaultServer(FaultPlan(rate=0.3, seed=1)) as server: server.url``)
 or as a child process: ``python -m tests.fakes.faults --port 0 --rate 0.3 --log calls.jsonl``
@@ -56,7 +77,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 from aiohttp import web
 
@@ -64,6 +85,8 @@ from tests.fakes.anthropic_api import MESSAGE_ID, error_body
 from tests.fakes.server import LoopbackServer
 
 __all__ = [
+    "CHARS_OUTPUT_TOKENS",
+    "DEFAULT_KINDS",
     "INPUT_TOKENS",
     "KINDS",
     "MARKER_KINDS",
@@ -80,12 +103,15 @@ __all__ = [
 ]
 
 OK = "ok"
-RANDOM_KINDS = ("429", "500", "529", "reset", "timeout", "cut")
-MARKER_KINDS = ("401", "context")
+DEFAULT_KINDS = ("429", "500", "529", "reset", "timeout", "cut")  # weighed 1 by default
+RANDOM_KINDS = (*DEFAULT_KINDS, "malformed", "badjson", "502")
+MARKER_KINDS = ("401", "context", "surrogate", "nousage")
 KINDS = RANDOM_KINDS + MARKER_KINDS
 INPUT_TOKENS = 10
 OUTPUT_TOKENS = 5
+CHARS_OUTPUT_TOKENS = 4096  # output tokens with usage="chars" when the request sets no limit
 
+_STATUS_KINDS = frozenset({"429", "500", "529", "502", "401", "context"})  # an HTTP error
 _TASK = re.compile(r"\[\[task:([^\]]+)\]\]")
 _MARKER = re.compile(r"\[\[([\w-]+)\]\]")
 
@@ -99,28 +125,48 @@ class FaultPlan:
         kinds: Relative weights of the random kinds (keys from ``RANDOM_KINDS``).
         seed: Seeds the per-call hash; the same seed gives the same faults per key.
         max_faults_per_key: After this many faults for a key, its calls succeed (None: no cap).
-        retry_after: Seconds in a 429's ``Retry-After`` header (None: no header).
-        retry_after_ms: Also send ``retry-after-ms`` with a 429.
+        retry_after: Seconds in the ``Retry-After`` header of ``retry_after_kinds`` (None:
+            no header).
+        retry_after_ms: Also send ``retry-after-ms`` with them.
+        retry_after_kinds: The error kinds that say when to come back; add ``"529"`` to
+            answer like Anthropic's overload, ``"502"`` or ``"500"`` like some gateways.
         hang: Seconds a ``timeout`` call is held before its connection is reset.
         latency: Seconds every call waits before it is answered.
+        usage: ``"fixed"``: ``INPUT_TOKENS`` and ``OUTPUT_TOKENS``; ``"chars"``: a token per
+            character of the prompt, and the request's ``max_tokens`` (module docstring).
+        answer_tokens: Output tokens to report instead, capped by the request's
+            ``max_tokens`` (None: as ``usage`` says).
     """
 
     rate: float = 0.0
-    kinds: Mapping[str, float] = field(default_factory=lambda: dict.fromkeys(RANDOM_KINDS, 1.0))
+    kinds: Mapping[str, float] = field(default_factory=lambda: dict.fromkeys(DEFAULT_KINDS, 1.0))
     seed: int = 0
     max_faults_per_key: int | None = None
     retry_after: float | None = 1.0
     retry_after_ms: bool = False
+    retry_after_kinds: Sequence[str] = ("429",)
     hang: float = 30.0
     latency: float = 0.0
+    usage: Literal["fixed", "chars"] = "fixed"
+    answer_tokens: int | None = None
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.kinds) - set(RANDOM_KINDS))
         if unknown:
+            markers = ", ".join(f"[[{kind}]]" for kind in MARKER_KINDS)
             raise ValueError(
                 f"unknown fault kinds {unknown}: use {list(RANDOM_KINDS)} "
-                "(401 and context come only from [[401]] and [[context]] prompt markers)"
+                f"({', '.join(MARKER_KINDS)} come only from the prompt markers {markers})"
             )
+        if not set(self.retry_after_kinds) <= _STATUS_KINDS:
+            raise ValueError(
+                f"retry_after_kinds must be among {sorted(_STATUS_KINDS)}, "
+                f"not {list(self.retry_after_kinds)}"
+            )
+        if self.usage not in ("fixed", "chars"):
+            raise ValueError(f"usage must be 'fixed' or 'chars', not {self.usage!r}")
+        if self.answer_tokens is not None and self.answer_tokens < 0:
+            raise ValueError("answer_tokens cannot be negative")
         if not 0.0 <= self.rate <= 1.0:
             raise ValueError(f"rate must be between 0 and 1, not {self.rate}")
         if any(weight < 0 for weight in self.kinds.values()):
@@ -227,7 +273,7 @@ class CallLog:
         return [call.kind for call in self.calls_for(key)]
 
     def ok_keys(self) -> set[str]:
-        """The keys that got at least one good answer."""
+        """The keys that got at least one plain good answer (``"ok"``)."""
         return {call.key for call in self.calls if call.kind == OK}
 
     def counts(self) -> Counter[str]:
@@ -294,10 +340,16 @@ def fault_app(faults: Faults) -> web.Application:
 
 def _last_user_text(body: dict[str, Any]) -> str:
     users = [m for m in body.get("messages") or [] if m.get("role") == "user"]
-    content = users[-1].get("content", "") if users else ""
+    return _text(users[-1].get("content")) if users else ""
+
+
+def _text(content: Any) -> str:
+    """The text of a message's content or of a system prompt: a string or a list of parts."""
     if isinstance(content, str):
         return content
-    return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return ""
 
 
 def _key(text: str) -> str:
@@ -318,16 +370,34 @@ async def _answer(
         return _reset(request)
     if call.kind == "reset":
         return _reset(request)
-    if call.kind not in (OK, "cut"):
+    headers = _retry_headers(call, plan)
+    if call.kind == "502":
+        return web.Response(
+            status=502, body=_BAD_GATEWAY, content_type="text/html", headers=headers
+        )
+    if call.kind in _STATUS_KINDS:
         status, error = _error(call.route, call.kind)
-        return web.json_response(error, status=status, headers=_retry_headers(call, plan))
-    text, cut = f"done:{call.key}", call.kind == "cut"
-    openai = call.route == "openai"
+        return web.json_response(error, status=status, headers=headers)
+    if call.kind in ("malformed", "badjson"):
+        content_type = "text/event-stream" if call.stream else "application/json"
+        data = _NOT_ANSWERS[call.kind, call.route, call.stream]
+        return web.Response(body=data, content_type=content_type)
+    return await _good(request, body, call, plan)
+
+
+async def _good(
+    request: web.Request, body: dict[str, Any], call: Call, plan: FaultPlan
+) -> web.StreamResponse:
+    """An answer (``ok``, ``surrogate``, ``nousage``), or half of one (``cut``)."""
+    text = f"done:{call.key} \ud800" if call.kind == "surrogate" else f"done:{call.key}"
+    usage = None if call.kind == "nousage" else _tokens(body, plan)
+    openai, cut = call.route == "openai", call.kind == "cut"
     if call.stream:
-        frames, keep = _openai_frames(body, text) if openai else _anthropic_frames(body, text)
+        stream = _openai_frames if openai else _anthropic_frames
+        frames, keep = stream(body, text, usage)
         return await _send_stream(request, frames[:keep] if cut else frames)
-    answer = _openai_answer(body, text) if openai else _anthropic_answer(body, text)
-    data = json.dumps(answer).encode()
+    answer = (_openai_answer if openai else _anthropic_answer)(body, text, usage)
+    data = json.dumps(answer).encode()  # ASCII: a lone surrogate goes out as its escape
     if not cut:
         return web.Response(body=data, content_type="application/json")
     response = web.StreamResponse(headers={"Content-Type": "application/json"})
@@ -370,6 +440,25 @@ _ANTHROPIC_ERRORS = {  # kind: (status, type, message)
     "401": (401, "authentication_error", "invalid x-api-key"),
     "context": (400, "invalid_request_error", "prompt is too long: 210000 tokens > 200000"),
 }
+_BAD_GATEWAY = (  # what nginx answers when the upstream fails
+    b"<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway"
+    b"</h1></center><hr><center>nginx</center></body></html>"
+)
+_NOT_ANSWERS = {  # (kind, route, stream): the body of a 200 that is no answer
+    ("malformed", "openai", False): b'{"id": "chatcmpl-faults", "object": "chat.completion"}',
+    ("malformed", "anthropic", False): b'{"type": "message"}',
+    ("badjson", "openai", False): b'{"id": "chatcmpl-faults", "cho',
+    ("badjson", "anthropic", False): b'{"id": "msg_faults", "ty',
+    ("malformed", "openai", True): (
+        b'data: {"id": "chatcmpl-faults", "object": "chat.completion.chunk"}\n\ndata: [DONE]\n\n'
+    ),
+    ("malformed", "anthropic", True): (
+        b'event: message_start\ndata: {"type": "message_start"}\n\n'
+        b'event: message_stop\ndata: {"type": "message_stop"}\n\n'
+    ),
+    ("badjson", "openai", True): b'data: {"id": "chatcmpl-faults", "cho\n\n',
+    ("badjson", "anthropic", True): b'event: message_start\ndata: {"type": "message_st\n\n',
+}
 
 
 def _error(route: str, kind: str) -> tuple[int, dict[str, Any]]:
@@ -383,7 +472,7 @@ def _error(route: str, kind: str) -> tuple[int, dict[str, Any]]:
 
 
 def _retry_headers(call: Call, plan: FaultPlan) -> dict[str, str]:
-    if call.kind != "429" or plan.retry_after is None:
+    if call.kind not in plan.retry_after_kinds or plan.retry_after is None:
         return {}
     headers = {"Retry-After": f"{plan.retry_after:g}"}
     if plan.retry_after_ms:
@@ -391,58 +480,80 @@ def _retry_headers(call: Call, plan: FaultPlan) -> dict[str, str]:
     return headers
 
 
+def _tokens(body: dict[str, Any], plan: FaultPlan) -> tuple[int, int]:
+    """The input and output tokens a good answer reports (module docstring)."""
+    limits = (body.get(name) for name in ("max_completion_tokens", "max_tokens"))
+    limit = next((int(value) for value in limits if value is not None), None)
+    tokens_in, tokens_out = INPUT_TOKENS, OUTPUT_TOKENS
+    if plan.usage == "chars":
+        texts = [_text(body.get("system"))]
+        texts += [_text(message.get("content")) for message in body.get("messages") or []]
+        tokens_in = sum(map(len, texts))
+        tokens_out = CHARS_OUTPUT_TOKENS if limit is None else limit
+    if plan.answer_tokens is not None:
+        tokens_out = plan.answer_tokens if limit is None else min(plan.answer_tokens, limit)
+    return tokens_in, tokens_out
+
+
 def _pieces(text: str) -> list[str]:
     head, _, tail = text.partition(":")
     return [f"{head}:", tail]
 
 
-def _openai_usage() -> dict[str, int]:
-    total = INPUT_TOKENS + OUTPUT_TOKENS
+def _openai_usage(usage: tuple[int, int]) -> dict[str, int]:
+    prompt, completion = usage
     return {
-        "prompt_tokens": INPUT_TOKENS,
-        "completion_tokens": OUTPUT_TOKENS,
-        "total_tokens": total,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
     }
 
 
-def _openai_answer(body: dict[str, Any], text: str) -> dict[str, Any]:
+def _openai_answer(
+    body: dict[str, Any], text: str, usage: tuple[int, int] | None
+) -> dict[str, Any]:
     message = {"role": "assistant", "content": text}
-    return {
+    answer = {
         "id": "chatcmpl-faults",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": body.get("model", ""),
         "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-        "usage": _openai_usage(),
     }
+    if usage is not None:
+        answer["usage"] = _openai_usage(usage)
+    return answer
 
 
-def _openai_frames(body: dict[str, Any], text: str) -> tuple[list[bytes], int]:
+def _openai_frames(
+    body: dict[str, Any], text: str, usage: tuple[int, int] | None
+) -> tuple[list[bytes], int]:
     """The SSE frames of a streamed answer, and how many of them a cut stream sends."""
 
-    def chunk(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
+    def chunk(choices: list[dict[str, Any]], **fields: Any) -> bytes:
         data = {
             "id": "chatcmpl-faults",
             "object": "chat.completion.chunk",
             "created": int(time.time()),
             "model": body.get("model", ""),
             "choices": choices,
-            "usage": usage,
+            **fields,
         }
         return f"data: {json.dumps(data)}\n\n".encode()
 
+    fields = {} if usage is None else {"usage": None}  # nousage: not even a null
     deltas = [{"role": "assistant", "content": ""}] + [{"content": p} for p in _pieces(text)]
-    frames = [chunk([{"index": 0, "delta": d, "finish_reason": None}]) for d in deltas]
-    frames.append(chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}]))
-    if (body.get("stream_options") or {}).get("include_usage"):
-        frames.append(chunk([], _openai_usage()))
+    frames = [chunk([{"index": 0, "delta": d, "finish_reason": None}], **fields) for d in deltas]
+    frames.append(chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}], **fields))
+    if usage is not None and (body.get("stream_options") or {}).get("include_usage"):
+        frames.append(chunk([], usage=_openai_usage(usage)))
     return [*frames, b"data: [DONE]\n\n"], 2
 
 
 def _anthropic_answer(
-    body: dict[str, Any], text: str, output: int = OUTPUT_TOKENS
+    body: dict[str, Any], text: str, usage: tuple[int, int] | None
 ) -> dict[str, Any]:
-    return {
+    answer: dict[str, Any] = {
         "id": MESSAGE_ID,
         "type": "message",
         "role": "assistant",
@@ -450,20 +561,25 @@ def _anthropic_answer(
         "content": [{"type": "text", "text": text}] if text else [],
         "stop_reason": "end_turn" if text else None,
         "stop_sequence": None,
-        "usage": {
-            "input_tokens": INPUT_TOKENS,
-            "output_tokens": output,
+    }
+    if usage is not None:
+        answer["usage"] = {
+            "input_tokens": usage[0],
+            "output_tokens": usage[1],
             "cache_creation_input_tokens": 0,
             "cache_read_input_tokens": 0,
-        },
-    }
+        }
+    return answer
 
 
-def _anthropic_frames(body: dict[str, Any], text: str) -> tuple[list[bytes], int]:
+def _anthropic_frames(
+    body: dict[str, Any], text: str, usage: tuple[int, int] | None
+) -> tuple[list[bytes], int]:
     """The SSE frames of a streamed answer, and how many of them a cut stream sends."""
     block = {"type": "text", "text": ""}
+    start = None if usage is None else (usage[0], 1)  # the output so far: one token
     events: list[dict[str, Any]] = [
-        {"type": "message_start", "message": _anthropic_answer(body, "", output=1)},
+        {"type": "message_start", "message": _anthropic_answer(body, "", start)},
         {"type": "content_block_start", "index": 0, "content_block": block},
         {"type": "ping"},
     ]
@@ -471,15 +587,13 @@ def _anthropic_frames(body: dict[str, Any], text: str) -> tuple[list[bytes], int
         {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}
         for p in _pieces(text)
     ]
-    events += [
-        {"type": "content_block_stop", "index": 0},
-        {
-            "type": "message_delta",
-            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-            "usage": {"output_tokens": OUTPUT_TOKENS},
-        },
-        {"type": "message_stop"},
-    ]
+    end: dict[str, Any] = {
+        "type": "message_delta",
+        "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+    }
+    if usage is not None:
+        end["usage"] = {"output_tokens": usage[1]}
+    events += [{"type": "content_block_stop", "index": 0}, end, {"type": "message_stop"}]
     frames = [f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in events]
     return frames, 4
 
@@ -528,6 +642,10 @@ def _parse_kinds(value: str) -> dict[str, float]:
     return {kind.strip(): float(weight or 1) for kind, _, weight in pairs}
 
 
+def _parse_names(value: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in value.split(",") if name.strip())
+
+
 def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m tests.fakes.faults",
@@ -536,13 +654,22 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0: a free port (printed)")
     parser.add_argument("--rate", type=float, default=0.0, help="share of calls that fault")
-    parser.add_argument("--kinds", type=_parse_kinds, help="weights: 429=2,reset=1 (all: 1)")
+    parser.add_argument(
+        "--kinds", type=_parse_kinds, help="weights: 429=2,reset=1 (default: the first six, 1)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-faults-per-key", type=int, default=None)
     parser.add_argument("--retry-after", type=float, default=1.0, help="seconds; <0: none")
     parser.add_argument("--retry-after-ms", action="store_true")
+    parser.add_argument(
+        "--retry-after-kinds", type=_parse_names, default=("429",), help="which send it: 429,529"
+    )
     parser.add_argument("--hang", type=float, default=30.0, help="seconds a timeout holds")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before answers")
+    parser.add_argument(
+        "--usage", choices=("fixed", "chars"), default="fixed", help="chars: a token a character"
+    )
+    parser.add_argument("--answer-tokens", type=int, default=None, help="output tokens reported")
     parser.add_argument("--log", type=Path, default=None, help="append calls as JSON lines")
     return parser.parse_args(argv)
 
@@ -568,13 +695,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _arguments(argv)
     plan = FaultPlan(
         rate=args.rate,
-        kinds=args.kinds or dict.fromkeys(RANDOM_KINDS, 1.0),
+        kinds=args.kinds or dict.fromkeys(DEFAULT_KINDS, 1.0),
         seed=args.seed,
         max_faults_per_key=args.max_faults_per_key,
         retry_after=args.retry_after if args.retry_after >= 0 else None,
         retry_after_ms=args.retry_after_ms,
+        retry_after_kinds=args.retry_after_kinds,
         hang=args.hang,
         latency=args.latency,
+        usage=args.usage,
+        answer_tokens=args.answer_tokens,
     )
     faults = Faults(plan, CallLog(args.log))
     try:
