@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import sys
 from collections.abc import Iterator
@@ -119,7 +120,8 @@ async def test_script_environment_holds_nothing_it_was_not_given(
     result = await run_tool(script_agent(tmp_path, ENV_DUMP))
     names = set(json.loads(result.output))
     assert "SOME_SECRET_OF_THE_PARENT" not in names
-    assert names <= {"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ", "LC_CTYPE", "PWD"}
+    allowed = {"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ", "LC_CTYPE", "PWD"}
+    assert names <= allowed | {"ORCHESTRA_SCRIPT_RUN"}  # the run's cookie, not a secret
 
 
 HANG = """
@@ -204,3 +206,111 @@ async def test_the_scripts_answer_is_checked_like_any_other(chat_server: str) ->
     assert result.status is TaskStatus.FAILED  # "from loopback" is refused, not accepted
     assert result.metadata["execution_method"] == "script"
     assert result.error == "invalid_output: Start with 'Dear'."
+
+
+# A grandchild in a session of its own, which the script's process group does not hold.
+SETSID_GRANDCHILD = """
+import json, os, subprocess, sys, time
+json.load(sys.stdin)
+pid_file = os.environ["HOME"] + "/grandchild.pid"
+sleeper = "import os, time; open({0!r} + '.tmp', 'w').write(str(os.getpid())); " \\
+    "os.rename({0!r} + '.tmp', {0!r}); time.sleep(60)".format(pid_file)
+quiet = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+if HOW == "setsid":
+    subprocess.Popen([sys.executable, "-c", sleeper], start_new_session=True, **quiet)  # setsid()
+elif os.fork() == 0:  # double fork: the grandchild is orphaned, reparented, in a new session
+    os.setsid()
+    if os.fork() == 0:
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.execv(sys.executable, [sys.executable, "-c", sleeper])
+    os._exit(0)
+while not os.path.exists(pid_file):
+    time.sleep(0.01)
+print(json.dumps({"output": "answered"}))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="escaping the process group is Linux-tested")
+@pytest.mark.parametrize("how", ["setsid", "double-fork"])
+async def test_a_grandchild_in_its_own_session_dies_with_the_script(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    body = f"HOW = {how!r}\n{SETSID_GRANDCHILD}"
+    result = await run_tool(script_agent(tmp_path, body, timeout_s=30))
+    grandchild = int((tmp_path / "grandchild.pid").read_text())
+    try:
+        assert result.status is TaskStatus.SUCCEEDED, result.error
+        assert result.output == "answered"
+        assert await _dies(grandchild), f"the {how} grandchild outlived its script"
+    finally:
+        _kill(grandchild)
+
+
+# The script answers and exits; the child it left behind still holds its stdout.
+ANSWER_AND_LEAVE_A_CHILD = """
+import json, os, subprocess, sys
+json.load(sys.stdin)
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+with open(os.environ["HOME"] + "/child.pid", "w") as f:
+    f.write(str(child.pid))
+print(json.dumps({"output": "answered"}), flush=True)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="process states are read from /proc")
+async def test_the_answer_counts_when_the_script_exits_and_its_child_holds_stdout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    result = await run_tool(script_agent(tmp_path, ANSWER_AND_LEAVE_A_CHILD, timeout_s=30))
+    child = int((tmp_path / "child.pid").read_text())
+    try:
+        assert result.status is TaskStatus.SUCCEEDED, result.error
+        assert result.output == "answered"
+        assert await _dies(child), "the script's child outlived it"
+    finally:
+        _kill(child)
+
+
+async def _dies(pid: int) -> bool:
+    for _ in range(100):  # SIGKILL is delivered at once, but reaping can lag
+        if not _alive(pid):
+            return True
+        await anyio.sleep(0.05)
+    return False
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="escaping the process group is Linux-tested")
+async def test_a_cancelled_run_kills_the_grandchild_in_its_own_session(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestration.runtime.subprocess_runner import run_script
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path = tmp_path / "agent.py"
+    path.write_text(f"HOW = 'setsid'\n{SETSID_GRANDCHILD}\ntime.sleep(600)\n")
+    pid_file = tmp_path / "grandchild.pid"
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(
+            lambda: run_script([sys.executable, str(path)], {}, timeout_s=60, max_output_bytes=999)
+        )
+        for _ in range(1500):  # until the grandchild is up
+            if pid_file.exists():
+                break
+            await anyio.sleep(0.02)
+        tg.cancel_scope.cancel()  # the caller gives up on the run
+    grandchild = int(pid_file.read_text())
+    try:
+        assert await _dies(grandchild), "the grandchild outlived the cancelled run"
+    finally:
+        _kill(grandchild)
