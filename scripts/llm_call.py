@@ -16,7 +16,9 @@ and one JSON object on stdout: ``{"output", "model", "finish_reason", "usage":
 "message"}}`` with exit status 1. Keys come from the environment only (ANTHROPIC_API_KEY,
 OPENAI_API_KEY, GOOGLE_API_KEY or GEMINI_API_KEY, HF_TOKEN), never from stdin or argv;
 base URLs from ANTHROPIC_BASE_URL, OPENAI_BASE_URL, OLLAMA_HOST, ORCHESTRA_LMSTUDIO_URL,
-ORCHESTRA_GEMINI_BASE_URL and ORCHESTRA_HF_BASE_URL.
+ORCHESTRA_GEMINI_BASE_URL and ORCHESTRA_HF_BASE_URL. An error message never carries those
+keys: an error body is masked before it is cut to 2,000 characters (a cut key would no
+longer be recognized downstream).
 """
 
 from __future__ import annotations
@@ -30,6 +32,15 @@ from collections.abc import Callable
 from typing import Any
 
 Json = dict[str, Any]
+# The variables a key comes from (the executor passes only the provider's own).
+KEY_VARIABLES = (
+    "ANTHROPIC_API_KEY",
+    "OPENAI_API_KEY",
+    "GOOGLE_API_KEY",
+    "GEMINI_API_KEY",
+    "HF_TOKEN",
+)
+ERROR_LIMIT = 2000  # characters of an error body passed on
 
 
 def main() -> int:
@@ -41,7 +52,8 @@ def main() -> int:
             return fail("unsupported", f"no HTTP fallback for provider {request.get('provider')!r}")
         answer = call(request)
     except urllib.error.HTTPError as exc:
-        body = exc.read().decode("utf-8", "replace")[:2000]
+        # Masked before it is cut: a key cut in two no longer matches what masks it later.
+        body = masked(exc.read().decode("utf-8", "replace"))[:ERROR_LIMIT]
         return fail(f"http_{exc.code}", body or str(exc))
     except (urllib.error.URLError, OSError) as exc:
         return fail("connection", str(getattr(exc, "reason", exc)))
@@ -52,9 +64,18 @@ def main() -> int:
 
 
 def fail(kind: str, message: str) -> int:
-    """Print an error object and return the failing exit status."""
-    print(json.dumps({"error": {"type": kind, "message": message}}))
+    """Print an error object, without the keys we were given; return the failing status."""
+    print(json.dumps({"error": {"type": kind, "message": masked(message)}}))
     return 1
+
+
+def masked(text: str) -> str:
+    """``text`` with every key this script was given replaced by ``[REDACTED]``."""
+    for name in KEY_VARIABLES:
+        secret = os.environ.get(name, "")
+        if len(secret) >= 4:  # as the executor's own redaction: shorter is no key
+            text = text.replace(secret, "[REDACTED]")
+    return text
 
 
 def post(url: str, body: Json, headers: dict[str, str], timeout: float) -> Json:
