@@ -180,10 +180,10 @@ async def test_unusable_provider_is_a_failed_task_with_a_clear_error() -> None:
     registry.register_agent("claude", "anthropic-claude", api_key="sk-test")
     async with TaskExecutor(registry=registry) as executor:
         result = await executor.execute(AgentTask(task_id="T1", description="hi"), agent="claude")
-    # Nobody listens at the API's address: the in-process call cannot connect (three times,
+    # Nobody listens at the API's address: the in-process call cannot connect (five times,
     # as the default retry policy says), so the script fallback tries too, and finds nobody.
     assert result.status is TaskStatus.FAILED
-    assert result.attempts == 4
+    assert result.attempts == 6
     assert result.metadata["execution_method"] == "script"
     assert result.metadata["error_type"] == "script:connection"
     assert "Connection refused" in (result.error or "")

@@ -27,6 +27,7 @@ from orchestration.ledger.store import Commit, Ledger, Row, Statement
 from orchestration.model.agent_registry import AgentConfig
 from orchestration.model.contracts import OutputContract
 from orchestration.model.tasks import AgentTask, TaskResult
+from orchestration.model.text import storable
 
 if TYPE_CHECKING:
     from llm_abstractions.types import LlmRequest
@@ -252,11 +253,11 @@ class Recorder:
         row = _attempt_row(run_id, task_id, number, agent, attempt, secrets)
         sent = None
         if request is not None:
-            sent = request.model_dump_json(exclude={"metadata", "stream"}, exclude_none=True)
+            sent = _request_json(request)
         meta = attempt.metadata
         row += (
-            redact(sent, secrets),
-            redact(attempt.output, secrets),
+            _clean(sent, secrets),
+            _clean(attempt.output, secrets),
             meta.get("finish_reason"),
             meta.get("validation"),
         )
@@ -283,8 +284,8 @@ class Recorder:
             task.task_id,
             agent.name,
             result.status.value,
-            redact(result.output, secrets),  # a model may echo what it was sent
-            redact(result.error, secrets),
+            _clean(result.output, secrets),  # a model may echo what it was sent
+            _clean(result.error, secrets),
             result.attempts,
             meta.get("execution_method"),
             meta.get("provider"),
@@ -295,7 +296,7 @@ class Recorder:
             result.latency_s,
             _epoch_ts(started),
             _epoch_ts(finished),
-            redact(_value_json(task, result), secrets),
+            _clean(_value_json(task, result), secrets),
         )
         write = [(RANK_TASK, _TASK_FINISHED, [task_row])]
         key = meta.get("cache_key")
@@ -310,7 +311,8 @@ class Recorder:
         """Record a skipped or cancelled task (queued, not awaited)."""
         self._started.pop((run_id, task_id), None)
         now = _epoch_ts(time.time())
-        row = (run_id, task_id, agent, result.status.value, result.error, now, result.attempts)
+        error = _clean(result.error, ())
+        row = (run_id, task_id, agent, result.status.value, error, now, result.attempts)
         self._unawaited[self.ledger.write_soon([(RANK_NOT_RUN, _TASK_NOT_RUN, [row])])] = None
 
     async def finish_run(self, run_id: str, status: str, finished: datetime) -> None:
@@ -324,6 +326,25 @@ class Recorder:
             ended = self.ledger.write_soon([(RANK_END, _FINISH_RUN, [row])])
             for commit in [*self._unawaited, ended]:
                 await commit.wait()
+
+
+def _request_json(request: LlmRequest) -> str:
+    """The request as sent, in JSON (unpaired surrogates in it kept as escapes)."""
+    try:
+        return request.model_dump_json(exclude={"metadata", "stream"}, exclude_none=True)
+    except ValueError:  # text UTF-8 cannot carry, in a prompt made of something upstream
+        fields = request.model_dump(mode="json", exclude={"metadata", "stream"}, exclude_none=True)
+        return json.dumps(fields)  # ensure_ascii: "\ud800" stays an escape
+
+
+def _clean(text: str | None, secrets: Sequence[str]) -> str | None:
+    """``text`` as it can be stored: secrets masked, text UTF-8 cannot carry replaced.
+
+    Text reaching the ledger from an attempt was made storable already (and the loss
+    noted); this covers the rest (a user's prompt, an error of ours quoting it).
+    """
+    masked = redact(text, secrets)
+    return None if masked is None else storable(masked)[0]
 
 
 def _contract(task: AgentTask) -> str | None:
@@ -361,7 +382,7 @@ def _attempt_row(
         str(meta["model"]) if meta.get("model") else None,
         attempt.status.value,
         meta.get("error_type"),
-        redact(attempt.error, secrets),
+        _clean(attempt.error, secrets),
         usage.input_tokens,
         usage.output_tokens,
         usage.cache_read_tokens,

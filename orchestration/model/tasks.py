@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llm_abstractions.types import Usage
+from orchestration.model.text import storable
 
 __all__ = ["AgentTask", "ExecutionMethod", "TaskProgress", "TaskResult", "TaskStatus"]
 
@@ -77,6 +78,18 @@ class AgentTask(BaseModel):
     budget_usd: float | None = Field(default=None, ge=0)
     output_type: Any = Field(default=None, exclude=True)
     validators: tuple[Callable[[Any], Any], ...] = Field(default=(), exclude=True)
+
+    @field_validator("task_id", "description")
+    @classmethod
+    def _encodable(cls, text: str) -> str:
+        """Refuse text no ledger can store and no provider can be sent (before anything is)."""
+        _, bad = storable(text)
+        if bad:
+            raise ValueError(
+                f"holds {bad} unpaired surrogate(s) (such as '\\ud800'), which is not valid "
+                "Unicode: decode its source with errors='replace', or remove them"
+            )
+        return text
 
 
 class TaskResult(BaseModel):

@@ -7,6 +7,7 @@ latency, and ``metadata`` with ``execution_method``, ``provider``, ``model``,
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -42,6 +43,7 @@ from orchestration.model.tasks import (
     TaskResult,
     TaskStatus,
 )
+from orchestration.model.text import storable
 from orchestration.runtime.subprocess_runner import ScriptError, run_script
 
 __all__ = [
@@ -55,6 +57,7 @@ __all__ = [
     "script_can_stand_in",
 ]
 
+_log = logging.getLogger(__name__)
 BUNDLED_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "llm_call.py"
 DEFAULT_SCRIPT_TIMEOUT_S = 120.0
 DEFAULT_SCRIPT_OUTPUT = 1_000_000
@@ -310,7 +313,17 @@ def _refused(attempt: TaskResult, reason: str, agent: AgentConfig) -> TaskResult
 def _succeeded(
     task: AgentTask, output: str, usage: Usage, latency: float, meta: dict[str, Any]
 ) -> TaskResult:
-    """A successful attempt, priced; ``metadata["price_source"]`` says where the cost came from."""
+    """A successful attempt, priced; ``metadata["price_source"]`` says where the cost came from.
+
+    Text UTF-8 cannot carry (unpaired surrogates) is replaced here, at the boundary, and
+    the loss noted in ``metadata["text_repaired"]``: it would fail every write of the run.
+    """
+    output, repaired = storable(output)
+    if repaired:
+        meta["text_repaired"] = (
+            f"{repaired} unpaired surrogate(s) in the answer replaced with U+FFFD"
+        )
+        _log.warning("task %s: %s", task.task_id, meta["text_repaired"])
     model = str(meta["model"]) if meta.get("model") else None
     cost, meta["price_source"] = cost_of(str(meta["provider"]), model, usage)
     return TaskResult(
@@ -350,7 +363,7 @@ def _failed(
     return TaskResult(
         task_id=task.task_id,
         status=TaskStatus.FAILED,
-        error=redact(message, agent_secrets(agent)),
+        error=storable(redact(message, agent_secrets(agent)) or message)[0],
         latency_s=latency,
         attempts=1,
         metadata=meta,
