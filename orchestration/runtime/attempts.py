@@ -50,6 +50,7 @@ __all__ = [
     "BUNDLED_SCRIPT",
     "FailureKind",
     "can_fall_back",
+    "cancelled_attempt",
     "check_output",
     "failure_kind",
     "llm_attempt",
@@ -255,6 +256,33 @@ async def script_attempt(task: AgentTask, agent: AgentConfig, request: LlmReques
         output_tokens=_count(usage.get("output_tokens")),
     )
     return _succeeded(task, output, counted, perf_counter() - started, meta)
+
+
+def cancelled_attempt(
+    task: AgentTask, agent: AgentConfig, method: ExecutionMethod, latency: float
+) -> TaskResult:
+    """An attempt cancelled while its call was in flight: maybe answered and paid, unknown.
+
+    Recorded all the same (status ``cancelled``, tokens and cost unknown, not 0): the
+    provider may have taken the request and charged for it.
+    """
+    return TaskResult(
+        task_id=task.task_id,
+        status=TaskStatus.CANCELLED,
+        error=(
+            "cancelled while the call was in flight: the provider may have answered it and "
+            "charged for it (tokens unknown)"
+        ),
+        latency_s=latency,
+        attempts=1,
+        metadata={
+            "execution_method": method.value,
+            "provider": agent.agent_type,
+            "model": agent.model,
+            "error_type": "Cancelled",
+            "price_source": "unknown: cancelled in flight",
+        },
+    )
 
 
 _CUT = "It was cut off at the token limit (max_tokens): make it shorter."

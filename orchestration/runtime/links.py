@@ -12,10 +12,13 @@ providers outlive one task, these attempts do not.
 
 from __future__ import annotations
 
+import contextlib
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio
 
 from llm_abstractions.errors import ConfigurationError
 from orchestration.ledger.accounting import agent_secrets, cost_of, redact
@@ -31,6 +34,7 @@ from orchestration.model.tasks import (
 )
 from orchestration.runtime.attempts import (
     FailureKind,
+    cancelled_attempt,
     check_output,
     llm_attempt,
     script_attempt,
@@ -132,7 +136,8 @@ class TaskAttempts:
         """A script agent's attempts: its own command, asked again after a refused answer."""
         next_request: LlmRequest | None = request
         while next_request is not None:
-            made = await script_attempt(self.task, self.agent, next_request)
+            with self._in_flight(self.agent, next_request, ExecutionMethod.SCRIPT):
+                made = await script_attempt(self.task, self.agent, next_request)
             result = check_output(self.contract, made, self.agent)
             self.add(result, next_request)
             if result.metadata.get("failure_kind") != FailureKind.OUTPUT:
@@ -381,9 +386,10 @@ class TaskAttempts:
         ticket: int,
     ) -> TaskResult:
         """One attempt through the link's provider; its breaker learns how it went."""
-        result = await llm_attempt(
-            self.task, link, request, lambda: self.runner.provider(link), self.on_progress
-        )
+        with self._in_flight(link, request, ExecutionMethod.LLM_FACTORY):
+            result = await llm_attempt(
+                self.task, link, request, lambda: self.runner.provider(link), self.on_progress
+            )
         if breaker is not None:
             kind = result.metadata.get("failure_kind")
             if result.succeeded or kind == FailureKind.REQUEST:
@@ -393,6 +399,20 @@ class TaskAttempts:
             else:  # asked to wait, or a failure of ours (a key, an SDK): no verdict
                 breaker.abandoned(ticket)
         return result
+
+    @contextlib.contextmanager
+    def _in_flight(
+        self, link: AgentConfig, request: LlmRequest, method: ExecutionMethod
+    ) -> Iterator[None]:
+        """Around a call: cancelled in flight, it is recorded as a ``cancelled`` attempt."""
+        started = perf_counter()
+        try:
+            yield
+        except anyio.get_cancelled_exc_class():
+            attempt = cancelled_attempt(self.task, link, method, perf_counter() - started)
+            attempt.metadata["agent"] = link.name
+            self.add(attempt, request)
+            raise
 
     def _cache_key(self, link: AgentConfig, request: LlmRequest) -> str | None:
         """The request's cache key, if the cache is on for this link (and it can be built)."""
@@ -479,7 +499,8 @@ class TaskAttempts:
         unavailable = failure is not None and bool(failure.metadata.get("provider_unavailable"))
         closed = not self.primary_open and self._could_serve(self.agent)
         if unavailable and closed and script_can_stand_in(self.agent):
-            made = await script_attempt(self.task, self.agent, request)
+            with self._in_flight(self.agent, request, ExecutionMethod.SCRIPT):
+                made = await script_attempt(self.task, self.agent, request)
             result = check_output(self.contract, made, self.agent)
             self.add(self._annotate(result, self.agent, 0.0, None), request)
         elif not self.tries:  # every link's circuit was open
