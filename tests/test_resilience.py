@@ -528,7 +528,7 @@ async def test_calls_in_flight_when_a_run_is_cancelled_are_recorded_as_cancelled
     async with executor, anyio.create_task_group() as tg:
         tg.start_soon(executor.run, [task(f"c{i}") for i in range(150)])
         with anyio.fail_after(30):
-            while len(server.log) < 150:  # every call has reached the provider  # noqa: ASYNC110 - another thread
+            while len(server.log) < 150:  # noqa: ASYNC110 - every call has reached the server (its thread)
                 await anyio.sleep(0.01)
         tg.cancel_scope.cancel()
     made = rows(ledger, "SELECT status, error_type, input_tokens, cost_usd FROM attempts")
