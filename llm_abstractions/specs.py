@@ -51,6 +51,8 @@ class ProviderSpec:
         probe: Returns None when the provider can serve now, otherwise why not (a local
             server that does not answer, a model file that is missing).
         default_model: The model used when none is given, for display.
+        default_max_tokens: The ``max_tokens`` the provider sends when a request sets none
+            (None: it sends none, and the model may write up to its limit).
     """
 
     name: str
@@ -60,6 +62,7 @@ class ProviderSpec:
     env_keys: tuple[str, ...] = ()
     probe: Probe | None = None
     default_model: str | None = None
+    default_max_tokens: int | None = None
 
     def api_key_from_env(self) -> str | None:
         """The first non-empty key among ``env_keys``, or None."""
@@ -164,6 +167,7 @@ BUILTIN_PROVIDERS: tuple[ProviderSpec, ...] = (
         requires=("anthropic",),
         env_keys=("ANTHROPIC_API_KEY",),
         default_model="claude-sonnet-4-6",
+        default_max_tokens=4096,  # the API needs one: providers.anthropic.DEFAULT_MAX_TOKENS
     ),
     ProviderSpec(
         "openai-gpt",

@@ -24,7 +24,7 @@ from llm_abstractions.types import Usage
 if TYPE_CHECKING:
     from orchestration.model.agent_registry import AgentConfig
 
-__all__ = ["agent_secrets", "cost_of", "redact"]
+__all__ = ["agent_secrets", "context_window", "cost_of", "redact"]
 
 _log = logging.getLogger(__name__)
 LOCAL_PROVIDERS = frozenset({"local", "ollama", "lmstudio"})
@@ -78,6 +78,32 @@ def cost_of(provider: str, model: str | None, usage: Usage) -> tuple[float | Non
         _log.warning("cannot price %s model %s: %s", provider, model, exc)
         return None, f"unknown: {exc}"
     return float(price), "genai-prices"
+
+
+def context_window(provider: str, model: str | None) -> int | None:
+    """The model's context window in tokens, as genai-prices knows it (None: unknown).
+
+    genai-prices keeps no separate output limit; the window bounds input and output together.
+    """
+    provider_id = _PRICE_PROVIDER.get(provider)
+    if provider_id is None or model is None:
+        return None
+    key = (provider_id, model)
+    if key not in _windows:
+        from genai_prices import data_snapshot
+
+        try:
+            _, info = data_snapshot.get_snapshot().find_provider_model(
+                model, None, provider_id, None
+            )
+        except LookupError:
+            _windows[key] = None
+        else:
+            _windows[key] = info.context_window
+    return _windows[key]
+
+
+_windows: dict[tuple[str, str], int | None] = {}
 
 
 def _genai_price(

@@ -44,6 +44,7 @@ from orchestration.model.tasks import (
     TaskStatus,
 )
 from orchestration.model.text import storable
+from orchestration.runtime.spending import ESTIMATED, estimated_cost
 from orchestration.runtime.subprocess_runner import ScriptError, run_script
 
 __all__ = [
@@ -111,7 +112,8 @@ async def llm_attempt(
     except (TimeoutError, OrchestraError) as exc:
         return _failed(task, agent, exc, perf_counter() - started, meta)
     meta.update(model=response.model, finish_reason=response.finish_reason)
-    return _succeeded(task, response.text, response.usage, perf_counter() - started, meta)
+    latency = perf_counter() - started
+    return _succeeded(task, response.text, response.usage, latency, meta, request)
 
 
 class _Reporter:
@@ -255,7 +257,7 @@ async def script_attempt(task: AgentTask, agent: AgentConfig, request: LlmReques
         input_tokens=_count(usage.get("input_tokens")),
         output_tokens=_count(usage.get("output_tokens")),
     )
-    return _succeeded(task, output, counted, perf_counter() - started, meta)
+    return _succeeded(task, output, counted, perf_counter() - started, meta, request)
 
 
 def cancelled_attempt(
@@ -339,9 +341,17 @@ def _refused(attempt: TaskResult, reason: str, agent: AgentConfig) -> TaskResult
 
 
 def _succeeded(
-    task: AgentTask, output: str, usage: Usage, latency: float, meta: dict[str, Any]
+    task: AgentTask,
+    output: str,
+    usage: Usage,
+    latency: float,
+    meta: dict[str, Any],
+    request: LlmRequest | None = None,
 ) -> TaskResult:
     """A successful attempt, priced; ``metadata["price_source"]`` says where the cost came from.
+
+    An answer without usage is priced by estimate from ``request`` and its text, and its
+    ``price_source`` says so (``spending.ESTIMATED``).
 
     Text UTF-8 cannot carry (unpaired surrogates) is replaced here, at the boundary, and
     the loss noted in ``metadata["text_repaired"]``: it would fail every write of the run.
@@ -354,6 +364,11 @@ def _succeeded(
         _log.warning("task %s: %s", task.task_id, meta["text_repaired"])
     model = str(meta["model"]) if meta.get("model") else None
     cost, meta["price_source"] = cost_of(str(meta["provider"]), model, usage)
+    unreported = usage.input_tokens is None or usage.output_tokens is None
+    if cost is None and unreported and request is not None:  # paid for all the same
+        cost = estimated_cost(str(meta["provider"]), model, request, output)
+        if cost is not None:
+            meta["price_source"] = ESTIMATED
     return TaskResult(
         task_id=task.task_id,
         status=TaskStatus.SUCCEEDED,

@@ -16,8 +16,10 @@ could not serve (not for a rate limit, nor past an open circuit). For each link:
    conversation, up to ``RetryPolicy.max_output_retries`` times (not counted in
    ``max_attempts``); then the task fails with that reason.
 
-The attempt that follows a move carries ``fallback_reason``. A run's budget is checked once
-per task, before its first attempt; a task's own ``budget_usd`` before each attempt.
+The attempt that follows a move carries ``fallback_reason``. A run's budget reserves a
+task's worst case (``runtime.spending``) before its first attempt, and again before an
+attempt on a link at a higher price; a task's own ``budget_usd`` is checked before each
+attempt.
 
 ``TaskRunner`` keeps what outlives a task (chains, breakers, rate limiters) and applies the
 run's budget; ``runtime.links.TaskAttempts`` makes one task's attempts.
@@ -34,7 +36,7 @@ from llm_abstractions.errors import ConfigurationError
 from orchestration.ledger.cache import ResponseCache
 from orchestration.model.agent_registry import AgentConfig, AgentInterface
 from orchestration.model.tasks import AgentTask, TaskProgress, TaskResult, TaskStatus
-from orchestration.runtime.links import OnAttempt, TaskAttempts, estimate_cost, not_attempted
+from orchestration.runtime.links import OnAttempt, TaskAttempts, not_attempted
 from orchestration.runtime.prompts import build_request
 from orchestration.runtime.resilience import (
     BreakerPolicy,
@@ -46,6 +48,7 @@ from orchestration.runtime.resilience import (
     RetryPolicy,
     Waiting,
 )
+from orchestration.runtime.spending import worst_case
 
 if TYPE_CHECKING:
     from llm_abstractions.base import BaseLlm
@@ -177,8 +180,9 @@ class TaskRunner:
             attempts.budget = None  # a script agent's own command is not priced
             await attempts.run_script(request)
             return attempts.tries
-        estimate = 0.0 if budget is None else estimate_cost(agent, request)
-        if budget is not None and not await budget.admit(estimate, waiting):
+        worst = None if budget is None else worst_case(agent, request)
+        estimate = 0.0 if worst is None else worst.cost
+        if budget is not None and worst is not None and not await budget.admit(estimate, waiting):
             spent = f"${budget.spent:.4f} spent, ${budget.reserved:.4f} in flight"
             return [
                 not_attempted(
@@ -186,7 +190,7 @@ class TaskRunner:
                     agent,
                     TaskStatus.BUDGET_EXCEEDED,
                     f"not run: its estimated ${estimate:.4f} would exceed the run's budget of "
-                    f"${budget.limit:.4f} ({spent})",
+                    f"${budget.limit:.4f} ({spent}){worst.hint()}",
                 )
             ]
         attempts.reserved = estimate

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 
 from llm_abstractions.errors import ConfigurationError
-from orchestration.ledger.accounting import agent_secrets, cost_of, redact
+from orchestration.ledger.accounting import agent_secrets, redact
 from orchestration.ledger.cache import ResponseCache, cache_key
 from orchestration.model.agent_registry import AgentConfig
 from orchestration.model.contracts import OutputContract
@@ -51,12 +51,13 @@ from orchestration.runtime.resilience import (
     Waiting,
     estimate_tokens,
 )
+from orchestration.runtime.spending import model_of, worst_case
 
 if TYPE_CHECKING:
     from llm_abstractions.base import BaseLlm
     from llm_abstractions.types import LlmRequest
 
-__all__ = ["OnAttempt", "Policies", "TaskAttempts", "estimate_cost", "not_attempted"]
+__all__ = ["OnAttempt", "Policies", "TaskAttempts", "not_attempted"]
 
 # Called with each attempt made, and the request it sent (None for a script agent's).
 OnAttempt = Callable[[TaskResult, "LlmRequest | None"], None]
@@ -200,6 +201,8 @@ class TaskAttempts:
             if over is not None:
                 self.add(over, None)
                 return "done"
+            if not await self._afford(label, link, request):
+                return "done"
             if wait > 0:
                 async with self.waiting():
                     await runner.clock.sleep(wait)
@@ -272,7 +275,7 @@ class TaskAttempts:
         again = with_feedback(request, refused.output or "", reason, typed)
         if self.budget is not None:
             self.settle()  # what was reserved for the refused attempt, against what it cost
-            estimate = estimate_cost(link, again)
+            estimate = worst_case(link, again).cost
             if not await self.budget.admit(estimate, self.waiting):
                 budget = self.budget
                 self.add(
@@ -424,7 +427,7 @@ class TaskAttempts:
         except ConfigurationError:  # the attempt will say what is wrong
             return None
         endpoint = getattr(llm, "base_url", None) or getattr(llm, "host", None)
-        return cache_key(link.agent_type, _model(link), request, endpoint)
+        return cache_key(link.agent_type, model_of(link), request, endpoint)
 
     async def _cached(self, key: str, link: AgentConfig) -> TaskResult | None:
         assert self.cache is not None  # noqa: S101 - only called with a cache
@@ -478,16 +481,46 @@ class TaskAttempts:
         if limit is None:
             return None
         spent = sum(t.cost_usd or 0.0 for t in self.tries)
-        estimate = estimate_cost(link, request)
-        if spent + estimate <= limit:
+        worst = worst_case(link, request)
+        if spent + worst.cost <= limit:
             return None
         return not_attempted(
             self.task,
             link,
             TaskStatus.BUDGET_EXCEEDED,
-            f"stopped: ${spent:.4f} spent and the next attempt's estimated ${estimate:.4f} "
-            f"would exceed the task's budget of ${limit:.4f}",
+            f"stopped: ${spent:.4f} spent and the next attempt's estimated ${worst.cost:.4f} "
+            f"would exceed the task's budget of ${limit:.4f}{worst.hint()}",
         )
+
+    async def _afford(self, label: str, link: AgentConfig, request: LlmRequest) -> bool:
+        """Reserve of the run's budget the worst case of an attempt on ``link``.
+
+        The task's reservation covers its attempts on its own agent; a fallback link at a
+        higher price must fit the budget again before it is tried (False: it does not, and
+        the task ends ``budget_exceeded``, saying so).
+        """
+        if self.budget is None:
+            return True
+        worst = worst_case(link, request)
+        if worst.cost <= self.reserved:
+            return True
+        self.settle()  # give back the reservation, count what the attempts so far cost
+        if await self.budget.admit(worst.cost, self.waiting):
+            self.reserved = worst.cost
+            return True
+        budget = self.budget
+        self.add(
+            not_attempted(
+                self.task,
+                link,
+                TaskStatus.BUDGET_EXCEEDED,
+                f"not tried on {label}: its estimated ${worst.cost:.4f} would exceed the run's "
+                f"budget of ${budget.limit:.4f} (${budget.spent:.4f} spent, "
+                f"${budget.reserved:.4f} in flight){worst.hint()}",
+            ),
+            None,
+        )
+        return False
 
     async def _last_resort(self, request: LlmRequest) -> None:
         """The bundled script for the agent's own provider, if it could not serve.
@@ -520,25 +553,6 @@ def _asks_to_wait(result: TaskResult) -> bool:
     """A rate limit, or an overload that said when to come back: the provider is up."""
     meta = result.metadata
     return meta["error_type"] == "LLMRateLimitError" or bool(meta.get("retry_after_s"))
-
-
-def _model(agent: AgentConfig) -> str | None:
-    if agent.model:
-        return agent.model
-    from llm_abstractions.factory import LlmFactory
-
-    return LlmFactory.spec(agent.agent_type).default_model
-
-
-def estimate_cost(agent: AgentConfig, request: LlmRequest) -> float:
-    """What a request to the agent's provider may cost at most (0 when unknown)."""
-    from llm_abstractions.types import Usage
-
-    tokens_in, tokens_out = estimate_tokens(request)
-    cost, _ = cost_of(
-        agent.agent_type, _model(agent), Usage(input_tokens=tokens_in, output_tokens=tokens_out)
-    )
-    return cost or 0.0
 
 
 def not_attempted(

@@ -40,6 +40,7 @@ __all__ = [
     "SystemClock",
     "Waiting",
     "estimate_tokens",
+    "text_tokens",
 ]
 
 # Where a task waits (for a backoff, a rate limit, a budget): the executor's gives its
@@ -243,13 +244,27 @@ class RateLimiter:
 def estimate_tokens(request: LlmRequest) -> tuple[int, int]:
     """Input and output tokens a request may use, before it is sent.
 
-    Input: about four characters a token, plus a few per message (no tokenizer is loaded:
-    this runs for every task). Output: ``max_tokens``, else ``DEFAULT_OUTPUT_ESTIMATE``.
+    Input: ``text_tokens`` of its text, plus a few per message (no tokenizer is loaded: this
+    runs for every task). Output: ``max_tokens``, else ``DEFAULT_OUTPUT_ESTIMATE``.
     """
-    chars = len(request.system or "") + sum(len(m.content) for m in request.messages)
-    return math.ceil(chars / 4) + 4 * (len(request.messages) + 1), (
+    texts = [request.system or "", *(m.content for m in request.messages)]
+    return sum(map(text_tokens, texts)) + 4 * (len(request.messages) + 1), (
         request.max_tokens or DEFAULT_OUTPUT_ESTIMATE
     )
+
+
+def text_tokens(text: str) -> int:
+    """About how many tokens ``text`` is, erring high for text beyond ASCII.
+
+    English runs about four characters a token; other scripts take more: a token per
+    character or more for Chinese and Japanese, one per two or three for Cyrillic or Greek.
+    So each character counts a quarter, and each byte past the first of a character's UTF-8
+    encoding a half (ASCII 0.25 a character, Cyrillic 0.75, CJK 1.25, an emoji 1.75).
+    """
+    if text.isascii():
+        return math.ceil(len(text) / 4)
+    extra = len(text.encode("utf-8", "surrogatepass")) - len(text)
+    return math.ceil(len(text) / 4 + extra / 2)
 
 
 class BreakerState(StrEnum):
