@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -136,3 +137,62 @@ def test_verbose_logs_go_to_stderr_and_json_stays_clean(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["status"] == "succeeded"
     assert result.stderr.count("] attempt ") == 2  # one event per attempt
+
+
+def keyed_run(keys: list[str | None]) -> str:
+    """A run whose agent has an explicit api_key, failed: there is something to resume.
+
+    ``keys`` receives the key each provider built for the run is given.
+    """
+    answers = iter([LLMServerError("down", status_code=503)])
+
+    def handler(request: LlmRequest) -> str:
+        error = next(answers, None)
+        if error is not None:
+            raise error
+        return "done"
+
+    def build(**settings: Any) -> FunctionLlm:
+        keys.append(settings.get("api_key"))
+        return FunctionLlm(handler)
+
+    LlmFactory.register_provider("keyed", build, env_keys=("KEYED_API_KEY",), replace=True)
+    registry = AgentRegistry()
+    registry.register_agent("writer", "keyed", api_key="sk-explicit-key")
+
+    async def main() -> RunResult:
+        async with TaskExecutor(registry=registry, retry=RetryPolicy.never()) as executor:
+            return await executor.run([AgentTask(task_id="a", description="a", agent="writer")])
+
+    run = anyio.run(main)
+    assert run.results["a"].status.value == "failed"
+    return run.run_id
+
+
+KEYED_RUN_FILE = """
+from orchestration import AgentRegistry, AgentTask
+
+registry = AgentRegistry()
+registry.register_agent("writer", "keyed", api_key="sk-from-the-file")
+tasks = [AgentTask(task_id="a", description="a", agent="writer")]
+"""
+
+
+def test_resume_refuses_to_replace_an_explicit_api_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KEYED_API_KEY", "sk-from-the-environment")  # what it would use instead
+    keys: list[str | None] = []
+    run_id = keyed_run(keys)  # the ledger records that the agent had a key, never the key
+    refused = runner.invoke(app, ["resume", run_id, "--retry-failed"])
+    assert refused.exit_code == 2, refused.output
+    assert refused.stderr.strip().splitlines() == [
+        f"error: run {run_id} used agent 'writer' with an explicit api_key, which is never "
+        "stored; pass --file RUNFILE.py (or --agents FILE.toml) so resume can rebuild it"
+    ]
+    assert keys == ["sk-explicit-key"]  # nothing built, nothing sent
+    script = tmp_path / "keyed.py"
+    script.write_text(KEYED_RUN_FILE)
+    resumed = runner.invoke(app, ["resume", run_id, "--retry-failed", "--file", str(script)])
+    assert resumed.exit_code == 0, resumed.output
+    assert keys == ["sk-explicit-key", "sk-from-the-file"]

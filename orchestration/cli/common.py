@@ -1,42 +1,87 @@
-"""What every ``orchestra`` command does alike: open the ledger, turn user errors into exits."""
+"""What every ``orchestra`` command does alike: open the ledger, turn user errors into exits.
+
+Exit statuses: 1 when there is no ledger yet (read commands); 2 for a user error, and for a
+ledger that cannot be opened or written, said in one line (``orchestra: cannot open the
+run ledger at URL: what is wrong; what to do``).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 import typer
 
 if TYPE_CHECKING:
     from orchestration.ledger.store import Ledger
 
-__all__ = ["open_ledger", "resolve"]
+__all__ = ["exit_if_no_ledger", "fail", "open_ledger", "open_ledger_for_writing", "resolve"]
 
 T = TypeVar("T")
 
 
 def resolve(call: Callable[[], T]) -> T:
-    """Run ``call``; a configuration error becomes a clear message and exit code 2."""
+    """Run ``call``; a configuration or ledger error becomes one line and exit code 2."""
     from llm_abstractions.errors import ConfigurationError
+    from orchestration.model.errors import LedgerError
 
     try:
         return call()
     except ConfigurationError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    except LedgerError as exc:
+        fail(exc)
+
+
+def fail(error: Exception) -> NoReturn:
+    """Print ``error`` on one line of stderr and exit 2."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    typer.echo(f"orchestra: {lines[0] if lines else type(error).__name__}", err=True)
+    raise typer.Exit(2)
 
 
 def open_ledger() -> Ledger:
-    """The ledger the commands read; a clear message and exit 1 when there is none yet."""
-    from orchestration.ledger.store import Ledger, LedgerError, default_db_url, sqlite_file
+    """The ledger the read commands read, opened read-only (nothing is written to it).
+
+    Exits 1 when there is none yet (nothing has run there), 2 when it cannot be opened. A
+    ledger whose schema is older than this version's is brought up to date once, as a run
+    would, when it can be written; when it cannot, the message says to run a write command.
+    """
+    from orchestration.ledger.store import Ledger, LedgerError, LedgerOutdatedError, default_db_url
 
     url = default_db_url()
+    exit_if_no_ledger(url)
+    try:
+        return Ledger(url, read_only=True)
+    except LedgerOutdatedError as outdated:
+        try:
+            Ledger(url).close()  # migrates it
+        except LedgerError:
+            fail(outdated)
+    except LedgerError as exc:
+        fail(exc)
+    return resolve(lambda: Ledger(url, read_only=True))
+
+
+def open_ledger_for_writing(create: bool = True) -> Ledger:
+    """The ledger a run records into (brought up to date); exits 2 when it cannot be opened.
+
+    Without ``create``, exits 1 when there is no ledger yet instead of making one.
+    """
+    from orchestration.ledger.store import Ledger, default_db_url
+
+    url = default_db_url()
+    if not create:
+        exit_if_no_ledger(url)
+    return resolve(lambda: Ledger(url))
+
+
+def exit_if_no_ledger(url: str) -> None:
+    """Exit 1 when the SQLite file of ``url`` is missing but a run could create it."""
+    from orchestration.ledger.store import location_problem, sqlite_file
+
     path = sqlite_file(url)
-    if path is not None and not path.exists():
+    if path is not None and not path.exists() and location_problem(path, create=False) is None:
         typer.echo(f"No ledger at {path} yet: run something first.", err=True)
         raise typer.Exit(1)
-    try:
-        return Ledger(url)
-    except LedgerError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None

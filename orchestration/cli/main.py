@@ -2,6 +2,11 @@
 
 Heavy modules (SDKs, the ledger's ORM) are imported inside commands, never at module level,
 so ``orchestra --help`` answers at once. Every command takes ``--json``.
+
+Exit statuses: 0 done (every task succeeded); 1 a task did not succeed, or no ledger yet;
+2 a user error or a ledger that cannot be opened or written (one line on stderr); 130 and
+143 a run stopped by Ctrl-C (SIGINT) or SIGTERM (``cli.signals``). The read commands
+(``runs``, ``show``, ``attempts``, ``report``, ``output``) open the ledger read-only.
 """
 
 from __future__ import annotations
@@ -10,16 +15,14 @@ import json
 from dataclasses import asdict
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
-from orchestration.cli.common import open_ledger, resolve
+from orchestration.cli.common import fail, open_ledger, resolve
 from orchestration.cli.models import models
 from orchestration.cli.output import output
-
-if TYPE_CHECKING:
-    from orchestration.runtime.results import RunResult
+from orchestration.cli.running import resume, run_file
 
 app = typer.Typer(
     name="orchestra",
@@ -105,7 +108,7 @@ def _breakers() -> dict[str, dict[str, Any]]:
     if path is not None and not path.exists():
         return {}
     try:
-        ledger = Ledger(url)
+        ledger = Ledger(url, read_only=True)
     except LedgerError:
         return {}
     try:
@@ -137,14 +140,22 @@ def _breaker_text(breaker: dict[str, Any] | None) -> str:
 
 @app.command()
 def db() -> None:
-    """Print the ledger's path (or URL), for ``sqlite3 "$(orchestra db)"``."""
-    from sqlalchemy.engine.url import make_url
+    """Print the ledger's path (or URL), for ``sqlite3 "$(orchestra db)"``.
 
-    from orchestration.ledger.store import default_db_url, sqlite_file
+    The ledger is ``ORCHESTRA_DB_URL`` (any SQLAlchemy URL, or a plain path to a SQLite
+    file), else ``.orchestra/runs.db`` in the working directory.
+    """
+    from sqlalchemy.engine.url import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from orchestration.ledger.store import LedgerError, default_db_url, sqlite_file
 
     url = default_db_url()
     path = sqlite_file(url)
-    typer.echo(path or make_url(url).render_as_string(hide_password=True))
+    try:
+        typer.echo(path or make_url(url).render_as_string(hide_password=True))
+    except (ArgumentError, ValueError):
+        fail(LedgerError(f"{url!r} is not a database URL; write sqlite:///PATH or a plain path"))
 
 
 @app.command()
@@ -152,7 +163,10 @@ def runs(
     limit: Annotated[int, typer.Option(help="How many runs, newest first.")] = 20,
     as_json: JsonOption = False,
 ) -> None:
-    """List runs: id, name, status, tasks, tokens, cost, duration."""
+    """List runs: id, name, status, tasks, tokens, cost, duration.
+
+    A run whose process died while running it shows ``interrupted``.
+    """
     from orchestration.ledger.history import fmt_cost, fmt_seconds, fmt_tokens, list_runs
 
     found = list_runs(open_ledger(), limit)
@@ -182,7 +196,8 @@ def show(
     """Show a run task by task: agent, status, method, provider, model, tokens, cost.
 
     ``refused`` counts the answers a task's output contract refused (and asked again for);
-    a failed task's error says why its last answer was refused.
+    a failed task's error says why its last answer was refused. A run whose process died
+    while running it shows ``interrupted`` (``orchestra resume`` finishes it).
     """
     from orchestration.ledger.history import (
         fmt_cost,
@@ -190,17 +205,19 @@ def show(
         fmt_tokens,
         refusals,
         resolve_run,
+        run_status,
         run_tasks,
     )
 
     ledger = open_ledger()
     run_id = resolve(lambda: resolve_run(ledger, run))
+    status = run_status(ledger, run_id)
     tasks = run_tasks(ledger, run_id)
     refused = refusals(ledger, run_id)
     for found in tasks:
         found["refused"] = refused.get(found["task_id"], 0)
     if as_json:
-        typer.echo(json.dumps({"run_id": run_id, "tasks": tasks}, indent=2))
+        typer.echo(json.dumps({"run_id": run_id, "status": status, "tasks": tasks}, indent=2))
         return
     columns = ["task", "agent", "status", "method", "provider", "model", "tokens in/out"]
     columns += ["cost", "latency", "attempts", "refused", "error"]
@@ -221,7 +238,7 @@ def show(
         ]
         for t in tasks
     ]
-    _table(f"Run {run_id}", columns, rows)
+    _table(f"Run {run_id}: {status}", columns, rows)
 
 
 @app.command()
@@ -297,105 +314,6 @@ def report(
         print_report(found, Console())
 
 
-@app.command("run")
-def run_file(
-    file: Annotated[Path, typer.Argument(help="A Python file defining `registry` and `tasks`.")],
-    name: Annotated[str | None, typer.Option(help="A label for the run.")] = None,
-    max_concurrency: Annotated[int, typer.Option(help="Tasks at once.")] = 8,
-    as_json: JsonOption = False,
-) -> None:
-    """Run the DAG a Python file builds (module-level `registry` and `tasks`)."""
-    from orchestration.cli.runfile import load_run_file, run_with_progress
-
-    registry, tasks = resolve(lambda: load_run_file(file))
-    result = resolve(
-        lambda: run_with_progress(registry, tasks, name or file.stem, max_concurrency, as_json)
-    )
-    _outcome(result, as_json)
-
-
-@app.command()
-def resume(
-    run: Annotated[str, typer.Argument(help="Run id, or its first characters.")],
-    retry_failed: Annotated[
-        bool, typer.Option("--retry-failed", help="Run failed tasks (and what they held back).")
-    ] = False,
-    file: Annotated[
-        Path | None,
-        typer.Option(help="Take the agents (and the tasks' output contracts) from this run file."),
-    ] = None,
-    agents: Annotated[
-        Path | None, typer.Option(help="Take the agents from this TOML file.")
-    ] = None,
-    max_concurrency: Annotated[int, typer.Option(help="Tasks at once.")] = 8,
-    budget: Annotated[
-        float | None,
-        typer.Option(help="USD what runs now may spend (default: what is left of the run's)."),
-    ] = None,
-    force: Annotated[
-        bool, typer.Option("--force", help="Resume a run recorded as running on another host.")
-    ] = False,
-    as_json: JsonOption = False,
-) -> None:
-    """Finish a run whose process died: succeeded tasks are kept, the rest run.
-
-    The agents are those the run recorded (keys from the environment), unless --file or
-    --agents gives them (needed for providers registered in Python).
-    """
-    from orchestration.cli.runfile import load_run_file, resume_with_progress
-    from orchestration.ledger.history import resolve_run
-    from orchestration.model.agent_registry import AgentRegistry
-    from orchestration.runtime.resume import load_run
-
-    ledger = open_ledger()
-    try:
-        run_id = resolve(lambda: resolve_run(ledger, run))
-        saved = resolve(lambda: load_run(ledger, run_id))
-    finally:
-        ledger.close()
-    if file is not None and agents is not None:
-        typer.echo("error: give --file or --agents, not both.", err=True)
-        raise typer.Exit(2)
-    given = None
-    if file is not None:
-        registry, given = resolve(lambda: load_run_file(file))
-    elif agents is not None:
-        registry = resolve(lambda: AgentRegistry.from_toml(agents))
-    elif saved.agents:
-        registry = resolve(saved.registry)
-    else:
-        typer.echo(
-            f"error: run {run_id} recorded no agents (it predates that); give them with "
-            "--file RUN_FILE.py or --agents AGENTS.toml.",
-            err=True,
-        )
-        raise typer.Exit(2)
-    result = resolve(
-        lambda: resume_with_progress(
-            registry,
-            run_id,
-            saved.tasks,
-            retry_failed,
-            max_concurrency,
-            as_json,
-            budget,
-            force,
-            given,
-        )
-    )
-    _outcome(result, as_json)
-
-
-def _outcome(result: RunResult, as_json: bool) -> NoReturn:
-    """Print how a run ended and exit with 0 if every task succeeded, else 1."""
-    if as_json:
-        typer.echo(result.model_dump_json(indent=2))
-    else:
-        typer.echo(f"run {result.run_id}: {result.status.value}")
-        typer.echo(f"inspect it: orchestra show {result.run_id[:12]}")
-    raise typer.Exit(0 if result.ok else 1)
-
-
 def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -418,6 +336,8 @@ def _mark(value: bool | None) -> str:
     return "-" if value is None else ("yes" if value else "no")
 
 
+app.command("run")(run_file)
+app.command()(resume)
 app.command()(output)
 app.add_typer(models)
 

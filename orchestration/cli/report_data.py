@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any
 
 from sqlmodel import SQLModel, col, select
 
-from orchestration.ledger.history import resolve_run
+from orchestration.ledger.history import INTERRUPTED, resolve_run, shown_status
 from orchestration.ledger.schema import AttemptRow, RunRow, RunTaskRow, TaskRunRow
 from orchestration.ledger.store import Ledger
 
@@ -38,6 +38,7 @@ STATUS_COLORS: dict[str, tuple[str, str]] = {
     "running": ("#bbdefb", "#1565c0"),
     "pending": ("#e1bee7", "#6a1b9a"),
     "crashed": ("#f8bbd0", "#ad1457"),
+    "interrupted": ("#f8bbd0", "#ad1457"),  # running, by a process that died: crashed
     "budget_exceeded": ("#d7ccc8", "#4e342e"),
 }
 UNKNOWN_STATUS = ("#ffffff", "#9e9e9e")
@@ -149,7 +150,13 @@ def load_report(ledger: Ledger, run_prefix: str) -> RunReport:
         # A task recorded without a definition (none is expected) still belongs in the report.
         tasks += tuple(_task({"task_id": s.task_id}, s) for s in by_id.values())
         attempts = tuple(AttemptReport(**_columns(row, AttemptReport)) for row in tried)
-    return RunReport(run_id, run.name, run.status, run.started_at, run.finished_at, tasks, attempts)
+    status = shown_status(run.status, run.pid, run.host)
+    if status == INTERRUPTED:
+        tasks = tuple(
+            replace(task, status=INTERRUPTED) if task.status == "running" else task
+            for task in tasks
+        )
+    return RunReport(run_id, run.name, status, run.started_at, run.finished_at, tasks, attempts)
 
 
 def _task(definition: dict[str, Any], state: TaskRunRow | None) -> TaskReport:

@@ -1,14 +1,20 @@
-"""``orchestra run FILE.py`` and ``orchestra resume RUN``: run a DAG with a live table."""
+"""``orchestra run FILE.py`` and ``orchestra resume RUN``: run a DAG with a live table.
+
+SIGINT (Ctrl-C) and SIGTERM cancel the run cleanly and raise ``cli.signals.Stopped``.
+"""
 
 from __future__ import annotations
 
 import runpy
+import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
 
 from llm_abstractions.errors import ConfigurationError
+from orchestration.cli.signals import Stopped, stoppable
+from orchestration.ledger.store import Ledger
 from orchestration.model.agent_registry import AgentRegistry
 from orchestration.model.tasks import AgentTask, TaskResult
 from orchestration.runtime.executor import TaskExecutor
@@ -46,14 +52,20 @@ def run_with_progress(
     name: str,
     max_concurrency: int,
     quiet: bool,
+    ledger: Ledger | None = None,
+    run_id: str | None = None,
 ) -> RunResult:
-    """Run the DAG, showing each task's state live unless ``quiet``."""
+    """Run the DAG, showing each task's state live unless ``quiet``.
+
+    Raises:
+        Stopped: SIGINT or SIGTERM stopped the run (recorded ``cancelled``).
+    """
 
     async def start(executor: TaskExecutor, done: Callable[[TaskResult], None]) -> RunResult:
-        return await executor.run(tasks, name=name, on_task_done=done)
+        return await executor.run(tasks, name=name, on_task_done=done, run_id=run_id)
 
     state = {task.task_id: "pending" for task in tasks}
-    return _with_progress(registry, start, name, state, max_concurrency, quiet)
+    return _with_progress(registry, start, name, state, max_concurrency, quiet, ledger)
 
 
 def resume_with_progress(
@@ -66,10 +78,14 @@ def resume_with_progress(
     budget_usd: float | None = None,
     force: bool = False,
     given: list[AgentTask] | None = None,
+    ledger: Ledger | None = None,
 ) -> RunResult:
     """Finish a recorded run (see ``TaskExecutor.resume``), showing it live unless ``quiet``.
 
     ``given`` are the run file's tasks, whose output contracts the ledger cannot keep.
+
+    Raises:
+        Stopped: SIGINT or SIGTERM stopped the run (recorded ``cancelled``).
     """
 
     async def start(executor: TaskExecutor, done: Callable[[TaskResult], None]) -> RunResult:
@@ -83,7 +99,7 @@ def resume_with_progress(
         )
 
     state = {task.task_id: "kept" for task in tasks}
-    return _with_progress(registry, start, run_id, state, max_concurrency, quiet)
+    return _with_progress(registry, start, run_id, state, max_concurrency, quiet, ledger)
 
 
 def _with_progress(
@@ -93,6 +109,7 @@ def _with_progress(
     state: dict[str, str],
     max_concurrency: int,
     quiet: bool,
+    ledger: Ledger | None,
 ) -> RunResult:
     from rich.console import Console
     from rich.live import Live
@@ -113,10 +130,18 @@ def _with_progress(
             if live is not None:
                 live.update(render())
 
-        async with TaskExecutor(registry=registry, max_concurrency=max_concurrency) as executor:
-            return await start(executor, done)
+        async def run() -> RunResult:
+            async with TaskExecutor(
+                registry, max_concurrency=max_concurrency, ledger=ledger
+            ) as executor:
+                return await start(executor, done)
 
-    if quiet:
-        return anyio.run(main, None)
-    with Live(render(), console=Console(), refresh_per_second=8) as live:
-        return anyio.run(main, live)
+        return await stoppable(run)
+
+    try:
+        if quiet:
+            return anyio.run(main, None)
+        with Live(render(), console=Console(), refresh_per_second=8) as live:
+            return anyio.run(main, live)
+    except KeyboardInterrupt:  # before the signals were watched, or after
+        raise Stopped(signal.SIGINT) from None

@@ -2,13 +2,22 @@
 
 The CLI prints these as tables or JSON; anything else can read the same tables with
 ``sqlite3 "$(orchestra db)"``.
+
+A run recorded as ``running`` whose process is gone (it was killed, or its machine
+restarted) is shown ``interrupted``, and so are the tasks it left running; nothing is
+written (``orchestra resume`` records them as crashed when it takes the run over). Only a
+process of this machine can be checked (``process_alive``): a run recorded on another host
+stays ``running``. The ledger does not record when a process started, so a dead run's
+process number taken since by another process keeps it ``running``.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import Any
 
-from sqlalchemy import case, func
+from sqlalchemy import case, func, inspect, text
 from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 
@@ -17,17 +26,50 @@ from orchestration.ledger.schema import AttemptRow, RunRow, RunTaskRow, TaskRunR
 from orchestration.ledger.store import Ledger
 
 __all__ = [
+    "INTERRUPTED",
+    "agents_with_keys",
     "attempt_answer",
     "fmt_cost",
     "fmt_seconds",
     "fmt_tokens",
     "list_runs",
+    "process_alive",
     "refusals",
     "resolve_run",
     "run_attempts",
+    "run_status",
     "run_tasks",
+    "shown_status",
     "task_outputs",
 ]
+
+INTERRUPTED = "interrupted"
+
+
+def process_alive(pid: int | None, host: str | None) -> bool | None:
+    """Whether process ``pid`` of ``host`` is alive; None when it cannot be told from here.
+
+    Only a process of this machine can be checked; a process of someone else's by that
+    number counts as alive.
+    """
+    if pid is None or pid <= 0 or host != socket.gethostname() or os.name == "nt":
+        return None  # (on Windows, os.kill(pid, 0) would not probe: it would stop the process)
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def shown_status(status: str, pid: int | None, host: str | None) -> str:
+    """A run's status as recorded, or ``interrupted`` when it is running and its process died."""
+    if status == "running" and process_alive(pid, host) is False:
+        return INTERRUPTED
+    return status
 
 
 def list_runs(ledger: Ledger, limit: int = 20) -> list[dict[str, Any]]:
@@ -69,7 +111,7 @@ def list_runs(ledger: Ledger, limit: int = 20) -> list[dict[str, Any]]:
                 {
                     "id": run.id,
                     "name": run.name,
-                    "status": run.status,
+                    "status": shown_status(run.status, run.pid, run.host),
                     "tasks": run.task_count,
                     "input_tokens": tokens_in,
                     "output_tokens": tokens_out,
@@ -100,12 +142,38 @@ def resolve_run(ledger: Ledger, ref: str) -> str:
     raise ConfigurationError(f"{ref!r} matches several runs ({', '.join(ids)}...); give more.")
 
 
+def run_status(ledger: Ledger, run_id: str) -> str:
+    """A run's status as ``orchestra runs`` shows it (``interrupted``: its process died)."""
+    with ledger.session() as session:
+        run = session.exec(select(RunRow).where(col(RunRow.id) == run_id)).one()
+        return shown_status(run.status, run.pid, run.host)
+
+
 def run_tasks(ledger: Ledger, run_id: str) -> list[dict[str, Any]]:
-    """Every task of a run with its latest state."""
+    """Every task of a run with its latest state (``interrupted``: left by a dead process)."""
+    interrupted = run_status(ledger, run_id) == INTERRUPTED
     with ledger.session() as session:
         query = select(TaskRunRow).where(col(TaskRunRow.run_id) == run_id)
         found = session.exec(query.order_by(col(TaskRunRow.started_at))).all()
-        return [row.model_dump(mode="json") for row in found]
+        tasks = [row.model_dump(mode="json") for row in found]
+    for task in tasks:
+        if interrupted and task["status"] == "running":
+            task["status"] = INTERRUPTED
+    return tasks
+
+
+def agents_with_keys(ledger: Ledger, run_id: str) -> list[str]:
+    """The run's agents that were given an explicit ``api_key`` (which is never stored).
+
+    Read from ``run_agents.api_key_given`` (a flag, never the key); a ledger without that
+    column has not recorded it, and nothing is found.
+    """
+    with ledger.session() as session:
+        columns = inspect(session.connection()).get_columns("run_agents")
+        if "api_key_given" not in {column["name"] for column in columns}:
+            return []
+        query = "SELECT name FROM run_agents WHERE run_id = :id AND api_key_given ORDER BY name"
+        return list(session.execute(text(query), {"id": run_id}).scalars())
 
 
 def run_attempts(ledger: Ledger, run_id: str, task_id: str | None = None) -> list[dict[str, Any]]:

@@ -48,7 +48,7 @@ def _insert(table: str, columns: str, *, key: str = "", update: str = "") -> Sta
 
 _INSERT_RUN = _insert("runs", "id name status task_count started_at pid host budget_usd")
 _INSERT_DEFINITION = _insert("run_tasks", "run_id task_id position definition contract")
-_INSERT_AGENT = _insert("run_agents", "run_id name definition")
+_INSERT_AGENT = _insert("run_agents", "run_id name definition api_key_given")
 _EXTEND_RUN = Statement(
     "UPDATE runs SET task_count = task_count + :added WHERE id = :id", ("added", "id")
 )
@@ -149,8 +149,7 @@ class Recorder:
             (run_id, task.task_id, position, task.model_dump_json(), _contract(task))
             for position, task in enumerate(tasks)
         ]
-        # model_dump_json leaves the key out (it is excluded); api_key_env, a name, stays.
-        known = [(run_id, agent.name, agent.model_dump_json()) for agent in agents]
+        known = [_agent_row(run_id, agent) for agent in agents]
         await self.ledger.write(
             [
                 (RANK_RUN, _INSERT_RUN, [run]),
@@ -174,7 +173,7 @@ class Recorder:
             (run_id, task.task_id, first_position + offset, task.model_dump_json(), _contract(task))
             for offset, task in enumerate(tasks)
         ]
-        known = [(run_id, agent.name, agent.model_dump_json()) for agent in agents]
+        known = [_agent_row(run_id, agent) for agent in agents]
         await self.ledger.write(
             [
                 (RANK_RUN, _EXTEND_RUN, [(len(tasks), run_id)]),
@@ -326,6 +325,14 @@ class Recorder:
             ended = self.ledger.write_soon([(RANK_END, _FINISH_RUN, [row])])
             for commit in [*self._unawaited, ended]:
                 await commit.wait()
+
+
+def _agent_row(run_id: str, agent: AgentConfig) -> Row:
+    """An agent as the run knew it: its settings without the key, and whether it had one.
+
+    ``model_dump_json`` leaves the key out (it is excluded); ``api_key_env``, a name, stays.
+    """
+    return (run_id, agent.name, agent.model_dump_json(), agent.api_key is not None)
 
 
 def _request_json(request: LlmRequest) -> str:

@@ -35,6 +35,7 @@ __all__ = [
     "RunTaskRow",
     "TaskRunRow",
     "migrate",
+    "pending",
 ]
 
 
@@ -133,6 +134,8 @@ class RunAgentRow(SQLModel, table=True):
     run_id: str = Field(primary_key=True, foreign_key="runs.id")
     name: str = Field(primary_key=True)
     definition: str  # AgentConfig as JSON
+    # The agent was given an explicit api_key (never stored): resume cannot rebuild it alone.
+    api_key_given: bool | None = None
 
 
 class ResponseCacheRow(SQLModel, table=True):
@@ -211,6 +214,10 @@ def _m004_checked_output(connection: Connection) -> None:
     )
 
 
+def _m005_agent_keys(connection: Connection) -> None:
+    _add_columns(connection, {"run_agents": (("api_key_given", "BOOLEAN"),)})
+
+
 def _add_columns(connection: Connection, added: dict[str, tuple[tuple[str, str], ...]]) -> None:
     """Add the columns a table lacks (a database created by this version has them)."""
     schema = inspect(connection)
@@ -226,6 +233,7 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("002_resilience", _m002_resilience),
     ("003_run_budget", _m003_run_budget),
     ("004_checked_output", _m004_checked_output),
+    ("005_agent_keys", _m005_agent_keys),
 ]
 
 
@@ -246,3 +254,11 @@ def migrate(connection: Connection) -> list[str]:
         connection.execute(text("INSERT INTO schema_migrations (name) VALUES (:n)"), {"n": name})
         applied.append(name)
     return applied
+
+
+def pending(connection: Connection) -> list[str] | None:
+    """The migrations this database lacks, without changing it (None: it holds no ledger)."""
+    if not inspect(connection).has_table("schema_migrations"):
+        return None
+    done = {row[0] for row in connection.execute(text("SELECT name FROM schema_migrations"))}
+    return [name for name, _ in MIGRATIONS if name not in done]

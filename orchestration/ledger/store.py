@@ -18,39 +18,53 @@ On SQLite the database is in WAL mode with a busy timeout, and each transaction 
 ``BEGIN IMMEDIATE`` so that two writing processes queue for the lock instead of failing on
 upgrade. Schema migrations run when the ledger opens; reads use ordinary sessions.
 
+``Ledger(read_only=True)`` (the read commands') writes nothing: no WAL switch, no migration,
+no writer. SQLite opens the file with ``mode=ro``, plus ``immutable=1`` when its directory is
+not writable (a WAL reader needs a ``-shm`` file beside it). A database that holds no ledger,
+or an older schema (``LedgerOutdatedError``: run a write command once), is refused.
+
 Location: ``url=``, else ``ORCHESTRA_DB_URL`` (any SQLAlchemy URL), else
-``.orchestra/runs.db`` under the working directory.
+``.orchestra/runs.db`` under the working directory. A value without a ``scheme:`` is a path
+to a SQLite file (``runs.db`` is ``sqlite:///runs.db``). Opening for writing creates the
+file's directory when its parent exists (``.orchestra/``), never a chain of directories.
+What cannot be opened (a malformed URL, an unknown database, a directory, a file that is
+not SQLite or is read-only, an unwritable directory) raises ``LedgerError``: one line saying
+what is wrong and what to do.
 """
 
 from __future__ import annotations
 
 import os
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import anyio.lowlevel
 from anyio.lowlevel import EventLoopToken
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.engine.url import make_url
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.engine.url import URL, make_url
+from sqlalchemy.exc import DBAPIError, NoSuchModuleError, OperationalError, SQLAlchemyError
 from sqlmodel import Session
 
 from llm_abstractions.threads import LoopCompletion
-from orchestration.ledger.schema import migrate
+from orchestration.ledger.schema import migrate, pending
 from orchestration.model.errors import LedgerError
 
 __all__ = [
     "DEFAULT_DB_PATH",
     "Ledger",
     "LedgerError",
+    "LedgerOutdatedError",
     "Commit",
     "Statement",
     "default_db_url",
+    "ledger_url",
     "sqlite_file",
 ]
 
@@ -80,9 +94,26 @@ Write = list[Operation]
 _Group = tuple[Statement, list[Row]]
 
 
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]+:")  # two letters at least: C:\ is a path
+_PASSWORD = re.compile(r"(://[^/:@]*:)[^/@]*@")
+_ADVICE = "point ORCHESTRA_DB_URL at a new or existing ledger file"
+_URL_HINT = "write sqlite:///PATH (or a plain path) for a SQLite file, or a SQLAlchemy URL"
+
+
+class LedgerOutdatedError(LedgerError):
+    """A ledger opened read-only has a schema older than this version's."""
+
+
 def default_db_url() -> str:
     """``ORCHESTRA_DB_URL``, else SQLite at ``.orchestra/runs.db`` in the working directory."""
-    return os.environ.get("ORCHESTRA_DB_URL") or f"sqlite:///{DEFAULT_DB_PATH}"
+    return ledger_url(os.environ.get("ORCHESTRA_DB_URL") or f"sqlite:///{DEFAULT_DB_PATH}")
+
+
+def ledger_url(value: str) -> str:
+    """``value`` as a SQLAlchemy URL: one without a ``scheme:`` is the path of a SQLite file."""
+    if _SCHEME.match(value):
+        return value
+    return f"sqlite:///{Path(value).expanduser()}"
 
 
 @dataclass
@@ -103,26 +134,53 @@ class Ledger:
         LedgerError: The database cannot be opened or migrated.
     """
 
-    def __init__(self, url: str | None = None) -> None:
-        self.url = url or default_db_url()
+    def __init__(self, url: str | None = None, *, read_only: bool = False) -> None:
+        self.url = ledger_url(url or default_db_url())
+        self.read_only = read_only
         # What messages show: never the password a database URL may carry.
-        self.shown_url = make_url(self.url).render_as_string(hide_password=True)
+        self.shown_url = _PASSWORD.sub(r"\1***@", self.url)
         try:
-            self.engine = _make_engine(self.url)
-        except (ImportError, SQLAlchemyError, ValueError) as exc:
-            raise LedgerError(
-                f"Cannot open the run ledger at {self.shown_url}: {exc} (is the URL right, "
-                "and its database driver installed?)"
-            ) from exc
+            parsed = make_url(self.url)
+            if parsed.get_backend_name() != "sqlite":
+                self.shown_url = parsed.render_as_string(hide_password=True)
+            self.engine = _make_engine(parsed, read_only)
+        except LedgerError as exc:
+            raise self._cannot_open(str(exc)) from None
+        except (ImportError, OSError, SQLAlchemyError, ValueError) as exc:
+            raise self._cannot_open(_reason(exc)) from exc
         self._closed = False
-        self._migrate()
+        try:
+            self._check_schema() if read_only else self._migrate()
+        except LedgerError:
+            self.engine.dispose()
+            raise
         self._sqlite = self.engine.dialect.name == "sqlite"
         self._statements: dict[Statement, tuple[str, Callable[[Row], Any] | None]] = {}
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._gathering: dict[EventLoopToken, _Job] = {}
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._serve, name="orchestra-ledger", daemon=True)
-        self._thread.start()
+        if not read_only:
+            self._thread.start()
+
+    def _cannot_open(self, reason: str) -> LedgerError:
+        return LedgerError(f"cannot open the run ledger at {self.shown_url}: {reason}")
+
+    def _check_schema(self) -> None:
+        """Refuse, read-only, a database that holds no ledger or an older schema than ours."""
+        try:
+            with self.engine.connect() as connection:
+                missing = pending(connection)
+        except SQLAlchemyError as exc:
+            raise self._cannot_open(_reason(exc)) from exc
+        if missing is None:
+            raise self._cannot_open(f"it holds no run ledger; run something first, or {_ADVICE}")
+        if missing:
+            raise LedgerOutdatedError(
+                f"the run ledger at {self.shown_url} predates this version of orchestra (it "
+                f"lacks {', '.join(missing)}); run a write command (orchestra run or resume) "
+                "on it once with write access, then it can be read read-only"
+            )
 
     def _migrate(self) -> None:
         # Switching a new SQLite file to WAL can answer "locked" at once, without waiting on
@@ -135,12 +193,10 @@ class Ledger:
                 return
             except OperationalError as exc:
                 if "locked" not in str(exc) or attempt == 7:
-                    raise LedgerError(
-                        f"Cannot open the run ledger at {self.shown_url}: {exc}"
-                    ) from exc
+                    raise self._cannot_open(_reason(exc)) from exc
                 time.sleep(0.05 * 2**attempt)
             except SQLAlchemyError as exc:
-                raise LedgerError(f"Cannot open the run ledger at {self.shown_url}: {exc}") from exc
+                raise self._cannot_open(_reason(exc)) from exc
 
     @property
     def path(self) -> Path | None:
@@ -165,6 +221,8 @@ class Ledger:
         with self._lock:
             if self._closed:
                 raise LedgerError(f"The run ledger at {self.shown_url} is closed.")
+            if self.read_only:
+                raise LedgerError(f"The run ledger at {self.shown_url} is open read-only.")
             job = self._gathering.get(token)
             if job is None:
                 # Every write of one loop iteration (all the tasks that just finished)
@@ -200,7 +258,8 @@ class Ledger:
             for token in list(self._gathering):
                 self._jobs.put(self._gathering.pop(token))
             self._jobs.put(None)
-        self._thread.join(timeout=60)
+        if self._thread.is_alive():
+            self._thread.join(timeout=60)
         self.engine.dispose()
 
     def _serve(self) -> None:
@@ -330,8 +389,11 @@ def _grouped(operations: list[Operation]) -> list[_Group]:
 
 
 def sqlite_file(url: str) -> Path | None:
-    """The file of a SQLite URL (plain path or ``file:`` URI), or None."""
-    parsed = make_url(url)
+    """The file of a SQLite URL (plain path or ``file:`` URI), or None (also for a bad URL)."""
+    try:
+        parsed = make_url(ledger_url(url))
+    except (SQLAlchemyError, ValueError):
+        return None
     database = parsed.database
     if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
         return None
@@ -340,15 +402,78 @@ def sqlite_file(url: str) -> Path | None:
     return Path(database).resolve()
 
 
-def _make_engine(url: str) -> Engine:
-    parsed = make_url(url)
+def location_problem(path: Path, create: bool = True) -> str | None:
+    """Why a run could not record at ``path`` (None: as far as can be told, it can).
+
+    The file's directory may be missing if its parent exists: ``create`` makes it then.
+    """
+    if path.is_dir():
+        return f"it is a directory; point ORCHESTRA_DB_URL at a file, e.g. {path / 'runs.db'}"
+    folder = path.parent
+    if not folder.is_dir():
+        if not folder.parent.is_dir():
+            return f"its directory {folder} does not exist; create it, or {_ADVICE}"
+        if not create:
+            return None  # a run would make it
+        try:
+            folder.mkdir()
+        except OSError as exc:
+            return f"cannot create its directory {folder} ({exc.strerror or exc}); {_ADVICE}"
+    if path.exists() and not os.access(path, os.W_OK):
+        return (
+            "the file is read-only; the read commands (orchestra runs, show, attempts, report) "
+            "can open it, a run needs write access"
+        )
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        return (
+            f"its directory {path.parent} is not writable (SQLite keeps its journal beside the "
+            f"file); {_ADVICE} in a writable directory"
+        )
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    """What an error met on opening means, in one line, with what to do."""
+    if isinstance(exc, NoSuchModuleError):
+        kind = str(exc).rpartition(":")[2].strip()
+        return f"{kind!r} is not a kind of database SQLAlchemy knows; {_URL_HINT}"
+    if isinstance(exc, ImportError):
+        return f"its database driver is not installed ({exc}); install it, or use sqlite:///PATH"
+    if isinstance(exc, DBAPIError):
+        said = _first_line(exc.orig or exc)
+        if "not a database" in said:
+            return f"not a SQLite database; {_ADVICE}"
+        if "readonly" in said or "read-only" in said:
+            return f"it cannot be written ({said}); a run needs write access, or {_ADVICE}"
+        if "unable to open" in said:
+            return f"SQLite cannot open it ({said}); {_ADVICE} in a writable directory"
+        return f"{said}; is the URL right and the database reachable?"
+    if isinstance(exc, SQLAlchemyError | ValueError):
+        return f"not a database URL; {_URL_HINT}"
+    return _first_line(exc)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _make_engine(parsed: URL, read_only: bool) -> Engine:
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, hide_parameters=True)
-    path = sqlite_file(url)
-    if path is not None and not (parsed.database or "").startswith("file:"):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        return create_engine(parsed, hide_parameters=True)
+    path = sqlite_file(parsed.render_as_string(hide_password=False))
+    if path is not None and read_only:
+        if path.is_dir() or not path.exists():
+            missing = f"no ledger file there yet; run something first, or {_ADVICE}"
+            raise LedgerError(location_problem(path, create=False) or missing)
+        writable = os.access(path.parent, os.W_OK | os.X_OK)
+        query = {"mode": "ro", "uri": "true"} | ({} if writable else {"immutable": "1"})
+        parsed = URL.create("sqlite", database=f"file:{quote(str(path))}", query=query)
+    elif path is not None and not (parsed.database or "").startswith("file:"):
+        problem = location_problem(path)
+        if problem is not None:
+            raise LedgerError(problem)
     engine = create_engine(
-        url,
+        parsed,
         connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False},
         hide_parameters=True,  # row values (outputs, errors) stay out of error messages
     )
@@ -359,8 +484,9 @@ def _make_engine(url: str) -> Engine:
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        if not read_only:  # switching to WAL writes the file
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
