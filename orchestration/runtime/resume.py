@@ -13,6 +13,7 @@ from sqlalchemy import text
 
 from llm_abstractions.errors import ConfigurationError
 from llm_abstractions.types import Usage
+from orchestration.ledger.history import process_alive
 from orchestration.ledger.store import Ledger
 from orchestration.model.agent_registry import AgentConfig, AgentRegistry
 from orchestration.model.contracts import OutputContract
@@ -103,17 +104,7 @@ class SavedRun:
                 f"{self.pid}), which cannot be checked from here; if that process is gone, "
                 "resume with force (--force)."
             )
-        if self.pid == os.getpid():
-            alive = True
-        else:
-            try:
-                os.kill(self.pid, 0)
-                alive = True
-            except ProcessLookupError:
-                alive = False
-            except PermissionError:  # someone else's process by that number
-                alive = True
-        if alive:
+        if process_alive(self.pid, self.host):
             raise ConfigurationError(
                 f"Run {self.run_id!r} is still being run by process {self.pid} on this machine; "
                 "wait for it to end (or stop it) before resuming."
