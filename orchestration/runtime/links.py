@@ -51,7 +51,7 @@ from orchestration.runtime.resilience import (
     Waiting,
     estimate_tokens,
 )
-from orchestration.runtime.spending import model_of, worst_case
+from orchestration.runtime.spending import WorstCase, model_of, worst_case
 
 if TYPE_CHECKING:
     from llm_abstractions.base import BaseLlm
@@ -201,7 +201,9 @@ class TaskAttempts:
             if over is not None:
                 self.add(over, None)
                 return "done"
-            if not await self._afford(label, link, request):
+            refused_worst = await self._reserve(link, request)
+            if refused_worst is not None:  # a link at a higher price, say: it must fit again
+                self._over_run_budget(link, refused_worst, f"not tried on {label}: its")
                 return "done"
             if wait > 0:
                 async with self.waiting():
@@ -273,25 +275,15 @@ class TaskAttempts:
         typed = self.contract is not None and self.contract.typed
         reason = refused.metadata["rejection"]
         again = with_feedback(request, refused.output or "", reason, typed)
-        if self.budget is not None:
-            self.settle()  # what was reserved for the refused attempt, against what it cost
-            estimate = worst_case(link, again).cost
-            if not await self.budget.admit(estimate, self.waiting):
-                budget = self.budget
-                self.add(
-                    not_attempted(
-                        self.task,
-                        link,
-                        TaskStatus.BUDGET_EXCEEDED,
-                        f"not asked again: the next attempt's estimated ${estimate:.4f} would "
-                        f"exceed the run's budget of ${budget.limit:.4f} (${budget.spent:.4f} "
-                        f"spent, ${budget.reserved:.4f} in flight); the last answer was "
-                        f"refused: {reason}",
-                    ),
-                    None,
-                )
-                return None
-            self.reserved = estimate
+        refused_worst = await self._reserve(link, again)
+        if refused_worst is not None:
+            self._over_run_budget(
+                link,
+                refused_worst,
+                "not asked again: the next attempt's",
+                f"; the last answer was refused: {reason}",
+            )
+            return None
         self.output_retries += 1
         return again
 
@@ -492,35 +484,46 @@ class TaskAttempts:
             f"would exceed the task's budget of ${limit:.4f}{worst.hint()}",
         )
 
-    async def _afford(self, label: str, link: AgentConfig, request: LlmRequest) -> bool:
-        """Reserve of the run's budget the worst case of an attempt on ``link``.
+    async def _reserve(self, link: AgentConfig, request: LlmRequest) -> WorstCase | None:
+        """Hold of the run's budget the worst case of the next attempt on ``link``.
 
-        The task's reservation covers its attempts on its own agent; a fallback link at a
-        higher price must fit the budget again before it is tried (False: it does not, and
-        the task ends ``budget_exceeded``, saying so).
+        What the task holds covers its next attempt unless that attempt may cost more than
+        what is left of it (a fallback link at a higher price, a longer conversation, an
+        earlier attempt that cost something): then what was spent is settled and the worst
+        case must fit the budget again.
+
+        Returns:
+            None when it is held; else the worst case that does not fit.
         """
         if self.budget is None:
-            return True
+            return None
         worst = worst_case(link, request)
-        if worst.cost <= self.reserved:
-            return True
-        self.settle()  # give back the reservation, count what the attempts so far cost
+        unsettled = sum(t.cost_usd or 0.0 for t in self.tries) - self.settled
+        if worst.cost <= self.reserved - unsettled:
+            return None
+        self.settle()
         if await self.budget.admit(worst.cost, self.waiting):
             self.reserved = worst.cost
-            return True
+            return None
+        return worst
+
+    def _over_run_budget(
+        self, link: AgentConfig, worst: WorstCase, what: str, after: str = ""
+    ) -> None:
+        """End the task ``budget_exceeded``: ``what`` estimated ``worst`` does not fit."""
         budget = self.budget
+        assert budget is not None  # noqa: S101 - only with a budget
         self.add(
             not_attempted(
                 self.task,
                 link,
                 TaskStatus.BUDGET_EXCEEDED,
-                f"not tried on {label}: its estimated ${worst.cost:.4f} would exceed the run's "
-                f"budget of ${budget.limit:.4f} (${budget.spent:.4f} spent, "
-                f"${budget.reserved:.4f} in flight){worst.hint()}",
+                f"{what} estimated ${worst.cost:.4f} would exceed the run's budget of "
+                f"${budget.limit:.4f} (${budget.spent:.4f} spent, ${budget.reserved:.4f} in "
+                f"flight){worst.hint()}{after}",
             ),
             None,
         )
-        return False
 
     async def _last_resort(self, request: LlmRequest) -> None:
         """The bundled script for the agent's own provider, if it could not serve.
