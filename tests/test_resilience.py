@@ -116,6 +116,22 @@ async def test_a_500_task_dag_at_30_percent_faults_succeeds_with_every_attempt_r
     assert rows(ledger, "SELECT COUNT(*) FROM attempts WHERE wait_s = 2.0")[0][0] == counts["429"]
 
 
+async def test_the_default_policies_get_every_task_through_30_percent_faults(
+    server: FaultServer, ledger: Ledger
+) -> None:
+    # Defaults throughout (retries, breakers): the breaker is for outages, and an answer
+    # that says when to come back (429, 529 with Retry-After) is waited out, not counted.
+    server.plan = FaultPlan(
+        rate=0.3, seed=3, max_faults_per_key=3, hang=3.0, retry_after_kinds=("429", "529")
+    )
+    executor = TaskExecutor(gpt_registry(), ledger=ledger, max_concurrency=32, clock=FakeClock())
+    async with executor:
+        run = await executor.run(layered(10, 50))
+    assert run.ok, {t: r.error for t, r in run.results.items() if not r.succeeded}
+    assert rows(ledger, "SELECT COUNT(*) FROM attempts")[0][0] == len(server.log)
+    assert executor.runner.breakers["openai-gpt"].state == "closed"
+
+
 async def test_authentication_and_context_errors_are_never_retried(
     server: FaultServer, ledger: Ledger
 ) -> None:
