@@ -32,7 +32,7 @@ from llm_abstractions.providers.anthropic import (
     SCHEMA_INSTRUCTION,
     AnthropicLlm,
 )
-from llm_abstractions.types import OutputSchema
+from llm_abstractions.types import OutputSchema, Usage
 from tests.fakes.anthropic_api import anthropic_app, error_body
 from tests.fakes.server import LoopbackServer, Scripted, loopback_fixtures
 from tests.support.loops import answers_from_two_event_loops
@@ -123,6 +123,21 @@ async def test_a_stream_delivers_the_text_and_usage_at_the_end(api: LoopbackServ
     assert (usage.input_tokens, usage.output_tokens) == (150, 7)
     assert (usage.cache_read_tokens, usage.cache_write_tokens) == (100, 30)
     assert api.requests[0]["stream"] is True and api.requests[0]["max_tokens"] == 9
+
+
+async def test_an_answer_without_usage_is_an_answer_with_usage_unknown(
+    api: LoopbackServer,
+) -> None:
+    # Refused as malformed, it was retried: five answers paid for, and then a failure.
+    api.script(Scripted(text="one two three", usage={}), Scripted(text="one two three", usage={}))
+    async with llm(api) as provider:
+        response, chunks = await generate_and_stream(provider, LlmRequest.build("count"))
+    final = chunks[-1].response
+    assert final is not None
+    for answer in (response, final):
+        assert (answer.text, answer.finish_reason) == ("one two three", "stop")
+        assert answer.usage == Usage()  # unknown: None, never 0
+    assert len(api.requests) == 2
 
 
 async def test_a_stream_cut_midway_is_an_error_never_a_short_answer(api: LoopbackServer) -> None:
@@ -253,7 +268,7 @@ async def test_the_factory_builds_it_from_the_environment(
 
 
 async def test_a_malformed_answer_body_is_a_bad_response(api: LoopbackServer) -> None:
-    api.script(Scripted(status=200, body={"type": "message", "id": "msg_1"}))  # no usage
+    api.script(Scripted(status=200, body={"type": "message", "id": "msg_1"}))  # no content
     async with llm(api) as provider:
         with pytest.raises(LLMBadResponseError, match="malformed"):
             await provider.generate(LlmRequest.build("hi"))

@@ -23,7 +23,7 @@ from llm_abstractions.errors import (
     ModelNotFoundError,
 )
 from llm_abstractions.providers.gemini import GeminiLlm
-from llm_abstractions.types import OutputSchema
+from llm_abstractions.types import OutputSchema, Usage
 from tests.fakes.gemini_api import gemini_app
 from tests.fakes.server import LoopbackServer, Scripted, loopback_fixtures
 from tests.support.loops import answers_from_two_event_loops
@@ -121,6 +121,17 @@ async def test_a_stream_delivers_the_text_and_usage_at_the_end(api: LoopbackServ
     assert (usage.input_tokens, usage.output_tokens, usage.reasoning_tokens) == (120, 42, 12)
     assert usage.cache_read_tokens == 100
     assert api.requests[0]["generationConfig"] == {"maxOutputTokens": 9}
+
+
+async def test_an_answer_without_usage_is_an_answer_with_usage_unknown(
+    api: LoopbackServer,
+) -> None:
+    candidate = {"content": {"role": "model", "parts": [{"text": "Four."}]}, "finishReason": "STOP"}
+    api.script(Scripted(body={"candidates": [candidate], "modelVersion": "gemini-2.5-flash"}))
+    async with llm(api) as provider:
+        response = await provider.generate(LlmRequest.build("2+2?"))
+    assert (response.text, response.finish_reason) == ("Four.", "stop")
+    assert response.usage == Usage()  # no usageMetadata: unknown, never 0
 
 
 async def test_a_stream_cut_midway_is_an_error_never_a_short_answer(api: LoopbackServer) -> None:

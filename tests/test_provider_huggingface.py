@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import os
 from collections.abc import AsyncGenerator
 from pathlib import Path
@@ -28,6 +29,7 @@ from llm_abstractions.errors import (
     OrchestraError,
 )
 from llm_abstractions.providers.huggingface import HuggingFaceLlm
+from llm_abstractions.types import Usage
 from tests.fakes.hf_api import hf_app
 from tests.fakes.server import LoopbackServer, Scripted, loopback_fixtures
 from tests.support.loops import answers_from_two_event_loops
@@ -117,6 +119,23 @@ async def test_a_stream_delivers_the_text_and_usage_at_the_end(api: LoopbackServ
         {"include_usage": True},
         9,
     )
+
+
+async def test_an_answer_without_usage_is_an_answer_with_usage_unknown(
+    api: LoopbackServer,
+) -> None:
+    choice = {"index": 0, "message": {"role": "assistant", "content": "Four."}}
+    body = {
+        "id": "x",
+        "model": MODEL,
+        "created": 1,
+        "choices": [choice | {"finish_reason": "stop"}],
+    }
+    api.script(Scripted(body=json.dumps(body).encode()))
+    async with llm(api) as provider:
+        response = await provider.generate(LlmRequest.build("2+2?"))
+    assert (response.text, response.finish_reason) == ("Four.", "stop")
+    assert response.usage == Usage()  # unknown, never 0
 
 
 async def test_a_stream_cut_midway_is_an_error_never_a_short_answer(api: LoopbackServer) -> None:
@@ -269,7 +288,7 @@ async def test_timeouts_and_unreachable_servers(api: LoopbackServer) -> None:
     closed_url = os.environ["ORCHESTRA_HF_BASE_URL"]  # conftest: a closed loopback port
     async with HuggingFaceLlm(MODEL, api_key="hf_x") as closed:
         assert closed.base_url == closed_url
-        with pytest.raises(LLMConnectionError, match="cannot reach"):
+        with pytest.raises(LLMConnectionError, match="could not connect to .*: connection refused"):
             await closed.generate(LlmRequest.build("hi"))
 
 

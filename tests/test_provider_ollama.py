@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import os
 
 import aiohttp
@@ -21,6 +22,7 @@ from llm_abstractions.errors import (
     OrchestraError,
 )
 from llm_abstractions.providers.ollama import OllamaLlm
+from llm_abstractions.types import Usage
 from tests.fakes.ollama_api import ollama_app
 from tests.fakes.server import LoopbackServer, Scripted, loopback_fixtures
 from tests.support.structured import (
@@ -87,6 +89,17 @@ async def test_a_stream_delivers_the_text_and_usage_at_the_end(api: LoopbackServ
     assert (final.response.text, final.response.finish_reason) == ("one two three", "stop")
     assert (final.response.usage.input_tokens, final.response.usage.output_tokens) == (26, 7)
     assert api.requests[0]["stream"] is True and api.requests[0]["options"]["num_predict"] == 9
+
+
+async def test_an_answer_without_counts_is_an_answer_with_usage_unknown(
+    api: LoopbackServer,
+) -> None:
+    line = {"model": "llama3.2", "message": {"role": "assistant", "content": "Four."}}
+    api.script(Scripted(body=json.dumps(line | {"done": True, "done_reason": "stop"}).encode()))
+    async with llm(api) as provider:
+        response = await provider.generate(LlmRequest.build("2+2?"))
+    assert (response.text, response.finish_reason) == ("Four.", "stop")
+    assert response.usage == Usage()  # no eval counts: unknown, never 0
 
 
 async def test_a_stream_cut_midway_is_an_error_never_a_short_answer(api: LoopbackServer) -> None:
@@ -181,7 +194,9 @@ async def test_timeouts_and_a_server_that_is_not_running(api: LoopbackServer) ->
         with pytest.raises(LLMTimeoutError):
             await provider.generate(LlmRequest.build("hi"))
     async with OllamaLlm("llama3.2") as closed:  # conftest points OLLAMA_HOST at a closed port
-        with pytest.raises(LLMConnectionError, match=f"Ollama is not running at {closed.host}"):
+        with pytest.raises(
+            LLMConnectionError, match=f"could not connect to {closed.host}: .*`ollama serve`"
+        ):
             await closed.generate(LlmRequest.build("hi"))
     assert closed.host == os.environ["OLLAMA_HOST"]
 
@@ -229,7 +244,7 @@ async def test_the_health_check_reads_the_model_list(api: LoopbackServer) -> Non
     assert [r for r in api.requests if "GET" not in r] == []  # no model was run
     async with OllamaLlm() as closed:
         down = await closed.health_check()
-    assert not down.ok and "not running" in down.detail
+    assert not down.ok and "connection refused. Is Ollama running?" in down.detail
 
 
 async def test_the_factory_builds_it_from_the_environment(

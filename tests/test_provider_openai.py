@@ -24,6 +24,7 @@ from llm_abstractions.errors import (
 )
 from llm_abstractions.providers.lmstudio import LmStudioLlm
 from llm_abstractions.providers.openai import OpenAILlm
+from llm_abstractions.types import Usage
 from tests.fakes.openai_api import openai_app
 from tests.fakes.server import LoopbackServer, Scripted, loopback_fixtures
 from tests.support.loops import answers_from_two_event_loops
@@ -94,6 +95,20 @@ async def test_a_stream_delivers_the_text_and_usage_at_the_end(api: LoopbackServ
     assert final.response.text == "one two three"
     assert (final.response.usage.input_tokens, final.response.usage.output_tokens) == (120, 30)
     assert api.requests[0]["stream_options"] == {"include_usage": True}
+
+
+async def test_an_answer_without_usage_is_an_answer_with_usage_unknown(
+    api: LoopbackServer,
+) -> None:
+    api.script(Scripted(text="one two three", usage={}), Scripted(text="one two three", usage={}))
+    async with llm(api) as provider:
+        response = await provider.generate(LlmRequest.build("count"))
+        chunks = [c async for c in provider.stream(LlmRequest.build("count"))]
+    final = chunks[-1].response
+    assert final is not None
+    for answer in (response, final):
+        assert (answer.text, answer.finish_reason) == ("one two three", "stop")
+        assert answer.usage == Usage()  # unknown: None, never 0
 
 
 async def test_a_stream_cut_midway_is_an_error_never_a_short_answer(api: LoopbackServer) -> None:

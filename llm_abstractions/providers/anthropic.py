@@ -35,7 +35,9 @@ Usage follows the OpenTelemetry GenAI rules, which Anthropic does not: its
 parts again in ``cache_read_tokens`` and ``cache_write_tokens``. A stream reports input and
 cache counts in ``message_start`` and cumulative counts (at least ``output_tokens``) in
 ``message_delta``; a stream that ends before ``message_stop`` is an error, never a short
-success, and an ``error`` event is mapped like the HTTP status it stands for.
+success, and an ``error`` event is mapped like the HTTP status it stands for. An answer
+without usage (some gateways and proxies drop it) is still an answer, its usage unknown
+(``None``, never 0): refusing it would have the executor pay for the same answer again.
 """
 
 from __future__ import annotations
@@ -156,7 +158,7 @@ class AnthropicLlm(BaseLlm):
                 provider=self.provider,
                 model=message.model or self.model,
                 finish_reason=finish,
-                usage=_usage(message.usage.model_dump()),
+                usage=_usage(_counts(message.usage)),
                 latency_s=perf_counter() - started,
                 response_id=message.id,
             )
@@ -180,13 +182,13 @@ class AnthropicLlm(BaseLlm):
                 async for event in events:
                     if event.type == "message_start":
                         model, response_id = event.message.model or model, event.message.id
-                        counts = event.message.usage.model_dump()
+                        counts = _counts(event.message.usage)
                     elif event.type == "content_block_delta" and event.delta.type == "text_delta":
                         parts.append(event.delta.text)
                         yield StreamChunk(delta=event.delta.text)
                     elif event.type == "message_delta":
                         stop_reason = event.delta.stop_reason or stop_reason
-                        delta = event.usage.model_dump()
+                        delta = _counts(event.usage)
                         counts |= {k: v for k, v in delta.items() if v is not None}
                     elif event.type == "message_stop":
                         complete = True
@@ -257,7 +259,9 @@ class AnthropicLlm(BaseLlm):
         """The error tree's class for an SDK exception, most specific first."""
         import anthropic
 
-        transport = sdk_transport_error(exc, anthropic, self.provider, self.base_url)
+        transport = sdk_transport_error(
+            exc, anthropic, self.provider, self.base_url, "ANTHROPIC_BASE_URL"
+        )
         if transport is not None:
             return transport
         if isinstance(exc, anthropic.APIStatusError):
@@ -288,6 +292,11 @@ def _output_format(schema: Mapping[str, Any]) -> dict[str, Any] | None:
         return {"type": "json_schema", "schema": transform_schema(dict(schema))}
     except ValueError:  # a part the SDK cannot translate (it names what is missing)
         return None
+
+
+def _counts(usage: Any) -> dict[str, Any]:
+    """The counts of a usage block, or none when the answer came without one."""
+    return {} if usage is None else dict(usage.model_dump())
 
 
 def _usage(counts: Mapping[str, Any]) -> Usage:

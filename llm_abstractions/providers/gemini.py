@@ -38,7 +38,6 @@ from llm_abstractions.base import BaseLlm
 from llm_abstractions.errors import (
     LLMAuthenticationError,
     LLMBadResponseError,
-    LLMConnectionError,
     LLMContentFilterError,
     LLMContextLengthError,
     LLMRateLimitError,
@@ -47,7 +46,7 @@ from llm_abstractions.errors import (
     OrchestraError,
 )
 from llm_abstractions.providers._loop_bound import LoopBound
-from llm_abstractions.providers.http_errors import error_from_status
+from llm_abstractions.providers.http_errors import caused_by, connection_error, error_from_status
 from llm_abstractions.providers.json_schema import refuse_grammar
 from llm_abstractions.types import FinishReason, LlmRequest, LlmResponse, StreamChunk, Usage
 
@@ -55,7 +54,9 @@ if TYPE_CHECKING:
     from google.genai import Client
     from google.genai import types as gt
 
-__all__ = ["GeminiLlm"]
+__all__ = ["GEMINI_API_URL", "GeminiLlm"]
+
+GEMINI_API_URL = "https://generativelanguage.googleapis.com"  # the SDK's, when none is set
 
 _KEY_ENV = ("GOOGLE_API_KEY", "GEMINI_API_KEY")  # the SDK's own order of precedence
 _FINISH: dict[str, FinishReason] = {"STOP": "stop", "MAX_TOKENS": "length"}  # others: "error"
@@ -257,12 +258,15 @@ class GeminiLlm(BaseLlm):
                 error.retry_after = _retry_delay(exc.details)
             return error
         # aiohttp's read and connect timeouts are TimeoutErrors (and connection errors).
-        if isinstance(exc, TimeoutError):
+        if isinstance(exc, TimeoutError) and not caused_by(exc, ConnectionError):
             return LLMTimeoutError(f"{self.provider}: timed out", provider=self.provider)
         if isinstance(exc, aiohttp.ClientConnectionError | OSError):
-            return LLMConnectionError(
-                f"{self.provider}: cannot reach {self.base_url or 'the API'}: {exc}",
+            return connection_error(
+                exc,
                 provider=self.provider,
+                url=self.base_url or GEMINI_API_URL,
+                remedy="Is the server running, and the address right? Check "
+                "ORCHESTRA_GEMINI_BASE_URL or base_url=.",
             )
         # Unparsable JSON, a body that fails validation, a payload cut mid-chunk.
         return LLMBadResponseError(

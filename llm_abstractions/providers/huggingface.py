@@ -48,7 +48,6 @@ from llm_abstractions.base import BaseLlm
 from llm_abstractions.errors import (
     InvalidRequestError,
     LLMBadResponseError,
-    LLMConnectionError,
     LLMContentFilterError,
     LLMOverloadedError,
     LLMServerError,
@@ -56,7 +55,7 @@ from llm_abstractions.errors import (
     OrchestraError,
 )
 from llm_abstractions.providers._loop_bound import LoopBound
-from llm_abstractions.providers.http_errors import caused_by, error_from_status
+from llm_abstractions.providers.http_errors import caused_by, connection_error, error_from_status
 from llm_abstractions.providers.json_schema import refuse_grammar
 from llm_abstractions.providers.openai import ChatStream
 from llm_abstractions.types import FinishReason, LlmRequest, LlmResponse, StreamChunk, Usage
@@ -212,12 +211,15 @@ class HuggingFaceLlm(BaseLlm):
                 return LLMBadResponseError(text, provider=self.provider)
             return LLMServerError(text, provider=self.provider)
         # Transport errors differ between releases (aiohttp, httpx, httpx2): read the causes.
-        if _caused_by(exc, TimeoutError):
+        if _caused_by(exc, TimeoutError) and not _caused_by(exc, ConnectionError):
             return LLMTimeoutError("huggingface: timed out", provider=self.provider)
         if _caused_by(exc, OSError):
-            return LLMConnectionError(
-                f"huggingface: cannot reach {self.base_url}: {type(exc).__name__}",
+            return connection_error(
+                exc,
                 provider=self.provider,
+                url=self.base_url,
+                remedy="Is the server running, and the address right? Check "
+                "ORCHESTRA_HF_BASE_URL or base_url=.",
             )
         return LLMBadResponseError(
             f"huggingface: malformed answer: {type(exc).__name__}", provider=self.provider

@@ -44,13 +44,12 @@ import aiohttp
 from llm_abstractions.base import BaseLlm
 from llm_abstractions.errors import (
     LLMBadResponseError,
-    LLMConnectionError,
     LLMServerError,
     LLMTimeoutError,
     OrchestraError,
 )
 from llm_abstractions.providers._loop_bound import LoopBound
-from llm_abstractions.providers.http_errors import error_from_status
+from llm_abstractions.providers.http_errors import caused_by, connection_error, error_from_status
 from llm_abstractions.providers.json_schema import refuse_grammar
 from llm_abstractions.specs import OLLAMA_DEFAULT_HOST, server_url
 from llm_abstractions.types import (
@@ -230,17 +229,15 @@ class OllamaLlm(BaseLlm):
 
     def _error(self, exc: Exception) -> OrchestraError:
         """The error tree's class for a transport failure (timeouts first: some are both)."""
-        if isinstance(exc, TimeoutError):
+        if isinstance(exc, TimeoutError) and not caused_by(exc, ConnectionError):
             return LLMTimeoutError("ollama: timed out", provider=self.provider)
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            return LLMConnectionError(
-                f"ollama: Ollama is not running at {self.host} (start it with `ollama serve`, "
-                f"or set OLLAMA_HOST): {exc}",
-                provider=self.provider,
-            )
         if isinstance(exc, aiohttp.ClientConnectionError | OSError):
-            return LLMConnectionError(
-                f"ollama: the connection to {self.host} failed: {exc}", provider=self.provider
+            return connection_error(
+                exc,
+                provider=self.provider,
+                url=self.host,
+                remedy="Is Ollama running? Start it with `ollama serve`, or set OLLAMA_HOST "
+                "(or host=) to where it runs.",
             )
         return LLMBadResponseError(f"ollama: {type(exc).__name__}: {exc}", provider=self.provider)
 

@@ -230,7 +230,9 @@ class OpenAILlm(BaseLlm):
         """The error tree's class for an SDK exception, most specific first."""
         import openai
 
-        transport = sdk_transport_error(exc, openai, self.provider, self.base_url)
+        transport = sdk_transport_error(
+            exc, openai, self.provider, self.base_url, self.base_url_env
+        )
         if transport is not None:
             return transport
         if isinstance(exc, openai.APIStatusError):

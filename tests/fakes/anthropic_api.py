@@ -8,6 +8,8 @@ error on a stream (``Scripted(status=200, body=...)``) is sent as an ``error`` e
 the first words, the way Anthropic reports an overload mid-answer.
 
 Usage is in Anthropic's own fields (``input_tokens`` excludes the cache counts).
+``Scripted(usage={})`` scripts an answer that carries no usage at all, as some gateways
+send: a Message without ``usage``, and ``message_start`` and ``message_delta`` without it.
 
 ``output_config.format`` (JSON outputs) is checked as the API checks it before answering:
 ``{"type": "json_schema", "schema": {...}}``, every object in the schema closed with
@@ -92,7 +94,7 @@ def _open_object(node: Any, path: str) -> str | None:
 def _message(
     body: dict[str, Any], stop_reason: str | None, usage: dict[str, Any]
 ) -> dict[str, Any]:
-    return {
+    message = {
         "id": MESSAGE_ID,
         "type": "message",
         "role": "assistant",
@@ -102,6 +104,9 @@ def _message(
         "stop_sequence": None,
         "usage": usage,
     }
+    if not usage:  # scripted without usage
+        del message["usage"]
+    return message
 
 
 async def _stream(
@@ -111,7 +116,7 @@ async def _stream(
     await response.prepare(request)
     words = scripted.text.split(" ")
     deltas = [word if i == 0 else f" {word}" for i, word in enumerate(words)]
-    start = _message(body, None, {**usage, "output_tokens": 1})
+    start = _message(body, None, {**usage, "output_tokens": 1} if usage else {})
     events: list[tuple[str, dict[str, Any]]] = [
         ("message_start", {"type": "message_start", "message": start}),
         ("content_block_start", _block_start()),
@@ -120,16 +125,15 @@ async def _stream(
     events += [("content_block_delta", _text_delta(delta)) for delta in deltas]
     if scripted.status == 200:  # an error event after the first words, then the end
         events = events[:4] + [("error", scripted.body)]
+    delta: dict[str, Any] = {
+        "type": "message_delta",
+        "delta": {"stop_reason": scripted.finish or "end_turn", "stop_sequence": None},
+    }
+    if usage:
+        delta["usage"] = {"output_tokens": usage["output_tokens"]}
     events += [
         ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-        (
-            "message_delta",
-            {
-                "type": "message_delta",
-                "delta": {"stop_reason": scripted.finish or "end_turn", "stop_sequence": None},
-                "usage": {"output_tokens": usage["output_tokens"]},
-            },
-        ),
+        ("message_delta", delta),
         ("message_stop", {"type": "message_stop"}),
     ]
     for count, (name, data) in enumerate(events):
@@ -158,6 +162,8 @@ def _text_delta(text: str) -> dict[str, Any]:
 
 
 def _usage(body: dict[str, Any], scripted: Scripted) -> dict[str, Any]:
+    if scripted.usage == {}:
+        return {}  # the answer carries no usage
     if scripted.usage is not None:
         return {"cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, **scripted.usage}
     prompt = sum(len(str(m.get("content", "")).split()) for m in body["messages"])

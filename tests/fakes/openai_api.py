@@ -3,6 +3,8 @@
 Faithful to what the ``openai`` SDK reads: the completion object, ``chat.completion.chunk``
 events, a usage-only last event when ``stream_options.include_usage`` is set, ``[DONE]``,
 and errors as ``{"error": {"message", "type", "code"}}`` with their HTTP status.
+``Scripted(usage={})`` scripts an answer without usage, as servers that do not count send:
+no ``usage`` in the completion, no usage event in a stream.
 
 ``response_format`` is checked the way OpenAI checks it, before anything is answered: a
 known ``type``; for ``json_schema``, a ``name`` and a ``schema`` whose top level is an
@@ -50,25 +52,23 @@ def openai_app(server: LoopbackServer, *, openai_rules: bool = True) -> web.Appl
             return await answer_error(scripted)
         if isinstance(scripted.body, bytes):
             return web.Response(body=scripted.body, content_type="application/json")
-        usage = scripted.usage or _usage(body, scripted.text)
+        usage = _usage(body, scripted.text) if scripted.usage is None else scripted.usage
         if body.get("stream"):
             return await _stream(request, body, scripted, usage)
-        return web.json_response(
-            {
-                "id": "chatcmpl-loopback",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": body["model"],
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": scripted.text},
-                        "finish_reason": scripted.finish or "stop",
-                    }
-                ],
-                "usage": usage,
-            }
-        )
+        completion = {
+            "id": "chatcmpl-loopback",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body["model"],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": scripted.text},
+                    "finish_reason": scripted.finish or "stop",
+                }
+            ],
+        }
+        return web.json_response(completion | ({"usage": usage} if usage else {}))
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", completions)
@@ -173,7 +173,7 @@ async def _stream(
         await _event(response, body, [{"index": 0, "delta": delta, "finish_reason": None}])
     finish = [{"index": 0, "delta": {}, "finish_reason": scripted.finish or "stop"}]
     await _event(response, body, finish)
-    if (body.get("stream_options") or {}).get("include_usage"):
+    if usage and (body.get("stream_options") or {}).get("include_usage"):
         await _event(response, body, [], usage)
     await response.write(b"data: [DONE]\n\n")
     return response
