@@ -29,26 +29,53 @@ class SerialWorker:
     """A daemon thread that runs submitted jobs one at a time, in order.
 
     A job reports its own result; an exception escaping one is a bug and must not kill the
-    thread that every later job depends on.
+    thread that every later job depends on. ``stop`` ends the thread after the job it is
+    running, and the worker takes no job after that.
     """
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        self._stopped = False
 
     def submit(self, job: Callable[[], None]) -> None:
-        """Queue ``job``; the thread starts on first use."""
+        """Queue ``job``; the thread starts on first use.
+
+        Raises:
+            RuntimeError: The worker was stopped.
+        """
         with self._start_lock:
+            if self._stopped:
+                raise RuntimeError(f"{self.name} was stopped (the process is shutting down)")
             if self._thread is None:
                 self._thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
                 self._thread.start()
-        self._jobs.put(job)
+            self._jobs.put(job)
+
+    def stop(self, timeout: float) -> bool:
+        """Take no more jobs, and wait up to ``timeout`` seconds for the thread to end.
+
+        The job running now is not interrupted, and jobs already queued still run: tell
+        them to stop first. Returns whether the thread has ended (True if it never started).
+        """
+        with self._start_lock:
+            self._stopped = True
+            thread = self._thread
+            if thread is None:
+                return True
+            self._jobs.put(None)
+        if thread is threading.current_thread():
+            return False  # a job cannot wait for itself
+        thread.join(timeout)
+        return not thread.is_alive()
 
     def _serve(self) -> None:
         while True:
             job = self._jobs.get()
+            if job is None:
+                return
             try:
                 job()
             except Exception:  # the job owns error reporting; this is a bug, keep serving

@@ -22,6 +22,7 @@ from llm_abstractions import (
 from llm_abstractions.providers import llama_engine
 from llm_abstractions.providers.gguf import default_model_path
 from llm_abstractions.providers.local import LocalLlm
+from llm_abstractions.types import MessagesInput
 from tests.support.llama_thread import run_on_llama_thread
 
 pytestmark = [pytest.mark.anyio, pytest.mark.model]
@@ -29,7 +30,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.model]
 QUESTION = "Name three colours of the rainbow."
 
 
-def ask(prompt: str = QUESTION, **params: object) -> LlmRequest:
+def ask(prompt: MessagesInput = QUESTION, **params: object) -> LlmRequest:
     params.setdefault("max_tokens", 24)
     params.setdefault("temperature", 0.0)
     return LlmRequest.build(prompt, **params)
@@ -77,6 +78,68 @@ async def test_temperature_zero_is_repeatable(llm: LocalLlm) -> None:
     second = await llm.generate(ask())
     assert first.text == second.text
     assert first.usage == second.usage
+
+
+@pytest.mark.parametrize(
+    ("prompt", "params"),
+    [
+        # Each gave another text the second time, reusing the first answer's KV cache.
+        ("Explain what a computer is.", {"temperature": 0.0}),
+        ("Describe a cat in two sentences.", {"temperature": 0.8, "seed": 11}),
+    ],
+)
+async def test_the_same_request_twice_in_one_process_gives_the_same_text(
+    llm: LocalLlm, prompt: str, params: dict[str, object]
+) -> None:
+    request = ask(prompt, max_tokens=48, **params)
+    first = await llm.generate(request)
+    second = await llm.generate(request)
+    streamed, _ = await collect(llm, request)
+    assert second.text == first.text
+    assert streamed == first.text
+
+
+async def test_a_repeatable_answer_does_not_depend_on_what_ran_before(llm: LocalLlm) -> None:
+    notes = " ".join(
+        f"Note {i}: {['red', 'blue', 'green'][i % 3]} apples cost {i * 7} cents." for i in range(70)
+    )
+    question = f"{notes} Summarise the notes."
+    answer = (await llm.generate(ask(question, max_tokens=48))).text
+    follow_up = ask(
+        [
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": answer},
+            {"role": "user", "content": "Describe a cat in two sentences."},
+        ],
+        max_tokens=48,
+    )
+    after_the_question = await llm.generate(follow_up)  # most of its prompt is cached
+    await llm.generate(ask("Say hello."))  # now none of it is
+    from_scratch = await llm.generate(follow_up)
+    assert after_the_question.text == from_scratch.text
+
+
+def test_a_cancelled_prompt_stops_between_two_chunks(llm: LocalLlm) -> None:
+    class SetBeforeTheThirdChunk(threading.Event):
+        checks = 0
+
+        def is_set(self) -> bool:  # the start, then once before each chunk of the prompt
+            self.checks += 1
+            return self.checks >= 4 or super().is_set()
+
+    request = ask("Summarise this. " + "The quick brown fox jumps over the dog. " * 60)
+
+    def job() -> object:
+        engine = llama_engine.get_engine(llm.path, llm.n_ctx, llm.n_threads)
+        assert len(engine.prompt_tokens(request)) > 3 * llama_engine.PROMPT_CHUNK
+        engine.run(ask("Hi.", max_tokens=1), None, threading.Event())  # none of it cached
+        try:
+            engine.run(request, None, SetBeforeTheThirdChunk())
+        except llama_engine.GenerationCancelled:
+            return engine.llama.n_tokens
+        return None
+
+    assert run_on_llama_thread(job) == 2 * llama_engine.PROMPT_CHUNK
 
 
 async def test_seed_makes_sampling_repeatable(llm: LocalLlm) -> None:

@@ -7,7 +7,9 @@ and settings. Results go back to the caller's event loop through a memory object
 scheduled on that loop without waiting for it, so decoding never stalls on a busy or
 finished loop. A cancelled caller stops its generation at the next token; so does a stream
 that is closed (``aclose()``, ``contextlib.aclosing``). A stream left behind by a ``break``
-is closed when the event loop finalizes it, which asyncio does promptly.
+is closed when the event loop finalizes it, which asyncio does promptly. At interpreter exit
+(Ctrl-C included) every generation stops and the models are freed only after the llama
+thread has ended (``llama_engine.shutdown``); nothing needs to be called for that.
 
 Constrained output is enforced while decoding, by llama.cpp's grammar sampler:
 ``response_format="json"`` through its JSON grammar, ``output_schema`` through
@@ -38,7 +40,7 @@ import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectSendStream
 
 from llm_abstractions.base import BaseLlm
-from llm_abstractions.errors import ConfigurationError, LLMBadResponseError
+from llm_abstractions.errors import ConfigurationError, LLMBadResponseError, LLMError
 from llm_abstractions.providers.gguf import resolve_model_path
 from llm_abstractions.providers.llama_engine import (
     LLAMA_THREAD,
@@ -46,6 +48,7 @@ from llm_abstractions.providers.llama_engine import (
     GenerationCancelled,
     default_threads,
     get_engine,
+    stopping,
 )
 from llm_abstractions.types import LlmRequest, LlmResponse, StreamChunk, Usage
 
@@ -149,13 +152,17 @@ class LocalLlm(BaseLlm):
                 engine = get_engine(self.path, self.n_ctx, self.n_threads)
                 handoff.finish(engine.run(request, handoff.text if stream else None, cancelled))
             except GenerationCancelled:
-                pass
+                if stopping():  # the process is exiting; a caller may still be waiting
+                    handoff.finish(_shut_down())
             except Exception as exc:  # raised in the caller's task, below
                 handoff.finish(exc)
 
         try:
             async with send, receive:
-                LLAMA_THREAD.submit(job)
+                try:
+                    LLAMA_THREAD.submit(job)
+                except RuntimeError as exc:  # stopped by shutdown()
+                    raise _shut_down() from exc
                 async for item in receive:
                     if isinstance(item, BaseException):
                         raise item
@@ -239,6 +246,12 @@ class _Handoff:
             self._send.send_nowait(item)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             self._cancelled.set()  # the caller left: stop generating
+
+
+def _shut_down() -> LLMError:
+    return LLMError(
+        "local: the embedded model was shut down (the process is exiting)", provider="local"
+    )
 
 
 def _positive(name: str, given: int | None, env: str, default: int) -> int:
