@@ -109,3 +109,10 @@ async def test_a_pricier_fallback_must_fit_the_budget_again(
     ended = rows(ledger, "SELECT error FROM task_runs WHERE status = 'budget_exceeded'")
     assert ended and any("not tried on openai-gpt:gpt-4.1" in e for (e,) in ended)
     assert TaskStatus.BUDGET_EXCEEDED.value == "budget_exceeded"
+
+
+def test_the_reserved_default_is_the_max_tokens_anthropic_is_sent() -> None:
+    from llm_abstractions import LlmFactory
+    from llm_abstractions.providers import anthropic
+
+    assert LlmFactory.spec("anthropic-claude").default_max_tokens == anthropic.DEFAULT_MAX_TOKENS
