@@ -164,3 +164,43 @@ def test_a_running_run_of_a_live_process_stays_running() -> None:
     )
     listed = json.loads(runner.invoke(app, ["runs", "--json"]).output)
     assert [(r["id"], r["status"]) for r in listed] == [("live", "running")]
+
+
+LOCAL_RUN_FILE = """
+from orchestration import AgentRegistry, AgentTask
+
+registry = AgentRegistry()
+registry.register_agent("writer", "local", metadata={"max_tokens": 4000, "temperature": 0.7})
+tasks = [
+    AgentTask(
+        task_id="story", description="Write a very long story about a lighthouse.", agent="writer"
+    )
+]
+"""
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("pause", [0.0, 1.0, 3.0])
+def test_ctrl_c_during_embedded_generation_stops_cleanly(tmp_path: Path, pause: float) -> None:
+    # Ctrl-C while llama.cpp computes (loading, the prompt, the answer) once crashed the
+    # process (SIGSEGV in libggml-cpu) with nothing printed.
+    (tmp_path / "local.py").write_text(LOCAL_RUN_FILE)
+    process = start(tmp_path, "run", "local.py")
+    run_id = wait_for_a_running_task(process)
+    time.sleep(pause)
+    _, err = stop(process, signal.SIGINT)
+    assert process.returncode == 130, err
+    assert err.strip().splitlines()[-1] == f"interrupted; resume with `orchestra resume {run_id}`"
+    assert sql("SELECT status FROM runs WHERE id = ?", run_id) == [("cancelled",)]
+    assert sql("SELECT status FROM attempts WHERE run_id = ?", run_id) in ([], [("cancelled",)])
+
+
+def test_a_run_file_whose_graph_cannot_run_is_refused_in_a_few_lines(tmp_path: Path) -> None:
+    (tmp_path / "bad.py").write_text(SLOW_RUN_FILE.replace('agent="sleeper", depends', "depends"))
+    process = start(tmp_path, "run", "bad.py")
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert err.strip().splitlines() == [
+        "error: The task graph cannot run (1 problem(s)):",
+        "  - task 'second' names no agent and no default agent is set",
+    ]

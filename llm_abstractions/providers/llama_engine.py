@@ -43,7 +43,8 @@ import codecs
 import ctypes
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from time import monotonic
@@ -113,9 +114,10 @@ class LlamaEngine:
     def __init__(self, path: Path, n_ctx: int, n_threads: int) -> None:
         self.path = path
         try:
-            self.llama = llama_cpp.Llama(
-                model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, verbose=False
-            )
+            with _streams_left_alone():
+                self.llama = llama_cpp.Llama(
+                    model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, verbose=False
+                )
         except (ValueError, RuntimeError) as exc:
             raise ModelFileError(
                 f"llama.cpp could not load {path}: {exc}. The file may be truncated or made "
@@ -252,6 +254,44 @@ class LlamaEngine:
     def close(self) -> None:
         """Free the model; only once nothing computes with it (see ``shutdown``)."""
         self.llama.close()
+
+
+class _LeaveStreamsAlone:
+    """A stand-in for llama-cpp-python's ``suppress_stdout_stderr`` that does nothing."""
+
+    def __init__(self, disable: bool = True) -> None:
+        del disable
+
+    def __enter__(self) -> _LeaveStreamsAlone:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+
+@contextmanager
+def _streams_left_alone() -> Iterator[None]:
+    """Load a model without pointing the process's stdout and stderr at ``/dev/null``.
+
+    With ``verbose=False`` llama-cpp-python silences a load by ``dup2``-ing ``/dev/null``
+    onto file descriptors 1 and 2, for the whole process: what any other thread printed
+    meanwhile was lost (the CLI's "interrupted; resume with ..." line after a Ctrl-C during a
+    load, log lines; 10 of 14 lines in a test). Its C logs go through its log callback,
+    filtered by level, so nothing more is printed without it. Only the llama thread loads.
+    """
+    import llama_cpp._internals
+    import llama_cpp.llama
+
+    modules = [llama_cpp.llama, llama_cpp._internals]
+    saved = [getattr(module, "suppress_stdout_stderr", None) for module in modules]
+    for module in modules:
+        module.suppress_stdout_stderr = _LeaveStreamsAlone  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        for module, original in zip(modules, saved, strict=True):
+            if original is not None:
+                module.suppress_stdout_stderr = original  # type: ignore[attr-defined]
 
 
 def _common_prefix(cached: list[int], prompt: list[int]) -> int:

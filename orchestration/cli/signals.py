@@ -61,11 +61,17 @@ async def stoppable(body: Callable[[], Awaitable[T]]) -> T:
                 received.append(signum)
                 run_scope.cancel()
 
+    failed: list[Exception] = []
     async with anyio.create_task_group() as group:
         await group.start(watch)
-        with run_scope:
-            done.append(await body())
+        try:
+            with run_scope:
+                done.append(await body())
+        except Exception as exc:  # raised as itself below, not in a task group's ExceptionGroup
+            failed.append(exc)
         group.cancel_scope.cancel()  # the run is over: stop watching
+    if failed:
+        raise failed[0]
     if done:  # it ended before a signal could stop it
         return done[0]
     raise Stopped(received[0])
