@@ -48,7 +48,7 @@ from orchestration.runtime.resilience import (
     RetryPolicy,
     Waiting,
 )
-from orchestration.runtime.spending import worst_case
+from orchestration.runtime.spending import BudgetHold
 
 if TYPE_CHECKING:
     from llm_abstractions.base import BaseLlm
@@ -177,23 +177,13 @@ class TaskRunner:
         except ConfigurationError as exc:  # bad settings: nothing to try
             return [not_attempted(task, agent, TaskStatus.FAILED, exc)]
         if agent.interface is not AgentInterface.API:
-            attempts.budget = None  # a script agent's own command is not priced
+            attempts.hold = BudgetHold(None)  # a script agent's own command is not priced
             await attempts.run_script(request)
             return attempts.tries
-        worst = None if budget is None else worst_case(agent, request)
-        estimate = 0.0 if worst is None else worst.cost
-        if budget is not None and worst is not None and not await budget.admit(estimate, waiting):
-            spent = f"${budget.spent:.4f} spent, ${budget.reserved:.4f} in flight"
-            return [
-                not_attempted(
-                    task,
-                    agent,
-                    TaskStatus.BUDGET_EXCEEDED,
-                    f"not run: its estimated ${estimate:.4f} would exceed the run's budget of "
-                    f"${budget.limit:.4f} ({spent}){worst.hint()}",
-                )
-            ]
-        attempts.reserved = estimate
+        refused = await attempts.hold.reserve(agent, request, ())
+        if refused is not None:
+            why = attempts.hold.refusal(refused, "not run: its")
+            return [not_attempted(task, agent, TaskStatus.BUDGET_EXCEEDED, why)]
         try:
             await attempts.run(request)
         finally:

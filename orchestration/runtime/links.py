@@ -51,7 +51,7 @@ from orchestration.runtime.resilience import (
     Waiting,
     estimate_tokens,
 )
-from orchestration.runtime.spending import WorstCase, model_of, worst_case
+from orchestration.runtime.spending import BudgetHold, model_of, worst_case
 
 if TYPE_CHECKING:
     from llm_abstractions.base import BaseLlm
@@ -101,9 +101,7 @@ class TaskAttempts:
         budget: Budget | None = None,
     ) -> None:
         self.runner = runner
-        self.budget = budget
-        self.reserved = 0.0  # of the run's budget, for the attempt to come
-        self.settled = 0.0  # of what the attempts cost, already settled with the budget
+        self.hold = BudgetHold(budget, waiting)
         # Checked when the run was validated: building it again cannot fail here.
         self.contract = OutputContract.of(task.output_type, task.validators)
         self.output_retries = 0  # answers refused and asked for again
@@ -127,11 +125,8 @@ class TaskAttempts:
             self.on_attempt(result, request)
 
     def settle(self) -> None:
-        """Give back what is reserved of the run's budget and count what was spent."""
-        if self.budget is not None:
-            spent = sum(t.cost_usd or 0.0 for t in self.tries) - self.settled
-            self.budget.settle(self.reserved, spent)
-            self.reserved, self.settled = 0.0, self.settled + spent
+        """Give back what is held of the run's budget and count what was spent."""
+        self.hold.settle(self.tries)
 
     async def run_script(self, request: LlmRequest) -> None:
         """A script agent's attempts: its own command, asked again after a refused answer."""
@@ -201,9 +196,11 @@ class TaskAttempts:
             if over is not None:
                 self.add(over, None)
                 return "done"
-            refused_worst = await self._reserve(link, request)
-            if refused_worst is not None:  # a link at a higher price, say: it must fit again
-                self._over_run_budget(link, refused_worst, f"not tried on {label}: its")
+            refused = await self.hold.reserve(link, request, self.tries)
+            if refused is not None:  # a link at a higher price, say: it must fit again
+                self._over_run_budget(
+                    link, self.hold.refusal(refused, f"not tried on {label}: its")
+                )
                 return "done"
             if wait > 0:
                 async with self.waiting():
@@ -275,14 +272,10 @@ class TaskAttempts:
         typed = self.contract is not None and self.contract.typed
         reason = refused.metadata["rejection"]
         again = with_feedback(request, refused.output or "", reason, typed)
-        refused_worst = await self._reserve(link, again)
-        if refused_worst is not None:
-            self._over_run_budget(
-                link,
-                refused_worst,
-                "not asked again: the next attempt's",
-                f"; the last answer was refused: {reason}",
-            )
+        unaffordable = await self.hold.reserve(link, again, self.tries)
+        if unaffordable is not None:
+            why = self.hold.refusal(unaffordable, "not asked again: the next attempt's")
+            self._over_run_budget(link, f"{why}; the last answer was refused: {reason}")
             return None
         self.output_retries += 1
         return again
@@ -484,46 +477,9 @@ class TaskAttempts:
             f"would exceed the task's budget of ${limit:.4f}{worst.hint()}",
         )
 
-    async def _reserve(self, link: AgentConfig, request: LlmRequest) -> WorstCase | None:
-        """Hold of the run's budget the worst case of the next attempt on ``link``.
-
-        What the task holds covers its next attempt unless that attempt may cost more than
-        what is left of it (a fallback link at a higher price, a longer conversation, an
-        earlier attempt that cost something): then what was spent is settled and the worst
-        case must fit the budget again.
-
-        Returns:
-            None when it is held; else the worst case that does not fit.
-        """
-        if self.budget is None:
-            return None
-        worst = worst_case(link, request)
-        unsettled = sum(t.cost_usd or 0.0 for t in self.tries) - self.settled
-        if worst.cost <= self.reserved - unsettled:
-            return None
-        self.settle()
-        if await self.budget.admit(worst.cost, self.waiting):
-            self.reserved = worst.cost
-            return None
-        return worst
-
-    def _over_run_budget(
-        self, link: AgentConfig, worst: WorstCase, what: str, after: str = ""
-    ) -> None:
-        """End the task ``budget_exceeded``: ``what`` estimated ``worst`` does not fit."""
-        budget = self.budget
-        assert budget is not None  # noqa: S101 - only with a budget
-        self.add(
-            not_attempted(
-                self.task,
-                link,
-                TaskStatus.BUDGET_EXCEEDED,
-                f"{what} estimated ${worst.cost:.4f} would exceed the run's budget of "
-                f"${budget.limit:.4f} (${budget.spent:.4f} spent, ${budget.reserved:.4f} in "
-                f"flight){worst.hint()}{after}",
-            ),
-            None,
-        )
+    def _over_run_budget(self, link: AgentConfig, why: str) -> None:
+        """End the task ``budget_exceeded``, saying ``why``."""
+        self.add(not_attempted(self.task, link, TaskStatus.BUDGET_EXCEEDED, why), None)
 
     async def _last_resort(self, request: LlmRequest) -> None:
         """The bundled script for the agent's own provider, if it could not serve.

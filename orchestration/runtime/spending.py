@@ -14,17 +14,20 @@ above, the output from its text) and marked so in ``price_source``: never counte
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from orchestration.ledger.accounting import context_window, cost_of
-from orchestration.runtime.resilience import estimate_tokens, text_tokens
+from orchestration.runtime.resilience import Budget, Waiting, estimate_tokens, text_tokens
 
 if TYPE_CHECKING:
     from llm_abstractions.types import LlmRequest
     from orchestration.model.agent_registry import AgentConfig
+    from orchestration.model.tasks import TaskResult
 
-__all__ = ["ESTIMATED", "WorstCase", "estimated_cost", "model_of", "worst_case"]
+__all__ = ["ESTIMATED", "BudgetHold", "WorstCase", "estimated_cost", "model_of", "worst_case"]
 
 # The output bound of a priced model whose context window genai-prices does not know.
 UNKNOWN_WINDOW = 200_000
@@ -89,3 +92,56 @@ def estimated_cost(
     usage = Usage(input_tokens=tokens_in, output_tokens=text_tokens(answer))
     cost, _ = cost_of(provider, model, usage)
     return cost
+
+
+class BudgetHold:
+    """What one task holds of its run's budget, attempt after attempt (no budget: nothing).
+
+    What it holds covers its next attempt unless that attempt may cost more than what is
+    left of it (the first attempt, a fallback link at a higher price, a longer conversation,
+    an earlier attempt that cost something): then what was spent is settled and the worst
+    case must fit the budget again.
+    """
+
+    def __init__(self, budget: Budget | None, waiting: Waiting = contextlib.nullcontext) -> None:
+        self.budget = budget
+        self.waiting = waiting
+        self.reserved = 0.0  # of the run's budget, for the attempt to come
+        self.settled = 0.0  # of what the attempts cost, already settled with the budget
+
+    def settle(self, tries: Sequence[TaskResult]) -> None:
+        """Give back what is held and count what ``tries`` (all so far) spent."""
+        if self.budget is not None:
+            spent = sum(t.cost_usd or 0.0 for t in tries) - self.settled
+            self.budget.settle(self.reserved, spent)
+            self.reserved, self.settled = 0.0, self.settled + spent
+
+    async def reserve(
+        self, agent: AgentConfig, request: LlmRequest, tries: Sequence[TaskResult]
+    ) -> WorstCase | None:
+        """Hold the worst case of ``request`` through ``agent`` (waiting, slot given back).
+
+        Returns:
+            None once it is held; else the worst case that cannot fit.
+        """
+        if self.budget is None:
+            return None
+        worst = worst_case(agent, request)
+        unsettled = sum(t.cost_usd or 0.0 for t in tries) - self.settled
+        if worst.cost <= self.reserved - unsettled:
+            return None
+        self.settle(tries)
+        if await self.budget.admit(worst.cost, self.waiting):
+            self.reserved = worst.cost
+            return None
+        return worst
+
+    def refusal(self, worst: WorstCase, what: str, after: str = "") -> str:
+        """Why ``worst`` was refused: ``what`` estimated ... would exceed the budget."""
+        budget = self.budget
+        assert budget is not None  # noqa: S101 - only refused with a budget
+        return (
+            f"{what} estimated ${worst.cost:.4f} would exceed the run's budget of "
+            f"${budget.limit:.4f} (${budget.spent:.4f} spent, ${budget.reserved:.4f} in "
+            f"flight){worst.hint()}{after}"
+        )
