@@ -150,14 +150,7 @@ def test_ctrl_c_while_generating_exits_cleanly(phase: str, tmp_path: Path) -> No
 
 
 def test_exiting_while_the_llama_thread_generates_stops_it_first(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", EXIT_WHILE_GENERATING],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd=tmp_path,
-        check=False,
-    )
+    done = _python(EXIT_WHILE_GENERATING, tmp_path)
     output = done.stdout + done.stderr
     assert done.returncode == 0, f"exit code {done.returncode}\n{output}"
     # The exit stopped the generation itself, before the model was freed.
@@ -165,19 +158,23 @@ def test_exiting_while_the_llama_thread_generates_stops_it_first(tmp_path: Path)
 
 
 def test_shutdown_stops_a_running_generation_and_fails_its_caller(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", SHUTDOWN_UNDER_A_CALLER],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd=tmp_path,
-        env=env,
-        check=False,
-    )
+    done = _python(SHUTDOWN_UNDER_A_CALLER, tmp_path)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
     lines = done.stdout.splitlines()
     assert lines[0] == "SHUT DOWN True", output
     assert lines[1].startswith("STREAM: local: the embedded model was shut down"), output
     assert lines[2].startswith("AFTER: local: the embedded model was shut down"), output
+
+
+def _python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a Python process of its own (a crash shows its stack)."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=cwd,
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+        check=False,
+    )
