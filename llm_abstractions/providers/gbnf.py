@@ -101,6 +101,22 @@ _log_lines: list[bytes] = []
 _LOG_SINK = llama_cpp.llama_log_callback(lambda _level, text, _data: _log_lines.append(text or b""))
 
 
+@contextmanager
+def llama_log_captured() -> Iterator[list[bytes]]:
+    """What llama.cpp logs meanwhile, kept in the list given (and not printed).
+
+    Only on the llama thread: the sink is one per process.
+    """
+    saved_log, saved_data = llama_cpp.llama_log_callback(), ctypes.c_void_p()
+    llama_cpp.llama_log_get(ctypes.byref(saved_log), ctypes.byref(saved_data))
+    _log_lines.clear()
+    llama_cpp.llama_log_set(_LOG_SINK, None)
+    try:
+        yield _log_lines
+    finally:
+        llama_cpp.llama_log_set(saved_log, saved_data)
+
+
 def _parse_problem(vocab: llama_cpp.llama_vocab_p, text: str) -> str | None:
     """Why llama.cpp rejects the GBNF ``text`` for ``vocab``, or None when it accepts it.
 
@@ -109,16 +125,9 @@ def _parse_problem(vocab: llama_cpp.llama_vocab_p, text: str) -> str | None:
     the parse (a fraction of a millisecond, on a cache miss only) file descriptor 2 points
     at a temporary file: what other threads write there meanwhile is written back after.
     """
-    saved_log, saved_data = llama_cpp.llama_log_callback(), ctypes.c_void_p()
-    llama_cpp.llama_log_get(ctypes.byref(saved_log), ctypes.byref(saved_data))
-    _log_lines.clear()
     with tempfile.TemporaryFile() as stderr:
-        with _fd_redirected(2, stderr.fileno()):
-            llama_cpp.llama_log_set(_LOG_SINK, None)
-            try:
-                sampler = llama_cpp.llama_sampler_init_grammar(vocab, text.encode(), b"root")
-            finally:
-                llama_cpp.llama_log_set(saved_log, saved_data)
+        with _fd_redirected(2, stderr.fileno()), llama_log_captured() as logged:
+            sampler = llama_cpp.llama_sampler_init_grammar(vocab, text.encode(), b"root")
         stderr.seek(0)
         printed = stderr.read()
     if sampler:
@@ -126,7 +135,7 @@ def _parse_problem(vocab: llama_cpp.llama_vocab_p, text: str) -> str | None:
         if printed and sys.stderr is not None:  # someone else's, written in the meantime
             sys.stderr.write(printed.decode("utf-8", "replace"))
         return None
-    said = b"".join([printed, *_log_lines]).decode("utf-8", "replace")
+    said = b"".join([printed, *logged]).decode("utf-8", "replace")
     reason = said.split("\n\n", 1)[0].replace("parse: error parsing grammar: ", "").strip()
     return reason or "no `root` rule, or a left-recursive rule (llama.cpp gives no reason)"
 

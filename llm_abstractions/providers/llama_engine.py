@@ -55,7 +55,7 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from llama_cpp.llama_grammar import LlamaGrammar
 
 from llm_abstractions.errors import LLMContextLengthError, LLMError, ModelFileError
-from llm_abstractions.providers.gbnf import GrammarCache
+from llm_abstractions.providers.gbnf import GrammarCache, llama_log_captured
 from llm_abstractions.threads import SerialWorker
 from llm_abstractions.types import FinishReason, LlmRequest
 
@@ -114,14 +114,15 @@ class LlamaEngine:
     def __init__(self, path: Path, n_ctx: int, n_threads: int) -> None:
         self.path = path
         try:
-            with _streams_left_alone():
+            with _streams_left_alone(), llama_log_captured() as logged:
                 self.llama = llama_cpp.Llama(
                     model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, verbose=False
                 )
         except (ValueError, RuntimeError) as exc:
+            said = _last_error(logged)
             raise ModelFileError(
-                f"llama.cpp could not load {path}: {exc}. The file may be truncated or made "
-                "for a newer llama.cpp: download it again or pick another .gguf."
+                f"llama.cpp could not load {path}: {exc}{said}. The file may be truncated or "
+                "made for a newer llama.cpp: download it again or pick another .gguf."
             ) from exc
         # llama.cpp may round the context up (to 256 at least) while llama-cpp-python keeps
         # buffers of the size asked for: the smaller of the two is the real limit.
@@ -269,6 +270,13 @@ class _LeaveStreamsAlone:
         return None
 
 
+def _last_error(logged: list[bytes]) -> str:
+    """The last line llama.cpp logged about an error, as `` (...)``; empty when none."""
+    lines = b"".join(logged).decode("utf-8", "replace").splitlines()
+    errors = [line.strip() for line in lines if "error" in line.lower() and line.strip()]
+    return f" ({errors[-1]})" if errors else ""
+
+
 @contextmanager
 def _streams_left_alone() -> Iterator[None]:
     """Load a model without pointing the process's stdout and stderr at ``/dev/null``.
@@ -276,8 +284,9 @@ def _streams_left_alone() -> Iterator[None]:
     With ``verbose=False`` llama-cpp-python silences a load by ``dup2``-ing ``/dev/null``
     onto file descriptors 1 and 2, for the whole process: what any other thread printed
     meanwhile was lost (the CLI's "interrupted; resume with ..." line after a Ctrl-C during a
-    load, log lines; 10 of 14 lines in a test). Its C logs go through its log callback,
-    filtered by level, so nothing more is printed without it. Only the llama thread loads.
+    load, log lines; 10 of 14 lines in a test). llama.cpp's own log is captured meanwhile
+    instead (``gbnf.llama_log_captured``), its last error line added to a failed load's
+    message. Only the llama thread loads.
     """
     import llama_cpp._internals
     import llama_cpp.llama
