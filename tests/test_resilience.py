@@ -132,6 +132,25 @@ async def test_the_default_policies_get_every_task_through_30_percent_faults(
     assert executor.runner.breakers["openai-gpt"].state == "closed"
 
 
+@pytest.mark.timeout(30)
+async def test_waiting_out_a_cool_down_does_not_spin_on_the_clock_s_rounding(
+    server: FaultServer, ledger: Ledger
+) -> None:
+    # Opened at this time, 30 s later the clock reads 1.1e-13 s short of the cool-down's
+    # end, and adding that to the clock changes nothing: the wait must not loop on it.
+    clock = FakeClock()
+    clock.time = 1018.9945834610686
+    executor = TaskExecutor(gpt_registry(), ledger=ledger, clock=clock)
+    async with executor:
+        breaker = executor.runner.breaker("openai-gpt")
+        assert breaker is not None
+        for _ in range(10):
+            breaker.failed(breaker.allow() or 0)
+        result = await executor.execute(task("late"))
+    assert result.succeeded and breaker.state == "closed"
+    assert len(clock.sleeps) == 2  # the cool-down, then at least a millisecond more
+
+
 async def test_authentication_and_context_errors_are_never_retried(
     server: FaultServer, ledger: Ledger
 ) -> None:

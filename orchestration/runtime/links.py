@@ -344,7 +344,7 @@ class TaskAttempts:
             ticket = breaker.allow()
             if ticket is not None:
                 return ticket
-            wait = breaker.cooldown_left()
+            seen, wait = breaker.changes, breaker.cooldown_left()
             left = limit - (clock.now() - self.started)
             if wait > left or left <= 0:
                 self.add(
@@ -361,10 +361,10 @@ class TaskAttempts:
                 )
                 return None
             async with self.waiting():
-                if wait > 0:
-                    await clock.sleep(wait)
+                if wait > 0:  # at least 1 ms: a clock's rounding must not leave it spinning
+                    await clock.sleep(max(wait, 0.001))
                 else:  # a probe is out: its outcome opens or closes the circuit
-                    await breaker.settled()
+                    await breaker.settled(seen)
 
     async def _call(
         self,

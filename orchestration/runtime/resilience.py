@@ -334,6 +334,7 @@ class CircuitBreaker:
     recent: deque[bool] = field(default_factory=deque)  # True: a failure
     _probing: bool = False
     _settled: anyio.Event | None = None  # set when the state changes or a probe is given up
+    changes: int = 0  # state changes and probes given up so far (see ``settled``)
 
     def allow(self) -> int | None:
         """A ticket for a call now (``CALL`` or ``PROBE``), or None: the circuit is open."""
@@ -398,13 +399,20 @@ class CircuitBreaker:
         assert self.opened_at is not None  # noqa: S101 - set when opened
         return max(0.0, self.policy.cooldown_s - (self.clock.now() - self.opened_at))
 
-    async def settled(self) -> None:
-        """Wait until the circuit changes state or its probe is given up."""
+    async def settled(self, seen: int) -> None:
+        """Wait until the circuit changes state or its probe is given up.
+
+        ``seen`` is ``changes`` when the caller last looked: a change since then (while the
+        caller gave its slot back, say) returns at once instead of waiting for the next.
+        """
+        if self.changes != seen:
+            return
         if self._settled is None:
             self._settled = anyio.Event()
         await self._settled.wait()
 
     def _wake(self) -> None:
+        self.changes += 1
         if self._settled is not None:
             self._settled.set()
             self._settled = None
