@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_providers_table_names_every_provider_and_the_default() -> None:
-    result = CliRunner().invoke(app, ["providers"], env={"COLUMNS": "160"})
+    result = CliRunner().invoke(app, ["providers", "--format", "table"], env={"COLUMNS": "160"})
     assert result.exit_code == 0, result.output
     for name in ("anthropic-claude", "openai-gpt", "google-gemini", "ollama", "local"):
         assert name in result.output

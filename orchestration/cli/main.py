@@ -23,6 +23,7 @@ from orchestration.cli.common import fail, open_ledger, resolve
 from orchestration.cli.models import models
 from orchestration.cli.output import output
 from orchestration.cli.running import resume, run_file
+from orchestration.cli.tables import Format, FormatOption, JsonOption, chosen, emit, one_line
 
 app = typer.Typer(
     name="orchestra",
@@ -30,7 +31,6 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
 def _version_callback(value: bool) -> None:
@@ -61,7 +61,7 @@ def _root(
 
 
 @app.command()
-def providers(as_json: JsonOption = False) -> None:
+def providers(as_json: JsonOption = False, form: FormatOption = None) -> None:
     """Show each provider: installed, key, reachable, default model, circuit breaker.
 
     The breaker is its state as last recorded in the ledger by any run (with when).
@@ -70,10 +70,8 @@ def providers(as_json: JsonOption = False) -> None:
 
     statuses = LlmFactory.available()
     breakers = _breakers()
-    if as_json:
-        found = [{**asdict(s), "breaker": breakers.get(s.name)} for s in statuses]
-        typer.echo(json.dumps(found, indent=2))
-        return
+    found = [{**asdict(s), "breaker": breakers.get(s.name)} for s in statuses]
+    shown = chosen(form, as_json)
     rows = [
         [
             s.name,
@@ -88,13 +86,16 @@ def providers(as_json: JsonOption = False) -> None:
         for s in statuses
     ]
     columns = ["provider", "ready", "installed", "key", "reachable", "model", "breaker", "note"]
-    _table("Providers", columns, rows)
+    emit(shown, "Providers", columns, rows, found)
+    if shown is Format.JSON:
+        return
     try:
         choice = LlmFactory.resolve_default()
     except ConfigurationError as exc:
         typer.echo(f"default provider: none ({exc})", err=True)
         raise typer.Exit(2) from None
-    typer.echo(f"default provider: {choice.name} ({choice.reason})")
+    if shown is Format.TABLE:  # plain output is the rows alone, for what reads them
+        typer.echo(f"default provider: {choice.name} ({choice.reason})")
 
 
 def _breakers() -> dict[str, dict[str, Any]]:
@@ -162,17 +163,16 @@ def db() -> None:
 def runs(
     limit: Annotated[int, typer.Option(help="How many runs, newest first.")] = 20,
     as_json: JsonOption = False,
+    form: FormatOption = None,
 ) -> None:
     """List runs: id, name, status, tasks, tokens, cost, duration.
 
-    A run whose process died while running it shows ``interrupted``.
+    A run whose process died while running it shows ``interrupted``. In a pipe, plain
+    tab-separated rows with whole values (``--format`` chooses).
     """
     from orchestration.ledger.history import fmt_cost, fmt_seconds, fmt_tokens, list_runs
 
     found = list_runs(open_ledger(), limit)
-    if as_json:
-        typer.echo(json.dumps(found, indent=2))
-        return
     rows = [
         [
             r["id"],
@@ -185,13 +185,15 @@ def runs(
         ]
         for r in found
     ]
-    _table("Runs", ["run", "name", "status", "tasks", "tokens in/out", "cost", "duration"], rows)
+    columns = ["run", "name", "status", "tasks", "tokens in/out", "cost", "duration"]
+    emit(chosen(form, as_json), "Runs", columns, rows, found, id_columns=[0])
 
 
 @app.command()
 def show(
     run: Annotated[str, typer.Argument(help="Run id, or its first characters.")],
     as_json: JsonOption = False,
+    form: FormatOption = None,
 ) -> None:
     """Show a run task by task: agent, status, method, provider, model, tokens, cost.
 
@@ -216,9 +218,6 @@ def show(
     refused = refusals(ledger, run_id)
     for found in tasks:
         found["refused"] = refused.get(found["task_id"], 0)
-    if as_json:
-        typer.echo(json.dumps({"run_id": run_id, "status": status, "tasks": tasks}, indent=2))
-        return
     columns = ["task", "agent", "status", "method", "provider", "model", "tokens in/out"]
     columns += ["cost", "latency", "attempts", "refused", "error"]
     rows = [
@@ -234,11 +233,12 @@ def show(
             fmt_seconds(t["latency_s"]),
             str(t["attempts"]),
             str(t["refused"]),
-            _one_line(t["error"]),
+            one_line(t["error"]),
         ]
         for t in tasks
     ]
-    _table(f"Run {run_id}: {status}", columns, rows)
+    records = {"run_id": run_id, "status": status, "tasks": tasks}
+    emit(chosen(form, as_json), f"Run {run_id}: {status}", columns, rows, records)
 
 
 @app.command()
@@ -246,6 +246,7 @@ def attempts(
     run: Annotated[str, typer.Argument(help="Run id, or its first characters.")],
     task: Annotated[str | None, typer.Option("--task", help="Only this task.")] = None,
     as_json: JsonOption = False,
+    form: FormatOption = None,
 ) -> None:
     """List every attempt of a run (or of one task): method, status, tokens, cost, error."""
     from orchestration.ledger.history import (
@@ -259,9 +260,6 @@ def attempts(
     ledger = open_ledger()
     run_id = resolve(lambda: resolve_run(ledger, run))
     found = run_attempts(ledger, run_id, task)
-    if as_json:
-        typer.echo(json.dumps(found, indent=2))
-        return
     columns = ["task", "#", "method", "provider", "model", "status", "tokens in/out", "cost"]
     columns += ["latency", "error"]
     rows = [
@@ -275,11 +273,11 @@ def attempts(
             fmt_tokens(a["input_tokens"], a["output_tokens"]),
             fmt_cost(a["cost_usd"]),
             fmt_seconds(a["latency_s"]),
-            _one_line(a["error_message"]),
+            one_line(a["error_message"]),
         ]
         for a in found
     ]
-    _table(f"Attempts of {run_id}", columns, rows)
+    emit(chosen(form, as_json), f"Attempts of {run_id}", columns, rows, found)
 
 
 @app.command()
@@ -312,24 +310,6 @@ def report(
         typer.echo(summary_line(found))
     else:
         print_report(found, Console())
-
-
-def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title)
-    for index, column in enumerate(columns):
-        table.add_column(column, no_wrap=index == 0)
-    for row in rows:
-        table.add_row(*row)
-    Console().print(table)
-
-
-def _one_line(text: str | None, limit: int = 120) -> str:
-    """An error for a table cell: its lines joined, cut at ``limit`` characters."""
-    joined = " ".join(line.strip() for line in (text or "").splitlines() if line.strip())
-    return joined if len(joined) <= limit else joined[: limit - 3] + "..."
 
 
 def _mark(value: bool | None) -> str:
