@@ -5,10 +5,12 @@ SIGINT (Ctrl-C) and SIGTERM cancel the run cleanly and raise ``cli.signals.Stopp
 
 from __future__ import annotations
 
-import runpy
+import importlib.util
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import ModuleType
 
 import anyio
 
@@ -22,28 +24,75 @@ from orchestration.runtime.results import RunResult
 
 __all__ = ["load_run_file", "resume_with_progress", "run_with_progress"]
 
+RUN_MODULE = "__orchestra_run__"  # not "__main__": the file is imported, not run
+RUN_FILE_SHAPE = (
+    "A run file defines, at module level, `registry` (an AgentRegistry) and `tasks` (a list"
+    ' of AgentTask); `orchestra run` imports it, so its `if __name__ == "__main__":` block'
+    " does not run."
+)
+
 # Starts the run on an executor, reporting each finished task to the callback.
 Start = Callable[[TaskExecutor, Callable[[TaskResult], None]], Awaitable[RunResult]]
 
 
 def load_run_file(path: Path) -> tuple[AgentRegistry, list[AgentTask]]:
-    """Execute ``path`` and take its module-level ``registry`` and ``tasks``.
+    """Import ``path`` and take its module-level ``registry`` and ``tasks``.
+
+    The file is imported as module ``__orchestra_run__``, not run as a script: its module-level
+    code runs once and its ``if __name__ == "__main__":`` block does not, so the same file
+    can call ``anyio.run(main)`` under that guard for ``python FILE.py``. Its directory goes
+    first on ``sys.path``, unless it is there already, and stays there as a script's does:
+    modules beside the file can be imported while it loads and while the run goes on.
 
     Raises:
         ConfigurationError: The file is missing or does not define both names properly.
     """
     if not path.is_file():
         raise ConfigurationError(f"No such file: {path}")
-    namespace = runpy.run_path(str(path), run_name="__orchestra_run__")
-    registry = namespace.get("registry")
-    tasks = namespace.get("tasks")
+    module = _import(path)
+    registry = getattr(module, "registry", None)
+    tasks = getattr(module, "tasks", None)
     if not isinstance(registry, AgentRegistry):
         raise ConfigurationError(
-            f"{path} must define `registry = AgentRegistry()` at module level."
+            f"{path} must define `registry = AgentRegistry()` at module level"
+            f" ({_found(module, 'registry')}). {RUN_FILE_SHAPE}"
         )
     if not isinstance(tasks, list | tuple) or not all(isinstance(t, AgentTask) for t in tasks):
-        raise ConfigurationError(f"{path} must define `tasks` as a list of AgentTask.")
+        raise ConfigurationError(
+            f"{path} must define `tasks` as a list of AgentTask"
+            f" ({_found(module, 'tasks')}). {RUN_FILE_SHAPE}"
+        )
     return registry, list(tasks)
+
+
+def _import(path: Path) -> ModuleType:
+    """Execute ``path`` as module ``__orchestra_run__``, its directory on ``sys.path``."""
+    spec = importlib.util.spec_from_file_location(RUN_MODULE, path)
+    if spec is None or spec.loader is None:
+        raise ConfigurationError(f"{path} is not a Python file: name it FILE.py.")
+    directory = str(path.resolve().parent)
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    module = importlib.util.module_from_spec(spec)
+    # Registered like any import: dataclasses and pydantic models defined in the file look
+    # their module up in sys.modules, while it loads and when their types are resolved later.
+    sys.modules[RUN_MODULE] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(RUN_MODULE, None)
+        raise
+    return module
+
+
+def _found(module: ModuleType, name: str) -> str:
+    value = getattr(module, name, None)
+    if value is None:
+        return f"it has no `{name}`"
+    if isinstance(value, list | tuple):
+        kinds = sorted({type(item).__name__ for item in value if not isinstance(item, AgentTask)})
+        return f"its `{name}` holds {', '.join(kinds)}"
+    return f"its `{name}` is a {type(value).__name__}"
 
 
 def run_with_progress(
