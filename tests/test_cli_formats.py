@@ -121,3 +121,49 @@ def in_a_terminal(args: list[str], columns: int) -> str:
     os.close(main)
     assert process.returncode == 0, b"".join(chunks)
     return b"".join(chunks).decode()
+
+
+def test_runs_are_filtered_by_status_name_and_time() -> None:
+    made = make_runs(failing=2, passing=1)
+    listed = runner.invoke(app, ["runs", "--status", "failed", "--json"])
+    assert listed.exit_code == 0, (listed.stdout, listed.stderr)
+    failed = json.loads(listed.stdout)
+    assert {r["id"] for r in failed} == {made[0].run_id, made[1].run_id}
+    named = json.loads(runner.invoke(app, ["runs", "--name", "job-2", "--json"]).output)
+    assert [r["id"] for r in named] == [made[2].run_id]
+    recent = json.loads(runner.invoke(app, ["runs", "--since", "1h", "--json"]).output)
+    assert len(recent) == 3
+    assert json.loads(runner.invoke(app, ["runs", "--since", "2999-01-01", "--json"]).output) == []
+    last = json.loads(runner.invoke(app, ["runs", "--limit", "1", "--json"]).output)
+    assert [r["id"] for r in last] == [made[2].run_id]
+    wrong = runner.invoke(app, ["runs", "--since", "yesterday"])
+    assert wrong.exit_code == 2 and "neither a date or time" in wrong.stderr
+
+
+def test_no_ledger_yet_lists_no_runs() -> None:
+    listed = runner.invoke(app, ["runs", "--json"])
+    assert listed.exit_code == 0 and json.loads(listed.stdout) == []
+
+
+def test_an_unknown_task_names_the_tasks_there_are() -> None:
+    made = make_runs(failing=1, passing=0)
+    result = runner.invoke(app, ["attempts", made[0].run_id, "--task", "nope"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        f"error: no task 'nope' in run {made[0].run_id}; tasks are doomed"
+    )
+
+
+def test_verbose_may_follow_the_subcommand() -> None:
+    from orchestration.cli.main import verbose_first
+
+    assert verbose_first(["runs", "-v", "--json"]) == ["-v", "runs", "--json"]
+    assert verbose_first(["run", "f.py", "--", "-v"]) == ["run", "f.py", "--", "-v"]
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestration.cli", "runs", "-v", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr

@@ -141,7 +141,7 @@ def test_a_run_whose_process_died_shows_interrupted(tmp_path: Path) -> None:
     shown = json.loads(runner.invoke(app, ["show", run_id, "--json"]).output)
     assert shown["status"] == "interrupted"
     assert [(t["task_id"], t["status"]) for t in shown["tasks"]] == [("first", "interrupted")]
-    table = runner.invoke(app, ["show", run_id], env={"COLUMNS": "200"})
+    table = runner.invoke(app, ["show", run_id, "--format", "table"], env={"COLUMNS": "200"})
     assert f"Run {run_id}: interrupted" in table.output
     reported = json.loads(runner.invoke(app, ["report", run_id, "--json"]).output)
     assert reported["status"] == "interrupted"

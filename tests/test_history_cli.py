@@ -76,8 +76,9 @@ def test_runs_show_and_attempts_read_back_the_run() -> None:
 
 
 def test_unknown_run_and_missing_ledger_are_clear_errors() -> None:
-    missing = runner.invoke(app, ["runs"])
+    missing = runner.invoke(app, ["show", "abc"])
     assert missing.exit_code == 1 and "No ledger at" in missing.output
+    assert runner.invoke(app, ["runs"]).exit_code == 0  # no ledger yet: no runs
     make_run()
     unknown = runner.invoke(app, ["show", "zzzz"])
     assert unknown.exit_code == 2

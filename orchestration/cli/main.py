@@ -12,6 +12,7 @@ Exit statuses: 0 done (every task succeeded); 1 a task did not succeed, or no le
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Annotated, Any
 
 import typer
 
-from orchestration.cli.common import fail, open_ledger, resolve
+from orchestration.cli.common import fail, open_ledger, resolve, since_time
 from orchestration.cli.models import models
 from orchestration.cli.output import output
 from orchestration.cli.running import resume, run_file
@@ -162,17 +163,30 @@ def db() -> None:
 @app.command()
 def runs(
     limit: Annotated[int, typer.Option(help="How many runs, newest first.")] = 20,
+    status: Annotated[
+        str | None,
+        typer.Option(help="Only runs with this status (succeeded, failed, interrupted...)."),
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Only runs whose name contains this.")] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Only runs started since: 2026-12-01, 2026-12-01T09:30, or 2h, 3d."),
+    ] = None,
     as_json: JsonOption = False,
     form: FormatOption = None,
 ) -> None:
     """List runs: id, name, status, tasks, tokens, cost, duration.
 
     A run whose process died while running it shows ``interrupted``. In a pipe, plain
-    tab-separated rows with whole values (``--format`` chooses).
+    tab-separated rows with whole values (``--format`` chooses). No ledger yet is no runs.
     """
     from orchestration.ledger.history import fmt_cost, fmt_seconds, fmt_tokens, list_runs
 
-    found = list_runs(open_ledger(), limit)
+    after = None if since is None else resolve(lambda: since_time(since))
+    ledger = open_ledger(missing_ok=True)
+    found = (
+        [] if ledger is None else list_runs(ledger, limit, status=status, name=name, since=after)
+    )
     rows = [
         [
             r["id"],
@@ -255,11 +269,19 @@ def attempts(
         fmt_tokens,
         resolve_run,
         run_attempts,
+        run_tasks,
     )
 
     ledger = open_ledger()
     run_id = resolve(lambda: resolve_run(ledger, run))
     found = run_attempts(ledger, run_id, task)
+    if task is not None and not found:
+        known = [t["task_id"] for t in run_tasks(ledger, run_id)]
+        if task not in known:
+            typer.echo(
+                f"error: no task {task!r} in run {run_id}; tasks are {', '.join(known)}", err=True
+            )
+            raise typer.Exit(2)
     columns = ["task", "#", "method", "provider", "model", "status", "tokens in/out", "cost"]
     columns += ["latency", "error"]
     rows = [
@@ -323,5 +345,16 @@ app.add_typer(models)
 
 
 def main() -> None:
-    """Entry point of the ``orchestra`` script."""
-    app()
+    """Entry point of the ``orchestra`` script (``-v`` may come after the subcommand too)."""
+    app(args=verbose_first(sys.argv[1:]), prog_name="orchestra")
+
+
+def verbose_first(args: list[str]) -> list[str]:
+    """``args`` with ``-v``/``--verbose`` moved before the subcommand, where it is defined.
+
+    Only flags before a ``--`` move: what follows it is the command's own.
+    """
+    end = args.index("--") if "--" in args else len(args)
+    flags = [arg for arg in args[:end] if arg in ("-v", "--verbose")]
+    rest = [arg for arg in args[:end] if arg not in ("-v", "--verbose")]
+    return [*flags, *rest, *args[end:]]

@@ -153,6 +153,13 @@ def _resume(
         )
     except Stopped as stop:
         exit_stopped(stop, run_id)
+    failed = [t for t, r in result.results.items() if r.status.value == "failed"]
+    if failed and not retry_failed:
+        typer.echo(
+            f"{len(failed)} task(s) failed ({', '.join(failed[:5])}); "
+            f"`orchestra resume {run_id[:12]} --retry-failed` runs failed tasks again",
+            err=True,
+        )
     _outcome(result, as_json)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import case, func, inspect, text
@@ -72,8 +73,19 @@ def shown_status(status: str, pid: int | None, host: str | None) -> str:
     return status
 
 
-def list_runs(ledger: Ledger, limit: int = 20) -> list[dict[str, Any]]:
-    """The latest runs, newest first, with their token and cost totals."""
+def list_runs(
+    ledger: Ledger,
+    limit: int = 20,
+    *,
+    status: str | None = None,
+    name: str | None = None,
+    since: datetime | None = None,
+) -> list[dict[str, Any]]:
+    """The latest runs, newest first, with their token and cost totals.
+
+    Only those with ``status`` (as shown: ``interrupted`` is a ``running`` run whose
+    process is gone), whose name contains ``name``, started at ``since`` or later.
+    """
     totals = (
         sa_select(
             col(TaskRunRow.run_id),
@@ -97,8 +109,15 @@ def list_runs(ledger: Ledger, limit: int = 20) -> list[dict[str, Any]]:
         )
         .join(totals, col(RunRow.id) == totals.c.run_id, isouter=True)
         .order_by(col(RunRow.started_at).desc())
-        .limit(limit)
     )
+    if status is not None:  # an interrupted run is recorded running
+        query = query.where(col(RunRow.status) == ("running" if status == INTERRUPTED else status))
+    if name is not None:
+        query = query.where(col(RunRow.name).contains(name, autoescape=True))
+    if since is not None:
+        query = query.where(col(RunRow.started_at) >= since.astimezone(UTC))
+    if status not in ("running", INTERRUPTED):  # else shown statuses are filtered below
+        query = query.limit(limit)
     out = []
     with ledger.session() as session:
         for run, tokens_in, tokens_out, cost_sum, priced, succeeded in session.execute(query):
@@ -120,7 +139,9 @@ def list_runs(ledger: Ledger, limit: int = 20) -> list[dict[str, Any]]:
                     "duration_s": duration,
                 }
             )
-    return out
+    if status in ("running", INTERRUPTED):
+        out = [run for run in out if run["status"] == status]
+    return out[:limit]
 
 
 def resolve_run(ledger: Ledger, ref: str) -> str:
