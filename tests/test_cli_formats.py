@@ -155,10 +155,11 @@ def test_an_unknown_task_names_the_tasks_there_are() -> None:
 
 
 def test_verbose_may_follow_the_subcommand() -> None:
-    from orchestration.cli.main import verbose_first
+    from orchestration.cli.main import root_options_first
 
-    assert verbose_first(["runs", "-v", "--json"]) == ["-v", "runs", "--json"]
-    assert verbose_first(["run", "f.py", "--", "-v"]) == ["run", "f.py", "--", "-v"]
+    assert root_options_first(["runs", "-v", "--json"]) == ["-v", "runs", "--json"]
+    assert root_options_first(["run", "f.py", "--", "-v"]) == ["run", "f.py", "--", "-v"]
+    assert root_options_first(["runs", "--db", "x.db", "-v"]) == ["--db", "x.db", "-v", "runs"]
     done = subprocess.run(
         [sys.executable, "-m", "orchestration.cli", "runs", "-v", "--json"],
         capture_output=True,

@@ -12,6 +12,7 @@ Exit statuses: 0 done (every task succeeded); 1 a task did not succeed, or no le
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import asdict
 from importlib.metadata import PackageNotFoundError, version
@@ -54,11 +55,24 @@ def _root(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Log every attempt on stderr.")
     ] = False,
+    db: Annotated[
+        str | None,
+        typer.Option(
+            "--db",
+            help="The ledger: a SQLite file or a SQLAlchemy URL (default: ORCHESTRA_DB_URL, "
+            "the nearest .orchestra/ up from here, else your own ledger).",
+        ),
+    ] = None,
 ) -> None:
-    """Run teams of LLM agents and inspect what they did."""
+    """Run teams of LLM agents and inspect what they did.
+
+    ``-v`` and ``--db`` may also come after the subcommand.
+    """
     from orchestration.logs import configure_logging
 
     configure_logging(verbose)
+    if db is not None:  # every command, and what a run file builds, reads it from there
+        os.environ["ORCHESTRA_DB_URL"] = db
 
 
 @app.command()
@@ -345,16 +359,25 @@ app.add_typer(models)
 
 
 def main() -> None:
-    """Entry point of the ``orchestra`` script (``-v`` may come after the subcommand too)."""
-    app(args=verbose_first(sys.argv[1:]), prog_name="orchestra")
+    """Entry point of the ``orchestra`` script (``-v``, ``--db`` may follow the subcommand)."""
+    app(args=root_options_first(sys.argv[1:]), prog_name="orchestra")
 
 
-def verbose_first(args: list[str]) -> list[str]:
-    """``args`` with ``-v``/``--verbose`` moved before the subcommand, where it is defined.
+def root_options_first(args: list[str]) -> list[str]:
+    """``args`` with ``-v``/``--verbose`` and ``--db URL`` moved before the subcommand.
 
-    Only flags before a ``--`` move: what follows it is the command's own.
+    They are the root command's options; users type them after the subcommand as often.
+    Only what comes before a ``--`` moves: what follows it is the command's own.
     """
     end = args.index("--") if "--" in args else len(args)
-    flags = [arg for arg in args[:end] if arg in ("-v", "--verbose")]
-    rest = [arg for arg in args[:end] if arg not in ("-v", "--verbose")]
-    return [*flags, *rest, *args[end:]]
+    moved: list[str] = []
+    rest: list[str] = []
+    words = iter(args[:end])
+    for word in words:
+        if word in ("-v", "--verbose") or word.startswith("--db="):
+            moved.append(word)
+        elif word == "--db":
+            moved += [word, next(words, "")]
+        else:
+            rest.append(word)
+    return [*moved, *rest, *args[end:]]

@@ -23,10 +23,11 @@ no writer. SQLite opens the file with ``mode=ro``, plus ``immutable=1`` when its
 not writable (a WAL reader needs a ``-shm`` file beside it). A database that holds no ledger,
 or an older schema (``LedgerOutdatedError``: run a write command once), is refused.
 
-Location: ``url=``, else ``ORCHESTRA_DB_URL`` (any SQLAlchemy URL), else
-``.orchestra/runs.db`` under the working directory. A value without a ``scheme:`` is a path
-to a SQLite file (``runs.db`` is ``sqlite:///runs.db``). Opening for writing creates the
-file's directory when its parent exists (``.orchestra/``), never a chain of directories.
+Location: ``url=``, else ``ledger.location.default_db_url()``: ``ORCHESTRA_DB_URL``, the
+nearest ``.orchestra/`` walking up from the working directory, or the user's own ledger. A
+value without a ``scheme:`` is a path to a SQLite file (``runs.db`` is
+``sqlite:///runs.db``). Opening for writing creates the file's directory when its parent
+exists, never a chain of directories (but for the user's own ledger's).
 What cannot be opened (a malformed URL, an unknown database, a directory, a file that is
 not SQLite or is read-only, an unwritable directory) raises ``LedgerError``: one line saying
 what is wrong and what to do.
@@ -53,11 +54,11 @@ from sqlalchemy.exc import DBAPIError, NoSuchModuleError, OperationalError, SQLA
 from sqlmodel import Session
 
 from llm_abstractions.threads import LoopCompletion
+from orchestration.ledger.location import default_db_url, ledger_url, user_ledger
 from orchestration.ledger.schema import migrate, pending
 from orchestration.model.errors import LedgerError
 
 __all__ = [
-    "DEFAULT_DB_PATH",
     "Ledger",
     "LedgerError",
     "LedgerOutdatedError",
@@ -68,7 +69,6 @@ __all__ = [
     "sqlite_file",
 ]
 
-DEFAULT_DB_PATH = Path(".orchestra") / "runs.db"
 BUSY_TIMEOUT_S = 30.0
 Row = tuple[Any, ...]
 Commit = LoopCompletion[None]  # one group commit, awaited by every writer in it
@@ -94,7 +94,6 @@ Write = list[Operation]
 _Group = tuple[Statement, list[Row]]
 
 
-_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]+:")  # two letters at least: C:\ is a path
 _PASSWORD = re.compile(r"(://[^/:@]*:)[^/@]*@")
 _ADVICE = "point ORCHESTRA_DB_URL at a new or existing ledger file"
 _URL_HINT = "write sqlite:///PATH (or a plain path) for a SQLite file, or a SQLAlchemy URL"
@@ -102,18 +101,6 @@ _URL_HINT = "write sqlite:///PATH (or a plain path) for a SQLite file, or a SQLA
 
 class LedgerOutdatedError(LedgerError):
     """A ledger opened read-only has a schema older than this version's."""
-
-
-def default_db_url() -> str:
-    """``ORCHESTRA_DB_URL``, else SQLite at ``.orchestra/runs.db`` in the working directory."""
-    return ledger_url(os.environ.get("ORCHESTRA_DB_URL") or f"sqlite:///{DEFAULT_DB_PATH}")
-
-
-def ledger_url(value: str) -> str:
-    """``value`` as a SQLAlchemy URL: one without a ``scheme:`` is the path of a SQLite file."""
-    if _SCHEME.match(value):
-        return value
-    return f"sqlite:///{Path(value).expanduser()}"
 
 
 @dataclass
@@ -410,6 +397,8 @@ def location_problem(path: Path, create: bool = True) -> str | None:
     if path.is_dir():
         return f"it is a directory; point ORCHESTRA_DB_URL at a file, e.g. {path / 'runs.db'}"
     folder = path.parent
+    if create and path == user_ledger():
+        folder.mkdir(parents=True, exist_ok=True)  # the user's data directory may be new
     if not folder.is_dir():
         if not folder.parent.is_dir():
             return f"its directory {folder} does not exist; create it, or {_ADVICE}"
