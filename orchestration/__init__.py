@@ -19,6 +19,7 @@ if TYPE_CHECKING:
         AgentInterface,
         AgentRegistry,
         AgentType,
+        GenerationSettings,
         ScriptSettings,
     )
     from orchestration.model.contracts import OutputRejected
@@ -41,6 +42,7 @@ _LAZY = {
     "AgentRegistry": "orchestration.model.agent_registry",
     "AgentType": "orchestration.model.agent_registry",
     "ScriptSettings": "orchestration.model.agent_registry",
+    "GenerationSettings": "orchestration.model.agent_registry",
     "GraphValidationError": "orchestration.model.errors",
     "OutputRejected": "orchestration.model.contracts",
     "UnknownAgentError": "orchestration.model.errors",
@@ -66,6 +68,7 @@ __all__ = [
     "AgentType",
     "BreakerPolicy",
     "ExecutionMethod",
+    "GenerationSettings",
     "GraphValidationError",
     "OutputRejected",
     "RateLimit",

@@ -61,6 +61,9 @@ def test_unknown_agent_suggests_close_names() -> None:
         ({"max_concurrency": 0}, "max_concurrency"),
         ({"fallbacks": ["me"]}, "its own fallback"),
         ({"colour": "blue"}, "colour"),
+        ({"temprature": 0.2}, "unknown setting 'temprature'; did you mean 'temperature'"),
+        ({"metadata": {"max_token": 8}}, "did you mean 'max_tokens'"),
+        ({"max_tokens": 0}, "setting 'max_tokens' must be greater than 0"),
     ],
 )
 def test_invalid_settings_name_the_field(settings: dict[str, object], needle: str) -> None:

@@ -58,6 +58,7 @@ def test_orchestration_names_resolve_lazily_and_are_locked() -> None:
         "AgentType",
         "BreakerPolicy",
         "ExecutionMethod",
+        "GenerationSettings",
         "GraphValidationError",
         "OutputRejected",
         "RateLimit",

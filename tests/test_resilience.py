@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 import pytest
 
+from llm_abstractions import ConfigurationError
 from orchestration import (
     AgentRegistry,
     AgentTask,
@@ -241,20 +242,11 @@ async def test_an_exhausted_provider_falls_back_along_the_chain_and_says_why(
     ]
 
 
-async def test_a_fallback_with_invalid_settings_is_skipped_with_its_reason(
-    server: FaultServer, ledger: Ledger
-) -> None:
-    server.plan = FaultPlan(rate=1.0, kinds={"500": 1}, max_faults_per_key=1)
+def test_a_fallback_with_invalid_settings_is_refused_when_registered() -> None:
+    # (It used to be registered, then skipped at run time with the reason.)
     registry = gpt_registry(fallbacks=("broken", "good"))
-    registry.register_agent("broken", "openai-gpt", api_key="k", metadata={"temperature": 5})
-    registry.register_agent("good", "openai-gpt", model="gpt-4.1-mini", api_key="k")
-    executor = TaskExecutor(registry, ledger=ledger, retry=RetryPolicy.never(), breakers=False)
-    async with executor:
-        result = await executor.execute(task("f"), agent="gpt")
-    assert result.succeeded and result.attempts == 2 and len(server.log) == 2
-    reason = rows(ledger, "SELECT agent, fallback_reason FROM attempts WHERE attempt = 2")
-    assert reason[0][0] == "good"
-    assert reason[0][1].startswith("broken was skipped: ") and "temperature" in reason[0][1]
+    with pytest.raises(ConfigurationError, match="'temperature' must be less than or equal"):
+        registry.register_agent("broken", "openai-gpt", api_key="k", metadata={"temperature": 5})
 
 
 async def test_a_request_mistake_does_not_fall_back(server: FaultServer, ledger: Ledger) -> None:

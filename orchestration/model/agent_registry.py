@@ -10,10 +10,21 @@ Agents come from Python (``register_agent``) or a TOML file (``AgentRegistry.fro
     max_concurrency = 4
     metadata = { max_tokens = 4096, temperature = 0.7, system_prompt = "..." }
 
+    [agents.planner]
+    type = "openai-gpt"
+    max_tokens = 512                   # settings may also stand on their own
+    temperature = 0.2
+
     [agents.lint]
     type = "local"
     interface = "script"
     script = { command = ["python", "tools/lint_agent.py"], timeout_s = 60 }
+
+The generation settings (``max_tokens``, ``temperature``, ``system_prompt``... see
+``GenerationSettings``) are checked when the agent is registered, wherever they are given:
+a wrong value or a misspelled name (``temprature``) is refused, with a "did you mean".
+``AgentConfig.settings`` is their typed view; ``metadata`` holds them as given, with the
+user's own keys, so that a recorded agent loads back as it was.
 
 API keys are held as ``SecretStr``: they are excluded from ``model_dump`` and ``repr``, so
 they cannot reach the run ledger or a log through the config object.
@@ -21,21 +32,38 @@ they cannot reach the run ledger or a log through the config object.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_core import to_jsonable_python
 
 from llm_abstractions.errors import ConfigurationError, MissingCredentialsError
 from llm_abstractions.types import describe_validation_error
 from orchestration.model.errors import UnknownAgentError
+from orchestration.model.settings import (
+    SETTING_NAMES,
+    GenerationSettings,
+    SettingsArguments,
+    close_setting,
+    read_settings,
+)
 
-__all__ = ["AgentConfig", "AgentInterface", "AgentRegistry", "AgentType", "ScriptSettings"]
+__all__ = [
+    "AgentConfig",
+    "AgentInterface",
+    "AgentOptions",
+    "AgentRegistry",
+    "AgentType",
+    "GenerationSettings",
+    "ScriptSettings",
+]
 
 
 class AgentType(StrEnum):
@@ -80,7 +108,7 @@ class AgentConfig(BaseModel):
     model: str | None = None
     api_key: SecretStr | None = Field(default=None, exclude=True, repr=False)
     api_key_env: str | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)  # settings and the user's own keys
     fallbacks: tuple[str, ...] = ()
     max_concurrency: int | None = Field(default=None, gt=0)
     script_fallback: bool = True
@@ -96,7 +124,26 @@ class AgentConfig(BaseModel):
             )
         if self.name in self.fallbacks:
             raise ValueError("an agent cannot be its own fallback")
+        read_settings(self.name, self.metadata)
         return self
+
+    @property
+    def settings(self) -> GenerationSettings:
+        """The generation settings in ``metadata``, typed (checked when the agent was made).
+
+        Read once per ``metadata`` (13 us a read, and every task's request starts from it);
+        a copy with other metadata (``model_copy(update=...)``) reads its own.
+        """
+        cached = _read.get(id(self.metadata))
+        if cached is None or cached[0] is not self.metadata:  # (an id can be reused)
+            cached = _read[id(self.metadata)] = (
+                self.metadata,
+                read_settings(self.name, self.metadata),
+            )
+            if len(_read) > _READ_SIZE:
+                with contextlib.suppress(RuntimeError, StopIteration, KeyError):  # threads
+                    del _read[next(iter(_read))]  # the oldest
+        return cached[1]
 
     def resolved_api_key(self) -> str | None:
         """The key to use: the explicit one, else the variable named by ``api_key_env``.
@@ -112,6 +159,61 @@ class AgentConfig(BaseModel):
                 raise MissingCredentialsError(self.agent_type, (self.api_key_env,))
             return value
         return None
+
+
+# Settings read, by the id of the metadata they were read from (kept with it: an id can be
+# reused once its object is gone). Agents are few; the oldest go first past the size.
+_read: dict[int, tuple[dict[str, Any], GenerationSettings]] = {}
+_READ_SIZE = 1024
+
+
+class AgentOptions(SettingsArguments, total=False):
+    """The keyword arguments of ``register_agent``: agent fields and generation settings."""
+
+    api_key_env: str | None
+    fallbacks: Sequence[str]
+    max_concurrency: int | None
+    script_fallback: bool
+    script: ScriptSettings | Mapping[str, Any] | None
+    cache: bool | None
+
+
+_OPTION_NAMES = AgentOptions.__optional_keys__
+
+
+def _with_settings(agent: str, metadata: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """``metadata`` with the settings among ``options`` (taken out of it), all checked.
+
+    Raises:
+        ConfigurationError: An option is close to a setting's or an option's name but is
+            neither, a setting is given both ways with two values, or a setting is invalid.
+    """
+    for key in options:
+        if key in _OPTION_NAMES:
+            continue
+        meant = close_setting(key)
+        if meant is not None:
+            raise ConfigurationError(
+                f"agent {agent!r}: unknown setting {key!r}; did you mean {meant!r}?"
+            )
+        close = difflib.get_close_matches(key, _OPTION_NAMES - SETTING_NAMES, n=1, cutoff=0.7)
+        if close:
+            raise ConfigurationError(
+                f"agent {agent!r}: unknown option {key!r}; did you mean {close[0]!r}?"
+            )
+    for key in [key for key in options if key in SETTING_NAMES]:  # in the caller's order
+        # Held as JSON holds it (tuples as lists), so that a recorded agent loads back equal.
+        value = to_jsonable_python(options.pop(key))
+        if value is None:
+            continue  # not given
+        if metadata.get(key) is not None and to_jsonable_python(metadata[key]) != value:
+            raise ConfigurationError(
+                f"agent {agent!r}: setting {key!r} is given twice, as {value!r:.60} and as "
+                f"{metadata[key]!r:.60} in metadata; give it once"
+            )
+        metadata[key] = value
+    read_settings(agent, metadata)
+    return metadata
 
 
 class AgentRegistry:
@@ -131,7 +233,7 @@ class AgentRegistry:
         metadata: Mapping[str, Any] | None = None,
         *,
         replace: bool = False,
-        **settings: Any,
+        **options: Unpack[AgentOptions],
     ) -> AgentConfig:
         """Register an agent and return its config.
 
@@ -142,15 +244,17 @@ class AgentRegistry:
             model: The provider's model; its default when None.
             api_key: An explicit key (held as a secret). Prefer ``api_key_env=``.
             metadata: Generation settings such as ``max_tokens``, ``temperature``,
-                ``system_prompt``.
+                ``system_prompt`` (see ``GenerationSettings``), and any keys of the user's
+                own that are not close to a setting's name.
             replace: Allow replacing an agent of the same name.
-            **settings: ``api_key_env``, ``fallbacks`` (agent names, ``"provider"`` or
+            **options: ``api_key_env``, ``fallbacks`` (agent names, ``"provider"`` or
                 ``"provider:model"``, tried in order), ``max_concurrency``,
-                ``script_fallback``, ``script``, ``cache``.
+                ``script_fallback``, ``script``, ``cache``; and the generation settings,
+                which join ``metadata`` (a setting given both ways must have one value).
 
         Raises:
-            ConfigurationError: A setting is invalid, the provider name is unknown, or the
-                name is taken (and ``replace`` is false).
+            ConfigurationError: A setting or option is invalid or misspelled, the provider
+                name is unknown, or the name is taken (and ``replace`` is false).
         """
         from llm_abstractions import LlmFactory
 
@@ -159,14 +263,16 @@ class AgentRegistry:
             raise ConfigurationError(
                 f"An agent named {name!r} is already registered; pass replace=True to override."
             )
+        rest: dict[str, Any] = dict(options)
+        checked = _with_settings(name, dict(metadata or {}), rest)  # takes the settings out
         fields = {
             "name": name,
             "agent_type": provider,
             "interface": interface,
             "model": model,
             "api_key": api_key,
-            "metadata": dict(metadata or {}),
-            **settings,
+            "metadata": checked,
+            **rest,
         }
         try:
             config = AgentConfig.model_validate(fields)

@@ -104,7 +104,7 @@ async def llm_attempt(
             raise InvalidRequestError(
                 f"provider {agent.agent_type!r} ({type(llm).__name__}) cannot follow a grammar"
             )
-        with anyio.fail_after(task.timeout):  # None: no limit
+        with anyio.fail_after(_timeout(task, agent)):  # None: no limit
             if on_progress is not None and llm.can_stream:
                 response = await _streamed(llm, request, _Reporter(task, agent, on_progress))
             else:
@@ -385,7 +385,7 @@ def _failed(
     task: AgentTask, agent: AgentConfig, exc: BaseException, latency: float, meta: dict[str, Any]
 ) -> TaskResult:
     if isinstance(exc, TimeoutError) and not isinstance(exc, LLMError):
-        message = f"timed out after {task.timeout} s"
+        message = f"timed out after {_timeout(task, agent)} s"
     else:
         # Providers and scripts may echo what they were sent; keys must not travel further.
         message = f"{type(exc).__name__}: {exc}"
@@ -411,6 +411,11 @@ def _failed(
         attempts=1,
         metadata=meta,
     )
+
+
+def _timeout(task: AgentTask, agent: AgentConfig) -> float | None:
+    """Seconds one attempt may take: the task's ``timeout``, else the agent's ``timeout_s``."""
+    return task.timeout if task.timeout is not None else agent.settings.timeout_s
 
 
 def _messages(request: LlmRequest) -> list[dict[str, str]]:

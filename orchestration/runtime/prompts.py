@@ -10,11 +10,12 @@ from llm_abstractions.errors import InvalidRequestError
 from llm_abstractions.types import LlmRequest, Message, OutputSchema
 from orchestration.model.agent_registry import AgentConfig
 from orchestration.model.contracts import OutputContract, feedback
+from orchestration.model.settings import SETTING_NAMES
 from orchestration.model.tasks import AgentTask
 
 __all__ = ["build_request", "with_feedback"]
 
-# Settings a task's or an agent's metadata may carry into the request.
+# The settings that are request fields of the same name.
 _REQUEST_SETTINGS = (
     "max_tokens",
     "temperature",
@@ -37,15 +38,18 @@ def build_request(
     The user message is the task's description, followed by its ``context`` metadata and
     then the output of each dependency, labelled with its task id. ``examples`` in the
     metadata, pairs of a prompt and the answer wanted, come before it as earlier turns of
-    the conversation (few-shot). Task metadata overrides agent metadata for the system
-    prompt, the examples and the generation settings. A typed ``contract``
-    adds its JSON schema twice: to the prompt (any model can read it) and as the request's
-    ``output_schema`` (providers enforce it natively), in place of ``response_format``.
+    the conversation (few-shot). The agent's settings (``agent.settings``, checked when it
+    was registered) apply unless the task's metadata gives its own, setting by setting:
+    the system prompt, the context, the examples and the generation settings. A typed
+    ``contract`` adds its JSON schema twice: to the prompt (any model can read it) and as
+    the request's ``output_schema`` (providers enforce it natively), in place of
+    ``response_format``.
 
     Raises:
         InvalidRequestError: A setting has an invalid value.
     """
-    settings: dict[str, Any] = {**agent.metadata, **task.metadata}
+    own = {key: value for key, value in task.metadata.items() if key in SETTING_NAMES}
+    settings: dict[str, Any] = {**agent.settings.given(), **own}
     parts = [task.description]
     if settings.get("context"):
         parts.append(f"Context:\n{settings['context']}")

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from pydantic import ValidationError
 from sqlalchemy import text
 
 from llm_abstractions.errors import ConfigurationError
@@ -36,6 +37,8 @@ class SavedRun:
     results: dict[str, TaskResult]  # tasks that reached a status, by id
     attempts: dict[str, int]  # attempts recorded, by task id
     agents: list[AgentConfig] = field(default_factory=list)
+    # Why recorded agents this version refuses (an older one let a setting through).
+    refused_agents: list[str] = field(default_factory=list)
     agent_of: dict[str, str] = field(default_factory=dict)  # task id -> agent, as recorded
     started_of: dict[str, datetime | None] = field(default_factory=dict)
     budget_usd: float | None = None
@@ -177,7 +180,17 @@ class SavedRun:
         return found
 
     def registry(self) -> AgentRegistry:
-        """The run's agents as recorded (their keys come from the environment now)."""
+        """The run's agents as recorded (their keys come from the environment now).
+
+        Raises:
+            ConfigurationError: An agent was recorded with settings this version refuses;
+                the agents must be given again.
+        """
+        if self.refused_agents:
+            raise ConfigurationError(
+                f"run {self.run_id} recorded {'; '.join(self.refused_agents)}: give the agents "
+                "again (orchestra resume --file RUNFILE.py or --agents FILE.toml)"
+            )
         registry = AgentRegistry()
         for agent in self.agents:
             settings = agent.model_dump(exclude={"name", "agent_type", "interface", "model"})
@@ -280,6 +293,7 @@ def load_run(ledger: Ledger, run_id: str) -> SavedRun:
             latency_s=secs,
             metadata={"execution_method": method, "provider": provider, "model": model},
         )
+    recorded = [_recorded_agent(a[0]) for a in agents]
     return SavedRun(
         run_id=run_id,
         name=run[0],
@@ -289,7 +303,8 @@ def load_run(ledger: Ledger, run_id: str) -> SavedRun:
         tasks=[AgentTask.model_validate_json(d[0]) for d in definitions],
         results=results,
         attempts={task_id: int(n) for task_id, n in counted},
-        agents=[AgentConfig.model_validate_json(a[0]) for a in agents],
+        agents=[agent for agent in recorded if isinstance(agent, AgentConfig)],
+        refused_agents=[refusal for refusal in recorded if isinstance(refusal, str)],
         agent_of=agent_of,
         started_of=started_of,
         budget_usd=run[4],
@@ -307,3 +322,12 @@ def _moment(value: object) -> datetime | None:
         return None
     moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # stored in UTC
+
+
+def _recorded_agent(definition: str) -> AgentConfig | str:
+    """An agent as the run recorded it; or why this version refuses its settings."""
+    try:
+        return AgentConfig.model_validate_json(definition)
+    except ValidationError as exc:
+        name = json.loads(definition).get("name", "?")
+        return f"agent {name!r} with settings this version refuses ({exc.errors()[0]['msg']})"
