@@ -21,6 +21,7 @@ from typing import Annotated, Any
 
 import typer
 
+from orchestration.cli.cleanup import prune, rm
 from orchestration.cli.common import fail, open_ledger, resolve, since_time
 from orchestration.cli.models import models
 from orchestration.cli.output import output
@@ -354,6 +355,8 @@ def _mark(value: bool | None) -> str:
 
 app.command("run")(run_file)
 app.command()(resume)
+app.command()(rm)
+app.command()(prune)
 app.command()(output)
 app.add_typer(models)
 
