@@ -64,9 +64,9 @@ def open_ledger(missing_ok: bool = False) -> Ledger | None:
     """The ledger the read commands read, opened read-only (nothing is written to it).
 
     Exits 1 when there is none yet (nothing has run there; None with ``missing_ok``), 2
-    when it cannot be opened. A
-    ledger whose schema is older than this version's is brought up to date once, as a run
-    would, when it can be written; when it cannot, the message says to run a write command.
+    when it cannot be opened. A ledger whose schema is older than this version's is brought
+    up to date once, as a run would, when it can be written; when it cannot, the message
+    says to run a write command.
     """
     from orchestration.ledger.store import Ledger, LedgerError, LedgerOutdatedError, default_db_url
 
