@@ -96,7 +96,7 @@ def test_a_terminal_gets_a_table_with_short_run_ids(tmp_path: Path) -> None:
     assert "…" not in output
 
 
-def in_a_terminal(args: list[str], columns: int) -> str:
+def in_a_terminal(args: list[str], columns: int, ok: bool = True) -> str:
     """What ``orchestra ARGS`` prints to a pseudo-terminal ``columns`` wide."""
     main, child = pty.openpty()
     env = {**os.environ, "COLUMNS": str(columns), "TERM": "xterm"}
@@ -119,7 +119,7 @@ def in_a_terminal(args: list[str], columns: int) -> str:
             chunks.append(chunk)
         process.wait(timeout=60)
     os.close(main)
-    assert process.returncode == 0, b"".join(chunks)
+    assert process.returncode == 0 or not ok, b"".join(chunks)
     return b"".join(chunks).decode()
 
 
@@ -168,3 +168,41 @@ def test_verbose_may_follow_the_subcommand() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
+
+
+PIPELINE = """
+from llm_abstractions import LlmFactory, LLMServerError
+from llm_abstractions.testing import FunctionLlm
+from orchestration import AgentRegistry, AgentTask, RetryPolicy
+
+
+def answer(request):
+    if request.metadata["task_id"] == "broken":
+        raise LLMServerError("the example service is down; try again in an hour", status_code=503)
+    return f"answer of {request.metadata['task_id']}"
+
+
+LlmFactory.register_provider("fake", lambda **_: FunctionLlm(answer), replace=True)
+registry = AgentRegistry()
+registry.register_agent("worker", "fake", script_fallback=False)
+tasks = [
+    AgentTask(task_id="draft", description="go", agent="worker"),
+    AgentTask(task_id="final", description="go", agent="worker", depends_on=("draft",)),
+    AgentTask(task_id="broken", description="go", agent="worker"),
+]
+"""
+
+
+def test_run_shows_times_tokens_and_reasons_then_the_final_answers(tmp_path: Path) -> None:
+    (tmp_path / "pipeline.py").write_text(PIPELINE)
+    output = re.sub(
+        r"\x1b\[[0-9;?]*[a-zA-Z]",
+        "",
+        in_a_terminal(["run", str(tmp_path / "pipeline.py")], 160, ok=False),
+    )
+    header = next(line for line in output.splitlines() if "task" in line and "status" in line)
+    columns = header.replace("┃", " ").split()
+    assert columns == ["task", "status", "time", "tokens", "tok/s", "note"]
+    assert "the example service is down" in output  # a failure says why
+    assert "=== final: succeeded ===\r\nanswer of final" in output  # the final answers
+    assert "=== draft" not in output  # not what only fed another task

@@ -198,8 +198,9 @@ def test_ctrl_c_during_embedded_generation_stops_cleanly(tmp_path: Path, pause: 
 def test_a_run_file_whose_graph_cannot_run_is_refused_in_a_few_lines(tmp_path: Path) -> None:
     (tmp_path / "bad.py").write_text(SLOW_RUN_FILE.replace('agent="sleeper", depends', "depends"))
     process = start(tmp_path, "run", "bad.py")
-    _, err = process.communicate(timeout=60)
+    out, err = process.communicate(timeout=60)
     assert process.returncode == 2
+    assert out == ""  # said before any table is drawn
     assert err.strip().splitlines() == [
         "error: The task graph cannot run (1 problem(s)):",
         "  - task 'second' names no agent and no default agent is set",

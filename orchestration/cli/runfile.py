@@ -9,6 +9,7 @@ import importlib.util
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -16,9 +17,11 @@ import anyio
 
 from llm_abstractions.errors import ConfigurationError
 from orchestration.cli.signals import Stopped, stoppable
+from orchestration.cli.tables import one_line
 from orchestration.ledger.store import Ledger
 from orchestration.model.agent_registry import AgentRegistry
-from orchestration.model.tasks import AgentTask, TaskResult
+from orchestration.model.graph import validate_tasks
+from orchestration.model.tasks import AgentTask, TaskProgress, TaskResult
 from orchestration.runtime.executor import TaskExecutor
 from orchestration.runtime.results import RunResult
 
@@ -31,8 +34,27 @@ RUN_FILE_SHAPE = (
     " does not run."
 )
 
-# Starts the run on an executor, reporting each finished task to the callback.
-Start = Callable[[TaskExecutor, Callable[[TaskResult], None]], Awaitable[RunResult]]
+# Starts the run on an executor, reporting each finished task and the progress of answers.
+Start = Callable[
+    [TaskExecutor, Callable[[TaskResult], None], Callable[[TaskProgress], None] | None],
+    Awaitable[RunResult],
+]
+
+
+@dataclass
+class _Row:
+    """What the live table shows of a task."""
+
+    status: str
+    seconds: float | None = None
+    tokens: int | None = None
+    rate: float | None = None
+    note: str = ""
+
+    def cells(self) -> list[str]:
+        shown = "-" if self.seconds is None else f"{self.seconds:.1f}s"
+        rate = "" if not self.rate else f"{self.rate:.1f}"
+        return [self.status, shown, "" if self.tokens is None else str(self.tokens), rate]
 
 
 def load_run_file(path: Path) -> tuple[AgentRegistry, list[AgentTask]]:
@@ -110,10 +132,17 @@ def run_with_progress(
         Stopped: SIGINT or SIGTERM stopped the run (recorded ``cancelled``).
     """
 
-    async def start(executor: TaskExecutor, done: Callable[[TaskResult], None]) -> RunResult:
-        return await executor.run(tasks, name=name, on_task_done=done, run_id=run_id)
+    async def start(
+        executor: TaskExecutor,
+        done: Callable[[TaskResult], None],
+        progress: Callable[[TaskProgress], None] | None,
+    ) -> RunResult:
+        return await executor.run(
+            tasks, name=name, on_task_done=done, run_id=run_id, on_progress=progress
+        )
 
-    state = {task.task_id: "pending" for task in tasks}
+    validate_tasks(tasks, registry)  # a graph that cannot run is said before anything is drawn
+    state = {task.task_id: _Row("pending") for task in tasks}
     return _with_progress(registry, start, name, state, max_concurrency, quiet, ledger)
 
 
@@ -137,17 +166,22 @@ def resume_with_progress(
         Stopped: SIGINT or SIGTERM stopped the run (recorded ``cancelled``).
     """
 
-    async def start(executor: TaskExecutor, done: Callable[[TaskResult], None]) -> RunResult:
+    async def start(
+        executor: TaskExecutor,
+        done: Callable[[TaskResult], None],
+        progress: Callable[[TaskProgress], None] | None,
+    ) -> RunResult:
         return await executor.resume(
             run_id,
             retry_failed=retry_failed,
             on_task_done=done,
+            on_progress=progress,
             budget_usd=budget_usd,
             force=force,
             tasks=given,
         )
 
-    state = {task.task_id: "kept" for task in tasks}
+    state = {task.task_id: _Row("kept") for task in tasks}
     return _with_progress(registry, start, run_id, state, max_concurrency, quiet, ledger)
 
 
@@ -155,7 +189,7 @@ def _with_progress(
     registry: AgentRegistry,
     start: Start,
     title: str,
-    state: dict[str, str],
+    state: dict[str, _Row],
     max_concurrency: int,
     quiet: bool,
     ledger: Ledger | None,
@@ -165,17 +199,32 @@ def _with_progress(
     from rich.table import Table
 
     def render() -> Table:
-        ended = sum(s not in ("pending", "kept") for s in state.values())
+        ended = sum(row.status not in ("pending", "kept", "running") for row in state.values())
         table = Table(title=f"{title}: {ended}/{len(state)}")
         table.add_column("task", no_wrap=True)
-        table.add_column("status")
-        for task_id, status in state.items():
-            table.add_row(task_id, status)
+        for column in ("status", "time", "tokens", "tok/s"):
+            table.add_column(column, justify="left" if column == "status" else "right")
+        table.add_column("note", overflow="fold")
+        for task_id, row in state.items():
+            table.add_row(task_id, *row.cells(), row.note)
         return table
 
     async def main(live: Live | None) -> RunResult:
         def done(result: TaskResult) -> None:
-            state[result.task_id] = result.status.value
+            failed = result.status.value != "succeeded"
+            state[result.task_id] = _Row(
+                result.status.value,
+                result.latency_s,
+                result.usage.output_tokens,
+                note=one_line(result.error) if failed else "",
+            )
+            if live is not None:
+                live.update(render())
+
+        def progress(report: TaskProgress) -> None:
+            state[report.task_id] = _Row(
+                "running", report.elapsed_s, report.output_tokens, report.tokens_per_s
+            )
             if live is not None:
                 live.update(render())
 
@@ -183,7 +232,8 @@ def _with_progress(
             async with TaskExecutor(
                 registry, max_concurrency=max_concurrency, ledger=ledger
             ) as executor:
-                return await start(executor, done)
+                # Without a live table, nothing streams: progress would go nowhere.
+                return await start(executor, done, progress if live is not None else None)
 
         return await stoppable(run)
 

@@ -17,6 +17,7 @@ from orchestration.cli.common import open_ledger_for_writing, resolve
 
 if TYPE_CHECKING:
     from orchestration.ledger.store import Ledger
+    from orchestration.model.tasks import AgentTask
     from orchestration.runtime.results import RunResult
 
 __all__ = ["resume", "run_file"]
@@ -52,7 +53,20 @@ def run_file(
         exit_stopped(stop, run_id, ledger.has_run(run_id))
     finally:
         ledger.close()
+    if not as_json:
+        _final_outputs(result, tasks)
     _outcome(result, as_json)
+
+
+def _final_outputs(result: RunResult, tasks: list[AgentTask]) -> None:
+    """Print what the run's final tasks (those nothing depends on) answered."""
+    needed = {dep for task in tasks for dep in task.depends_on}
+    for task in tasks:
+        found = result.results.get(task.task_id)
+        if task.task_id in needed or found is None or not found.output:
+            continue
+        typer.echo(f"=== {task.task_id}: {found.status.value} ===")
+        typer.echo(found.output.rstrip("\n"))
 
 
 def resume(
