@@ -79,7 +79,7 @@ def test_format_chooses_whatever_stdout_is() -> None:
     assert table.exit_code == 0
     assert "…" not in table.output  # wrapped, never cut with an ellipsis
     wider = runner.invoke(
-        app, ["show", made[0].run_id, "--format", "table"], env={"COLUMNS": "140"}
+        app, ["show", made[0].run_id, "--format", "table"], env={"COLUMNS": "220"}
     )
     words = wider.output.replace("│", " ").split()
     assert {"administrator", "quota", "please"} <= set(words)  # the whole advice is there
@@ -206,3 +206,13 @@ def test_run_shows_times_tokens_and_reasons_then_the_final_answers(tmp_path: Pat
     assert "the example service is down" in output  # a failure says why
     assert "=== final: succeeded ===\r\nanswer of final" in output  # the final answers
     assert "=== draft" not in output  # not what only fed another task
+
+
+def test_show_previews_each_task_s_answer() -> None:
+    (made,) = make_runs(failing=0, passing=1)
+    lines = runner.invoke(app, ["show", made.run_id]).stdout.splitlines()
+    header, row = lines[0].split("\t"), lines[1].split("\t")
+    assert row[header.index("output")] == "done"
+    from orchestration.cli.tables import preview
+
+    assert preview("line one\nline two " + "x" * 60) == "line one line two " + "x" * 21 + "…"

@@ -26,7 +26,15 @@ from orchestration.cli.common import fail, open_ledger, resolve, since_time
 from orchestration.cli.models import models
 from orchestration.cli.output import output
 from orchestration.cli.running import resume, run_file
-from orchestration.cli.tables import Format, FormatOption, JsonOption, chosen, emit, one_line
+from orchestration.cli.tables import (
+    Format,
+    FormatOption,
+    JsonOption,
+    chosen,
+    emit,
+    one_line,
+    preview,
+)
 
 app = typer.Typer(
     name="orchestra",
@@ -226,6 +234,9 @@ def show(
 ) -> None:
     """Show a run task by task: agent, status, method, provider, model, tokens, cost.
 
+    ``output`` is the start of each task's answer (``orchestra output RUN TASK`` prints it
+    whole).
+
     ``refused`` counts the answers a task's output contract refused (and asked again for);
     a failed task's error says why its last answer was refused. A run whose process died
     while running it shows ``interrupted`` (``orchestra resume`` finishes it).
@@ -248,7 +259,7 @@ def show(
     for found in tasks:
         found["refused"] = refused.get(found["task_id"], 0)
     columns = ["task", "agent", "status", "method", "provider", "model", "tokens in/out"]
-    columns += ["cost", "latency", "attempts", "refused", "error"]
+    columns += ["cost", "latency", "attempts", "refused", "output", "error"]
     rows = [
         [
             t["task_id"],
@@ -262,6 +273,7 @@ def show(
             fmt_seconds(t["latency_s"]),
             str(t["attempts"]),
             str(t["refused"]),
+            preview(t["output"]),
             one_line(t["error"]),
         ]
         for t in tasks

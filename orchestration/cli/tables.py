@@ -19,9 +19,20 @@ from typing import Annotated, Any
 
 import typer
 
-__all__ = ["SHORT_ID", "Format", "FormatOption", "JsonOption", "chosen", "emit", "one_line"]
+__all__ = [
+    "PREVIEW",
+    "SHORT_ID",
+    "Format",
+    "FormatOption",
+    "JsonOption",
+    "chosen",
+    "emit",
+    "one_line",
+    "preview",
+]
 
 SHORT_ID = 12  # characters of a run id a table shows
+PREVIEW = 40  # characters of an answer a listing shows
 
 
 class Format(StrEnum):
@@ -57,6 +68,12 @@ def one_line(text: str | None) -> str:
     """A value on one line: its lines joined by spaces, tabs made spaces. Never cut."""
     lines = (line.strip() for line in (text or "").replace("\t", " ").splitlines())
     return " ".join(line for line in lines if line)
+
+
+def preview(text: str | None) -> str:
+    """The start of an answer, on one line: ``PREVIEW`` characters, then an ellipsis."""
+    flat = one_line(text)
+    return flat if len(flat) <= PREVIEW else flat[: PREVIEW - 1] + "…"
 
 
 def emit(
