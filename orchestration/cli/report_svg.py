@@ -107,11 +107,12 @@ def _edge(start: tuple[float, float], end: tuple[float, float]) -> str:
 def _node(task: TaskReport, x: float, y: float) -> str:
     fill, stroke = STATUS_COLORS.get(task.status, UNKNOWN_STATUS)
     meta = f"{_cut(task.agent, 14)} · {task.status}"
+    shown = escape(_cut_id(task.task_id, 22))
     return (
         f"<g><title>{escape(task.task_id)} ({escape(task.agent)}): {escape(task.status)}</title>"
         f'<rect x="{x:.1f}" y="{y:.1f}" width="{_NODE_W}" height="{_NODE_H}" rx="6" '
         f'fill="{fill}" stroke="{stroke}" stroke-width="1.5"/>'
-        f'<text x="{x + 8:.1f}" y="{y + 18:.1f}" class="id">{escape(_cut(task.task_id, 22))}</text>'
+        f'<text x="{x + 8:.1f}" y="{y + 18:.1f}" class="id">{shown}</text>'
         f'<text x="{x + 8:.1f}" y="{y + 36:.1f}" class="meta">{escape(meta)}</text></g>'
     )
 
@@ -178,12 +179,15 @@ def _tick_step(span: float) -> float:
 
 def _row(task: TaskReport, y: float, index: int) -> list[str]:
     stripe = "#f5f7f8" if index % 2 else "#ffffff"
-    label = f"{_cut(task.task_id, 20)} · {task.status}" if not task.attempts else task.task_id
+    if task.attempts:
+        label = _cut_id(task.task_id, 27)
+    else:  # never tried: say why not (skipped, budget_exceeded...)
+        label = _cut(f"{_cut_id(task.task_id, 20)} · {task.status}", 27)
     return [
         f'<rect x="0" y="{y:.1f}" width="{_LABEL_W + _PLOT_W + 3 * _PAD}" height="{_ROW_H}" '
         f'fill="{stripe}"/>',
         f'<text x="{_PAD}" y="{y + 17:.1f}" class="label"><title>{escape(task.task_id)}</title>'
-        f"{escape(_cut(label, 27))}</text>",
+        f"{escape(label)}</text>",
     ]
 
 
@@ -254,3 +258,15 @@ def _svg(width: float, height: float, parts: Sequence[str], label: str) -> str:
 
 def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _cut_id(text: str, limit: int) -> str:
+    """A task id in ``limit`` characters: its start and its end, the middle cut.
+
+    Ids of one DAG often share a long start (``build-backend-part-1``, ``...-part-2``):
+    cut at the end they would all read the same.
+    """
+    if len(text) <= limit:
+        return text
+    tail = (limit - 1) // 2
+    return f"{text[: limit - 1 - tail]}…{text[-tail:]}"
