@@ -34,11 +34,10 @@ RUN_FILE_SHAPE = (
     " does not run."
 )
 
+OnDone = Callable[[TaskResult], None]
+OnProgress = Callable[[TaskProgress], None] | None  # None: nothing shows it, nothing streams
 # Starts the run on an executor, reporting each finished task and the progress of answers.
-Start = Callable[
-    [TaskExecutor, Callable[[TaskResult], None], Callable[[TaskProgress], None] | None],
-    Awaitable[RunResult],
-]
+Start = Callable[[TaskExecutor, OnDone, OnProgress], Awaitable[RunResult]]
 
 
 @dataclass
@@ -132,12 +131,8 @@ def run_with_progress(
         Stopped: SIGINT or SIGTERM stopped the run (recorded ``cancelled``).
     """
 
-    async def start(
-        executor: TaskExecutor,
-        done: Callable[[TaskResult], None],
-        progress: Callable[[TaskProgress], None] | None,
-    ) -> RunResult:
-        return await executor.run(
+    def start(executor: TaskExecutor, done: OnDone, progress: OnProgress) -> Awaitable[RunResult]:
+        return executor.run(
             tasks, name=name, on_task_done=done, run_id=run_id, on_progress=progress
         )
 
@@ -166,12 +161,8 @@ def resume_with_progress(
         Stopped: SIGINT or SIGTERM stopped the run (recorded ``cancelled``).
     """
 
-    async def start(
-        executor: TaskExecutor,
-        done: Callable[[TaskResult], None],
-        progress: Callable[[TaskProgress], None] | None,
-    ) -> RunResult:
-        return await executor.resume(
+    def start(executor: TaskExecutor, done: OnDone, progress: OnProgress) -> Awaitable[RunResult]:
+        return executor.resume(
             run_id,
             retry_failed=retry_failed,
             on_task_done=done,

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 import typer
 
 from orchestration.cli.common import open_ledger_for_writing, resolve
+from orchestration.cli.tables import JsonOption
 
 if TYPE_CHECKING:
     from orchestration.ledger.store import Ledger
@@ -21,8 +22,6 @@ if TYPE_CHECKING:
     from orchestration.runtime.results import RunResult
 
 __all__ = ["resume", "run_file"]
-
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
 def run_file(

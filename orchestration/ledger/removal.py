@@ -10,21 +10,24 @@ process is never removed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import text
+from sqlalchemy import delete, func
+from sqlalchemy import select as sa_select
+from sqlmodel import col
 
 from llm_abstractions.errors import ConfigurationError
 from orchestration.ledger.history import process_alive
+from orchestration.ledger.schema import AttemptRow, RunAgentRow, RunRow, RunTaskRow, TaskRunRow
 
 if TYPE_CHECKING:
     from orchestration.ledger.store import Ledger
 
 __all__ = ["Removed", "remove_runs", "runs_before"]
 
-# Children first: the foreign keys point at runs.
-_TABLES = ("attempts", "task_runs", "run_tasks", "run_agents")
+# Children first: their foreign keys point at runs.
+_CHILDREN = (AttemptRow, TaskRunRow, RunTaskRow, RunAgentRow)
 
 
 @dataclass(frozen=True)
@@ -44,39 +47,26 @@ def remove_runs(ledger: Ledger, run_ids: list[str]) -> Removed:
     if not run_ids:
         return Removed(0, 0)
     with ledger.engine.begin() as connection:
-        params = {f"r{i}": run_id for i, run_id in enumerate(run_ids)}
-        listed = ", ".join(f":{name}" for name in params)
-        live = connection.execute(
-            text(f"SELECT id, pid, host FROM runs WHERE status = 'running' AND id IN ({listed})"),  # noqa: S608 - names only
-            params,
-        ).all()
-        for run_id, pid, host in live:
+        running = sa_select(col(RunRow.id), col(RunRow.pid), col(RunRow.host)).where(
+            col(RunRow.status) == "running", col(RunRow.id).in_(run_ids)
+        )
+        for run_id, pid, host in connection.execute(running):
             if process_alive(pid, host) is not False:
                 raise ConfigurationError(
                     f"run {run_id} is still running (process {pid} on {host}); stop it first"
                 )
-        attempts = connection.execute(
-            text(f"SELECT COUNT(*) FROM attempts WHERE run_id IN ({listed})"),  # noqa: S608
-            params,
-        ).scalar_one()
-        for table in _TABLES:
-            connection.execute(text(f"DELETE FROM {table} WHERE run_id IN ({listed})"), params)  # noqa: S608
-        gone = connection.execute(text(f"DELETE FROM runs WHERE id IN ({listed})"), params)  # noqa: S608
+        counted = sa_select(func.count()).where(col(AttemptRow.run_id).in_(run_ids))
+        attempts = connection.execute(counted).scalar_one()
+        for table in _CHILDREN:
+            connection.execute(delete(table).where(col(table.run_id).in_(run_ids)))
+        gone = connection.execute(delete(RunRow).where(col(RunRow.id).in_(run_ids)))
     return Removed(gone.rowcount, int(attempts))
 
 
 def runs_before(ledger: Ledger, moment: datetime) -> list[str]:
     """The runs that started before ``moment`` and are not running."""
+    query = sa_select(col(RunRow.id)).where(
+        col(RunRow.started_at) < moment.astimezone(UTC), col(RunRow.status) != "running"
+    )
     with ledger.engine.connect() as connection:
-        found = connection.execute(
-            text("SELECT id FROM runs WHERE started_at < :moment AND status != 'running'"),
-            {"moment": _ts(moment)},
-        ).scalars()
-        return list(found)
-
-
-def _ts(moment: datetime) -> str:
-    """``moment`` as the ledger stores times (UTC, SQLAlchemy's text form)."""
-    from datetime import UTC
-
-    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+        return list(connection.execute(query).scalars())
