@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -23,7 +24,7 @@ from llm_abstractions import ConfigurationError, LlmFactory, LlmRequest, LLMServ
 from llm_abstractions.testing import FunctionLlm
 from orchestration import AgentRegistry, AgentTask, RetryPolicy, TaskExecutor
 from orchestration.cli import app
-from orchestration.cli.report import render_html
+from orchestration.cli.report import SHOWN_CHARS, render_html
 from orchestration.cli.report_data import AttemptReport, RunReport, TaskReport, load_report
 from orchestration.ledger import Ledger
 from tests import loopback
@@ -114,6 +115,29 @@ def test_html_is_escaped_and_self_contained(run_id: str) -> None:
         assert external not in page
 
 
+def test_page_shows_each_tasks_prompt_and_output_collapsed(run_id: str) -> None:
+    page = render_html(load_report(Ledger(), run_id))
+    blocks = re.findall(r'<details class="io">(.*?)</details>', page, re.S)
+    assert len(blocks) == len(TASK_IDS) and "<details open" not in page
+    fetch, evil, summarize, fallback = (html.unescape(block) for block in blocks)
+    assert "<h3>Output</h3><pre>done</pre>" in fetch
+    # The prompt the model read, its dependency's output included, not the one defined.
+    assert "<h3>Prompt</h3><pre>f\n\nOutput of task fetch:\ndone</pre>" in fallback
+    assert "<h3>Error</h3><pre>LLMServerError: <script>alert(1)</script> broke" in evil
+    assert "<h3>Prompt</h3><pre>s</pre>" in summarize  # never sent: the prompt as defined
+    assert "<h3>Error</h3><pre>not run: task" in summarize
+
+
+def test_page_cuts_a_huge_output_and_says_how_to_read_it_whole() -> None:
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    huge = "x" * (SHOWN_CHARS + 1234) + "<end>"
+    task = TaskReport("my task", "a", "succeeded", (), prompt="p", output=huge, attempts=1)
+    page = render_html(RunReport("0123456789abcdef", None, "succeeded", start, start, (task,), ()))
+    assert "x" * SHOWN_CHARS in page and "&lt;end&gt;" not in page
+    assert "1,239 more characters" in page
+    assert "<code>orchestra output 0123456789ab &#x27;my task&#x27;</code> prints it whole" in page
+
+
 def test_cli_report_prints_writes_html_and_json(run_id: str, tmp_path: Path) -> None:
     table = runner.invoke(app, ["report", run_id[:8]], env=WIDE)
     assert table.exit_code == 0, table.output
@@ -180,10 +204,24 @@ def test_page_renders_in_headless_chromium(run_id: str, tmp_path: Path) -> None:
     assert len(common) >= 6, f"too few colors: {common}"
     for fill in ((0xC8, 0xE6, 0xC9), (0xFF, 0xCD, 0xD2), (0xE0, 0xE0, 0xE0)):  # DAG statuses
         assert any(max(abs(a - b) for a, b in zip(fill, c, strict=True)) <= 4 for c in common)
+    # The document as the browser parsed it: every part there, and no element made of a task id.
+    dom = chromium(page, tmp_path, "--dump-dom").decode()
+    assert dom.count("<svg") == 2 and dom.count("<section>") == 5
+    assert len(re.findall(r"<details class=\"io\">", dom)) == len(TASK_IDS)
+    tables = re.findall(r"<table>(.*?)</table>", dom, re.S)
+    attempts = len(load_report(Ledger(), run_id).attempts)
+    assert [table.count("<tr>") for table in tables] == [1 + len(TASK_IDS), 1 + attempts]
+    assert "<script" not in dom and "&lt;script&gt;alert('id')&lt;/script&gt;" in dom
 
 
 def screenshot(page: Path, out: Path, work: Path) -> None:
-    """Render ``page`` with headless Chromium into ``out``; never hang the test."""
+    """Render ``page`` with headless Chromium into ``out``."""
+    log = chromium(page, work, f"--screenshot={out}")
+    assert out.is_file(), f"no screenshot: {log.decode(errors='replace')[-2000:]}"
+
+
+def chromium(page: Path, work: Path, *options: str) -> bytes:
+    """Headless Chromium's output (stdout, then stderr) on ``page``; never hangs the test."""
     browser = _chromium()
     assert browser is not None
     command = [
@@ -199,26 +237,26 @@ def screenshot(page: Path, out: Path, work: Path) -> None:
         "--hide-scrollbars",
         "--window-size=1200,900",
         f"--user-data-dir={work / 'profile'}",
-        f"--screenshot={out}",
+        *options,
         page.as_uri(),
     ]
-    log = work / "chromium.log"
-    with log.open("wb") as sink:
+    out, err = work / "chromium.out", work / "chromium.err"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
         # Its own process group, so that its helpers die with it.
         process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink, start_new_session=True
+            command, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, start_new_session=True
         )
         try:
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"chromium took over 60 s: {log.read_text(errors='replace')[-2000:]}")
+            pytest.fail(f"chromium took over 60 s: {err.read_text(errors='replace')[-2000:]}")
         finally:
             try:
                 os.killpg(process.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
             process.wait()
-    assert out.is_file(), f"no screenshot: {log.read_text(errors='replace')[-2000:]}"
+    return out.read_bytes() + err.read_bytes()
 
 
 def decode_png(data: bytes) -> tuple[int, int, Counter[tuple[int, int, int]]]:

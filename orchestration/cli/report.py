@@ -12,6 +12,7 @@ no script. Task ids and errors come from users and models, so every string goes 
 
 from __future__ import annotations
 
+import shlex
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict
@@ -89,6 +90,7 @@ def render_html(report: RunReport) -> str:
         f'<section><h2>Graph</h2><div class="scroll">{dag_svg(report.tasks)}</div></section>'
         f'<section><h2>Timeline</h2><div class="scroll">{timeline_svg(report)}</div></section>'
         f"<section><h2>Tasks</h2>{tasks}</section>"
+        f"<section><h2>Prompts and outputs</h2>{_exchanges(report)}</section>"
         f"<section><h2>Attempts</h2>{_html_table(_ATTEMPT_COLUMNS, attempts)}</section>"
         "</body></html>\n"
     )
@@ -130,6 +132,47 @@ def _attempt_cells(attempt: AttemptReport, run_started: datetime) -> list[str]:
         fmt_cost(attempt.cost_usd),
         attempt.error_message or attempt.error_type or "",
     ]
+
+
+# A page stays openable with thousands of tasks; `orchestra output` prints any text whole.
+SHOWN_CHARS = 20_000
+
+
+def _exchanges(report: RunReport) -> str:
+    """Each task's prompt and output (or error), collapsed under a one-line summary."""
+    items = []
+    for task in report.tasks:
+        fill, stroke = STATUS_COLORS.get(task.status, UNKNOWN_STATUS)
+        answer = ("Output", task.output) if task.output is not None else ("Error", task.error)
+        sizes = " · ".join(
+            f"{label.lower()} {len(text):,} chars"
+            for label, text in (("Prompt", task.prompt), answer)
+            if text is not None
+        )
+        panes = "".join(
+            f"<div><h3>{label}</h3>{_text_block(text, report.run_id, task.task_id)}</div>"
+            for label, text in (("Prompt", task.prompt), answer)
+        )
+        items.append(
+            f'<details class="io"><summary><b>{escape(task.task_id)}</b> '
+            f'<span class="badge" style="background:{fill};border-color:{stroke}">'
+            f'{escape(task.status)}</span> <span class="muted">{sizes}</span></summary>'
+            f'<div class="panes">{panes}</div></details>'
+        )
+    return "".join(items)
+
+
+def _text_block(text: str | None, run_id: str, task_id: str) -> str:
+    if text is None:
+        return '<p class="muted">none recorded</p>'
+    if len(text) <= SHOWN_CHARS:
+        return f"<pre>{escape(text)}</pre>"
+    rest = len(text) - SHOWN_CHARS
+    command = f"orchestra output {run_id[:12]} {shlex.quote(task_id)}"
+    return (
+        f'<pre>{escape(text[:SHOWN_CHARS])}</pre><p class="muted">{rest:,} more characters: '
+        f"<code>{escape(command)}</code> prints it whole</p>"
+    )
 
 
 def _html_table(columns: list[str], rows: Iterable[list[str]]) -> str:
@@ -188,4 +231,10 @@ section{padding:8px 24px} h2{font-size:16px;margin:12px 0 8px}
 table{border-collapse:collapse;font-size:13px} th{background:#f5f7f8;white-space:nowrap}
 th,td{padding:4px 10px;border-bottom:1px solid #eceff1;text-align:left;vertical-align:top}
 td.error{white-space:pre-wrap;word-break:break-word;min-width:20em;color:#b71c1c}
+details.io{border:1px solid #e0e0e0;border-radius:4px;margin:0 0 6px}
+details.io summary{cursor:pointer;padding:4px 10px;background:#f5f7f8} .muted{color:#607d8b}
+.panes{display:grid;grid-template-columns:1fr 1fr;gap:12px;padding:4px 10px}
+.panes h3{font-size:13px;margin:6px 0} .panes>div{min-width:0}
+pre{white-space:pre-wrap;word-break:break-word;margin:0;padding:6px;background:#fafafa;
+font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;max-height:40em;overflow:auto}
 """

@@ -61,6 +61,8 @@ class TaskReport:
     latency_s: float | None = None
     error: str | None = None
     attempts: int = 0
+    prompt: str | None = None  # as sent on its last recorded attempt, else as defined
+    output: str | None = None
 
 
 @dataclass(frozen=True)
@@ -144,11 +146,15 @@ def load_report(ledger: Ledger, run_prefix: str) -> RunReport:
             select(AttemptRow).where(col(AttemptRow.run_id) == run_id).order_by(col(AttemptRow.id))
         ).all()
         by_id = {state.task_id: state for state in states}
+        sent = {row.task_id: row.request for row in tried if row.request is not None}
         tasks = tuple(
-            _task(json.loads(d.definition), by_id.pop(d.task_id, None)) for d in definitions
+            _task(json.loads(d.definition), by_id.pop(d.task_id, None), sent.get(d.task_id))
+            for d in definitions
         )
         # A task recorded without a definition (none is expected) still belongs in the report.
-        tasks += tuple(_task({"task_id": s.task_id}, s) for s in by_id.values())
+        tasks += tuple(
+            _task({"task_id": s.task_id}, s, sent.get(s.task_id)) for s in by_id.values()
+        )
         attempts = tuple(AttemptReport(**_columns(row, AttemptReport)) for row in tried)
     status = shown_status(run.status, run.pid, run.host)
     if status == INTERRUPTED:
@@ -159,19 +165,38 @@ def load_report(ledger: Ledger, run_prefix: str) -> RunReport:
     return RunReport(run_id, run.name, status, run.started_at, run.finished_at, tasks, attempts)
 
 
-def _task(definition: dict[str, Any], state: TaskRunRow | None) -> TaskReport:
-    """A task from its definition (an ``AgentTask`` as JSON) and its ``task_runs`` row."""
+def _task(definition: dict[str, Any], state: TaskRunRow | None, request: str | None) -> TaskReport:
+    """A task from its definition (an ``AgentTask`` as JSON), ``task_runs`` row and request.
+
+    ``request`` is what its last recorded attempt sent (``LlmRequest`` as JSON), so the
+    prompt shown is the one the model read, dependencies' outputs included; a task never
+    sent (pending, skipped, a script) shows its prompt as defined.
+    """
     depends_on = tuple(definition.get("depends_on") or ())
+    prompt = _prompt_text(request) if request else definition.get("description")
     if state is None:
-        return TaskReport(
-            definition["task_id"], definition.get("agent") or "", "pending", depends_on
-        )
-    return TaskReport(depends_on=depends_on, **_columns(state, TaskReport, skip="depends_on"))
+        agent = definition.get("agent") or ""
+        return TaskReport(definition["task_id"], agent, "pending", depends_on, prompt=prompt)
+    shown = _columns(state, TaskReport, skip=("depends_on", "prompt"))
+    return TaskReport(depends_on=depends_on, prompt=prompt, **shown)
 
 
-def _columns(row: SQLModel, report: type[Any], skip: str = "") -> dict[str, Any]:
+def _prompt_text(request: str) -> str:
+    """A recorded request's system prompt and messages, as a person reads them."""
+    try:
+        sent = json.loads(request)
+        parts = [("system", sent["system"])] if sent.get("system") else []
+        parts += [(message["role"], message["content"]) for message in sent["messages"]]
+    except (ValueError, KeyError, TypeError):  # not a request this version wrote: show it all
+        return request
+    if len(parts) == 1 and parts[0][0] == "user":
+        return str(parts[0][1])
+    return "\n\n".join(f"[{role}]\n{content}" for role, content in parts)
+
+
+def _columns(row: SQLModel, report: type[Any], skip: tuple[str, ...] = ()) -> dict[str, Any]:
     """The row's values for the fields of ``report``, a dataclass naming them alike."""
-    return {f.name: getattr(row, f.name) for f in fields(report) if f.name != skip}
+    return {f.name: getattr(row, f.name) for f in fields(report) if f.name not in skip}
 
 
 def _total(values: Iterable[int | None]) -> int | None:
