@@ -317,6 +317,35 @@ async def test_an_agent_recorded_with_a_setting_now_refused_must_be_given_again(
         saved.registry()
 
 
+@pytest.mark.anyio
+async def test_a_task_recorded_with_a_setting_now_refused(ledger: Ledger) -> None:
+    import sqlite3
+
+    scripted("done", "late")
+    registry = AgentRegistry()
+    registry.register_agent("w", "scripted")
+    tasks = [
+        AgentTask(task_id="kept", description="go", agent="w", metadata={"max_tokens": 5}),
+        AgentTask(task_id="todo", description="go", agent="w", metadata={"max_tokens": 5}),
+    ]
+    async with TaskExecutor(registry, ledger=ledger) as executor:
+        run = await executor.run(tasks)
+    assert ledger.path is not None
+    with sqlite3.connect(ledger.path) as db:  # as an earlier version could have recorded them
+        db.execute(
+            "UPDATE run_tasks SET definition = replace(definition, 'max_tokens', 'max_token')"
+        )
+        db.execute("UPDATE task_runs SET status = 'failed' WHERE task_id = 'todo'")
+    # A task that succeeded will not run again: it loads as recorded. One still to run does not.
+    with pytest.raises(ConfigurationError, match="unknown setting 'max_token'") as info:
+        load_run(ledger, run.run_id)
+    assert str(info.value).startswith(f"run {run.run_id} cannot be resumed: its task 'todo'")
+    with sqlite3.connect(ledger.path) as db:
+        db.execute("UPDATE task_runs SET status = 'succeeded' WHERE task_id = 'todo'")
+    saved = load_run(ledger, run.run_id)
+    assert [task.metadata for task in saved.tasks] == [{"max_token": 5}] * 2
+
+
 # -- What a task is sent ------------------------------------------------------------------
 
 
@@ -370,3 +399,21 @@ async def test_an_agent_s_timeout_bounds_its_attempts_unless_the_task_sets_one()
         )
     assert timed.error == "timed out after 0.2 s"
     assert own.error == "timed out after 0.1 s"
+
+
+@pytest.mark.parametrize(
+    ("metadata", "needle"),
+    [
+        ({"max_token": 8}, "task 't': unknown setting 'max_token' in metadata; did you mean"),
+        ({"temprature": 0}, "did you mean 'temperature'"),
+        ({"max_tokens": 0}, "task 't': setting 'max_tokens' must be greater than 0, not 0"),
+        ({"stop": 3}, "setting 'stop'"),
+    ],
+)
+def test_a_tasks_own_settings_are_checked_when_it_is_made(
+    metadata: dict[str, Any], needle: str
+) -> None:
+    with pytest.raises(ValidationError, match=needle):
+        AgentTask(task_id="t", description="d", metadata=metadata)
+    mine = AgentTask(task_id="t", description="d", metadata={"owner": "me", "max_tokens": 9})
+    assert mine.metadata == {"owner": "me", "max_tokens": 9}

@@ -12,6 +12,7 @@ from typing import Any
 
 import anyio
 import pytest
+from pydantic import ValidationError
 
 from llm_abstractions import ConfigurationError
 from orchestration import (
@@ -250,13 +251,16 @@ def test_a_fallback_with_invalid_settings_is_refused_when_registered() -> None:
 
 
 async def test_a_request_mistake_does_not_fall_back(server: FaultServer, ledger: Ledger) -> None:
+    with pytest.raises(ValidationError, match="max_tokens"):  # refused when made, at first
+        AgentTask(task_id="bad", description="hi", metadata={"max_tokens": -1})
+    # A task that was never checked (built without validation) is refused at its request.
+    unchecked = AgentTask.model_construct(
+        task_id="bad", description="[[task:bad]] hi", metadata={"max_tokens": -1}
+    )
     registry = gpt_registry(fallbacks=("anthropic-claude:claude-haiku-4-5",))
     executor = TaskExecutor(registry, ledger=ledger, clock=FakeClock())
     async with executor:
-        result = await executor.execute(
-            AgentTask(task_id="bad", description="[[task:bad]] hi", metadata={"max_tokens": -1}),
-            agent="gpt",
-        )
+        result = await executor.execute(unchecked, agent="gpt")
     assert result.status is TaskStatus.FAILED and "max_tokens" in (result.error or "")
     assert len(server.log) == 0  # refused before anything was sent, and not sent elsewhere
 

@@ -140,18 +140,21 @@ def close_setting(key: str) -> str | None:
     return close[0] if close else None
 
 
-def read_settings(agent: str, metadata: Mapping[str, Any]) -> GenerationSettings:
-    """The generation settings in an agent's ``metadata``.
+def read_settings(
+    agent: str, metadata: Mapping[str, Any], *, kind: str = "agent"
+) -> GenerationSettings:
+    """The generation settings in an agent's (or, with ``kind="task"``, a task's) ``metadata``.
 
     Raises:
         ConfigurationError: A key is close to a setting's name but is not it, or a setting
-            has a value of the wrong type or out of range; the message names the agent.
+            has a value of the wrong type or out of range; the message names the agent
+            (or task).
     """
     for key in metadata:
         meant = close_setting(key) if isinstance(key, str) else None
         if meant is not None:
             raise ConfigurationError(
-                f"agent {agent!r}: unknown setting {key!r} in metadata; did you mean "
+                f"{kind} {agent!r}: unknown setting {key!r} in metadata; did you mean "
                 f"{meant!r}? ({_FREE_KEYS})"
             )
     given = {key: value for key, value in metadata.items() if key in SETTING_NAMES}
@@ -159,7 +162,7 @@ def read_settings(agent: str, metadata: Mapping[str, Any]) -> GenerationSettings
         return GenerationSettings.model_validate(given)
     except ValidationError as exc:
         problems = "; ".join(_problem(error) for error in exc.errors())
-        raise ConfigurationError(f"agent {agent!r}: {problems}") from None
+        raise ConfigurationError(f"{kind} {agent!r}: {problems}") from None
 
 
 def _problem(error: ErrorDetails) -> str:

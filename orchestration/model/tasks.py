@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from llm_abstractions.types import Usage
+from orchestration.model.settings import read_settings
 from orchestration.model.text import storable
 
 __all__ = ["AgentTask", "ExecutionMethod", "TaskProgress", "TaskResult", "TaskStatus"]
@@ -90,6 +91,12 @@ class AgentTask(BaseModel):
                 "Unicode: decode its source with errors='replace', or remove them"
             )
         return text
+
+    @model_validator(mode="after")
+    def _settings(self) -> AgentTask:
+        """Refuse a misspelled or invalid setting in ``metadata`` (as agents' are refused)."""
+        read_settings(self.task_id, self.metadata, kind="task")
+        return self
 
 
 class TaskResult(BaseModel):

@@ -300,7 +300,7 @@ def load_run(ledger: Ledger, run_id: str) -> SavedRun:
         status=run[1],
         pid=run[2],
         host=run[3],
-        tasks=[AgentTask.model_validate_json(d[0]) for d in definitions],
+        tasks=[_recorded_task(run_id, d[0], results) for d in definitions],
         results=results,
         attempts={task_id: int(n) for task_id, n in counted},
         agents=[agent for agent in recorded if isinstance(agent, AgentConfig)],
@@ -322,6 +322,30 @@ def _moment(value: object) -> datetime | None:
         return None
     moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # stored in UTC
+
+
+def _recorded_task(run_id: str, definition: str, results: dict[str, TaskResult]) -> AgentTask:
+    """A task as the run recorded it.
+
+    A task recorded with settings this version refuses (a misspelled one ran silently
+    before they were checked) is kept as it was when it succeeded, since it will not run
+    again; otherwise the resume is refused, saying which task and why.
+
+    Raises:
+        ConfigurationError: A task still to run has settings this version refuses.
+    """
+    try:
+        return AgentTask.model_validate_json(definition)
+    except ValidationError as exc:
+        fields = json.loads(definition)
+        done = results.get(fields.get("task_id", ""))
+        if done is not None and done.status is TaskStatus.SUCCEEDED:
+            return AgentTask.model_construct(**fields)
+        why = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        raise ConfigurationError(
+            f"run {run_id} cannot be resumed: its {why}; run its tasks again as a new run "
+            "with the setting fixed"
+        ) from None
 
 
 def _recorded_agent(definition: str) -> AgentConfig | str:
