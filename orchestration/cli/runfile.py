@@ -14,6 +14,7 @@ from pathlib import Path
 from types import ModuleType
 
 import anyio
+import typer
 
 from llm_abstractions.errors import ConfigurationError
 from orchestration.cli.signals import Stopped, stoppable
@@ -125,7 +126,10 @@ def run_with_progress(
     ledger: Ledger | None = None,
     run_id: str | None = None,
 ) -> RunResult:
-    """Run the DAG, showing each task's state live unless ``quiet``.
+    """Run the DAG, showing each task's state unless ``quiet``.
+
+    On a terminal the state is a live table; otherwise each task is one line on stderr as
+    it ends (task, status, time, tokens, why it failed), for logs.
 
     Raises:
         Stopped: SIGINT or SIGTERM stopped the run (recorded ``cancelled``).
@@ -203,7 +207,7 @@ def _with_progress(
     async def main(live: Live | None) -> RunResult:
         def done(result: TaskResult) -> None:
             failed = result.status.value != "succeeded"
-            state[result.task_id] = _Row(
+            row = state[result.task_id] = _Row(
                 result.status.value,
                 result.latency_s,
                 result.usage.output_tokens,
@@ -211,6 +215,9 @@ def _with_progress(
             )
             if live is not None:
                 live.update(render())
+            elif not quiet:  # no terminal: one line per task as it ends, for logs
+                cells = [result.task_id, *row.cells()[:3], row.note]
+                typer.echo("\t".join(cells).rstrip("\t"), err=True)
 
         def progress(report: TaskProgress) -> None:
             state[report.task_id] = _Row(
@@ -228,10 +235,11 @@ def _with_progress(
 
         return await stoppable(run)
 
+    console = Console()
     try:
-        if quiet:
+        if quiet or not console.is_terminal:
             return anyio.run(main, None)
-        with Live(render(), console=Console(), refresh_per_second=8) as live:
+        with Live(render(), console=console, refresh_per_second=8) as live:
             return anyio.run(main, live)
     except KeyboardInterrupt:  # before the signals were watched, or after
         raise Stopped(signal.SIGINT) from None
