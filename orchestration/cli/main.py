@@ -6,7 +6,8 @@ so ``orchestra --help`` answers at once. Every command takes ``--json``.
 Exit statuses: 0 done (every task succeeded); 1 a task did not succeed, or no ledger yet;
 2 a user error or a ledger that cannot be opened or written (one line on stderr); 130 and
 143 a run stopped by Ctrl-C (SIGINT) or SIGTERM (``cli.signals``). The read commands
-(``runs``, ``show``, ``attempts``, ``report``, ``output``) open the ledger read-only.
+(``runs``, ``show``, ``attempts``, ``report``, ``output``, ``export``) open the ledger
+read-only.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from typing import Annotated, Any
 
 import typer
 
+from orchestration.cli.ask import ask
 from orchestration.cli.cleanup import prune, rm
 from orchestration.cli.common import fail, open_ledger, resolve, since_time
+from orchestration.cli.export import export
 from orchestration.cli.models import models
 from orchestration.cli.output import output
 from orchestration.cli.running import resume, run_file
@@ -370,6 +373,8 @@ app.command()(resume)
 app.command()(rm)
 app.command()(prune)
 app.command()(output)
+app.command()(ask)
+app.command()(export)
 app.add_typer(models)
 
 

@@ -171,6 +171,8 @@ async def _stream(
         if scripted.cut is not None and count >= scripted.cut:
             return response  # the connection ends here: no finish reason, no usage
         await _event(response, body, [{"index": 0, "delta": delta, "finish_reason": None}])
+        if count == 1 and scripted.hold is not None:
+            await asyncio.get_running_loop().run_in_executor(None, scripted.hold.wait, 30)
     finish = [{"index": 0, "delta": {}, "finish_reason": scripted.finish or "stop"}]
     await _event(response, body, finish)
     if usage and (body.get("stream_options") or {}).get("include_usage"):

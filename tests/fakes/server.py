@@ -32,6 +32,8 @@ class Scripted:
         finish: The vendor's finish reason.
         cut: For a stream: stop after this many events, without the final ones.
         delay: Seconds to wait before answering.
+        hold: For a stream: after its first word, wait until this is set (30 s at most), so
+            a test can see what a client shows of an answer still being generated.
     """
 
     status: int | None = None
@@ -42,6 +44,7 @@ class Scripted:
     finish: str | None = None
     cut: int | None = None
     delay: float = 0.0
+    hold: threading.Event | None = None
 
 
 class LoopbackServer:
