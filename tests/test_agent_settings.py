@@ -51,6 +51,8 @@ def test_the_familiar_metadata_becomes_typed_settings() -> None:
         ("top-p", "top_p"),
         ("timeout", "timeout_s"),
         ("stop_sequences", "stop"),
+        ("seeds", "seed"),
+        ("topp", "top_p"),
     ],
 )
 def test_a_misspelled_setting_in_metadata_is_refused(key: str, meant: str) -> None:
@@ -63,6 +65,7 @@ def test_a_misspelled_setting_in_metadata_is_refused(key: str, meant: str) -> No
 
 def test_keys_not_close_to_a_setting_stay_the_users_own() -> None:
     metadata = {"role": "writer", "team": "docs", "steps": 3, "topic": "sql", "prompt": "p"}
+    metadata |= {"step": 1, "top_k": 40, "context_id": "c", "response_type": "r"}
     agent = register(metadata={**metadata, "seed": 7})
     assert agent.metadata == {**metadata, "seed": 7}
     assert agent.settings.given() == {"seed": 7}
@@ -336,14 +339,17 @@ async def test_a_task_recorded_with_a_setting_now_refused(ledger: Ledger) -> Non
             "UPDATE run_tasks SET definition = replace(definition, 'max_tokens', 'max_token')"
         )
         db.execute("UPDATE task_runs SET status = 'failed' WHERE task_id = 'todo'")
-    # A task that succeeded will not run again: it loads as recorded. One still to run does not.
-    with pytest.raises(ConfigurationError, match="unknown setting 'max_token'") as info:
-        load_run(ledger, run.run_id)
-    assert str(info.value).startswith(f"run {run.run_id} cannot be resumed: its task 'todo'")
-    with sqlite3.connect(ledger.path) as db:
-        db.execute("UPDATE task_runs SET status = 'succeeded' WHERE task_id = 'todo'")
+        db.execute("UPDATE runs SET status = 'failed'")
+    # The run loads: its tasks are kept as recorded, and those this version refuses noted.
     saved = load_run(ledger, run.run_id)
     assert [task.metadata for task in saved.tasks] == [{"max_token": 5}] * 2
+    assert list(saved.refused_tasks) == ["kept", "todo"]
+    # A failed task kept as it is (no --retry-failed) does not run again: resume goes on.
+    async with TaskExecutor(registry, ledger=ledger) as executor:
+        assert (await executor.resume(run.run_id)).status.value == "failed"
+        # Run again, it would be sent with a setting this version refuses: resume says so.
+        with pytest.raises(ConfigurationError, match="cannot go on: its task 'todo': unknown"):
+            await executor.resume(run.run_id, retry_failed=True)
 
 
 # -- What a task is sent ------------------------------------------------------------------

@@ -114,16 +114,19 @@ class SettingsArguments(TypedDict, total=False):
 
 SETTING_NAMES: frozenset[str] = frozenset(GenerationSettings.model_fields)
 
-# Closer than this to a setting's name is a misspelling of it. difflib's default, 0.6, also
-# takes "steps" and "topic" for "stop"; 0.7 keeps them and still sees "max_token", "temprature",
-# "system_promt", "maxtokens", "top-p", "timeout".
-_CUTOFF = 0.7
+# Closer than this to a setting's name is a misspelling of it: 0.85 sees "max_token",
+# "maxtokens", "temprature", "system_promt", "timeout", "seeds", "topp" (0.88-0.96), and
+# leaves users' own words alone: "step" (0.75 to "stop"), "top_k" (0.8 to "top_p"),
+# "context_id" (0.82), "response_type" (0.71), "steps", "topic".
+_CUTOFF = 0.85
 # Names other libraries give a setting, too far from ours for difflib to see.
 _ALIASES = {
     "temp": "temperature",
     "stop_sequences": "stop",
     "system": "system_prompt",
     "max_completion_tokens": "max_tokens",
+    "max_output_tokens": "max_tokens",
+    "max_new_tokens": "max_tokens",
 }
 
 _FREE_KEYS = "other keys are kept as your own metadata only if they are not close to a setting"

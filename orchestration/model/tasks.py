@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -94,9 +94,34 @@ class AgentTask(BaseModel):
 
     @model_validator(mode="after")
     def _settings(self) -> AgentTask:
-        """Refuse a misspelled or invalid setting in ``metadata`` (as agents' are refused)."""
-        read_settings(self.task_id, self.metadata, kind="task")
+        """Refuse a misspelled or invalid setting in ``metadata`` (as agents' are refused).
+
+        Text in it that UTF-8 cannot carry is refused as in the description: a setting
+        such as ``context`` or ``system_prompt`` is sent, and all of it is recorded.
+        """
+        if self.metadata:
+            read_settings(self.task_id, self.metadata, kind="task")
+            bad = sum(storable(text)[1] for text in _strings(self.metadata))
+            if bad:
+                raise ValueError(
+                    f"task {self.task_id!r}: metadata holds {bad} unpaired surrogate(s) "
+                    "(such as '\\ud800'), which is not valid Unicode: decode its source with "
+                    "errors='replace', or remove them"
+                )
         return self
+
+
+def _strings(value: object) -> Iterator[str]:
+    """Every string in ``value``, a structure of dicts, lists and tuples (keys included)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(key)
+            yield from _strings(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _strings(item)
 
 
 class TaskResult(BaseModel):

@@ -248,6 +248,7 @@ class TaskExecutor:
         if tasks is not None:
             saved.with_contracts(tasks)
         saved.refuse_missing_contracts(list(saved.kept(retry_failed)))
+        saved.refuse_refused_tasks(list(saved.kept(retry_failed)))
         if budget_usd is None and saved.budget_usd is not None:
             budget_usd = max(0.0, saved.budget_usd - saved.spent)
         graph = self._validate(saved.tasks, None, budget_usd)

@@ -39,6 +39,8 @@ class SavedRun:
     agents: list[AgentConfig] = field(default_factory=list)
     # Why recorded agents this version refuses (an older one let a setting through).
     refused_agents: list[str] = field(default_factory=list)
+    # Why recorded tasks this version refuses (an older one let a setting through), by id.
+    refused_tasks: dict[str, str] = field(default_factory=dict)
     agent_of: dict[str, str] = field(default_factory=dict)  # task id -> agent, as recorded
     started_of: dict[str, datetime | None] = field(default_factory=dict)
     budget_usd: float | None = None
@@ -89,6 +91,19 @@ class SavedRun:
                 "the run's tasks (TaskExecutor.resume(..., tasks=...), or orchestra resume "
                 "--file RUN_FILE.py)."
             )
+
+    def refuse_refused_tasks(self, kept: Sequence[str]) -> None:
+        """Raise if a task to run again was recorded with settings this version refuses.
+
+        Raises:
+            ConfigurationError: Say which task and why.
+        """
+        for task_id, why in self.refused_tasks.items():
+            if task_id not in kept:
+                raise ConfigurationError(
+                    f"Run {self.run_id!r} cannot go on: its {why}; run its tasks again as a new "
+                    "run with the setting fixed."
+                )
 
     def refuse_if_alive(self, force: bool = False) -> None:
         """Raise if the process that runs this run may still be running it.
@@ -294,13 +309,15 @@ def load_run(ledger: Ledger, run_id: str) -> SavedRun:
             metadata={"execution_method": method, "provider": provider, "model": model},
         )
     recorded = [_recorded_agent(a[0]) for a in agents]
+    recorded_tasks = [_recorded_task(d[0]) for d in definitions]
     return SavedRun(
         run_id=run_id,
         name=run[0],
         status=run[1],
         pid=run[2],
         host=run[3],
-        tasks=[_recorded_task(run_id, d[0], results) for d in definitions],
+        tasks=[task for task, _ in recorded_tasks],
+        refused_tasks={task.task_id: why for task, why in recorded_tasks if why is not None},
         results=results,
         attempts={task_id: int(n) for task_id, n in counted},
         agents=[agent for agent in recorded if isinstance(agent, AgentConfig)],
@@ -324,28 +341,19 @@ def _moment(value: object) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # stored in UTC
 
 
-def _recorded_task(run_id: str, definition: str, results: dict[str, TaskResult]) -> AgentTask:
-    """A task as the run recorded it.
+def _recorded_task(definition: str) -> tuple[AgentTask, str | None]:
+    """A task as the run recorded it; and why this version refuses it, if it does.
 
-    A task recorded with settings this version refuses (a misspelled one ran silently
-    before they were checked) is kept as it was when it succeeded, since it will not run
-    again; otherwise the resume is refused, saying which task and why.
-
-    Raises:
-        ConfigurationError: A task still to run has settings this version refuses.
+    A task recorded with settings this version refuses (a misspelled one ran silently before
+    they were checked) is kept as it was: it matters only if it is to run again.
     """
     try:
-        return AgentTask.model_validate_json(definition)
+        return AgentTask.model_validate_json(definition), None
     except ValidationError as exc:
         fields = json.loads(definition)
-        done = results.get(fields.get("task_id", ""))
-        if done is not None and done.status is TaskStatus.SUCCEEDED:
-            return AgentTask.model_construct(**fields)
-        why = exc.errors()[0]["msg"].removeprefix("Value error, ")
-        raise ConfigurationError(
-            f"run {run_id} cannot be resumed: its {why}; run its tasks again as a new run "
-            "with the setting fixed"
-        ) from None
+        return AgentTask.model_construct(**fields), exc.errors()[0]["msg"].removeprefix(
+            "Value error, "
+        )
 
 
 def _recorded_agent(definition: str) -> AgentConfig | str:
