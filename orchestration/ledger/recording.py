@@ -134,6 +134,26 @@ class Recorder:
             secrets = self._agent_secrets[agent.name] = agent_secrets(agent)
         return secrets
 
+    def _definitions(
+        self,
+        run_id: str,
+        tasks: Sequence[AgentTask],
+        first_position: int,
+        agents: Sequence[AgentConfig],
+    ) -> list[tuple[str, str, int, str | None, str | None]]:
+        """``run_tasks`` rows: each task as JSON, masked with every agent's keys."""
+        secrets = [secret for agent in agents for secret in self._secrets(agent)]
+        return [
+            (
+                run_id,
+                task.task_id,
+                first_position + offset,
+                redact(task.model_dump_json(), secrets),
+                _contract(task),
+            )
+            for offset, task in enumerate(tasks)
+        ]
+
     async def start_run(
         self,
         run_id: str,
@@ -143,12 +163,13 @@ class Recorder:
         agents: Sequence[AgentConfig] = (),
         budget_usd: float | None = None,
     ) -> None:
-        """Record the run, its task definitions and its agents (before any task runs)."""
+        """Record the run, its task definitions and its agents (before any task runs).
+
+        The definitions are masked with the agents' keys, as attempts are: a key pasted into
+        a prompt or piped in as context is never stored.
+        """
         run = (run_id, name, "running", len(tasks), _ts(started), os.getpid(), _HOST, budget_usd)
-        definitions = [
-            (run_id, task.task_id, position, task.model_dump_json(), _contract(task))
-            for position, task in enumerate(tasks)
-        ]
+        definitions = self._definitions(run_id, tasks, 0, agents)
         known = [_agent_row(run_id, agent) for agent in agents]
         await self.ledger.write(
             [
@@ -169,10 +190,7 @@ class Recorder:
 
         ``resume.claim_run`` has made the run this process's and marked it running.
         """
-        definitions = [
-            (run_id, task.task_id, first_position + offset, task.model_dump_json(), _contract(task))
-            for offset, task in enumerate(tasks)
-        ]
+        definitions = self._definitions(run_id, tasks, first_position, agents)
         known = [_agent_row(run_id, agent) for agent in agents]
         await self.ledger.write(
             [
