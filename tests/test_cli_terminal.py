@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 
+from orchestration.cli.ask import _Printer
+from orchestration.model.tasks import TaskProgress
 from tests.fakes.openai_api import openai_app
 from tests.fakes.server import LoopbackServer, Scripted, loopback_fixtures
 from tests.support.terminal import Terminal
@@ -105,6 +107,38 @@ def test_ask_says_when_a_streamed_answer_was_cut_off_and_asked_again(
     assert ledger_rows("SELECT status FROM attempts ORDER BY id") == [("failed",), ("succeeded",)]
 
 
+def piece(delta: str, first: bool) -> TaskProgress:
+    """A piece of a streamed answer; ``first``: the first of its attempt."""
+    return TaskProgress("ask", "a", "p", None, 1, 0.5, 0.5 if first else 0.1, delta)
+
+
+@pytest.mark.parametrize(
+    ("final", "shown", "said"),
+    [
+        ("Paris is the capital.", "Paris is the capital.\n", ""),  # the rest had not streamed
+        ("Paris.", "Paris is\nParis.\n", "[that answer was cut off; the whole answer follows]\n"),
+        (None, "Paris is\n", ""),  # no answer: the error says why
+    ],
+)
+def test_a_streamed_answer_ends_with_the_final_one(
+    capsys: pytest.CaptureFixture[str], final: str | None, shown: str, said: str
+) -> None:
+    printer = _Printer()
+    printer.piece(piece("Paris", first=True))
+    printer.piece(piece(" is", first=False))
+    printer.finish(final)
+    out, err = capsys.readouterr()
+    assert (out, err) == (shown, said)
+
+
+def test_a_retry_that_streams_again_is_told_apart(capsys: pytest.CaptureFixture[str]) -> None:
+    printer = _Printer()
+    printer.piece(piece("Par", first=True))
+    printer.piece(piece("Paris.", first=True))
+    printer.finish("Paris.")
+    assert capsys.readouterr() == ("Par\nParis.\n", "[that answer was cut off; asking again]\n")
+
+
 def test_ask_in_a_pipe_prints_the_answer_once_and_records_it(
     api: LoopbackServer, env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -128,6 +162,20 @@ def test_ask_in_a_pipe_prints_the_answer_once_and_records_it(
         "SELECT task_id, status, output, input_tokens FROM task_runs"
     )
     assert (task, status, output) == ("ask", "succeeded", ANSWER) and tokens_in == 2 + 4
+
+
+def test_ask_takes_stdin_that_is_not_utf8_and_can_leave_stdin_alone(
+    api: LoopbackServer, env: dict[str, str], tmp_path: Path
+) -> None:
+    api.script(Scripted(text=ANSWER), Scripted(text=ANSWER))
+    argv = [*ORCHESTRA, "ask", "Review:", "-p", "openai-gpt"]
+    for extra in ([], ["--no-stdin"]):
+        done = subprocess.run(
+            [*argv, *extra], input=b"caf\xe9 au lait", capture_output=True, env=env, cwd=tmp_path
+        )
+        assert done.returncode == 0, done.stderr
+    sent = [request["messages"][-1]["content"] for request in api.requests]
+    assert sent == ["Review:\n\nContext:\ncaf\ufffd au lait", "Review:"]
 
 
 def test_ask_json_and_a_question_from_stdin(
@@ -179,6 +227,7 @@ def test_ask_that_gets_no_answer_says_why_in_one_line_and_exits_1(
         (["q", "--agents", "none.toml", "-a", "x"], "none.toml"),
         (["q", "-p", "openai-gtp"], "openai-gpt"),  # unknown, with the name it is close to
         (["q", "--max-tokens", "0"], "max_tokens"),
+        (["q", "--json", "--stream"], "give --json or --stream, not both"),
     ],
 )
 def test_ask_refuses_bad_input_before_anything_is_sent(

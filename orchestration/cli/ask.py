@@ -66,6 +66,12 @@ def ask(
             show_default=False,
         ),
     ] = None,
+    no_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--no-stdin", help="Do not read stdin as context (for scripts whose stdin stays open)."
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Ask one model one question; the answer streams to the terminal and is recorded.
@@ -77,11 +83,13 @@ def ask(
 
     from orchestration.model.tasks import AgentTask
 
+    if as_json and stream:
+        _usage("--json prints the answer whole, once: give --json or --stream, not both")
     if question == "-":
-        question = sys.stdin.read().strip()
+        question = _stdin_text()
         context = None
     else:
-        context = _piped_stdin()
+        context = None if no_stdin else _piped_stdin()
     if not question.strip():
         _usage("the question is empty")
     registry, agent_name = _registry(provider, model, agent, agents)
@@ -118,8 +126,15 @@ def _piped_stdin() -> str | None:
         return None
     if not (stat.S_ISFIFO(mode) or stat.S_ISREG(mode)):
         return None
-    text = sys.stdin.read().strip()
-    return text or None
+    return _stdin_text() or None
+
+
+def _stdin_text() -> str:
+    """Stdin as text: UTF-8, with bytes that are not (a Latin-1 file in a diff) as U+FFFD."""
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:  # a text stand-in (tests)
+        return sys.stdin.read().strip()
+    return bytes(stream.read()).decode("utf-8", errors="replace").strip()
 
 
 def _registry(
@@ -161,6 +176,7 @@ class _Printer:
     def piece(self, report: TaskProgress) -> None:
         if report.first_token_s == report.elapsed_s and self.shown:  # a new attempt's first
             sys.stdout.write("\n")
+            sys.stdout.flush()
             typer.echo("[that answer was cut off; asking again]", err=True)
             self.shown = ""
         sys.stdout.write(report.delta)
@@ -168,11 +184,20 @@ class _Printer:
         self.shown += report.delta
 
     def finish(self, output: str | None) -> None:
-        """End the streamed answer; print the final one if it was not what streamed."""
+        """End the streamed answer; print what of the final one did not stream.
+
+        The final answer can differ from what streamed: an attempt that did not stream (a
+        script stood in) came after a cut-off stream, or text was repaired on arrival.
+        """
         if output is not None and output != self.shown:
-            if self.shown:
-                sys.stdout.write("\n")
-            sys.stdout.write(output)
+            if output.startswith(self.shown):
+                sys.stdout.write(output[len(self.shown) :])
+            else:
+                if self.shown:
+                    sys.stdout.write("\n")
+                    sys.stdout.flush()
+                    typer.echo("[that answer was cut off; the whole answer follows]", err=True)
+                sys.stdout.write(output)
             self.shown = output
         if self.shown and not self.shown.endswith("\n"):
             sys.stdout.write("\n")
