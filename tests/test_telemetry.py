@@ -24,6 +24,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from orchestration import AgentRegistry, AgentTask, RetryPolicy, TaskExecutor
+from orchestration.runtime.results import RunResult
+from orchestration.runtime.telemetry import _TRACER, _tracer, run_span
 from tests.fakes.openai_api import openai_app
 from tests.fakes.server import LoopbackServer, Scripted, loopback_fixtures
 
@@ -108,7 +110,10 @@ async def test_a_run_gives_run_task_and_chat_spans_in_the_genai_conventions(
     tasks_by_id = {dict(s.attributes or {})["orchestra.task.id"]: s for s in task_spans}
     assert set(tasks_by_id) == {"draft", "review"}  # "publish" never ran
     assert tasks_by_id["review"].status.status_code is StatusCode.ERROR
-    assert dict(tasks_by_id["draft"].attributes or {})["orchestra.task.attempts"] == 2
+    draft_task = dict(tasks_by_id["draft"].attributes or {})
+    assert draft_task["orchestra.task.attempts"] == 2
+    assert draft_task["gen_ai.provider.name"] == "openai"
+    assert draft_task["gen_ai.request.model"] == "gpt-4o-mini"
 
     chats = sorted(by_name(spans, "chat "), key=lambda span: span.start_time or 0)
     recorded = ledger_attempts()
@@ -129,14 +134,19 @@ async def test_a_run_gives_run_task_and_chat_spans_in_the_genai_conventions(
         assert seen.get("error.type") == error_type
         ok = chat.status.status_code is not StatusCode.ERROR
         assert ok == (status == "succeeded")
+        assert ("gen_ai.response.model" in seen) == ok  # a failed call has no response
     draft_ok = dict(chats[1].attributes or {})
     assert draft_ok["gen_ai.request.seed"] == 7
     assert draft_ok["gen_ai.response.finish_reasons"] == ("stop",)
     assert draft_ok["gen_ai.response.model"] == "gpt-4o-mini"
-    # Only the calls carry gen_ai.usage: backends add it up across spans.
+    # Only the calls carry gen_ai.usage and the cost: backends add them up across spans.
     for span in (run_span, *task_spans):
         assert not any(key.startswith("gen_ai.usage.") for key in span.attributes or {})
+        assert "orchestra.cost_usd" not in (span.attributes or {})
     assert dict(run_span.attributes or {})["orchestra.usage.input_tokens"] == 1
+    draft_cost = dict(chats[1].attributes or {})["orchestra.cost_usd"]
+    assert isinstance(draft_cost, float) and draft_cost > 0
+    assert dict(run_span.attributes or {})["orchestra.total_cost_usd"] == draft_cost
     for span in spans:
         assert KEY not in json.dumps(dict(span.attributes or {}))
 
@@ -148,7 +158,16 @@ async def test_nothing_is_traced_without_a_tracer_provider(
     from opentelemetry import trace
 
     assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    assert _tracer(None) is None  # imported, but not configured: no tracer
     registry, tasks = team(api, monkeypatch)
+    seen: list[object] = []
+
+    async def spy() -> None:
+        with run_span(RunResult(run_id="r"), 1):
+            seen.append(_TRACER.get())
+
+    await spy()
+    assert seen == [None]  # nothing in the run would be traced
     async with TaskExecutor(registry) as executor:
         assert (await executor.run(tasks[:1])).ok
 

@@ -7,15 +7,19 @@ the ``opentelemetry-instrument`` launcher), or gives the executor its own provid
 
 - a run span, ``invoke_workflow {run name}`` (``gen_ai.operation.name`` ``invoke_workflow``,
   ``gen_ai.workflow.name``), a child of whatever span is current when the run starts;
-- a task span per task that runs, ``invoke_agent {agent}`` (``gen_ai.agent.name``);
+- a task span per task that runs, ``invoke_agent {agent}`` (``gen_ai.agent.name``, its
+  provider and model);
 - a client span per attempt that calls a model or a script, ``chat {model}``, with
   ``gen_ai.provider.name``, ``gen_ai.request.model`` and the request's settings,
   ``gen_ai.response.model``, ``gen_ai.usage.input_tokens``/``output_tokens``,
   ``gen_ai.response.finish_reasons``, ``error.type`` when it failed, and its price as
   ``orchestra.cost_usd`` (the conventions have no cost attribute).
 
-Only the chat spans carry ``gen_ai.usage.*``: backends add those up across spans, so the
-task and run spans give their totals as ``orchestra.usage.*`` instead. The spans of an
+Only the chat spans carry ``gen_ai.usage.*`` and ``orchestra.cost_usd``: backends add those
+up across spans, so the task and run spans give their totals under other names
+(``orchestra.usage.input_tokens``/``output_tokens``, ``orchestra.total_cost_usd``). The
+conventions followed are those of semantic conventions 1.41 (the schema URL the tracer
+names); they are in development, and later releases rename the workflow span. The spans of an
 HTTP client instrumentation nest under the chat span that made the request. Prompts and
 answers are not put on spans (they are in the ledger, secrets masked).
 
@@ -51,6 +55,7 @@ _PROVIDERS = {
     "openai-gpt": "openai",
     "google-gemini": "gcp.gemini",
 }
+SCHEMA_URL = "https://opentelemetry.io/schemas/1.41.0"
 _REQUEST_SETTINGS = {
     "max_tokens": "gen_ai.request.max_tokens",
     "temperature": "gen_ai.request.temperature",
@@ -80,7 +85,9 @@ def _tracer(provider: Any | None) -> Tracer | None:
         ours = version("orchestra")
     except PackageNotFoundError:
         ours = None
-    return provider.get_tracer("orchestra", ours)  # type: ignore[no-any-return]
+    return provider.get_tracer(  # type: ignore[no-any-return]
+        "orchestra", ours, schema_url=SCHEMA_URL
+    )
 
 
 @contextlib.contextmanager
@@ -137,8 +144,12 @@ def task_span(task: AgentTask, agent: AgentConfig) -> Iterator[Callable[[TaskRes
     attributes: dict[str, Any] = {
         "gen_ai.operation.name": "invoke_agent",
         "gen_ai.agent.name": agent.name,
+        "gen_ai.provider.name": provider_name(agent.agent_type),
         "orchestra.task.id": task.task_id,
     }
+    model = _model(agent)
+    if model:
+        attributes["gen_ai.request.model"] = model
     with tracer.start_as_current_span(
         f"invoke_agent {agent.name}",
         kind=SpanKind.INTERNAL,
@@ -149,8 +160,8 @@ def task_span(task: AgentTask, agent: AgentConfig) -> Iterator[Callable[[TaskRes
         ended: list[TaskResult] = []
         try:
             yield _keeper(ended)
-        except BaseException:
-            _failed(span, "cancelled")
+        except BaseException as exc:
+            _failed(span, _error_type(exc))
             raise
         if ended:
             result = ended[-1]
@@ -172,7 +183,7 @@ def attempt_span(
         return
     from opentelemetry.trace import SpanKind
 
-    model = link.model or request.model
+    model = request.model or _model(link)
     attributes: dict[str, Any] = {
         "gen_ai.operation.name": "chat",
         "gen_ai.provider.name": provider_name(link.agent_type),
@@ -196,8 +207,8 @@ def attempt_span(
         ended: list[TaskResult] = []
         try:
             yield _keeper(ended)
-        except BaseException:
-            _failed(span, "cancelled")
+        except BaseException as exc:
+            _failed(span, _error_type(exc))
             raise
         if ended:
             _attempt_ended(span, ended[-1])
@@ -207,7 +218,7 @@ def _attempt_ended(span: Span, result: TaskResult) -> None:
     meta = result.metadata
     usage = result.usage
     for key, value in (
-        ("gen_ai.response.model", meta.get("model")),
+        ("gen_ai.response.model", meta.get("model") if result.succeeded else None),
         ("gen_ai.usage.input_tokens", usage.input_tokens),
         ("gen_ai.usage.output_tokens", usage.output_tokens),
         ("orchestra.cost_usd", result.cost_usd),
@@ -225,11 +236,26 @@ def _totals(span: Span, results: list[TaskResult]) -> None:
     for key, values in (
         ("orchestra.usage.input_tokens", [r.usage.input_tokens for r in results]),
         ("orchestra.usage.output_tokens", [r.usage.output_tokens for r in results]),
-        ("orchestra.cost_usd", [r.cost_usd for r in results]),
+        ("orchestra.total_cost_usd", [r.cost_usd for r in results]),
     ):
         known = [value for value in values if value is not None]
         if known:
             span.set_attribute(key, sum(known))
+
+
+def _model(agent: AgentConfig) -> str | None:
+    from orchestration.runtime.spending import model_of
+
+    return model_of(agent)
+
+
+def _error_type(exc: BaseException) -> str:
+    """``error.type`` for an exception: ``cancelled`` for cancellation, else its class."""
+    import anyio
+
+    if isinstance(exc, anyio.get_cancelled_exc_class()):
+        return "cancelled"
+    return type(exc).__qualname__
 
 
 def _failed(span: Span, error_type: str) -> None:
