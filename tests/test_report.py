@@ -119,6 +119,9 @@ def test_page_shows_each_tasks_prompt_and_output_collapsed(run_id: str) -> None:
     page = render_html(load_report(Ledger(), run_id))
     blocks = re.findall(r'<details class="io">(.*?)</details>', page, re.S)
     assert len(blocks) == len(TASK_IDS) and "<details open" not in page
+    # Escaped on the page: the task id and the error hold markup.
+    assert "<b>&lt;script&gt;alert(&#x27;id&#x27;)&lt;/script&gt;</b>" in blocks[1]
+    assert "<pre>LLMServerError: &lt;script&gt;alert(1)&lt;/script&gt; broke</pre>" in blocks[1]
     fetch, evil, summarize, fallback = (html.unescape(block) for block in blocks)
     assert "<h3>Output</h3><pre>done</pre>" in fetch
     # The prompt the model read, its dependency's output included, not the one defined.
@@ -205,7 +208,7 @@ def test_page_renders_in_headless_chromium(run_id: str, tmp_path: Path) -> None:
     for fill in ((0xC8, 0xE6, 0xC9), (0xFF, 0xCD, 0xD2), (0xE0, 0xE0, 0xE0)):  # DAG statuses
         assert any(max(abs(a - b) for a, b in zip(fill, c, strict=True)) <= 4 for c in common)
     # The document as the browser parsed it: every part there, and no element made of a task id.
-    dom = chromium(page, tmp_path, "--dump-dom").decode()
+    dom = chromium(page, tmp_path, "--dump-dom")[0].decode()
     assert dom.count("<svg") == 2 and dom.count("<section>") == 5
     assert len(re.findall(r"<details class=\"io\">", dom)) == len(TASK_IDS)
     tables = re.findall(r"<table>(.*?)</table>", dom, re.S)
@@ -216,12 +219,12 @@ def test_page_renders_in_headless_chromium(run_id: str, tmp_path: Path) -> None:
 
 def screenshot(page: Path, out: Path, work: Path) -> None:
     """Render ``page`` with headless Chromium into ``out``."""
-    log = chromium(page, work, f"--screenshot={out}")
+    _, log = chromium(page, work, f"--screenshot={out}")
     assert out.is_file(), f"no screenshot: {log.decode(errors='replace')[-2000:]}"
 
 
-def chromium(page: Path, work: Path, *options: str) -> bytes:
-    """Headless Chromium's output (stdout, then stderr) on ``page``; never hangs the test."""
+def chromium(page: Path, work: Path, *options: str) -> tuple[bytes, bytes]:
+    """Headless Chromium's stdout and stderr on ``page``; never hangs the test."""
     browser = _chromium()
     assert browser is not None
     command = [
@@ -256,7 +259,7 @@ def chromium(page: Path, work: Path, *options: str) -> bytes:
             except ProcessLookupError:
                 pass
             process.wait()
-    return out.read_bytes() + err.read_bytes()
+    return out.read_bytes(), err.read_bytes()
 
 
 def decode_png(data: bytes) -> tuple[int, int, Counter[tuple[int, int, int]]]:

@@ -22,7 +22,8 @@ class ExportFormat(StrEnum):
 def export(
     runs: Annotated[list[str], typer.Argument(help="Run ids, or their first characters.")],
     form: Annotated[
-        ExportFormat, typer.Option("--format", help="jsonl: one JSON record a line.")
+        ExportFormat,
+        typer.Option("--format", case_sensitive=False, help="jsonl: one JSON record a line."),
     ] = ExportFormat.JSONL,
 ) -> None:
     """Print runs as JSON Lines: the run, its agents, tasks and attempts, one record a line.

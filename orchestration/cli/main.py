@@ -1,7 +1,8 @@
 """The ``orchestra`` command line.
 
 Heavy modules (SDKs, the ledger's ORM) are imported inside commands, never at module level,
-so ``orchestra --help`` answers at once. Every command takes ``--json``.
+so ``orchestra --help`` answers at once. The commands that print results take ``--json``
+(``export`` writes JSON Lines).
 
 Exit statuses: 0 done (every task succeeded); 1 a task did not succeed, or no ledger yet;
 2 a user error or a ledger that cannot be opened or written (one line on stderr); 130 and
@@ -379,7 +380,11 @@ app.add_typer(models)
 
 
 def main() -> None:
-    """Entry point of the ``orchestra`` script (``-v``, ``--db`` may follow the subcommand)."""
+    """Entry point of the ``orchestra`` script (``-v``, ``--db`` may follow the subcommand).
+
+    A reader that stops early (``orchestra export RUN | head``) ends the command quietly
+    (click catches the broken pipe: exit 1, no traceback).
+    """
     app(args=root_options_first(sys.argv[1:]), prog_name="orchestra")
 
 

@@ -216,8 +216,8 @@ def _with_progress(
             if live is not None:
                 live.update(render())
             elif not quiet:  # no terminal: one line per task as it ends, for logs
-                cells = [result.task_id, *row.cells()[:3], row.note]
-                typer.echo("\t".join(cells).rstrip("\t"), err=True)
+                cells = [one_line(result.task_id), *row.cells()[:3], row.note]
+                typer.echo("\t".join(cells), err=True)
 
         def progress(report: TaskProgress) -> None:
             state[report.task_id] = _Row(
