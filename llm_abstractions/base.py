@@ -30,6 +30,8 @@ class BaseLlm(ABC):
         supports_output_schema: Whether it sends ``LlmRequest.output_schema`` as the
             provider's own structured output (a provider without it must not be given one).
         supports_grammar: Whether it can constrain decoding to ``LlmRequest.grammar``.
+        supports_tools: Whether it sends ``LlmRequest.tools`` and tool turns in the vendor's
+            format and reads tool calls back (one that cannot refuses such requests).
         model: The model this instance talks to.
     """
 
@@ -39,6 +41,7 @@ class BaseLlm(ABC):
     is_local: ClassVar[bool] = False
     supports_output_schema: ClassVar[bool] = False
     supports_grammar: ClassVar[bool] = False
+    supports_tools: ClassVar[bool] = False
 
     def __init__(self, model: str | None = None) -> None:
         self.model: str = model or self.default_model or "default"

@@ -7,6 +7,7 @@ not report is ``None``, never ``0``: zero is a measurement, ``None`` is the abse
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -24,22 +25,85 @@ __all__ = [
     "OutputSchema",
     "Role",
     "StreamChunk",
+    "ToolCall",
+    "ToolChoice",
+    "ToolSpec",
     "Usage",
     "describe_validation_error",
 ]
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length", "content_filter", "tool_calls", "error"]
+ToolChoice = Literal["auto", "required", "none"]
 MessagesInput = str | Sequence["Message | Mapping[str, Any]"]
+
+_TOOL_NAME = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"  # what every vendor accepts
+
+
+class ToolSpec(BaseModel):
+    """A tool as a model is told of it.
+
+    Attributes:
+        name: Letters, digits, ``_`` and ``-``, starting with a letter or ``_`` (at most 64:
+            the strictest vendor's rule).
+        description: What it does, for the model to decide when to call it.
+        parameters: The JSON schema of its arguments: an object schema.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=_TOOL_NAME)
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
+
+    @model_validator(mode="after")
+    def _object_schema(self) -> ToolSpec:
+        if self.parameters.get("type") != "object":
+            raise ValueError(f"tool {self.name!r}: parameters must be an object schema")
+        return self
+
+
+class ToolCall(BaseModel):
+    """A model's request to call a tool.
+
+    Attributes:
+        id: The call's id, which its result names (vendors without ids get one made up).
+        name: The tool.
+        arguments: The arguments as the model wrote them: JSON text (vendors that send an
+            object have it serialized), checked against the tool's schema before the call.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    name: str
+    arguments: str = "{}"
 
 
 class Message(BaseModel):
-    """One chat message."""
+    """One chat message.
+
+    An assistant message may ask for tools (``tool_calls``, with or without text); each
+    result comes back as a ``tool`` message naming the call it answers (``tool_call_id``,
+    and the tool's ``name``, which some vendors need), ``is_error`` when the call failed.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     role: Role
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
+    is_error: bool = False
+
+    @model_validator(mode="after")
+    def _tool_fields_where_they_belong(self) -> Message:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages ask for tools (tool_calls)")
+        if (self.role == "tool") != (self.tool_call_id is not None):
+            raise ValueError("a tool message, and only a tool message, names its tool_call_id")
+        return self
 
 
 class OutputSchema(BaseModel):
@@ -86,6 +150,8 @@ class LlmRequest(BaseModel):
     response_format: Literal["text", "json"] | None = None
     output_schema: OutputSchema | None = None
     grammar: str | None = Field(default=None, min_length=1)
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: ToolChoice | None = None  # None: the vendor's default ("auto")
     stream: bool = False
     metadata: dict[str, Any] = Field(default_factory=dict)
 
@@ -140,7 +206,10 @@ class LlmRequest(BaseModel):
     def prompt_text(self) -> str:
         """The whole conversation as plain text, for logs, estimates and cache keys."""
         parts = [f"system: {self.system}"] if self.system else []
-        parts += [f"{m.role}: {m.content}" for m in self.messages]
+        parts += [f"tool {t.name}: {t.description} {json.dumps(t.parameters)}" for t in self.tools]
+        for m in self.messages:
+            parts.append(f"{m.role}: {m.content}")
+            parts += [f"call {c.name}: {c.arguments}" for c in m.tool_calls]
         return "\n".join(parts)
 
 
@@ -183,6 +252,7 @@ class LlmResponse(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     latency_s: float | None = Field(default=None, ge=0.0)
     response_id: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()  # the tools the model asks for, in its order
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @property

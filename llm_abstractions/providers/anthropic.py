@@ -58,6 +58,7 @@ from llm_abstractions.errors import (
 from llm_abstractions.providers._loop_bound import LoopBound
 from llm_abstractions.providers.http_errors import error_from_status, sdk_transport_error
 from llm_abstractions.providers.json_schema import free_form_part, refuse_grammar
+from llm_abstractions.providers.tool_wire import refuse_tools
 from llm_abstractions.types import FinishReason, LlmRequest, LlmResponse, StreamChunk, Usage
 
 if TYPE_CHECKING:
@@ -223,6 +224,7 @@ class AnthropicLlm(BaseLlm):
             InvalidRequestError: The request carries a grammar.
         """
         refuse_grammar(self.provider, request)
+        refuse_tools(self.provider, request)
         system, instruction = request.system, None
         params: dict[str, Any] = {
             "model": request.model or self.model,

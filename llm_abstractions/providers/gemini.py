@@ -48,6 +48,7 @@ from llm_abstractions.errors import (
 from llm_abstractions.providers._loop_bound import LoopBound
 from llm_abstractions.providers.http_errors import caused_by, connection_error, error_from_status
 from llm_abstractions.providers.json_schema import refuse_grammar
+from llm_abstractions.providers.tool_wire import refuse_tools
 from llm_abstractions.types import FinishReason, LlmRequest, LlmResponse, StreamChunk, Usage
 
 if TYPE_CHECKING:
@@ -194,6 +195,7 @@ class GeminiLlm(BaseLlm):
         from google.genai import types
 
         refuse_grammar(self.provider, request)
+        refuse_tools(self.provider, request)
         schema = request.output_schema.json_schema if request.output_schema else None
         json_out = schema is not None or request.response_format == "json"
         contents = [

@@ -50,6 +50,7 @@ from llm_abstractions.providers.llama_engine import (
     get_engine,
     stopping,
 )
+from llm_abstractions.providers.tool_wire import refuse_tools
 from llm_abstractions.types import LlmRequest, LlmResponse, StreamChunk, Usage
 
 __all__ = ["LocalLlm"]
@@ -110,6 +111,7 @@ class LocalLlm(BaseLlm):
                 its output schema into one.
             LLMContextLengthError: The prompt leaves no room in the context window.
         """
+        refuse_tools(self.provider, request)
         started = perf_counter()
         async with aclosing(self._run(request, stream=False)) as items:
             async for item in items:
@@ -124,6 +126,7 @@ class LocalLlm(BaseLlm):
             InvalidRequestError: As ``generate``, before the first chunk.
             LLMContextLengthError: As ``generate``.
         """
+        refuse_tools(self.provider, request)
         started = perf_counter()
         async with aclosing(self._run(request, stream=True)) as items:
             async for item in items:

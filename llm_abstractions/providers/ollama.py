@@ -51,6 +51,7 @@ from llm_abstractions.errors import (
 from llm_abstractions.providers._loop_bound import LoopBound
 from llm_abstractions.providers.http_errors import caused_by, connection_error, error_from_status
 from llm_abstractions.providers.json_schema import refuse_grammar
+from llm_abstractions.providers.tool_wire import refuse_tools
 from llm_abstractions.specs import OLLAMA_DEFAULT_HOST, server_url
 from llm_abstractions.types import (
     FinishReason,
@@ -177,6 +178,7 @@ class OllamaLlm(BaseLlm):
             InvalidRequestError: The request carries a grammar.
         """
         refuse_grammar(self.provider, request)
+        refuse_tools(self.provider, request)
         messages = [{"role": "system", "content": request.system}] if request.system else []
         messages += [{"role": m.role, "content": m.content} for m in request.messages]
         options: dict[str, Any] = {}

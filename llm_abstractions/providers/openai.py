@@ -58,6 +58,12 @@ from llm_abstractions.providers.json_schema import (
     unwrap_object,
     wrap_in_object,
 )
+from llm_abstractions.providers.tool_wire import (
+    OpenAIToolCalls,
+    openai_messages,
+    openai_tool_calls,
+    openai_tools,
+)
 from llm_abstractions.types import (
     FinishReason,
     LlmRequest,
@@ -97,6 +103,7 @@ class OpenAILlm(BaseLlm):
     default_model: ClassVar[str | None] = "gpt-4o-mini"
     can_stream: ClassVar[bool] = True
     supports_output_schema: ClassVar[bool] = True
+    supports_tools: ClassVar[bool] = True
     base_url_env: ClassVar[str] = "OPENAI_BASE_URL"
     max_tokens_field: ClassVar[str] = "max_completion_tokens"
 
@@ -152,14 +159,16 @@ class OpenAILlm(BaseLlm):
         finish = _finish(choice.finish_reason)
         _refuse_filtered(self.provider, finish)
         text = choice.message.content or ""
+        calls = openai_tool_calls(choice.message.tool_calls, self.provider)
         return LlmResponse(
-            text=unwrap_object(text, WRAPPED_KEY) if wrapped else text,
+            text=unwrap_object(text, WRAPPED_KEY) if wrapped and not calls else text,
             provider=self.provider,
             model=completion.model or self.model,
             finish_reason=finish,
             usage=_usage(completion.usage),
             latency_s=perf_counter() - started,
             response_id=completion.id,
+            tool_calls=calls,
         )
 
     async def stream(self, request: LlmRequest) -> AsyncIterator[StreamChunk]:
@@ -200,9 +209,11 @@ class OpenAILlm(BaseLlm):
             InvalidRequestError: The request carries a grammar.
         """
         refuse_grammar(self.provider, request)
-        messages = [{"role": "system", "content": request.system}] if request.system else []
-        messages += [{"role": m.role, "content": m.content} for m in request.messages]
-        params: dict[str, Any] = {"model": request.model or self.model, "messages": messages}
+        params: dict[str, Any] = {
+            "model": request.model or self.model,
+            "messages": openai_messages(request),
+            **openai_tools(request),
+        }
         if request.max_tokens is not None:
             params[self.max_tokens_field] = request.max_tokens
         for name in ("temperature", "top_p", "seed"):
@@ -319,6 +330,7 @@ class ChatStream:
         self.finish: FinishReason | None = None
         self.usage = Usage()
         self.response_id: str | None = None
+        self.tool_calls = OpenAIToolCalls(provider)
         self._finish_of, self._usage_of = finish_of, usage_of
 
     def add(self, event: Any) -> Iterator[str]:
@@ -330,6 +342,7 @@ class ChatStream:
             if choice.delta.content:
                 self.parts.append(choice.delta.content)
                 yield choice.delta.content
+            self.tool_calls.add(getattr(choice.delta, "tool_calls", None))
             if choice.finish_reason:
                 self.finish = self._finish_of(choice.finish_reason)
 
@@ -356,6 +369,7 @@ class ChatStream:
             usage=self.usage,
             latency_s=perf_counter() - started,
             response_id=self.response_id,
+            tool_calls=self.tool_calls.calls(),
         )
 
 

@@ -12,10 +12,11 @@ question is answered without search, and the response says so in
 ``metadata["search"] = {"used": False, "error": ...}``. A used search is reported as
 ``{"used": True, "query": ..., "sources": [{"title", "url"}, ...]}``.
 
-Constrained output passes through: ``output_schema`` and ``grammar`` reach the inner
-provider untouched (only the system prompt changes), and the wrapper reports the inner
-provider's ``supports_output_schema`` and ``supports_grammar`` as its own, set on the
-instance like its name, since the class cannot know what it will wrap.
+Constrained output and tools pass through: ``output_schema``, ``grammar`` and ``tools``
+reach the inner provider untouched (only the system prompt changes), and the wrapper reports
+the inner provider's ``supports_output_schema``, ``supports_grammar`` and ``supports_tools``
+as its own, set on the instance like its name, since the class cannot know what it will
+wrap.
 
 Two backends ship: ``DuckDuckGoSearch`` (the synchronous ``ddgs`` package, run in a worker
 thread; no key needed) and ``GoogleSearch`` (the Custom Search JSON API over aiohttp).
@@ -137,6 +138,7 @@ class SearchAugmentedLlm(BaseLlm):
         self.is_local = inner.is_local  # type: ignore[misc]
         self.supports_output_schema = inner.supports_output_schema  # type: ignore[misc]
         self.supports_grammar = inner.supports_grammar  # type: ignore[misc]
+        self.supports_tools = inner.supports_tools  # type: ignore[misc]
 
     async def _augment(self, request: LlmRequest) -> tuple[LlmRequest, dict[str, Any] | None]:
         """The request to send inner, and the search metadata (None when not searched)."""

@@ -35,24 +35,28 @@ def openai_app(server: LoopbackServer, *, openai_rules: bool = True) -> web.Appl
         body = await request.json()
         scripted = server.next_answer(body, dict(request.headers))
         await asyncio.sleep(scripted.delay)
-        refused = _response_format_error(body.get("response_format"), openai_rules)
-        if refused is not None:
-            return web.json_response(
-                {
-                    "error": {
-                        "message": refused,
-                        "type": "invalid_request_error",
-                        "param": "response_format",
-                        "code": None,
-                    }
-                },
-                status=400,
-            )
+        for param, refused in (
+            ("response_format", _response_format_error(body.get("response_format"), openai_rules)),
+            ("messages", _tool_turns_error(body)),
+        ):
+            if refused is not None:
+                return web.json_response(
+                    {
+                        "error": {
+                            "message": refused,
+                            "type": "invalid_request_error",
+                            "param": param,
+                            "code": None,
+                        }
+                    },
+                    status=400,
+                )
         if scripted.status is not None:
             return await answer_error(scripted)
         if isinstance(scripted.body, bytes):
             return web.Response(body=scripted.body, content_type="application/json")
-        usage = _usage(body, scripted.text) if scripted.usage is None else scripted.usage
+        said = " ".join([scripted.text, *(c["function"]["arguments"] for c in _calls(scripted))])
+        usage = _usage(body, said) if scripted.usage is None else scripted.usage
         if body.get("stream"):
             return await _stream(request, body, scripted, usage)
         completion = {
@@ -63,8 +67,9 @@ def openai_app(server: LoopbackServer, *, openai_rules: bool = True) -> web.Appl
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": scripted.text},
-                    "finish_reason": scripted.finish or "stop",
+                    "message": {"role": "assistant", "content": scripted.text or None}
+                    | ({"tool_calls": _calls(scripted)} if scripted.tool_calls else {}),
+                    "finish_reason": scripted.finish or _finish(scripted),
                 }
             ],
         }
@@ -164,16 +169,18 @@ async def _stream(
 ) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
-    words = scripted.text.split(" ")
+    words = scripted.text.split(" ") if scripted.text else []
     deltas = [word if i == 0 else f" {word}" for i, word in enumerate(words)]
-    events = [{"role": "assistant", "content": ""}] + [{"content": d} for d in deltas]
+    events: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
+    events += [{"content": d} for d in deltas]
+    events += [{"tool_calls": [fragment]} for fragment in _call_fragments(scripted)]
     for count, delta in enumerate(events):
         if scripted.cut is not None and count >= scripted.cut:
             return response  # the connection ends here: no finish reason, no usage
         await _event(response, body, [{"index": 0, "delta": delta, "finish_reason": None}])
         if count == 1 and scripted.hold is not None:
             await asyncio.get_running_loop().run_in_executor(None, scripted.hold.wait, 30)
-    finish = [{"index": 0, "delta": {}, "finish_reason": scripted.finish or "stop"}]
+    finish = [{"index": 0, "delta": {}, "finish_reason": scripted.finish or _finish(scripted)}]
     await _event(response, body, finish)
     if usage and (body.get("stream_options") or {}).get("include_usage"):
         await _event(response, body, [], usage)
@@ -196,6 +203,66 @@ async def _event(
         "usage": usage,
     }
     await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+
+
+def _finish(scripted: Scripted) -> str:
+    return "tool_calls" if scripted.tool_calls else "stop"
+
+
+def _calls(scripted: Scripted) -> list[dict[str, Any]]:
+    """The scripted tool calls as a completion's ``message.tool_calls``."""
+    return [
+        {
+            "id": f"call_{number}",
+            "type": "function",
+            "function": {
+                "name": name,
+                "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments),
+            },
+        }
+        for number, (name, arguments) in enumerate(scripted.tool_calls or ())
+    ]
+
+
+def _call_fragments(scripted: Scripted) -> list[dict[str, Any]]:
+    """The calls as a stream sends them: id and name first, then the arguments in pieces."""
+    fragments: list[dict[str, Any]] = []
+    for index, call in enumerate(_calls(scripted)):
+        function = call["function"]
+        fragments.append(
+            {
+                "index": index,
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": function["name"], "arguments": ""},
+            }
+        )
+        text = function["arguments"]
+        middle = len(text) // 2
+        for piece in (text[:middle], text[middle:]):
+            fragments.append({"index": index, "function": {"arguments": piece}})
+    return fragments
+
+
+def _tool_turns_error(body: dict[str, Any]) -> str | None:
+    """OpenAI's complaint about tool turns: each result answers a call just made."""
+    asked: set[str] = set()
+    for message in body["messages"]:
+        if message.get("role") == "assistant":
+            asked = {call["id"] for call in message.get("tool_calls") or ()}
+        elif message.get("role") == "tool":
+            if message.get("tool_call_id") not in asked:
+                return (
+                    "Invalid parameter: messages with role 'tool' must be a response to a "
+                    "preceeding message with 'tool_calls'."
+                )
+        else:
+            asked = set()
+    for tool in body.get("tools") or ():
+        function = tool.get("function") or {}
+        if tool.get("type") != "function" or not function.get("name"):
+            return "Invalid 'tools': each tool is {'type': 'function', 'function': {'name'...}}."
+    return None
 
 
 def _usage(body: dict[str, Any], text: str) -> dict[str, Any]:

@@ -34,6 +34,9 @@ class Scripted:
         delay: Seconds to wait before answering.
         hold: For a stream: after its first word, wait until this is set (30 s at most), so
             a test can see what a client shows of an answer still being generated.
+        tool_calls: Tools the answer asks for, as (name, arguments) pairs: arguments as a
+            dict (sent as the vendor sends them), or a string sent as it is (malformed JSON).
+            The answer's text, if any, comes before them.
     """
 
     status: int | None = None
@@ -45,6 +48,7 @@ class Scripted:
     cut: int | None = None
     delay: float = 0.0
     hold: threading.Event | None = None
+    tool_calls: list[tuple[str, dict[str, Any] | str]] | None = None
 
 
 class LoopbackServer:

@@ -1,0 +1,156 @@
+"""Tool round trips in each vendor's wire format, through the real SDKs, against the fakes.
+
+A round trip: the request offers tools; the model asks for calls (several at once, in the
+vendor's shape, streamed in fragments where the vendor streams them so); the next request
+carries the assistant's calls and each call's result, which the fake checks as the vendor
+does (a result must answer a call just made).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from llm_abstractions import InvalidRequestError, LlmRequest
+from llm_abstractions.providers.anthropic import AnthropicLlm
+from llm_abstractions.providers.lmstudio import LmStudioLlm
+from llm_abstractions.providers.openai import OpenAILlm
+from llm_abstractions.types import LlmResponse, Message, ToolCall, ToolSpec
+from tests.fakes.openai_api import openai_app
+from tests.fakes.server import LoopbackServer, Scripted, loopback_fixtures
+
+pytestmark = pytest.mark.anyio
+
+server, api = loopback_fixtures(openai_app)
+
+ADD = ToolSpec(
+    name="add",
+    description="Add two integers.",
+    parameters={
+        "type": "object",
+        "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+        "required": ["a", "b"],
+    },
+)
+LOOKUP = ToolSpec(
+    name="lookup",
+    description="Look a word up.",
+    parameters={"type": "object", "properties": {"word": {"type": "string"}}},
+)
+
+
+async def answer(provider: OpenAILlm, request: LlmRequest, streamed: bool) -> LlmResponse:
+    if not streamed:
+        return await provider.generate(request)
+    final = None
+    async for chunk in provider.stream(request):
+        if chunk.done:
+            final = chunk.response
+    assert final is not None
+    return final
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["plain", "streamed"])
+@pytest.mark.parametrize("provider_class", [OpenAILlm, LmStudioLlm])
+async def test_openai_format_round_trip(
+    api: LoopbackServer, streamed: bool, provider_class: type[OpenAILlm]
+) -> None:
+    calls: list[tuple[str, dict[str, Any] | str]] = [
+        ("add", {"a": 2, "b": 40}),
+        ("lookup", {"word": 'héllo "quoted"'}),
+    ]
+    api.script(Scripted(text="", tool_calls=calls), Scripted(text="42, and hello."))
+    provider = provider_class("m", api_key="sk-test", base_url=f"{api.url}/v1")
+    request = LlmRequest.build("Add 2 and 40, look up hello.", tools=(ADD, LOOKUP))
+    async with provider:
+        first = await answer(provider, request, streamed)
+        assert first.finish_reason == "tool_calls" and first.text == ""
+        assert [(c.id, c.name, json.loads(c.arguments)) for c in first.tool_calls] == [
+            ("call_0", "add", {"a": 2, "b": 40}),
+            ("call_1", "lookup", {"word": 'héllo "quoted"'}),
+        ]
+        follow = request.model_copy(
+            update={
+                "messages": (
+                    *request.messages,
+                    Message(role="assistant", content="", tool_calls=first.tool_calls),
+                    Message(role="tool", content="42", tool_call_id="call_0", name="add"),
+                    Message(
+                        role="tool",
+                        content="error: no such word",
+                        tool_call_id="call_1",
+                        name="lookup",
+                        is_error=True,
+                    ),
+                )
+            }
+        )
+        second = await answer(provider, follow, streamed)
+    assert (second.text, second.finish_reason, second.tool_calls) == ("42, and hello.", "stop", ())
+    offered = api.requests[0]["tools"]
+    assert offered[0] == {
+        "type": "function",
+        "function": {
+            "name": "add",
+            "description": "Add two integers.",
+            "parameters": ADD.parameters,
+        },
+    }
+    sent = api.requests[1]["messages"]
+    assert sent[1] == {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call_0",
+                "type": "function",
+                "function": {"name": "add", "arguments": '{"a": 2, "b": 40}'},
+            },
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "lookup", "arguments": first.tool_calls[1].arguments},
+            },
+        ],
+    }
+    assert sent[2:] == [
+        {"role": "tool", "tool_call_id": "call_0", "content": "42"},
+        {"role": "tool", "tool_call_id": "call_1", "content": "error: no such word"},
+    ]
+
+
+async def test_a_result_that_answers_no_call_is_refused_as_the_vendor_refuses_it(
+    api: LoopbackServer,
+) -> None:
+    provider = OpenAILlm("m", api_key="sk-test", base_url=f"{api.url}/v1")
+    stray = LlmRequest.build(
+        [
+            {"role": "user", "content": "hi"},
+            {"role": "tool", "content": "42", "tool_call_id": "call_9"},
+        ]
+    )
+    async with provider:
+        with pytest.raises(InvalidRequestError, match="role 'tool' must be a response"):
+            await provider.generate(stray)
+
+
+def test_messages_keep_tool_fields_where_they_belong() -> None:
+    call = ToolCall(id="c", name="add", arguments="{}")
+    with pytest.raises(ValueError, match="only assistant messages ask for tools"):
+        Message(role="user", content="x", tool_calls=(call,))
+    with pytest.raises(ValueError, match="names its tool_call_id"):
+        Message(role="tool", content="42")
+    with pytest.raises(ValueError, match="names its tool_call_id"):
+        Message(role="user", content="42", tool_call_id="c")
+    with pytest.raises(ValueError, match="parameters must be an object schema"):
+        ToolSpec(name="f", parameters={"type": "string"})
+    with pytest.raises(ValueError, match="name"):
+        ToolSpec(name="has space")
+
+
+async def test_a_provider_without_tools_refuses_them_before_sending() -> None:
+    provider = AnthropicLlm("claude-haiku-4-5", api_key="sk-test", base_url="http://127.0.0.1:9")
+    with pytest.raises(InvalidRequestError, match="cannot call tools yet"):
+        await provider.generate(LlmRequest.build("hi", tools=(ADD,)))
