@@ -76,6 +76,7 @@ async def test_rows_match_what_happened_attempt_by_attempt() -> None:
         ("003_run_budget",),
         ("004_checked_output",),
         ("005_agent_keys",),
+        ("006_tool_calls",),
     ]
     assert rows("PRAGMA journal_mode") == [("wal",)]
 

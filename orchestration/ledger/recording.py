@@ -28,6 +28,7 @@ from orchestration.model.agent_registry import AgentConfig
 from orchestration.model.contracts import OutputContract
 from orchestration.model.tasks import AgentTask, TaskResult
 from orchestration.model.text import storable
+from orchestration.model.tools import ToolCallRecord
 
 if TYPE_CHECKING:
     from llm_abstractions.types import LlmRequest
@@ -77,6 +78,10 @@ _INSERT_ATTEMPT = _insert(
     "cache_creation_input_tokens reasoning_output_tokens cost_usd price_source latency_s "
     "wait_s fallback_reason cached_from request response finish_reason validation "
     "started_at finished_at",
+)
+_INSERT_TOOL_CALL = _insert(
+    "tool_calls",
+    "run_id task_id attempt turn call_id tool arguments result error started_at duration_s",
 )
 _TASK_KEY = "run_id, task_id"
 _TASK_STARTED = _insert(
@@ -279,6 +284,30 @@ class Recorder:
             meta.get("validation"),
         )
         write = [(RANK_ATTEMPT, _INSERT_ATTEMPT, [row + (_epoch_ts(start), _epoch_ts(end))])]
+        self._unawaited[self.ledger.write_soon(write)] = None
+
+    def tool_called(
+        self, run_id: str, task_id: str, agent: AgentConfig, attempt: int, call: ToolCallRecord
+    ) -> None:
+        """Record one tool call as it ends (queued, not awaited), secrets masked.
+
+        Recorded then, not with its attempt: after a crash the ledger shows which tools ran.
+        """
+        secrets = self._secrets(agent)
+        row = (
+            run_id,
+            task_id,
+            attempt,
+            call.turn,
+            call.call_id,
+            call.tool,
+            _clean(call.arguments, secrets),
+            _clean(call.result, secrets),
+            _clean(call.error, secrets),
+            _epoch_ts(call.started_at),
+            call.duration_s,
+        )
+        write = [(RANK_ATTEMPT, _INSERT_TOOL_CALL, [row])]
         self._unawaited[self.ledger.write_soon(write)] = None
 
     def task_finished(

@@ -19,7 +19,14 @@ from sqlmodel import col
 
 from llm_abstractions.errors import ConfigurationError
 from orchestration.ledger.history import process_alive
-from orchestration.ledger.schema import AttemptRow, RunAgentRow, RunRow, RunTaskRow, TaskRunRow
+from orchestration.ledger.schema import (
+    AttemptRow,
+    RunAgentRow,
+    RunRow,
+    RunTaskRow,
+    TaskRunRow,
+    ToolCallRow,
+)
 
 if TYPE_CHECKING:
     from orchestration.ledger.store import Ledger
@@ -27,7 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["Removed", "remove_runs", "runs_before"]
 
 # Children first: their foreign keys point at runs.
-_CHILDREN = (AttemptRow, TaskRunRow, RunTaskRow, RunAgentRow)
+_CHILDREN = (ToolCallRow, AttemptRow, TaskRunRow, RunTaskRow, RunAgentRow)
 
 
 @dataclass(frozen=True)

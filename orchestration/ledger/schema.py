@@ -6,6 +6,7 @@ Tables, one row each per:
   ``task_runs``       task of a run: its latest status and result
   ``attempts``        try of a task, whatever the method; token columns follow the
                       OpenTelemetry GenAI names (input tokens include cached ones)
+  ``tool_calls``      tool call a model made in an attempt's tool loop
   ``run_agents``      agent a run could use, as JSON without its key (what a resume from
                       the command line needs)
   ``response_cache``  answer kept for reuse (opt-in), keyed by a hash of the request
@@ -34,6 +35,7 @@ __all__ = [
     "RunRow",
     "RunTaskRow",
     "TaskRunRow",
+    "ToolCallRow",
     "migrate",
     "pending",
 ]
@@ -124,6 +126,25 @@ class AttemptRow(SQLModel, table=True):
     response: str | None = None  # the answer's text, redacted
     finish_reason: str | None = None
     validation: str | None = None  # accepted, refused or crashed; NULL: no contract to check
+
+
+class ToolCallRow(SQLModel, table=True):
+    """One tool call a model made during an attempt (arguments and result redacted)."""
+
+    __tablename__ = "tool_calls"
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(index=True, foreign_key="runs.id")
+    task_id: str
+    attempt: int  # the attempt whose tool loop made it
+    turn: int  # the model call (1, 2...) that asked for it
+    call_id: str  # the model's id for the call
+    tool: str
+    arguments: str | None = None  # as the model wrote them
+    result: str | None = None  # what the model was given back; NULL when it failed
+    error: str | None = None  # what the model was told went wrong
+    started_at: datetime
+    duration_s: float
 
 
 class RunAgentRow(SQLModel, table=True):
@@ -218,6 +239,11 @@ def _m005_agent_keys(connection: Connection) -> None:
     _add_columns(connection, {"run_agents": (("api_key_given", "BOOLEAN"),)})
 
 
+def _m006_tool_calls(connection: Connection) -> None:
+    """Tools: a row per call a model made."""
+    SQLModel.metadata.tables["tool_calls"].create(connection, checkfirst=True)
+
+
 def _add_columns(connection: Connection, added: dict[str, tuple[tuple[str, str], ...]]) -> None:
     """Add the columns a table lacks (a database created by this version has them)."""
     schema = inspect(connection)
@@ -234,6 +260,7 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("003_run_budget", _m003_run_budget),
     ("004_checked_output", _m004_checked_output),
     ("005_agent_keys", _m005_agent_keys),
+    ("006_tool_calls", _m006_tool_calls),
 ]
 
 

@@ -41,7 +41,16 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Unpack
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    InstanceOf,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import to_jsonable_python
 
 from llm_abstractions.errors import ConfigurationError, MissingCredentialsError
@@ -54,6 +63,7 @@ from orchestration.model.settings import (
     close_setting,
     read_settings,
 )
+from orchestration.model.tools import Tool, ToolLike, tools_of
 
 __all__ = [
     "AgentConfig",
@@ -114,6 +124,16 @@ class AgentConfig(BaseModel):
     script_fallback: bool = True
     script: ScriptSettings | None = None
     cache: bool | None = None  # reuse cached answers; None: as the executor says
+    # Functions its model may call (``model.tools``); Python objects, so never recorded.
+    tools: Sequence[InstanceOf[Tool] | ToolLike] = Field(default=(), exclude=True, repr=False)
+    # Model calls one attempt may make while it calls tools; None: DEFAULT_MAX_TURNS. Left
+    # out of the JSON when not set, so agents recorded before it load and dump the same.
+    max_turns: int | None = Field(default=None, gt=0, exclude_if=lambda value: value is None)
+
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _functions_become_tools(cls, given: Any) -> tuple[Tool, ...]:
+        return tools_of(given)
 
     @model_validator(mode="after")
     def _subprocess_agents_need_a_command(self) -> AgentConfig:
@@ -176,6 +196,8 @@ class AgentOptions(SettingsArguments, total=False):
     script_fallback: bool
     script: ScriptSettings | Mapping[str, Any] | None
     cache: bool | None
+    tools: Sequence[ToolLike]
+    max_turns: int
 
 
 _OPTION_NAMES = AgentOptions.__optional_keys__

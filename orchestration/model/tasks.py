@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, InstanceOf, field_validator, model_validator
 
 from llm_abstractions.types import Usage
 from orchestration.model.settings import read_settings
 from orchestration.model.text import storable
+from orchestration.model.tools import Tool, ToolLike, tools_of
 
 __all__ = ["AgentTask", "ExecutionMethod", "TaskProgress", "TaskResult", "TaskStatus"]
 
@@ -63,9 +64,13 @@ class AgentTask(BaseModel):
             raise ``OutputRejected("why")`` to refuse it, or return a value to use instead.
             A refused answer is asked for again with the reason, up to
             ``RetryPolicy.max_output_retries`` times; then the task fails.
+        tools: Functions (or ``Tool``s) its model may call, besides its agent's.
+        max_turns: The most model calls one attempt may make while it calls tools (None:
+            the agent's ``max_turns``, 10 by default).
 
-    ``output_type`` and ``validators`` are Python objects: the ledger keeps their names and
-    schema, not them, so a resumed run needs the tasks again to check its answers.
+    ``output_type``, ``validators`` and ``tools`` are Python objects: the ledger keeps the
+    contract's names and schema (and every tool call), not them, so a resumed run needs the
+    tasks again to check its answers or call its tools.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -79,6 +84,14 @@ class AgentTask(BaseModel):
     budget_usd: float | None = Field(default=None, ge=0)
     output_type: Any = Field(default=None, exclude=True)
     validators: tuple[Callable[[Any], Any], ...] = Field(default=(), exclude=True)
+    # Functions its model may call, besides its agent's (``model.tools``); never recorded.
+    tools: Sequence[InstanceOf[Tool] | ToolLike] = Field(default=(), exclude=True, repr=False)
+    max_turns: int | None = Field(default=None, gt=0)  # None: the agent's
+
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _functions_become_tools(cls, given: Any) -> tuple[Tool, ...]:
+        return tools_of(given)
 
     @field_validator("task_id", "description")
     @classmethod

@@ -44,8 +44,10 @@ from orchestration.model.tasks import (
     TaskStatus,
 )
 from orchestration.model.text import storable
+from orchestration.model.tools import DEFAULT_MAX_TURNS, ToolCallRecord, combined
 from orchestration.runtime.spending import ESTIMATED, estimated_cost
 from orchestration.runtime.subprocess_runner import ScriptError, run_script
+from orchestration.runtime.tool_loop import Turns, tool_loop
 
 __all__ = [
     "BUNDLED_SCRIPT",
@@ -80,11 +82,14 @@ async def llm_attempt(
     request: LlmRequest,
     build: Any,
     on_progress: Callable[[TaskProgress], None] | None = None,
+    on_tool_call: Callable[[ToolCallRecord], None] | None = None,
 ) -> TaskResult:
     """Answer through the agent's provider in this process; ``build()`` returns it.
 
     With ``on_progress``, a provider that can stream is asked to, and the callback hears
-    of every piece of text as it arrives.
+    of every piece of text as it arrives. With tools (the agent's and the task's), the
+    attempt is a tool loop (``runtime.tool_loop``): its tokens and cost are those of every
+    turn, and each tool call is reported to ``on_tool_call`` as it ends.
     """
     started = perf_counter()
     meta: dict[str, Any] = {
@@ -104,14 +109,37 @@ async def llm_attempt(
             raise InvalidRequestError(
                 f"provider {agent.agent_type!r} ({type(llm).__name__}) cannot follow a grammar"
             )
+        reporter = None if on_progress is None else _Reporter(task, agent, on_progress)
+
+        async def ask(sent: LlmRequest) -> LlmResponse:
+            if reporter is not None and llm.can_stream:
+                return await _streamed(llm, sent, reporter)
+            return await llm.generate(sent)
+
+        tools = {tool.name: tool for tool in combined(agent.tools, task.tools)}
+        turns = Turns()
         with anyio.fail_after(_timeout(task, agent)):  # None: no limit
-            if on_progress is not None and llm.can_stream:
-                response = await _streamed(llm, request, _Reporter(task, agent, on_progress))
+            if not tools:
+                response = await ask(request)
             else:
-                response = await llm.generate(request)
+                if not llm.supports_tools:
+                    raise InvalidRequestError(
+                        f"provider {agent.agent_type!r} ({type(llm).__name__}) cannot call "
+                        "tools, which this task's agent has; use another provider"
+                    )
+                most = task.max_turns or agent.max_turns or DEFAULT_MAX_TURNS
+                response = await tool_loop(ask, request, tools, most, on_tool_call, turns)
     except (TimeoutError, OrchestraError) as exc:
-        return _failed(task, agent, exc, perf_counter() - started, meta)
+        failed = _failed(task, agent, exc, perf_counter() - started, meta)
+        if turns.answered:  # a tool loop's turns answered before it failed: paid for
+            model = meta.get("model")
+            cost, source = cost_of(agent.agent_type, str(model) if model else None, turns.usage)
+            failed = failed.model_copy(update={"usage": turns.usage, "cost_usd": cost})
+            failed.metadata.update(price_source=source, turns=turns.answered)
+        return failed
     meta.update(model=response.model, finish_reason=response.finish_reason)
+    if "turns" in response.metadata:
+        meta["turns"] = response.metadata["turns"]
     latency = perf_counter() - started
     return _succeeded(task, response.text, response.usage, latency, meta, request)
 

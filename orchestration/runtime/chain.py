@@ -36,6 +36,7 @@ from llm_abstractions.errors import ConfigurationError
 from orchestration.ledger.cache import ResponseCache
 from orchestration.model.agent_registry import AgentConfig, AgentInterface
 from orchestration.model.tasks import AgentTask, TaskProgress, TaskResult, TaskStatus
+from orchestration.model.tools import ToolCallRecord
 from orchestration.runtime.links import OnAttempt, TaskAttempts, not_attempted
 from orchestration.runtime.prompts import build_request
 from orchestration.runtime.resilience import (
@@ -162,6 +163,7 @@ class TaskRunner:
         on_attempt: OnAttempt | None = None,
         waiting: Waiting = contextlib.nullcontext,
         on_progress: Callable[[TaskProgress], None] | None = None,
+        on_tool_call: Callable[[ToolCallRecord], None] | None = None,
     ) -> list[TaskResult]:
         """Every attempt at ``task``, in order; the last one is the task's outcome.
 
@@ -169,9 +171,11 @@ class TaskRunner:
         produced, such as a budget refusal) as soon as it ends. Every wait (backoff, rate
         limit, budget) happens inside ``waiting()``. An answer the task's output contract
         refuses is asked for again, with the reason, up to ``max_output_retries`` times.
+        ``on_tool_call`` hears of each tool call of an attempt's tool loop as it ends.
         """
         attempts = TaskAttempts(self, task, agent, upstream, cache, on_attempt, waiting, budget)
         attempts.on_progress = on_progress
+        attempts.on_tool_call = on_tool_call
         try:
             request = build_request(task, agent, upstream, attempts.contract)
         except ConfigurationError as exc:  # bad settings: nothing to try

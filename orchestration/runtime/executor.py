@@ -351,7 +351,30 @@ class TaskExecutor:
         for task in tasks:
             if task.output_type is not None:
                 self._check_structured_output(task, default)
+            self._check_tools(task, default)
         return graph
+
+    def _check_tools(self, task: AgentTask, default: str | None) -> None:
+        """Refuse, before the run, tools that no link of the task's chain could call."""
+        from llm_abstractions.factory import LlmFactory
+
+        agent = self.registry.get(task.agent or default or "")
+        for label, link in self.runner.chain(agent):
+            if not (link.tools or task.tools):
+                continue
+            if link.interface is not AgentInterface.API:
+                raise ConfigurationError(
+                    f"Task {task.task_id!r} has tools, but {label!r} is a "
+                    f"{link.interface.value} agent, which cannot call them: give the tools to "
+                    "an API agent."
+                )
+            built_from = LlmFactory.provider_class(link.agent_type)
+            if built_from is not None and not built_from.supports_tools:
+                raise ConfigurationError(
+                    f"Task {task.task_id!r} has tools, but {label!r} runs on provider "
+                    f"{link.agent_type!r}, which cannot call tools yet: give the task an agent "
+                    "on a provider that can (openai-gpt, lmstudio)."
+                )
 
     def _check_structured_output(self, task: AgentTask, default: str | None) -> None:
         """Refuse, before the run, a typed task whose providers cannot do structured output."""

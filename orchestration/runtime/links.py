@@ -32,6 +32,7 @@ from orchestration.model.tasks import (
     TaskResult,
     TaskStatus,
 )
+from orchestration.model.tools import ToolCallRecord
 from orchestration.runtime.attempts import (
     FailureKind,
     cancelled_attempt,
@@ -113,6 +114,7 @@ class TaskAttempts:
         self.cache = cache
         self.on_attempt = on_attempt
         self.on_progress: Callable[[TaskProgress], None] | None = None
+        self.on_tool_call: Callable[[ToolCallRecord], None] | None = None
         self.tries: list[TaskResult] = []
         self.started = runner.clock.now()
         self.reason: str | None = None  # why the next attempt is on another link
@@ -378,7 +380,12 @@ class TaskAttempts:
         with self._in_flight(link, request, ExecutionMethod.LLM_FACTORY) as ended:
             result = ended(
                 await llm_attempt(
-                    self.task, link, request, lambda: self.runner.provider(link), self.on_progress
+                    self.task,
+                    link,
+                    request,
+                    lambda: self.runner.provider(link),
+                    self.on_progress,
+                    self.on_tool_call,
                 )
             )
         if breaker is not None:
@@ -498,7 +505,9 @@ class TaskAttempts:
         failure = self.primary_failure
         unavailable = failure is not None and bool(failure.metadata.get("provider_unavailable"))
         closed = not self.primary_open and self._could_serve(self.agent)
-        if unavailable and closed and script_can_stand_in(self.agent):
+        # The bundled script cannot call tools: it does not stand in for a task that has them.
+        tools = bool(self.agent.tools or self.task.tools)
+        if unavailable and closed and not tools and script_can_stand_in(self.agent):
             with self._in_flight(self.agent, request, ExecutionMethod.SCRIPT) as ended:
                 made = ended(await script_attempt(self.task, self.agent, request))
             result = check_output(self.contract, made, self.agent)

@@ -12,6 +12,7 @@ from orchestration.model.agent_registry import AgentConfig
 from orchestration.model.contracts import OutputContract, feedback
 from orchestration.model.settings import SETTING_NAMES
 from orchestration.model.tasks import AgentTask
+from orchestration.model.tools import combined
 
 __all__ = ["build_request", "with_feedback"]
 
@@ -63,6 +64,9 @@ def build_request(
         parts.append(f"Reply with only a JSON value that matches this JSON schema:\n{shown}")
         params.pop("response_format", None)
         params["output_schema"] = OutputSchema(name=contract.schema_name, json_schema=schema)
+    tools = tuple(tool.spec() for tool in combined(agent.tools, task.tools))
+    if tools:
+        params["tools"] = tools
     return LlmRequest.build(
         [
             *_example_turns(settings.get("examples")),

@@ -26,6 +26,7 @@ from orchestration.ledger.accounting import agent_secrets, redact
 from orchestration.logs import get_logger
 from orchestration.model.agent_registry import AgentConfig, AgentRegistry
 from orchestration.model.tasks import AgentTask, TaskProgress, TaskResult, TaskStatus
+from orchestration.model.tools import ToolCallRecord
 from orchestration.runtime.chain import TaskRunner
 from orchestration.runtime.resilience import Budget
 from orchestration.runtime.results import RunResult
@@ -318,6 +319,18 @@ class Scheduler:
             run_id = self.run_result.run_id
             self.recorder.attempt_made(run_id, tid, agent, number, attempt, request)
 
+    def _tool_called(self, task: AgentTask, agent: AgentConfig, call: ToolCallRecord) -> None:
+        """Record a tool call as it ends, with the number its attempt will get.
+
+        A task's attempts are made one after the other, so the attempt in progress is the
+        one after those already numbered.
+        """
+        if self.recorder is None:
+            return
+        tid = task.task_id
+        number = self.made.get(tid, self.attempts_before.get(tid, 0)) + 1
+        self.recorder.tool_called(self.run_result.run_id, tid, agent, number, call)
+
     async def _attempts(
         self, task: AgentTask, agent: AgentConfig, upstream: dict[str, str]
     ) -> list[TaskResult]:
@@ -325,6 +338,9 @@ class Scheduler:
 
         def made(attempt: TaskResult, request: LlmRequest | None) -> None:
             self._attempt_made(task, agent, attempt, request)
+
+        def tool_called(call: ToolCallRecord) -> None:
+            self._tool_called(task, agent, call)
 
         try:
             return await self.runner.run(
@@ -336,6 +352,7 @@ class Scheduler:
                 on_attempt=made,
                 waiting=lambda: self._slot_given_back(task.task_id),
                 on_progress=None if self.on_progress is None else self._progress,
+                on_tool_call=tool_called,
             )
         except Exception as exc:  # cancellation is a BaseException and passes through
             failed = _failed_before_trying(task, agent, exc, "unexpected ")

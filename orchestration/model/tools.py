@@ -1,0 +1,286 @@
+"""Tools: Python functions an agent's model may call while it works on a task.
+
+A plain function (sync or async) with type hints and a docstring is a tool: its name is the
+function's, its description the docstring's summary, its parameters' JSON schema comes from
+the signature through pydantic, and each parameter's description from the docstring's
+``Args:`` section (Google style). Give them to an agent or a task:
+``registry.register_agent("calc", "openai-gpt", tools=[add, lookup])``.
+
+``Tool.of(add, timeout_s=5, idempotent=True)`` sets what a bare function cannot say: how
+long one call may take (60 s by default; a call that takes longer is reported to the model
+as an error) and whether running it twice is harmless (see the resume rules in the README).
+
+What the model sends is checked before the function runs: arguments that are not JSON, miss
+a required parameter or have the wrong type come back to the model as an error result,
+naming the problem, so it can correct itself; so does an exception the function raises.
+A parameter whose type has no JSON schema (a socket, a callable) is refused when the tool
+is made, naming the parameter.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Union, get_type_hints
+
+import anyio
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
+from pydantic.errors import PydanticSchemaGenerationError, PydanticUserError
+from pydantic_core import to_jsonable_python
+
+from llm_abstractions.errors import ConfigurationError
+from llm_abstractions.types import ToolSpec
+
+__all__ = [
+    "DEFAULT_MAX_TURNS",
+    "DEFAULT_TOOL_TIMEOUT_S",
+    "Tool",
+    "ToolArgumentsError",
+    "ToolCallRecord",
+    "ToolLike",
+    "combined",
+    "tools_of",
+]
+
+DEFAULT_TOOL_TIMEOUT_S = 60.0
+DEFAULT_MAX_TURNS = 10  # model calls in one attempt of a task with tools
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+
+
+class ToolArgumentsError(ValueError):
+    """The model's arguments for a tool are not what its schema asks for (said to the model)."""
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A function a model may call, with the JSON schema of its parameters.
+
+    Build it with ``Tool.of(function)``; a bare function given as a tool is turned into one
+    with the defaults.
+
+    Attributes:
+        name: What the model calls it (the function's name unless given).
+        description: What it does (the docstring's text before its sections).
+        function: The function, sync (run in a worker thread) or async.
+        parameters: The JSON schema of its arguments (an object).
+        timeout_s: Seconds one call may take; past it the model is told it timed out.
+        idempotent: Whether calling it again with the same arguments is harmless.
+    """
+
+    name: str
+    description: str
+    function: Callable[..., Any] = field(repr=False)
+    parameters: dict[str, Any] = field(repr=False)
+    timeout_s: float = DEFAULT_TOOL_TIMEOUT_S
+    idempotent: bool = False
+    _arguments: type[BaseModel] = field(repr=False, compare=False, default=BaseModel)
+
+    @classmethod
+    def of(
+        cls,
+        function: Callable[..., Any],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        timeout_s: float = DEFAULT_TOOL_TIMEOUT_S,
+        idempotent: bool = False,
+    ) -> Tool:
+        """A tool from a function's signature and docstring.
+
+        Raises:
+            ConfigurationError: The name is not one vendors accept, a parameter has no type
+                hint or a type without a JSON schema, or the function takes ``*args`` or
+                ``**kwargs``.
+        """
+        label = str(name or getattr(function, "__name__", ""))
+        if not _NAME.fullmatch(label):
+            raise ConfigurationError(
+                f"tool name {label!r}: use 1-64 letters, digits, '_' or '-', starting with a "
+                "letter or '_' (pass name=...)"
+            )
+        if timeout_s <= 0:
+            raise ConfigurationError(f"tool {label!r}: timeout_s must be greater than 0")
+        summary, described = _docstring(inspect.getdoc(function) or "")
+        arguments = _arguments_model(label, function, described)
+        schema = _untitled(arguments.model_json_schema())
+        return cls(
+            name=label,
+            description=description if description is not None else summary,
+            function=function,
+            parameters=schema,
+            timeout_s=timeout_s,
+            idempotent=idempotent,
+            _arguments=arguments,
+        )
+
+    def spec(self) -> ToolSpec:
+        """The tool as the model is told of it."""
+        return ToolSpec(name=self.name, description=self.description, parameters=self.parameters)
+
+    def arguments(self, text: str) -> dict[str, Any]:
+        """The keyword arguments the model's JSON text gives, checked against the schema.
+
+        Raises:
+            ToolArgumentsError: Not JSON, not an object, or not what the schema asks for;
+                the message says what, for the model.
+        """
+        try:
+            given = json.loads(text or "{}")
+        except ValueError as exc:
+            raise ToolArgumentsError(f"the arguments are not valid JSON ({exc})") from None
+        if not isinstance(given, dict):
+            raise ToolArgumentsError("the arguments must be a JSON object of the parameters")
+        try:
+            checked = self._arguments.model_validate(given)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}"
+                for e in exc.errors()
+            )
+            raise ToolArgumentsError(f"invalid arguments: {problems}") from None
+        return {name: getattr(checked, name) for name in type(checked).model_fields}
+
+    async def call(self, arguments: dict[str, Any]) -> str:
+        """Run the function; its result as text for the model (JSON unless it is a string).
+
+        Raises:
+            Exception: Whatever the function raises.
+        """
+        if inspect.iscoroutinefunction(self.function):
+            result = await self.function(**arguments)
+        else:
+            # Cancelled (its timeout), the caller stops waiting; the thread cannot be stopped
+            # and finishes on its own, its result dropped.
+            result = await anyio.to_thread.run_sync(
+                lambda: self.function(**arguments), abandon_on_cancel=True
+            )
+        if isinstance(result, str):
+            return result
+        return json.dumps(to_jsonable_python(result), ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class ToolCallRecord:
+    """One tool call as it ended: what was asked, and what came of it."""
+
+    turn: int  # the model call (1, 2...) of its attempt that asked for it
+    call_id: str
+    tool: str
+    arguments: str
+    result: str | None  # None when it failed
+    error: str | None  # what the model was told went wrong
+    started_at: float  # epoch seconds
+    duration_s: float
+
+
+ToolLike = Union["Tool", Callable[..., Any]]  # what users give: a Tool or a bare function
+
+
+def combined(*given: Sequence[ToolLike]) -> tuple[Tool, ...]:
+    """The tools of an agent and a task together (fields ``tools_of`` already made Tools)."""
+    return tuple(
+        item if isinstance(item, Tool) else Tool.of(item) for tools in given for item in tools
+    )
+
+
+def tools_of(given: Sequence[ToolLike] | None) -> tuple[Tool, ...]:
+    """Tools from tools and plain functions; names must be distinct.
+
+    Raises:
+        ConfigurationError: A tool cannot be made, or two share a name.
+    """
+    tools = tuple(item if isinstance(item, Tool) else Tool.of(item) for item in given or ())
+    names = [tool.name for tool in tools]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ConfigurationError(f"two tools are named {', '.join(map(repr, twice))}")
+    return tools
+
+
+def _arguments_model(
+    label: str, function: Callable[..., Any], described: dict[str, str]
+) -> type[BaseModel]:
+    """A pydantic model of the function's parameters (the schema and the argument checks)."""
+    try:
+        signature = inspect.signature(function)
+        hints = get_type_hints(function)
+    except (TypeError, ValueError, NameError) as exc:
+        raise ConfigurationError(f"tool {label!r}: cannot read its signature ({exc})") from None
+    fields: dict[str, Any] = {}
+    for name, parameter in signature.parameters.items():
+        if name not in hints and parameter.kind not in (
+            parameter.VAR_POSITIONAL,
+            parameter.VAR_KEYWORD,
+        ):
+            raise ConfigurationError(
+                f"tool {label!r}: parameter {name!r} has no type hint; the model needs its type"
+            )
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            raise ConfigurationError(
+                f"tool {label!r}: *{name} cannot be described to a model; name each parameter"
+            )
+        try:
+            TypeAdapter(hints[name]).json_schema()
+        except (PydanticSchemaGenerationError, PydanticUserError) as exc:
+            raise ConfigurationError(
+                f"tool {label!r}: parameter {name!r} is a {_type_name(hints[name])}, which has no "
+                "JSON schema to tell a model; use str, int, float, bool, lists, dicts, enums, "
+                "dataclasses or pydantic models"
+            ) from exc
+        default = ... if parameter.default is parameter.empty else parameter.default
+        fields[name] = (hints[name], Field(default, description=described.get(name)))
+    model: type[BaseModel] = create_model(
+        f"{label}_arguments", __config__=ConfigDict(extra="forbid"), **fields
+    )
+    return model
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__qualname__", None) or repr(hint)
+
+
+def _untitled(schema: Any) -> Any:
+    """``schema`` without pydantic's ``title`` keywords (words the model would pay for)."""
+    if isinstance(schema, list):
+        return [_untitled(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    found = {}
+    for key, value in schema.items():
+        if key == "title" and isinstance(value, str):
+            continue
+        if key in ("properties", "$defs") and isinstance(value, dict):
+            found[key] = {name: _untitled(item) for name, item in value.items()}
+        else:
+            found[key] = _untitled(value) if isinstance(value, dict | list) else value
+    return found
+
+
+_SECTION = re.compile(r"^(Args|Arguments|Parameters|Returns|Raises|Yields|Examples?|Notes?):\s*$")
+_ARGUMENT = re.compile(r"^\s+(\*{0,2}\w+)(?:\s*\([^)]*\))?:\s*(.*)$")
+
+
+def _docstring(doc: str) -> tuple[str, dict[str, str]]:
+    """A Google-style docstring's text before its sections, and its ``Args:`` descriptions."""
+    summary: list[str] = []
+    described: dict[str, str] = {}
+    section: str | None = None
+    current: str | None = None
+    for line in doc.splitlines():
+        heading = _SECTION.match(line)
+        if heading:
+            section, current = heading.group(1), None
+            continue
+        if section is None:
+            summary.append(line)
+        elif section in ("Args", "Arguments", "Parameters"):
+            argument = _ARGUMENT.match(line)
+            if argument and len(line) - len(line.lstrip()) <= 4:
+                current = argument.group(1).lstrip("*")
+                described[current] = argument.group(2).strip()
+            elif current is not None and line.strip():
+                described[current] = f"{described[current]} {line.strip()}"
+    return "\n".join(summary).strip(), described
