@@ -216,7 +216,9 @@ class LlmRequest(BaseModel):
 def describe_validation_error(subject: str, exc: ValidationError) -> str:
     """One line naming every invalid field, for errors users read."""
     problems = "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'value'}: {err['msg']}" for err in exc.errors()
+        f"{'.'.join(str(p) for p in err['loc']) or 'value'}: "
+        f"{err['msg'].removeprefix('Value error, ')}"
+        for err in exc.errors()
     )
     return f"Invalid {subject}: {problems}"
 
