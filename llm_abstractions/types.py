@@ -92,10 +92,11 @@ class Message(BaseModel):
 
     role: Role
     content: str
-    tool_calls: tuple[ToolCall, ...] = ()
-    tool_call_id: str | None = None
-    name: str | None = None
-    is_error: bool = False
+    # Left out of the JSON when not set: a plain message dumps as {"role", "content"}.
+    tool_calls: tuple[ToolCall, ...] = Field(default=(), exclude_if=lambda calls: not calls)
+    tool_call_id: str | None = Field(default=None, exclude_if=lambda value: value is None)
+    name: str | None = Field(default=None, exclude_if=lambda value: value is None)
+    is_error: bool = Field(default=False, exclude_if=lambda value: not value)
 
     @model_validator(mode="after")
     def _tool_fields_where_they_belong(self) -> Message:
@@ -150,7 +151,7 @@ class LlmRequest(BaseModel):
     response_format: Literal["text", "json"] | None = None
     output_schema: OutputSchema | None = None
     grammar: str | None = Field(default=None, min_length=1)
-    tools: tuple[ToolSpec, ...] = ()
+    tools: tuple[ToolSpec, ...] = Field(default=(), exclude_if=lambda tools: not tools)
     tool_choice: ToolChoice | None = None  # None: the vendor's default ("auto")
     stream: bool = False
     metadata: dict[str, Any] = Field(default_factory=dict)
@@ -254,7 +255,8 @@ class LlmResponse(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     latency_s: float | None = Field(default=None, ge=0.0)
     response_id: str | None = None
-    tool_calls: tuple[ToolCall, ...] = ()  # the tools the model asks for, in its order
+    # The tools the model asks for, in its order (left out of the JSON when none).
+    tool_calls: tuple[ToolCall, ...] = Field(default=(), exclude_if=lambda calls: not calls)
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @property

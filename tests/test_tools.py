@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import closing
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -274,3 +275,40 @@ def test_tools_on_a_provider_that_cannot_call_them_are_refused_before_the_run(
         anyio.run(run_one, agents, task)
     assert env.requests == []
     assert json.loads(agents.get("claude").model_dump_json()).get("tools") is None  # not kept
+
+
+@pytest.mark.anyio
+async def test_show_report_and_export_list_the_tool_calls(
+    env: LoopbackServer, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from orchestration.cli import app
+
+    env.script(
+        Scripted(text="", tool_calls=[("add", {"a": 1, "b": 2}), ("add", {"a": "x", "b": 2})]),
+        Scripted(text="3"),
+    )
+    result = await run_one(registry(), AgentTask(task_id="sum", description="1+2?", agent="calc"))
+    assert result.succeeded
+    ((run_id,),) = ledger_rows("SELECT id FROM runs")
+    cli = CliRunner()
+    shown = json.loads(cli.invoke(app, ["show", run_id, "--json"]).output)
+    (task,) = shown["tasks"]
+    assert (task["tool_calls"], task["tool_calls_failed"]) == (2, 1)
+    plain = cli.invoke(app, ["show", run_id, "--format", "plain"]).output.splitlines()
+    header, row = (line.split("\t") for line in plain)
+    assert row[header.index("tools")] == "2 (1 failed)"
+    page = cli.invoke(app, ["report", run_id, "--json"]).output
+    calls = json.loads(page)["tool_calls"]
+    assert sorted((c["tool"], c["result"] or "", c["error"] is None) for c in calls) == [
+        ("add", "", False),
+        ("add", "3", True),
+    ]
+    assert cli.invoke(app, ["report", run_id, "--html", str(tmp_path / "r.html")]).exit_code == 0
+    table = (tmp_path / "r.html").read_text().split("<h2>Tool calls</h2>")[1]
+    assert table.count("<tr>") == 3 and "Input should be a valid integer" in table
+    exported = [
+        json.loads(line) for line in cli.invoke(app, ["export", run_id]).output.splitlines()
+    ]
+    assert [r["type"] for r in exported].count("tool_call") == 2

@@ -241,6 +241,7 @@ def show(
     ``output`` is the start of each task's answer (``orchestra output RUN TASK`` prints it
     whole).
 
+    ``tools`` counts the tool calls its model made (``orchestra report`` lists them);
     ``refused`` counts the answers a task's output contract refused (and asked again for);
     a failed task's error says why its last answer was refused. A run whose process died
     while running it shows ``interrupted`` (``orchestra resume`` finishes it).
@@ -253,6 +254,7 @@ def show(
         resolve_run,
         run_status,
         run_tasks,
+        tool_call_counts,
     )
 
     ledger = open_ledger()
@@ -260,10 +262,12 @@ def show(
     status = run_status(ledger, run_id)
     tasks = run_tasks(ledger, run_id)
     refused = refusals(ledger, run_id)
+    called = tool_call_counts(ledger, run_id)
     for found in tasks:
         found["refused"] = refused.get(found["task_id"], 0)
+        found["tool_calls"], found["tool_calls_failed"] = called.get(found["task_id"], (0, 0))
     columns = ["task", "agent", "status", "method", "provider", "model", "tokens in/out"]
-    columns += ["cost", "latency", "attempts", "refused", "output", "error"]
+    columns += ["cost", "latency", "attempts", "refused", "tools", "output", "error"]
     rows = [
         [
             t["task_id"],
@@ -277,6 +281,7 @@ def show(
             fmt_seconds(t["latency_s"]),
             str(t["attempts"]),
             str(t["refused"]),
+            _calls(t["tool_calls"], t["tool_calls_failed"]),
             preview(t["output"]),
             one_line(t["error"]),
         ]
@@ -363,6 +368,11 @@ def report(
         typer.echo(summary_line(found))
     else:
         print_report(found, Console())
+
+
+def _calls(made: int, failed: int) -> str:
+    """Tool calls made, and how many failed: ``3``, ``3 (1 failed)``."""
+    return f"{made} ({failed} failed)" if failed else str(made)
 
 
 def _mark(value: bool | None) -> str:

@@ -30,6 +30,7 @@ from orchestration.cli.report_data import (
     AttemptReport,
     RunReport,
     TaskReport,
+    ToolCallReport,
 )
 from orchestration.cli.report_svg import SVG_CSS, dag_svg, timeline_svg
 from orchestration.ledger.history import fmt_cost, fmt_seconds, fmt_tokens
@@ -92,6 +93,7 @@ def render_html(report: RunReport) -> str:
         f"<section><h2>Tasks</h2>{tasks}</section>"
         f"<section><h2>Prompts and outputs</h2>{_exchanges(report)}</section>"
         f"<section><h2>Attempts</h2>{_html_table(_ATTEMPT_COLUMNS, attempts)}</section>"
+        f"{_tool_calls_section(report)}"
         "</body></html>\n"
     )
 
@@ -100,6 +102,30 @@ _TASK_COLUMNS = ["task", "agent", "status", "method", "provider", "model", "toke
 _TASK_COLUMNS += ["cost", "latency", "attempts", "error"]
 _ATTEMPT_COLUMNS = ["task", "#", "method", "provider", "model", "status", "start", "duration"]
 _ATTEMPT_COLUMNS += ["tokens in/out", "cost", "error"]
+
+
+_TOOL_COLUMNS = ["task", "attempt", "turn", "tool", "arguments", "result", "duration", "error"]
+
+
+def _tool_cells(call: ToolCallReport) -> list[str]:
+    return [
+        call.task_id,
+        str(call.attempt),
+        str(call.turn),
+        call.tool,
+        call.arguments or "",
+        call.result or "",
+        fmt_seconds(call.duration_s),
+        call.error or "",
+    ]
+
+
+def _tool_calls_section(report: RunReport) -> str:
+    """The tool calls' table (nothing for a run whose models called no tool)."""
+    if not report.tool_calls:
+        return ""
+    rows = [_tool_cells(call) for call in report.tool_calls]
+    return f"<section><h2>Tool calls</h2>{_html_table(_TOOL_COLUMNS, rows)}</section>"
 
 
 def _task_cells(task: TaskReport) -> list[str]:
@@ -198,6 +224,12 @@ def print_report(report: RunReport, console: Console) -> None:
     ]
     console.print(_rich_table(f"Tasks of {report.run_id}", _TASK_COLUMNS, tasks))
     console.print(_rich_table(f"Attempts of {report.run_id}", _ATTEMPT_COLUMNS, attempts))
+    if report.tool_calls:
+        calls = [
+            [*cells[:4], _cut(cells[4]), _cut(cells[5]), cells[6], _cut(cells[7])]
+            for cells in map(_tool_cells, report.tool_calls)
+        ]
+        console.print(_rich_table(f"Tool calls of {report.run_id}", _TOOL_COLUMNS, calls))
 
 
 def _cut(error: str, limit: int = 80) -> str:

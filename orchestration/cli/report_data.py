@@ -17,7 +17,7 @@ from typing import Any
 from sqlmodel import SQLModel, col, select
 
 from orchestration.ledger.history import INTERRUPTED, resolve_run, shown_status
-from orchestration.ledger.schema import AttemptRow, RunRow, RunTaskRow, TaskRunRow
+from orchestration.ledger.schema import AttemptRow, RunRow, RunTaskRow, TaskRunRow, ToolCallRow
 from orchestration.ledger.store import Ledger
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "AttemptReport",
     "RunReport",
     "TaskReport",
+    "ToolCallReport",
     "load_report",
 ]
 
@@ -86,6 +87,20 @@ class AttemptReport:
 
 
 @dataclass(frozen=True)
+class ToolCallReport:
+    """One tool call a model made in an attempt's tool loop."""
+
+    task_id: str
+    attempt: int
+    turn: int
+    tool: str
+    arguments: str | None
+    result: str | None
+    error: str | None
+    duration_s: float
+
+
+@dataclass(frozen=True)
 class RunReport:
     """A run with its tasks in definition order and its attempts in the order they ended."""
 
@@ -96,6 +111,7 @@ class RunReport:
     finished_at: datetime | None
     tasks: tuple[TaskReport, ...]
     attempts: tuple[AttemptReport, ...]
+    tool_calls: tuple[ToolCallReport, ...] = ()
 
     @property
     def duration_s(self) -> float | None:
@@ -156,13 +172,21 @@ def load_report(ledger: Ledger, run_prefix: str) -> RunReport:
             _task({"task_id": s.task_id}, s, sent.get(s.task_id)) for s in by_id.values()
         )
         attempts = tuple(AttemptReport(**_columns(row, AttemptReport)) for row in tried)
+        called = session.exec(
+            select(ToolCallRow)
+            .where(col(ToolCallRow.run_id) == run_id)
+            .order_by(col(ToolCallRow.id))
+        ).all()
+        tool_calls = tuple(ToolCallReport(**_columns(row, ToolCallReport)) for row in called)
     status = shown_status(run.status, run.pid, run.host)
     if status == INTERRUPTED:
         tasks = tuple(
             replace(task, status=INTERRUPTED) if task.status == "running" else task
             for task in tasks
         )
-    return RunReport(run_id, run.name, status, run.started_at, run.finished_at, tasks, attempts)
+    return RunReport(
+        run_id, run.name, status, run.started_at, run.finished_at, tasks, attempts, tool_calls
+    )
 
 
 def _task(definition: dict[str, Any], state: TaskRunRow | None, request: str | None) -> TaskReport:

@@ -4,8 +4,9 @@ Records come in this order, each with a ``type``: the ``run``; its ``agent``s (a
 configured, keys never included); its ``task``s in definition order (the definition, and
 how the task ended, ``pending`` for one that never started); its ``attempt``s in the order
 they ended, with the request sent and the answer got (secrets were masked when they were
-recorded). Times are ISO 8601 in UTC; JSON the ledger holds as text (definitions,
-requests, typed values) is parsed, so a reader needs no second decoding.
+recorded); its ``tool_call``s in the order they ended. Times are ISO 8601 in UTC; JSON the
+ledger holds as text (definitions, requests, typed values) is parsed, so a reader needs no
+second decoding.
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ from typing import TYPE_CHECKING, Any
 from sqlmodel import SQLModel, col, select
 
 from orchestration.ledger.history import shown_status
-from orchestration.ledger.schema import AttemptRow, RunAgentRow, RunRow, RunTaskRow, TaskRunRow
+from orchestration.ledger.schema import (
+    AttemptRow,
+    RunAgentRow,
+    RunRow,
+    RunTaskRow,
+    TaskRunRow,
+    ToolCallRow,
+)
 
 if TYPE_CHECKING:
     from orchestration.ledger.store import Ledger
@@ -50,6 +58,11 @@ def run_records(ledger: Ledger, run_id: str) -> Iterator[dict[str, Any]]:
         attempts = session.exec(
             select(AttemptRow).where(col(AttemptRow.run_id) == run_id).order_by(col(AttemptRow.id))
         ).all()
+        tool_calls = session.exec(
+            select(ToolCallRow)
+            .where(col(ToolCallRow.run_id) == run_id)
+            .order_by(col(ToolCallRow.id))
+        ).all()
     shown = _record("run", run) | {"status": shown_status(run.status, run.pid, run.host)}
     yield shown
     for agent in agents:
@@ -65,6 +78,8 @@ def run_records(ledger: Ledger, run_id: str) -> Iterator[dict[str, Any]]:
         yield _record("task", state)
     for attempt in attempts:
         yield _record("attempt", attempt)
+    for call in tool_calls:
+        yield _record("tool_call", call)
 
 
 def _record(kind: str, row: SQLModel) -> dict[str, Any]:

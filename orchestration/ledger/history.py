@@ -23,7 +23,7 @@ from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 
 from llm_abstractions.errors import ConfigurationError
-from orchestration.ledger.schema import AttemptRow, RunRow, RunTaskRow, TaskRunRow
+from orchestration.ledger.schema import AttemptRow, RunRow, RunTaskRow, TaskRunRow, ToolCallRow
 from orchestration.ledger.store import Ledger
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "run_tasks",
     "shown_status",
     "task_outputs",
+    "tool_call_counts",
 ]
 
 INTERRUPTED = "interrupted"
@@ -295,6 +296,18 @@ def refusals(ledger: Ledger, run_id: str) -> dict[str, int]:
     )
     with ledger.session() as session:
         return {tid: int(n) for tid, n in session.execute(query).all()}
+
+
+def tool_call_counts(ledger: Ledger, run_id: str) -> dict[str, tuple[int, int]]:
+    """How many tool calls each task's model made, and how many of them failed."""
+    failed = func.sum(case((col(ToolCallRow.error).is_not(None), 1), else_=0))
+    query = (
+        sa_select(col(ToolCallRow.task_id), func.count(), failed)
+        .where(col(ToolCallRow.run_id) == run_id)
+        .group_by(col(ToolCallRow.task_id))
+    )
+    with ledger.session() as session:
+        return {tid: (int(n), int(bad or 0)) for tid, n, bad in session.execute(query).all()}
 
 
 def fmt_tokens(tokens_in: int | None, tokens_out: int | None) -> str:
