@@ -9,6 +9,7 @@ does (a result must answer a call just made).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,8 +17,10 @@ import pytest
 from llm_abstractions import InvalidRequestError, LlmRequest
 from llm_abstractions.providers.anthropic import AnthropicLlm
 from llm_abstractions.providers.lmstudio import LmStudioLlm
+from llm_abstractions.providers.ollama import OllamaLlm
 from llm_abstractions.providers.openai import OpenAILlm
 from llm_abstractions.types import LlmResponse, Message, ToolCall, ToolSpec
+from tests.fakes.anthropic_api import anthropic_app
 from tests.fakes.openai_api import openai_app
 from tests.fakes.server import LoopbackServer, Scripted, loopback_fixtures
 
@@ -121,6 +124,117 @@ async def test_openai_format_round_trip(
     ]
 
 
+@pytest.fixture(scope="module")
+def claude_api() -> Iterator[LoopbackServer]:
+    fake = LoopbackServer(anthropic_app)
+    yield fake
+    fake.close()
+
+
+async def claude_answer(provider: AnthropicLlm, request: LlmRequest, streamed: bool) -> LlmResponse:
+    if not streamed:
+        return await provider.generate(request)
+    final = None
+    async for chunk in provider.stream(request):
+        if chunk.done:
+            final = chunk.response
+    assert final is not None
+    return final
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["plain", "streamed"])
+async def test_anthropic_round_trip(claude_api: LoopbackServer, streamed: bool) -> None:
+    claude_api.reset()
+    calls: list[tuple[str, dict[str, Any] | str]] = [
+        ("add", {"a": 2, "b": 40}),
+        ("lookup", {"word": 'héllo "quoted"'}),
+    ]
+    claude_api.script(
+        Scripted(text="Let me see.", tool_calls=calls), Scripted(text="42, and hello.")
+    )
+    provider = AnthropicLlm("claude-haiku-4-5", api_key="sk-test", base_url=claude_api.url)
+    request = LlmRequest.build(
+        "Add 2 and 40, look up hello.", tools=(ADD, LOOKUP), tool_choice="required"
+    )
+    async with provider:
+        first = await claude_answer(provider, request, streamed)
+        assert (first.finish_reason, first.text) == ("tool_calls", "Let me see.")
+        assert [(c.id, c.name, json.loads(c.arguments)) for c in first.tool_calls] == [
+            ("toolu_00", "add", {"a": 2, "b": 40}),
+            ("toolu_01", "lookup", {"word": 'héllo "quoted"'}),
+        ]
+        follow = request.model_copy(
+            update={
+                "messages": (
+                    *request.messages,
+                    Message(role="assistant", content=first.text, tool_calls=first.tool_calls),
+                    Message(role="tool", content="42", tool_call_id="toolu_00", name="add"),
+                    Message(
+                        role="tool",
+                        content="error: no such word",
+                        tool_call_id="toolu_01",
+                        name="lookup",
+                        is_error=True,
+                    ),
+                )
+            }
+        )
+        second = await claude_answer(provider, follow, streamed)
+    assert (second.text, second.finish_reason, second.tool_calls) == ("42, and hello.", "stop", ())
+    offered = claude_api.requests[0]
+    assert offered["tools"][0] == {
+        "name": "add",
+        "description": "Add two integers.",
+        "input_schema": ADD.parameters,
+    }
+    assert offered["tool_choice"] == {"type": "any"}
+    sent = claude_api.requests[1]["messages"]
+    assert sent[1] == {
+        "role": "assistant",
+        "content": [
+            {"type": "text", "text": "Let me see."},
+            {"type": "tool_use", "id": "toolu_00", "name": "add", "input": {"a": 2, "b": 40}},
+            {
+                "type": "tool_use",
+                "id": "toolu_01",
+                "name": "lookup",
+                "input": {"word": 'héllo "quoted"'},
+            },
+        ],
+    }
+    assert sent[2] == {  # both results in one user message, as the API requires
+        "role": "user",
+        "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_00", "content": "42"},
+            {
+                "type": "tool_result",
+                "tool_use_id": "toolu_01",
+                "content": "error: no such word",
+                "is_error": True,
+            },
+        ],
+    }
+
+
+async def test_anthropic_refuses_a_missing_result_as_the_api_does(
+    claude_api: LoopbackServer,
+) -> None:
+    claude_api.reset()
+    provider = AnthropicLlm("claude-haiku-4-5", api_key="sk-test", base_url=claude_api.url)
+    call = ToolCall(id="toolu_00", name="add", arguments='{"a": 1, "b": 2}')
+    unanswered = LlmRequest.build(
+        [
+            Message(role="user", content="add"),
+            Message(role="assistant", content="", tool_calls=(call,)),
+            Message(role="user", content="well?"),
+        ],
+        tools=(ADD,),
+    )
+    async with provider:
+        with pytest.raises(InvalidRequestError, match="without `tool_result` blocks"):
+            await provider.generate(unanswered)
+
+
 async def test_a_result_that_answers_no_call_is_refused_as_the_vendor_refuses_it(
     api: LoopbackServer,
 ) -> None:
@@ -151,6 +265,6 @@ def test_messages_keep_tool_fields_where_they_belong() -> None:
 
 
 async def test_a_provider_without_tools_refuses_them_before_sending() -> None:
-    provider = AnthropicLlm("claude-haiku-4-5", api_key="sk-test", base_url="http://127.0.0.1:9")
+    provider = OllamaLlm("llama3.2", host="http://127.0.0.1:9")
     with pytest.raises(InvalidRequestError, match="cannot call tools yet"):
         await provider.generate(LlmRequest.build("hi", tools=(ADD,)))

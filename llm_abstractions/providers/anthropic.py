@@ -29,6 +29,11 @@ which ``transform_schema`` would close to an empty object; a value of any type),
 schema is put in the system prompt instead (``SCHEMA_INSTRUCTION``): asked for, not
 enforced. A GBNF ``grammar`` is refused (``InvalidRequestError``) before anything is sent.
 
+Tools go out as the API's ``tools`` (``input_schema``) and ``tool_choice``; the model's
+``tool_use`` blocks come back as ``LlmResponse.tool_calls`` (their input serialized as JSON
+text), streamed or not, and tool turns are sent as ``tool_use`` and ``tool_result`` blocks
+(``tool_wire``).
+
 Usage follows the OpenTelemetry GenAI rules, which Anthropic does not: its
 ``input_tokens`` exclude the tokens read from and written to the prompt cache, so ours are
 ``input_tokens + cache_read_input_tokens + cache_creation_input_tokens``, with the two
@@ -58,7 +63,12 @@ from llm_abstractions.errors import (
 from llm_abstractions.providers._loop_bound import LoopBound
 from llm_abstractions.providers.http_errors import error_from_status, sdk_transport_error
 from llm_abstractions.providers.json_schema import free_form_part, refuse_grammar
-from llm_abstractions.providers.tool_wire import refuse_tools
+from llm_abstractions.providers.tool_wire import (
+    AnthropicToolCalls,
+    anthropic_messages,
+    anthropic_tool_call,
+    anthropic_tools,
+)
 from llm_abstractions.types import FinishReason, LlmRequest, LlmResponse, StreamChunk, Usage
 
 if TYPE_CHECKING:
@@ -113,6 +123,7 @@ class AnthropicLlm(BaseLlm):
     default_model: ClassVar[str | None] = "claude-sonnet-4-6"
     can_stream: ClassVar[bool] = True
     supports_output_schema: ClassVar[bool] = True
+    supports_tools: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -162,6 +173,11 @@ class AnthropicLlm(BaseLlm):
                 usage=_usage(_counts(message.usage)),
                 latency_s=perf_counter() - started,
                 response_id=message.id,
+                tool_calls=tuple(
+                    anthropic_tool_call(block)
+                    for block in message.content
+                    if block.type == "tool_use"
+                ),
             )
         except (AttributeError, TypeError, ValueError) as exc:
             raise LLMBadResponseError(
@@ -174,6 +190,7 @@ class AnthropicLlm(BaseLlm):
         parts: list[str] = []
         counts: dict[str, Any] = {}
         stop_reason: str | None = None
+        calls = AnthropicToolCalls()
         model, response_id, complete = self.model, None, False
         params = self._params(request)
         try:
@@ -187,6 +204,12 @@ class AnthropicLlm(BaseLlm):
                     elif event.type == "content_block_delta" and event.delta.type == "text_delta":
                         parts.append(event.delta.text)
                         yield StreamChunk(delta=event.delta.text)
+                    elif event.type == "content_block_start":
+                        if event.content_block.type == "tool_use":
+                            calls.start(event.index, event.content_block)
+                    elif event.type == "content_block_delta":
+                        if event.delta.type == "input_json_delta":
+                            calls.add(event.index, event.delta.partial_json)
                     elif event.type == "message_delta":
                         stop_reason = event.delta.stop_reason or stop_reason
                         delta = _counts(event.usage)
@@ -210,6 +233,7 @@ class AnthropicLlm(BaseLlm):
             usage=_usage(counts),
             latency_s=perf_counter() - started,
             response_id=response_id,
+            tool_calls=calls.calls(),
         )
         yield StreamChunk(done=True, response=response)
 
@@ -224,12 +248,12 @@ class AnthropicLlm(BaseLlm):
             InvalidRequestError: The request carries a grammar.
         """
         refuse_grammar(self.provider, request)
-        refuse_tools(self.provider, request)
         system, instruction = request.system, None
         params: dict[str, Any] = {
             "model": request.model or self.model,
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "messages": anthropic_messages(request),
             "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS,
+            **anthropic_tools(request),
         }
         if request.output_schema is not None:
             schema = request.output_schema.json_schema

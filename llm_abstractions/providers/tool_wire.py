@@ -8,6 +8,13 @@ Streamed, a call arrives in fragments keyed by ``index``: the first fragment of 
 has the id and the name, the following ones pieces of the arguments' text
 (``OpenAIToolCalls`` joins them).
 
+Anthropic's Messages format: tools as ``{"name", "description", "input_schema"}``;
+``tool_choice`` as ``{"type": "auto" | "any" | "none"}``; an assistant turn asking for tools
+as content blocks (its text, then ``tool_use`` blocks whose ``input`` is an *object*); the
+results as ``tool_result`` blocks (``tool_use_id``, ``content``, ``is_error``) of the next
+user message, all of them in that one message. Streamed, a ``tool_use`` block starts empty
+and its input arrives as ``input_json_delta`` pieces (``AnthropicToolCalls`` joins them).
+
 A provider that cannot send tools calls ``refuse_tools`` before sending anything: a
 request with tools, or with tool turns, is refused rather than sent without them (the model
 would answer as if it had none).
@@ -15,6 +22,7 @@ would answer as if it had none).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +30,11 @@ from llm_abstractions.errors import InvalidRequestError, LLMBadResponseError
 from llm_abstractions.types import LlmRequest, Message, ToolCall
 
 __all__ = [
+    "AnthropicToolCalls",
     "OpenAIToolCalls",
+    "anthropic_messages",
+    "anthropic_tool_call",
+    "anthropic_tools",
     "has_tool_turns",
     "openai_messages",
     "openai_tool_calls",
@@ -45,7 +57,7 @@ def refuse_tools(provider: str, request: LlmRequest) -> None:
     if has_tool_turns(request):
         raise InvalidRequestError(
             f"{provider}: this provider cannot call tools yet; give the agent a provider "
-            "that can (openai-gpt, lmstudio), or no tools"
+            "that can (openai-gpt, anthropic-claude, lmstudio), or no tools"
         )
 
 
@@ -111,8 +123,6 @@ def openai_tool_calls(calls: Any, provider: str) -> tuple[ToolCall, ...]:
             raise LLMBadResponseError(f"{provider}: a tool call without a name", provider=provider)
         arguments = _field(function, "arguments")
         if not isinstance(arguments, str):  # servers that send an object (Ollama's dialect)
-            import json
-
             arguments = json.dumps(arguments if arguments is not None else {})
         found.append(
             ToolCall(id=_field(call, "id") or f"call_{number}", name=name, arguments=arguments)
@@ -168,6 +178,107 @@ class OpenAIToolCalls:
                 )
             )
         return tuple(found)
+
+
+_ANTHROPIC_CHOICE = {"auto": "auto", "required": "any", "none": "none"}
+
+
+def anthropic_tools(request: LlmRequest) -> dict[str, Any]:
+    """The ``tools`` and ``tool_choice`` parameters (empty when the request has no tools)."""
+    if not request.tools:
+        return {}
+    params: dict[str, Any] = {
+        "tools": [
+            {"name": tool.name, "description": tool.description, "input_schema": tool.parameters}
+            for tool in request.tools
+        ]
+    }
+    if request.tool_choice is not None:
+        params["tool_choice"] = {"type": _ANTHROPIC_CHOICE[request.tool_choice]}
+    return params
+
+
+def anthropic_messages(request: LlmRequest) -> list[dict[str, Any]]:
+    """The conversation as the Messages API's ``messages`` (the system prompt goes apart).
+
+    Consecutive tool results become the ``tool_result`` blocks of one user message, as the
+    API requires.
+    """
+    messages: list[dict[str, Any]] = []
+    for message in request.messages:
+        if message.role == "tool":
+            block: dict[str, Any] = {
+                "type": "tool_result",
+                "tool_use_id": message.tool_call_id,
+                "content": message.content,
+            }
+            if message.is_error:
+                block["is_error"] = True
+            last = messages[-1] if messages else None
+            if last is not None and last["role"] == "user" and _all_results(last["content"]):
+                last["content"].append(block)
+            else:
+                messages.append({"role": "user", "content": [block]})
+        elif message.tool_calls:
+            blocks: list[dict[str, Any]] = (
+                [{"type": "text", "text": message.content}] if message.content else []
+            )
+            blocks += [
+                {"type": "tool_use", "id": c.id, "name": c.name, "input": _input(c.arguments)}
+                for c in message.tool_calls
+            ]
+            messages.append({"role": "assistant", "content": blocks})
+        else:
+            messages.append({"role": message.role, "content": message.content})
+    return messages
+
+
+def _all_results(content: Any) -> bool:
+    return isinstance(content, list) and all(b.get("type") == "tool_result" for b in content)
+
+
+def _input(arguments: str) -> dict[str, Any]:
+    """A call's arguments as the object Anthropic's ``input`` must be."""
+    try:
+        value = json.loads(arguments or "{}")
+    except ValueError:
+        return {"arguments": arguments}  # not JSON: kept, so the turn stays as it was
+    return value if isinstance(value, dict) else {"arguments": value}
+
+
+def anthropic_tool_call(block: Any) -> ToolCall:
+    """A ``tool_use`` content block as a call (its input object as JSON text)."""
+    return ToolCall(
+        id=_field(block, "id"),
+        name=_field(block, "name"),
+        arguments=json.dumps(_field(block, "input") or {}, ensure_ascii=False),
+    )
+
+
+class AnthropicToolCalls:
+    """``tool_use`` blocks of a stream: started by ``content_block_start``, input in pieces."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, _Partial] = {}
+
+    def start(self, index: int, block: Any) -> None:
+        """A ``content_block_start`` whose block is a ``tool_use``."""
+        self._calls[index] = _Partial(id=_field(block, "id"), name=_field(block, "name") or "")
+
+    def add(self, index: int, partial_json: str) -> None:
+        """An ``input_json_delta`` piece of block ``index``."""
+        self._calls.setdefault(index, _Partial()).arguments.append(partial_json)
+
+    def calls(self) -> tuple[ToolCall, ...]:
+        """The calls, whole, in block order (an input that never came is ``{}``)."""
+        return tuple(
+            ToolCall(
+                id=partial.id or f"toolu_{index}",
+                name=partial.name,
+                arguments="".join(partial.arguments) or "{}",
+            )
+            for index, partial in sorted(self._calls.items())
+        )
 
 
 def _field(value: Any, name: str) -> Any:

@@ -37,7 +37,7 @@ def anthropic_app(server: LoopbackServer) -> web.Application:
         scripted = server.next_answer(body, dict(request.headers))
         await asyncio.sleep(scripted.delay)
         stream = bool(body.get("stream"))
-        refused = _output_config_error(body.get("output_config"))
+        refused = _output_config_error(body.get("output_config")) or _tool_turns_error(body)
         if refused is not None:
             return web.json_response(error_body("invalid_request_error", refused), status=400)
         if scripted.status is not None and not (stream and scripted.status == 200):
@@ -47,8 +47,9 @@ def anthropic_app(server: LoopbackServer) -> web.Application:
         usage = _usage(body, scripted)
         if stream:
             return await _stream(request, body, scripted, usage)
-        message = _message(body, scripted.finish or "end_turn", usage)
-        message["content"] = [{"type": "text", "text": scripted.text}]
+        message = _message(body, scripted.finish or _stop_reason(scripted), usage)
+        message["content"] = [{"type": "text", "text": scripted.text}] if scripted.text else []
+        message["content"] += _tool_uses(scripted)
         return web.json_response(message)
 
     app = web.Application()
@@ -119,20 +120,27 @@ async def _stream(
     start = _message(body, None, {**usage, "output_tokens": 1} if usage else {})
     events: list[tuple[str, dict[str, Any]]] = [
         ("message_start", {"type": "message_start", "message": start}),
-        ("content_block_start", _block_start()),
-        ("ping", {"type": "ping"}),
     ]
-    events += [("content_block_delta", _text_delta(delta)) for delta in deltas]
-    if scripted.status == 200:  # an error event after the first words, then the end
-        events = events[:4] + [("error", scripted.body)]
+    index = 0
+    if scripted.text or not scripted.tool_calls:
+        events += [("content_block_start", _block_start()), ("ping", {"type": "ping"})]
+        events += [("content_block_delta", _text_delta(delta)) for delta in deltas]
+        if scripted.status == 200:  # an error event after the first words, then the end
+            events = events[:4] + [("error", scripted.body)]
+        events.append(("content_block_stop", {"type": "content_block_stop", "index": 0}))
+        index = 1
+    for number, block in enumerate(_tool_uses(scripted), start=index):
+        events += _tool_use_events(number, block)
     delta: dict[str, Any] = {
         "type": "message_delta",
-        "delta": {"stop_reason": scripted.finish or "end_turn", "stop_sequence": None},
+        "delta": {
+            "stop_reason": scripted.finish or _stop_reason(scripted),
+            "stop_sequence": None,
+        },
     }
     if usage:
         delta["usage"] = {"output_tokens": usage["output_tokens"]}
     events += [
-        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
         ("message_delta", delta),
         ("message_stop", {"type": "message_stop"}),
     ]
@@ -143,6 +151,71 @@ async def _stream(
         if name == "error":
             return response
     return response
+
+
+def _stop_reason(scripted: Scripted) -> str:
+    return "tool_use" if scripted.tool_calls else "end_turn"
+
+
+def _tool_uses(scripted: Scripted) -> list[dict[str, Any]]:
+    """The scripted tool calls as ``tool_use`` content blocks (input always an object)."""
+    return [
+        {
+            "type": "tool_use",
+            "id": f"toolu_{number:02d}",
+            "name": name,
+            "input": arguments if isinstance(arguments, dict) else {"raw": arguments},
+        }
+        for number, (name, arguments) in enumerate(scripted.tool_calls or ())
+    ]
+
+
+def _tool_use_events(index: int, block: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """A streamed ``tool_use`` block: started empty, its input as ``input_json_delta`` pieces."""
+    text = json.dumps(block["input"])
+    middle = len(text) // 2
+    started = {**block, "input": {}}
+    return [
+        (
+            "content_block_start",
+            {"type": "content_block_start", "index": index, "content_block": started},
+        ),
+        *(
+            (
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": index,
+                    "delta": {"type": "input_json_delta", "partial_json": piece},
+                },
+            )
+            for piece in (text[:middle], text[middle:])
+        ),
+        ("content_block_stop", {"type": "content_block_stop", "index": index}),
+    ]
+
+
+def _tool_turns_error(body: dict[str, Any]) -> str | None:
+    """The API's complaint about tool turns: results answer the calls just made, all of them."""
+    for tool in body.get("tools") or ():
+        if not tool.get("name") or not isinstance(tool.get("input_schema"), dict):
+            return "tools: each tool needs a name and an input_schema"
+    asked: set[str] = set()
+    for message in body["messages"]:
+        content = message.get("content")
+        blocks = content if isinstance(content, list) else []
+        if message.get("role") == "assistant":
+            asked = {b["id"] for b in blocks if b.get("type") == "tool_use"}
+            continue
+        answered = {b.get("tool_use_id") for b in blocks if b.get("type") == "tool_result"}
+        if answered - asked:
+            return "messages: unexpected `tool_use_id` found in `tool_result` blocks"
+        if asked - answered:
+            return (
+                "messages: `tool_use` ids were found without `tool_result` blocks immediately after"
+            )
+        asked = set()
+    return None
 
 
 def _block_start() -> dict[str, Any]:
@@ -167,9 +240,10 @@ def _usage(body: dict[str, Any], scripted: Scripted) -> dict[str, Any]:
     if scripted.usage is not None:
         return {"cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, **scripted.usage}
     prompt = sum(len(str(m.get("content", "")).split()) for m in body["messages"])
+    said = " ".join([scripted.text, *(json.dumps(b["input"]) for b in _tool_uses(scripted))])
     return {
         "input_tokens": prompt + len(str(body.get("system", "")).split()),
-        "output_tokens": len(scripted.text.split()),
+        "output_tokens": len(said.split()),
         "cache_creation_input_tokens": 0,
         "cache_read_input_tokens": 0,
     }
