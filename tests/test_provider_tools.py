@@ -15,12 +15,14 @@ from typing import Any
 import pytest
 
 from llm_abstractions import InvalidRequestError, LlmRequest
+from llm_abstractions.base import BaseLlm
 from llm_abstractions.providers.anthropic import AnthropicLlm
 from llm_abstractions.providers.lmstudio import LmStudioLlm
 from llm_abstractions.providers.ollama import OllamaLlm
 from llm_abstractions.providers.openai import OpenAILlm
 from llm_abstractions.types import LlmResponse, Message, ToolCall, ToolSpec
 from tests.fakes.anthropic_api import anthropic_app
+from tests.fakes.ollama_api import ollama_app
 from tests.fakes.openai_api import openai_app
 from tests.fakes.server import LoopbackServer, Scripted, loopback_fixtures
 
@@ -44,7 +46,8 @@ LOOKUP = ToolSpec(
 )
 
 
-async def answer(provider: OpenAILlm, request: LlmRequest, streamed: bool) -> LlmResponse:
+async def respond(provider: BaseLlm, request: LlmRequest, streamed: bool) -> LlmResponse:
+    """The provider's answer, asked for whole or streamed (its last chunk's response)."""
     if not streamed:
         return await provider.generate(request)
     final = None
@@ -68,7 +71,7 @@ async def test_openai_format_round_trip(
     provider = provider_class("m", api_key="sk-test", base_url=f"{api.url}/v1")
     request = LlmRequest.build("Add 2 and 40, look up hello.", tools=(ADD, LOOKUP))
     async with provider:
-        first = await answer(provider, request, streamed)
+        first = await respond(provider, request, streamed)
         assert first.finish_reason == "tool_calls" and first.text == ""
         assert [(c.id, c.name, json.loads(c.arguments)) for c in first.tool_calls] == [
             ("call_0", "add", {"a": 2, "b": 40}),
@@ -90,7 +93,7 @@ async def test_openai_format_round_trip(
                 )
             }
         )
-        second = await answer(provider, follow, streamed)
+        second = await respond(provider, follow, streamed)
     assert (second.text, second.finish_reason, second.tool_calls) == ("42, and hello.", "stop", ())
     offered = api.requests[0]["tools"]
     assert offered[0] == {
@@ -131,17 +134,6 @@ def claude_api() -> Iterator[LoopbackServer]:
     fake.close()
 
 
-async def claude_answer(provider: AnthropicLlm, request: LlmRequest, streamed: bool) -> LlmResponse:
-    if not streamed:
-        return await provider.generate(request)
-    final = None
-    async for chunk in provider.stream(request):
-        if chunk.done:
-            final = chunk.response
-    assert final is not None
-    return final
-
-
 @pytest.mark.parametrize("streamed", [False, True], ids=["plain", "streamed"])
 async def test_anthropic_round_trip(claude_api: LoopbackServer, streamed: bool) -> None:
     claude_api.reset()
@@ -157,7 +149,7 @@ async def test_anthropic_round_trip(claude_api: LoopbackServer, streamed: bool) 
         "Add 2 and 40, look up hello.", tools=(ADD, LOOKUP), tool_choice="required"
     )
     async with provider:
-        first = await claude_answer(provider, request, streamed)
+        first = await respond(provider, request, streamed)
         assert (first.finish_reason, first.text) == ("tool_calls", "Let me see.")
         assert [(c.id, c.name, json.loads(c.arguments)) for c in first.tool_calls] == [
             ("toolu_00", "add", {"a": 2, "b": 40}),
@@ -179,7 +171,7 @@ async def test_anthropic_round_trip(claude_api: LoopbackServer, streamed: bool) 
                 )
             }
         )
-        second = await claude_answer(provider, follow, streamed)
+        second = await respond(provider, follow, streamed)
     assert (second.text, second.finish_reason, second.tool_calls) == ("42, and hello.", "stop", ())
     offered = claude_api.requests[0]
     assert offered["tools"][0] == {
@@ -235,6 +227,57 @@ async def test_anthropic_refuses_a_missing_result_as_the_api_does(
             await provider.generate(unanswered)
 
 
+@pytest.fixture(scope="module")
+def ollama_api() -> Iterator[LoopbackServer]:
+    fake = LoopbackServer(ollama_app)
+    yield fake
+    fake.close()
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["plain", "streamed"])
+async def test_ollama_round_trip(ollama_api: LoopbackServer, streamed: bool) -> None:
+    ollama_api.reset()
+    calls: list[tuple[str, dict[str, Any] | str]] = [
+        ("add", {"a": 2, "b": 40}),
+        ("lookup", {"word": "hello"}),
+    ]
+    ollama_api.script(Scripted(text="", tool_calls=calls), Scripted(text="42, and hello."))
+    provider = OllamaLlm("qwen2.5:0.5b", host=ollama_api.url)
+    request = LlmRequest.build("Add 2 and 40, look up hello.", tools=(ADD, LOOKUP))
+    async with provider:
+        first = await respond(provider, request, streamed)
+        assert first.finish_reason == "tool_calls"
+        assert [(c.id, c.name, json.loads(c.arguments)) for c in first.tool_calls] == [
+            ("call_0", "add", {"a": 2, "b": 40}),
+            ("call_1", "lookup", {"word": "hello"}),
+        ]
+        follow = request.model_copy(
+            update={
+                "messages": (
+                    *request.messages,
+                    Message(role="assistant", content="", tool_calls=first.tool_calls),
+                    Message(role="tool", content="42", tool_call_id="call_0", name="add"),
+                    Message(role="tool", content="hi", tool_call_id="call_1", name="lookup"),
+                )
+            }
+        )
+        second = await respond(provider, follow, streamed)
+    assert (second.text, second.finish_reason) == ("42, and hello.", "stop")
+    assert ollama_api.requests[0]["tools"][1]["function"]["name"] == "lookup"
+    assert ollama_api.requests[1]["messages"][1:] == [
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {"function": {"name": "add", "arguments": {"a": 2, "b": 40}}},
+                {"function": {"name": "lookup", "arguments": {"word": "hello"}}},
+            ],
+        },
+        {"role": "tool", "content": "42", "tool_name": "add"},
+        {"role": "tool", "content": "hi", "tool_name": "lookup"},
+    ]
+
+
 async def test_a_result_that_answers_no_call_is_refused_as_the_vendor_refuses_it(
     api: LoopbackServer,
 ) -> None:
@@ -265,6 +308,8 @@ def test_messages_keep_tool_fields_where_they_belong() -> None:
 
 
 async def test_a_provider_without_tools_refuses_them_before_sending() -> None:
-    provider = OllamaLlm("llama3.2", host="http://127.0.0.1:9")
+    from llm_abstractions.providers.local import LocalLlm
+
+    provider = LocalLlm()
     with pytest.raises(InvalidRequestError, match="cannot call tools yet"):
         await provider.generate(LlmRequest.build("hi", tools=(ADD,)))

@@ -43,6 +43,7 @@ import aiohttp
 
 from llm_abstractions.base import BaseLlm
 from llm_abstractions.errors import (
+    InvalidRequestError,
     LLMBadResponseError,
     LLMServerError,
     LLMTimeoutError,
@@ -51,7 +52,11 @@ from llm_abstractions.errors import (
 from llm_abstractions.providers._loop_bound import LoopBound
 from llm_abstractions.providers.http_errors import caused_by, connection_error, error_from_status
 from llm_abstractions.providers.json_schema import refuse_grammar
-from llm_abstractions.providers.tool_wire import refuse_tools
+from llm_abstractions.providers.tool_wire import (
+    ollama_messages,
+    openai_tool_calls,
+    openai_tools,
+)
 from llm_abstractions.specs import OLLAMA_DEFAULT_HOST, server_url
 from llm_abstractions.types import (
     FinishReason,
@@ -59,6 +64,7 @@ from llm_abstractions.types import (
     LlmRequest,
     LlmResponse,
     StreamChunk,
+    ToolCall,
     Usage,
 )
 
@@ -81,6 +87,7 @@ class OllamaLlm(BaseLlm):
     can_stream: ClassVar[bool] = True
     is_local: ClassVar[bool] = True
     supports_output_schema: ClassVar[bool] = True
+    supports_tools: ClassVar[bool] = True
 
     def __init__(
         self, model: str | None = None, *, host: str | None = None, timeout: float = 120.0
@@ -107,13 +114,16 @@ class OllamaLlm(BaseLlm):
         answer = _decode(raw)
         if not isinstance(answer.get("message"), dict):
             raise LLMBadResponseError("ollama: the answer has no message", provider=self.provider)
-        return self._response(answer, str(answer["message"].get("content") or ""), started)
+        message = answer["message"]
+        calls = openai_tool_calls(message.get("tool_calls"), self.provider)
+        return self._response(answer, str(message.get("content") or ""), started, calls)
 
     async def stream(self, request: LlmRequest) -> AsyncIterator[StreamChunk]:
         """Stream one answer; the last chunk carries the whole response and its usage."""
         started = perf_counter()
         model = request.model or self.model
         parts: list[str] = []
+        calls: list[Any] = []  # a stream sends each tool call whole, in one line
         final: dict[str, Any] | None = None
         try:
             body = self._body(request, stream=True)
@@ -125,7 +135,9 @@ class OllamaLlm(BaseLlm):
                     event = _decode(line)
                     if event.get("error"):
                         raise _stream_error(str(event["error"]), model)
-                    delta = str((event.get("message") or {}).get("content") or "")
+                    message = event.get("message") or {}
+                    calls += message.get("tool_calls") or []
+                    delta = str(message.get("content") or "")
                     if delta:
                         parts.append(delta)
                         yield StreamChunk(delta=delta)
@@ -140,7 +152,8 @@ class OllamaLlm(BaseLlm):
             raise LLMBadResponseError(
                 "ollama: the stream ended before the answer was complete", provider=self.provider
             )
-        yield StreamChunk(done=True, response=self._response(final, "".join(parts), started))
+        made = openai_tool_calls(calls, self.provider)
+        yield StreamChunk(done=True, response=self._response(final, "".join(parts), started, made))
 
     async def health_check(self) -> HealthStatus:
         """Ask ``GET /api/tags`` (cheap, loads no model) and say whether the model is pulled."""
@@ -178,9 +191,12 @@ class OllamaLlm(BaseLlm):
             InvalidRequestError: The request carries a grammar.
         """
         refuse_grammar(self.provider, request)
-        refuse_tools(self.provider, request)
-        messages = [{"role": "system", "content": request.system}] if request.system else []
-        messages += [{"role": m.role, "content": m.content} for m in request.messages]
+        if request.tool_choice == "required":
+            raise InvalidRequestError(
+                "ollama: Ollama cannot be made to call a tool (it has no tool_choice); "
+                "leave tool_choice unset, or use a provider that can"
+            )
+        messages = ollama_messages(request)
         options: dict[str, Any] = {}
         if request.max_tokens is not None:
             options["num_predict"] = request.max_tokens
@@ -195,13 +211,22 @@ class OllamaLlm(BaseLlm):
             "stream": stream,
             "options": options,
         }
+        tools = openai_tools(request)
+        if tools:
+            body["tools"] = tools["tools"]
         if request.output_schema is not None:
             body["format"] = request.output_schema.json_schema
         elif request.response_format == "json":
             body["format"] = "json"
         return body
 
-    def _response(self, final: dict[str, Any], text: str, started: float) -> LlmResponse:
+    def _response(
+        self,
+        final: dict[str, Any],
+        text: str,
+        started: float,
+        calls: tuple[ToolCall, ...] = (),
+    ) -> LlmResponse:
         reason = final.get("done_reason")
         # Missing or 0: no prompt token was evaluated, not a prompt of none (module docstring).
         prompt = _count(final.get("prompt_eval_count")) or None
@@ -209,9 +234,13 @@ class OllamaLlm(BaseLlm):
             text=text,
             provider=self.provider,
             model=str(final.get("model") or self.model),
-            finish_reason=_FINISH.get(str(reason), "stop") if reason else None,
+            # Ollama says "stop" when the model asks for tools.
+            finish_reason="tool_calls"
+            if calls
+            else (_FINISH.get(str(reason), "stop") if reason else None),
             usage=Usage(input_tokens=prompt, output_tokens=_count(final.get("eval_count"))),
             latency_s=perf_counter() - started,
+            tool_calls=calls,
             metadata={} if prompt is not None else {"input_tokens_reported": False},
         )
 

@@ -15,6 +15,11 @@ results as ``tool_result`` blocks (``tool_use_id``, ``content``, ``is_error``) o
 user message, all of them in that one message. Streamed, a ``tool_use`` block starts empty
 and its input arrives as ``input_json_delta`` pieces (``AnthropicToolCalls`` joins them).
 
+Ollama's ``/api/chat``: tools in OpenAI's shape (Ollama has no ``tool_choice``); calls as
+``message.tool_calls`` whose ``arguments`` are an *object* and which may carry no id (one is
+made up: ``call_0``...); a stream sends each call whole in one line. Results are ``tool``
+messages naming the tool (``tool_name``), and the assistant turn carries its calls back.
+
 A provider that cannot send tools calls ``refuse_tools`` before sending anything: a
 request with tools, or with tool turns, is refused rather than sent without them (the model
 would answer as if it had none).
@@ -31,6 +36,7 @@ from llm_abstractions.types import LlmRequest, Message, ToolCall
 
 __all__ = [
     "AnthropicToolCalls",
+    "ollama_messages",
     "OpenAIToolCalls",
     "anthropic_messages",
     "anthropic_tool_call",
@@ -57,7 +63,7 @@ def refuse_tools(provider: str, request: LlmRequest) -> None:
     if has_tool_turns(request):
         raise InvalidRequestError(
             f"{provider}: this provider cannot call tools yet; give the agent a provider "
-            "that can (openai-gpt, anthropic-claude, lmstudio), or no tools"
+            "that can (openai-gpt, anthropic-claude, ollama, lmstudio), or no tools"
         )
 
 
@@ -178,6 +184,27 @@ class OpenAIToolCalls:
                 )
             )
         return tuple(found)
+
+
+def ollama_messages(request: LlmRequest) -> list[dict[str, Any]]:
+    """The conversation as Ollama's ``messages``: tool turns in its shape."""
+    messages: list[dict[str, Any]] = []
+    if request.system:
+        messages.append({"role": "system", "content": request.system})
+    for message in request.messages:
+        if message.role == "tool":
+            messages.append(
+                {"role": "tool", "content": message.content, "tool_name": message.name or ""}
+            )
+        elif message.tool_calls:
+            calls = [
+                {"function": {"name": c.name, "arguments": _input(c.arguments)}}
+                for c in message.tool_calls
+            ]
+            messages.append({"role": "assistant", "content": message.content, "tool_calls": calls})
+        else:
+            messages.append({"role": message.role, "content": message.content})
+    return messages
 
 
 _ANTHROPIC_CHOICE = {"auto": "auto", "required": "any", "none": "none"}

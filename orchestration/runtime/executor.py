@@ -373,7 +373,7 @@ class TaskExecutor:
                 raise ConfigurationError(
                     f"Task {task.task_id!r} has tools, but {label!r} runs on provider "
                     f"{link.agent_type!r}, which cannot call tools yet: give the task an agent "
-                    "on a provider that can (openai-gpt, anthropic-claude, lmstudio)."
+                    "on a provider that can (openai-gpt, anthropic-claude, ollama, lmstudio)."
                 )
 
     def _check_structured_output(self, task: AgentTask, default: str | None) -> None:

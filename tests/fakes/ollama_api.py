@@ -44,12 +44,13 @@ def ollama_app(server: LoopbackServer) -> web.Application:
             return await answer_error(scripted)
         if isinstance(scripted.body, bytes):
             return web.Response(body=scripted.body, content_type="application/json")
-        counts = scripted.usage or _counts(body, scripted.text)
+        counts = scripted.usage or _counts(body, scripted)
         if body.get("stream", True):
             return await _stream(request, body, scripted, counts)
-        return web.json_response(
-            _line(body, scripted.text, done=True) | _final(scripted, counts),
-        )
+        answer = _line(body, scripted.text, done=True) | _final(scripted, counts)
+        if scripted.tool_calls:
+            answer["message"]["tool_calls"] = _calls(scripted)
+        return web.json_response(answer)
 
     async def tags(request: web.Request) -> web.Response:
         scripted = server.next_answer({"GET": "/api/tags"}, dict(request.headers))
@@ -73,12 +74,16 @@ async def _stream(
 ) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
-    words = scripted.text.split(" ")
+    words = scripted.text.split(" ") if scripted.text or not scripted.tool_calls else []
     deltas = [word if i == 0 else f" {word}" for i, word in enumerate(words)]
     for count, delta in enumerate(deltas):
         if scripted.cut is not None and count >= scripted.cut:
             break
         await _write(response, _line(body, delta, done=False))
+    if scripted.tool_calls:  # each call whole, in one line, as Ollama streams them
+        line = _line(body, "", done=False)
+        line["message"]["tool_calls"] = _calls(scripted)
+        await _write(response, line)
     if isinstance(scripted.body, dict):
         await _write(response, scripted.body)  # an error line where the stream stops
     elif scripted.cut is None:
@@ -110,6 +115,15 @@ def _final(scripted: Scripted, counts: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _counts(body: dict[str, Any], text: str) -> dict[str, Any]:
+def _calls(scripted: Scripted) -> list[dict[str, Any]]:
+    """The scripted calls as Ollama sends them: arguments an object, no id."""
+    return [
+        {"function": {"index": n, "name": name, "arguments": arguments}}
+        for n, (name, arguments) in enumerate(scripted.tool_calls or ())
+    ]
+
+
+def _counts(body: dict[str, Any], scripted: Scripted) -> dict[str, Any]:
     prompt = sum(len(str(m.get("content", "")).split()) for m in body["messages"])
-    return {"prompt_eval_count": prompt, "eval_count": len(text.split())}
+    said = " ".join([scripted.text, *(json.dumps(c[1]) for c in scripted.tool_calls or ())])
+    return {"prompt_eval_count": prompt, "eval_count": len(said.split())}
