@@ -17,11 +17,13 @@ import pytest
 from llm_abstractions import InvalidRequestError, LlmRequest
 from llm_abstractions.base import BaseLlm
 from llm_abstractions.providers.anthropic import AnthropicLlm
+from llm_abstractions.providers.huggingface import HuggingFaceLlm
 from llm_abstractions.providers.lmstudio import LmStudioLlm
 from llm_abstractions.providers.ollama import OllamaLlm
 from llm_abstractions.providers.openai import OpenAILlm
 from llm_abstractions.types import LlmResponse, Message, ToolCall, ToolSpec
 from tests.fakes.anthropic_api import anthropic_app
+from tests.fakes.hf_api import hf_app
 from tests.fakes.ollama_api import ollama_app
 from tests.fakes.openai_api import openai_app
 from tests.fakes.server import LoopbackServer, Scripted, loopback_fixtures
@@ -276,6 +278,48 @@ async def test_ollama_round_trip(ollama_api: LoopbackServer, streamed: bool) -> 
         {"role": "tool", "content": "42", "tool_name": "add"},
         {"role": "tool", "content": "hi", "tool_name": "lookup"},
     ]
+
+
+@pytest.fixture(scope="module")
+def hf_api() -> Iterator[LoopbackServer]:
+    fake = LoopbackServer(hf_app)
+    yield fake
+    fake.close()
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["plain", "streamed"])
+async def test_huggingface_round_trip(hf_api: LoopbackServer, streamed: bool) -> None:
+    hf_api.reset()
+    calls: list[tuple[str, dict[str, Any] | str]] = [("add", {"a": 2, "b": 40})]
+    hf_api.script(Scripted(text="", tool_calls=calls), Scripted(text="42."))
+    provider = HuggingFaceLlm(
+        "meta-llama/Llama-3.1-8B-Instruct", api_key="hf_test", base_url=f"{hf_api.url}/v1"
+    )
+    request = LlmRequest.build("Add 2 and 40.", tools=(ADD,), tool_choice="auto")
+    async with provider:
+        first = await respond(provider, request, streamed)
+        assert first.finish_reason == "tool_calls"
+        assert [(c.id, c.name, json.loads(c.arguments)) for c in first.tool_calls] == [
+            ("call_0", "add", {"a": 2, "b": 40})
+        ]
+        follow = request.model_copy(
+            update={
+                "messages": (
+                    *request.messages,
+                    Message(role="assistant", content="", tool_calls=first.tool_calls),
+                    Message(role="tool", content="42", tool_call_id="call_0", name="add"),
+                )
+            }
+        )
+        second = await respond(provider, follow, streamed)
+    assert (second.text, second.tool_calls) == ("42.", ())
+    assert hf_api.requests[0]["tools"][0]["function"]["parameters"] == ADD.parameters
+    assert hf_api.requests[0]["tool_choice"] == "auto"
+    assert hf_api.requests[1]["messages"][-1] == {
+        "role": "tool",
+        "tool_call_id": "call_0",
+        "content": "42",
+    }
 
 
 async def test_a_result_that_answers_no_call_is_refused_as_the_vendor_refuses_it(

@@ -269,12 +269,12 @@ def test_tools_on_a_provider_that_cannot_call_them_are_refused_before_the_run(
     env: LoopbackServer,
 ) -> None:
     agents = AgentRegistry()
-    agents.register_agent("hf", "huggingface", api_key=KEY, tools=[add])
-    task = AgentTask(task_id="t", description="Add.", agent="hf")
-    with pytest.raises(ConfigurationError, match="'hf' runs on provider 'huggingface', which can"):
+    agents.register_agent("embedded", "local", tools=[add])
+    task = AgentTask(task_id="t", description="Add.", agent="embedded")
+    with pytest.raises(ConfigurationError, match="'embedded' runs on provider 'local', which can"):
         anyio.run(run_one, agents, task)
     assert env.requests == []
-    assert json.loads(agents.get("hf").model_dump_json()).get("tools") is None  # not kept
+    assert json.loads(agents.get("embedded").model_dump_json()).get("tools") is None
 
 
 @pytest.mark.anyio

@@ -58,7 +58,11 @@ from llm_abstractions.providers._loop_bound import LoopBound
 from llm_abstractions.providers.http_errors import caused_by, connection_error, error_from_status
 from llm_abstractions.providers.json_schema import refuse_grammar
 from llm_abstractions.providers.openai import ChatStream
-from llm_abstractions.providers.tool_wire import refuse_tools
+from llm_abstractions.providers.tool_wire import (
+    openai_messages,
+    openai_tool_calls,
+    openai_tools,
+)
 from llm_abstractions.types import FinishReason, LlmRequest, LlmResponse, StreamChunk, Usage
 
 if TYPE_CHECKING:
@@ -85,6 +89,7 @@ class HuggingFaceLlm(BaseLlm):
     default_model: ClassVar[str | None] = "Qwen/Qwen2.5-7B-Instruct"
     can_stream: ClassVar[bool] = True
     supports_output_schema: ClassVar[bool] = True
+    supports_tools: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -133,6 +138,7 @@ class HuggingFaceLlm(BaseLlm):
                 usage=_usage(completion.usage),
                 latency_s=perf_counter() - started,
                 response_id=completion.id,
+                tool_calls=openai_tool_calls(choice.message.tool_calls, self.provider),
             )
         except (AttributeError, TypeError, ValueError) as exc:
             raise LLMBadResponseError(
@@ -176,12 +182,10 @@ class HuggingFaceLlm(BaseLlm):
             InvalidRequestError: The request carries a grammar.
         """
         refuse_grammar(self.provider, request)
-        refuse_tools(self.provider, request)
-        messages = [{"role": "system", "content": request.system}] if request.system else []
-        messages += [{"role": m.role, "content": m.content} for m in request.messages]
         # None values are dropped by the client before sending.
         return {
-            "messages": messages,
+            **openai_tools(request),
+            "messages": openai_messages(request),
             "model": request.model or self.model,
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,

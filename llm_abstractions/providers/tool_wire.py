@@ -35,6 +35,7 @@ from llm_abstractions.errors import InvalidRequestError, LLMBadResponseError
 from llm_abstractions.types import LlmRequest, Message, ToolCall
 
 __all__ = [
+    "TOOL_PROVIDERS",
     "AnthropicToolCalls",
     "ollama_messages",
     "OpenAIToolCalls",
@@ -47,6 +48,10 @@ __all__ = [
     "openai_tools",
     "refuse_tools",
 ]
+
+
+# The providers that send tools, for messages that say which to use instead.
+TOOL_PROVIDERS = "openai-gpt, anthropic-claude, ollama, huggingface, lmstudio"
 
 
 def has_tool_turns(request: LlmRequest) -> bool:
@@ -63,7 +68,7 @@ def refuse_tools(provider: str, request: LlmRequest) -> None:
     if has_tool_turns(request):
         raise InvalidRequestError(
             f"{provider}: this provider cannot call tools yet; give the agent a provider "
-            "that can (openai-gpt, anthropic-claude, ollama, lmstudio), or no tools"
+            f"that can ({TOOL_PROVIDERS}), or no tools"
         )
 
 

@@ -357,6 +357,7 @@ class TaskExecutor:
     def _check_tools(self, task: AgentTask, default: str | None) -> None:
         """Refuse, before the run, tools that no link of the task's chain could call."""
         from llm_abstractions.factory import LlmFactory
+        from llm_abstractions.providers.tool_wire import TOOL_PROVIDERS
 
         agent = self.registry.get(task.agent or default or "")
         for label, link in self.runner.chain(agent):
@@ -373,7 +374,7 @@ class TaskExecutor:
                 raise ConfigurationError(
                     f"Task {task.task_id!r} has tools, but {label!r} runs on provider "
                     f"{link.agent_type!r}, which cannot call tools yet: give the task an agent "
-                    "on a provider that can (openai-gpt, anthropic-claude, ollama, lmstudio)."
+                    f"on a provider that can ({TOOL_PROVIDERS})."
                 )
 
     def _check_structured_output(self, task: AgentTask, default: str | None) -> None:

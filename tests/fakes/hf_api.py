@@ -28,6 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fakes.openai_api import scripted_tool_calls, tool_call_fragments, tool_turns_error
 from tests.fakes.server import LoopbackServer, Scripted, answer_error
 
 
@@ -38,18 +39,22 @@ def hf_app(server: LoopbackServer) -> web.Application:
         body = await request.json()
         scripted = server.next_answer(body, dict(request.headers))
         await asyncio.sleep(scripted.delay)
-        refused = _response_format_error(body.get("response_format"))
+        refused = _response_format_error(body.get("response_format")) or tool_turns_error(body)
         if refused is not None:
             return web.json_response({"error": refused, "error_type": "validation"}, status=422)
         if scripted.status is not None:
             return await answer_error(scripted)
         if isinstance(scripted.body, bytes):
             return web.Response(body=scripted.body, content_type="application/json")
-        usage = scripted.usage or _usage(body, scripted.text)
+        said = [scripted.text, *(c["function"]["arguments"] for c in scripted_tool_calls(scripted))]
+        usage = scripted.usage or _usage(body, " ".join(said))
         if body.get("stream"):
             return await _stream(request, body, scripted, usage)
-        message = {"role": "assistant", "content": scripted.text}
-        choice = {"index": 0, "message": message, "finish_reason": scripted.finish or "stop"}
+        message: dict[str, Any] = {"role": "assistant", "content": scripted.text or None}
+        if scripted.tool_calls:
+            message["tool_calls"] = scripted_tool_calls(scripted)
+        finish = scripted.finish or ("tool_calls" if scripted.tool_calls else "stop")
+        choice = {"index": 0, "message": message, "finish_reason": finish}
         return web.json_response(
             _envelope(body, "chat.completion", [choice]) | {"usage": usage},
         )
@@ -85,10 +90,13 @@ async def _stream(
 ) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
-    words = scripted.text.split(" ")
+    words = scripted.text.split(" ") if scripted.text else []
     deltas = [word if i == 0 else f" {word}" for i, word in enumerate(words)]
-    events = [{"role": "assistant", "content": ""}] + [
-        {"role": "assistant", "content": d} for d in deltas
+    events: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
+    events += [{"role": "assistant", "content": d} for d in deltas]
+    events += [
+        {"role": "assistant", "tool_calls": [fragment]}
+        for fragment in tool_call_fragments(scripted)
     ]
     for count, delta in enumerate(events):
         if scripted.cut is not None and count >= scripted.cut:
@@ -100,9 +108,8 @@ async def _stream(
     if scripted.cut is not None:
         return response  # the connection ends here: no finish reason, no usage, no [DONE]
     delta = {"role": "assistant", "content": ""}
-    await _send(
-        response, body, [{"index": 0, "delta": delta, "finish_reason": scripted.finish or "stop"}]
-    )
+    finish = scripted.finish or ("tool_calls" if scripted.tool_calls else "stop")
+    await _send(response, body, [{"index": 0, "delta": delta, "finish_reason": finish}])
     if (body.get("stream_options") or {}).get("include_usage"):
         await _send(response, body, [], usage)
     await response.write(b"data: [DONE]\n\n")

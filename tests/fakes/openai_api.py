@@ -37,7 +37,7 @@ def openai_app(server: LoopbackServer, *, openai_rules: bool = True) -> web.Appl
         await asyncio.sleep(scripted.delay)
         for param, refused in (
             ("response_format", _response_format_error(body.get("response_format"), openai_rules)),
-            ("messages", _tool_turns_error(body)),
+            ("messages", tool_turns_error(body)),
         ):
             if refused is not None:
                 return web.json_response(
@@ -55,7 +55,9 @@ def openai_app(server: LoopbackServer, *, openai_rules: bool = True) -> web.Appl
             return await answer_error(scripted)
         if isinstance(scripted.body, bytes):
             return web.Response(body=scripted.body, content_type="application/json")
-        said = " ".join([scripted.text, *(c["function"]["arguments"] for c in _calls(scripted))])
+        said = " ".join(
+            [scripted.text, *(c["function"]["arguments"] for c in scripted_tool_calls(scripted))]
+        )
         usage = _usage(body, said) if scripted.usage is None else scripted.usage
         if body.get("stream"):
             return await _stream(request, body, scripted, usage)
@@ -68,7 +70,9 @@ def openai_app(server: LoopbackServer, *, openai_rules: bool = True) -> web.Appl
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": scripted.text or None}
-                    | ({"tool_calls": _calls(scripted)} if scripted.tool_calls else {}),
+                    | (
+                        {"tool_calls": scripted_tool_calls(scripted)} if scripted.tool_calls else {}
+                    ),
                     "finish_reason": scripted.finish or _finish(scripted),
                 }
             ],
@@ -173,7 +177,7 @@ async def _stream(
     deltas = [word if i == 0 else f" {word}" for i, word in enumerate(words)]
     events: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
     events += [{"content": d} for d in deltas]
-    events += [{"tool_calls": [fragment]} for fragment in _call_fragments(scripted)]
+    events += [{"tool_calls": [fragment]} for fragment in tool_call_fragments(scripted)]
     for count, delta in enumerate(events):
         if scripted.cut is not None and count >= scripted.cut:
             return response  # the connection ends here: no finish reason, no usage
@@ -209,7 +213,7 @@ def _finish(scripted: Scripted) -> str:
     return "tool_calls" if scripted.tool_calls else "stop"
 
 
-def _calls(scripted: Scripted) -> list[dict[str, Any]]:
+def scripted_tool_calls(scripted: Scripted) -> list[dict[str, Any]]:
     """The scripted tool calls as a completion's ``message.tool_calls``."""
     return [
         {
@@ -224,10 +228,10 @@ def _calls(scripted: Scripted) -> list[dict[str, Any]]:
     ]
 
 
-def _call_fragments(scripted: Scripted) -> list[dict[str, Any]]:
+def tool_call_fragments(scripted: Scripted) -> list[dict[str, Any]]:
     """The calls as a stream sends them: id and name first, then the arguments in pieces."""
     fragments: list[dict[str, Any]] = []
-    for index, call in enumerate(_calls(scripted)):
+    for index, call in enumerate(scripted_tool_calls(scripted)):
         function = call["function"]
         fragments.append(
             {
@@ -244,7 +248,7 @@ def _call_fragments(scripted: Scripted) -> list[dict[str, Any]]:
     return fragments
 
 
-def _tool_turns_error(body: dict[str, Any]) -> str | None:
+def tool_turns_error(body: dict[str, Any]) -> str | None:
     """OpenAI's complaint about tool turns: each result answers a call just made."""
     asked: set[str] = set()
     for message in body["messages"]:
