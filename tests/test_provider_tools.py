@@ -17,12 +17,14 @@ import pytest
 from llm_abstractions import InvalidRequestError, LlmRequest
 from llm_abstractions.base import BaseLlm
 from llm_abstractions.providers.anthropic import AnthropicLlm
+from llm_abstractions.providers.gemini import GeminiLlm
 from llm_abstractions.providers.huggingface import HuggingFaceLlm
 from llm_abstractions.providers.lmstudio import LmStudioLlm
 from llm_abstractions.providers.ollama import OllamaLlm
 from llm_abstractions.providers.openai import OpenAILlm
 from llm_abstractions.types import LlmResponse, Message, ToolCall, ToolSpec
 from tests.fakes.anthropic_api import anthropic_app
+from tests.fakes.gemini_api import gemini_app
 from tests.fakes.hf_api import hf_app
 from tests.fakes.ollama_api import ollama_app
 from tests.fakes.openai_api import openai_app
@@ -319,6 +321,75 @@ async def test_huggingface_round_trip(hf_api: LoopbackServer, streamed: bool) ->
         "role": "tool",
         "tool_call_id": "call_0",
         "content": "42",
+    }
+
+
+@pytest.fixture(scope="module")
+def gemini_api() -> Iterator[LoopbackServer]:
+    fake = LoopbackServer(gemini_app)
+    yield fake
+    fake.close()
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["plain", "streamed"])
+async def test_gemini_round_trip(gemini_api: LoopbackServer, streamed: bool) -> None:
+    gemini_api.reset()
+    calls: list[tuple[str, dict[str, Any] | str]] = [
+        ("add", {"a": 2, "b": 40}),
+        ("lookup", {"word": "hello"}),
+    ]
+    gemini_api.script(Scripted(text="", tool_calls=calls), Scripted(text="42, and hello."))
+    provider = GeminiLlm("gemini-2.5-flash", api_key="g-test", base_url=gemini_api.url)
+    strict = ADD.model_copy(
+        update={"parameters": {**ADD.parameters, "additionalProperties": False}}
+    )
+    request = LlmRequest.build(
+        "Add 2 and 40, look up hello.", tools=(strict, LOOKUP), tool_choice="required"
+    )
+    async with provider:
+        first = await respond(provider, request, streamed)
+        assert first.finish_reason == "tool_calls"
+        assert [(c.id, c.name, json.loads(c.arguments)) for c in first.tool_calls] == [
+            ("call_0", "add", {"a": 2, "b": 40}),
+            ("call_1", "lookup", {"word": "hello"}),
+        ]
+        follow = request.model_copy(
+            update={
+                "messages": (
+                    *request.messages,
+                    Message(role="assistant", content="", tool_calls=first.tool_calls),
+                    Message(role="tool", content="42", tool_call_id="call_0", name="add"),
+                    Message(
+                        role="tool",
+                        content="no entry",
+                        tool_call_id="call_1",
+                        name="lookup",
+                        is_error=True,
+                    ),
+                )
+            }
+        )
+        second = await respond(provider, follow, streamed)
+    assert (second.text, second.finish_reason) == ("42, and hello.", "stop")
+    offered = gemini_api.requests[0]
+    declared = offered["tools"][0]["functionDeclarations"][0]
+    # The SDK sends this field by its proto name, which Google's JSON parsing takes too.
+    assert declared["parameters_json_schema"] == ADD.parameters  # additionalProperties dropped
+    assert offered["toolConfig"] == {"functionCallingConfig": {"mode": "ANY"}}
+    turns = gemini_api.requests[1]["contents"]
+    assert turns[1] == {
+        "role": "model",
+        "parts": [
+            {"functionCall": {"name": "add", "args": {"a": 2, "b": 40}}},
+            {"functionCall": {"name": "lookup", "args": {"word": "hello"}}},
+        ],
+    }
+    assert turns[2] == {  # both results in one user turn
+        "role": "user",
+        "parts": [
+            {"functionResponse": {"name": "add", "response": {"result": "42"}}},
+            {"functionResponse": {"name": "lookup", "response": {"error": "no entry"}}},
+        ],
     }
 
 

@@ -22,10 +22,18 @@ with the schema as written in ``response_json_schema`` (google-genai 3.6's
 itself, unlike ``response_schema`` and its OpenAPI subset. Gemini documents the keywords it
 follows and leaves the others out of its constraint; the caller validates the answer. A
 GBNF ``grammar`` is refused (``InvalidRequestError``) before anything is sent.
+
+Tools go out as ``functionDeclarations`` with ``parametersJsonSchema`` (the schema without
+``additionalProperties``, which Gemini refuses), ``tool_choice`` as the function-calling
+mode (``AUTO``, ``ANY``, ``NONE``), and the SDK's automatic function calling off. Gemini's
+``functionCall`` parts carry no id: calls get ``call_0``, ``call_1``... in their order, and
+results go back as ``functionResponse`` parts (``{"result": ...}``, or ``{"error": ...}``
+for a failed call) matched by name and order, all of one turn's in one user turn.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import AsyncIterator, Mapping
@@ -48,8 +56,14 @@ from llm_abstractions.errors import (
 from llm_abstractions.providers._loop_bound import LoopBound
 from llm_abstractions.providers.http_errors import caused_by, connection_error, error_from_status
 from llm_abstractions.providers.json_schema import refuse_grammar
-from llm_abstractions.providers.tool_wire import refuse_tools
-from llm_abstractions.types import FinishReason, LlmRequest, LlmResponse, StreamChunk, Usage
+from llm_abstractions.types import (
+    FinishReason,
+    LlmRequest,
+    LlmResponse,
+    StreamChunk,
+    ToolCall,
+    Usage,
+)
 
 if TYPE_CHECKING:
     from google.genai import Client
@@ -86,6 +100,7 @@ class GeminiLlm(BaseLlm):
     default_model: ClassVar[str | None] = "gemini-2.5-flash"
     can_stream: ClassVar[bool] = True
     supports_output_schema: ClassVar[bool] = True
+    supports_tools: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -131,20 +146,23 @@ class GeminiLlm(BaseLlm):
                 f"{self.provider}: the answer has no candidates", provider=self.provider
             )
         candidate = answer.candidates[0]
+        calls = _calls(candidate, 0)
         return LlmResponse(
             text=_text(candidate),
             provider=self.provider,
             model=answer.model_version or self.model,
-            finish_reason=self._finish(candidate.finish_reason),
+            finish_reason="tool_calls" if calls else self._finish(candidate.finish_reason),
             usage=_usage(answer.usage_metadata),
             latency_s=perf_counter() - started,
             response_id=answer.response_id,
+            tool_calls=calls,
         )
 
     async def stream(self, request: LlmRequest) -> AsyncIterator[StreamChunk]:
         """Stream one answer; the last chunk carries the whole response and its usage."""
         started = perf_counter()
         parts: list[str] = []
+        calls: tuple[ToolCall, ...] = ()  # each arrives whole, in the event that carries it
         reason: object = None
         usage = Usage()
         model, response_id = self.model, None
@@ -161,6 +179,7 @@ class GeminiLlm(BaseLlm):
                     if delta := _text(candidate):
                         parts.append(delta)
                         yield StreamChunk(delta=delta)
+                    calls += _calls(candidate, len(calls))
                     reason = candidate.finish_reason or reason
         except OrchestraError:
             raise
@@ -175,10 +194,11 @@ class GeminiLlm(BaseLlm):
             text="".join(parts),
             provider=self.provider,
             model=model,
-            finish_reason=self._finish(reason),
+            finish_reason="tool_calls" if calls else self._finish(reason),
             usage=usage,
             latency_s=perf_counter() - started,
             response_id=response_id,
+            tool_calls=calls,
         )
         yield StreamChunk(done=True, response=response)
 
@@ -195,17 +215,10 @@ class GeminiLlm(BaseLlm):
         from google.genai import types
 
         refuse_grammar(self.provider, request)
-        refuse_tools(self.provider, request)
         schema = request.output_schema.json_schema if request.output_schema else None
         json_out = schema is not None or request.response_format == "json"
-        contents = [
-            types.Content(
-                role="model" if m.role == "assistant" else "user",
-                parts=[types.Part(text=m.content)],
-            )
-            for m in request.messages
-        ]
         config = types.GenerateContentConfig(
+            **_tool_config(request),
             system_instruction=request.system,
             max_output_tokens=request.max_tokens,
             temperature=request.temperature,
@@ -215,6 +228,7 @@ class GeminiLlm(BaseLlm):
             response_mime_type="application/json" if json_out else None,
             response_json_schema=schema,
         )
+        contents = _contents(request)
         return {"model": request.model or self.model, "contents": contents, "config": config}
 
     def _finish(self, reason: object) -> FinishReason | None:
@@ -280,6 +294,104 @@ class GeminiLlm(BaseLlm):
 async def _close(client: Client) -> None:
     await client.aio.aclose()
     client.close()
+
+
+_MODES = {"auto": "AUTO", "required": "ANY", "none": "NONE"}
+
+
+def _tool_config(request: LlmRequest) -> dict[str, Any]:
+    """``GenerateContentConfig``'s tool fields (none when the request has no tools)."""
+    from google.genai import types
+
+    if not request.tools:
+        return {}
+    declarations = [
+        types.FunctionDeclaration(
+            name=tool.name,
+            description=tool.description,
+            parameters_json_schema=_without_additional_properties(tool.parameters),
+        )
+        for tool in request.tools
+    ]
+    fields: dict[str, Any] = {
+        "tools": [types.Tool(function_declarations=declarations)],
+        # Only declarations are given, but say it: the SDK must never call anything itself.
+        "automatic_function_calling": types.AutomaticFunctionCallingConfig(disable=True),
+    }
+    if request.tool_choice is not None:
+        mode = types.FunctionCallingConfig(mode=_MODES[request.tool_choice])  # type: ignore[arg-type]
+        fields["tool_config"] = types.ToolConfig(function_calling_config=mode)
+    return fields
+
+
+def _without_additional_properties(schema: Any) -> Any:
+    """``schema`` without ``additionalProperties`` anywhere (Gemini refuses the keyword)."""
+    if isinstance(schema, list):
+        return [_without_additional_properties(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    return {
+        key: (
+            value if key in ("enum", "const", "default") else _without_additional_properties(value)
+        )
+        for key, value in schema.items()
+        if key != "additionalProperties"
+    }
+
+
+def _contents(request: LlmRequest) -> list[gt.Content]:
+    """The conversation as Gemini's contents; one turn's tool results in one user turn."""
+    from google.genai import types
+
+    contents: list[types.Content] = []
+    for message in request.messages:
+        if message.role == "tool":
+            outcome = "error" if message.is_error else "result"
+            part = types.Part(
+                function_response=types.FunctionResponse(
+                    name=message.name, response={outcome: message.content}
+                )
+            )
+            last = contents[-1] if contents else None
+            if last is not None and last.role == "user" and _only_results(last):
+                (last.parts or []).append(part)
+            else:
+                contents.append(types.Content(role="user", parts=[part]))
+            continue
+        parts = [types.Part(text=message.content)] if message.content else []
+        parts += [
+            types.Part(function_call=types.FunctionCall(name=c.name, args=_args(c.arguments)))
+            for c in message.tool_calls
+        ]
+        role = "model" if message.role == "assistant" else "user"
+        contents.append(types.Content(role=role, parts=parts or [types.Part(text="")]))
+    return contents
+
+
+def _only_results(content: gt.Content) -> bool:
+    return all(part.function_response is not None for part in content.parts or [])
+
+
+def _args(arguments: str) -> dict[str, Any]:
+    try:
+        value = json.loads(arguments or "{}")
+    except ValueError:
+        return {"arguments": arguments}
+    return value if isinstance(value, dict) else {"arguments": value}
+
+
+def _calls(candidate: gt.Candidate, first: int) -> tuple[ToolCall, ...]:
+    """The ``functionCall`` parts of a candidate, numbered on from ``first`` when id-less."""
+    parts = candidate.content.parts if candidate.content else None
+    found = [p.function_call for p in parts or [] if p.function_call is not None]
+    return tuple(
+        ToolCall(
+            id=call.id or f"call_{first + number}",
+            name=call.name or "",
+            arguments=json.dumps(call.args or {}, ensure_ascii=False),
+        )
+        for number, call in enumerate(found)
+    )
 
 
 def _text(candidate: gt.Candidate) -> str:

@@ -51,7 +51,7 @@ __all__ = [
 
 
 # The providers that send tools, for messages that say which to use instead.
-TOOL_PROVIDERS = "openai-gpt, anthropic-claude, ollama, huggingface, lmstudio"
+TOOL_PROVIDERS = "openai-gpt, anthropic-claude, google-gemini, ollama, huggingface, lmstudio"
 
 
 def has_tool_turns(request: LlmRequest) -> bool:

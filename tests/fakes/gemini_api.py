@@ -10,6 +10,9 @@ with their HTTP status, and a request without ``x-goog-api-key`` is refused with
 Beyond ``Scripted``'s usual fields: a ``dict`` body with no status is answered verbatim with
 200, for the shapes a script cannot describe (a blocked prompt, an answer without candidates).
 
+Like Google's JSON parsers, the fake takes a field by its JSON name or its proto name
+(``parametersJsonSchema`` or ``parameters_json_schema``; the SDK sends some the second way).
+
 ``generationConfig`` is checked as Gemini checks it: a ``responseJsonSchema`` (or a
 ``responseSchema``) needs ``responseMimeType: "application/json"``, and the two schemas
 exclude each other; a violation is a 400 ``INVALID_ARGUMENT``.
@@ -47,7 +50,7 @@ def gemini_app(server: LoopbackServer) -> web.Application:
         await asyncio.sleep(scripted.delay)
         if "x-goog-api-key" not in request.headers:
             return web.json_response(_UNREGISTERED, status=403)
-        refused = _config_error(body.get("generationConfig") or {})
+        refused = _config_error(body.get("generationConfig") or {}) or _tools_error(body)
         if refused is not None:
             error = {"code": 400, "message": refused, "status": "INVALID_ARGUMENT"}
             return web.json_response({"error": error}, status=400)
@@ -57,12 +60,13 @@ def gemini_app(server: LoopbackServer) -> web.Application:
             return web.Response(body=scripted.body, content_type="application/json")
         if isinstance(scripted.body, dict):
             return web.json_response(scripted.body)
-        usage = scripted.usage or _usage(body, scripted.text)
+        said = " ".join([scripted.text, *(json.dumps(a) for _, a in scripted.tool_calls or ())])
+        usage = scripted.usage or _usage(body, said)
         if method == "streamGenerateContent":
             if request.query.get("alt") != "sse":
                 raise web.HTTPBadRequest(text="this fake streams server-sent events only")
             return await _stream(request, model, scripted, usage)
-        candidate = _candidate(scripted.text, scripted.finish or "STOP")
+        candidate = _candidate(scripted.text, scripted.finish or "STOP", _calls(scripted))
         return web.json_response(_answer(model, [candidate], usage))
 
     app = web.Application()
@@ -75,14 +79,17 @@ async def _stream(
 ) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
-    words = scripted.text.split(" ")
+    words = scripted.text.split(" ") if scripted.text or not scripted.tool_calls else []
     deltas = [word if i == 0 else f" {word}" for i, word in enumerate(words)]
+    events: list[tuple[str, list[dict[str, Any]]]] = [(delta, []) for delta in deltas]
+    if scripted.tool_calls:  # the calls whole, in an event of their own, as Gemini sends them
+        events.append(("", _calls(scripted)))
     running = {"promptTokenCount": usage.get("promptTokenCount", 0)}
-    for count, delta in enumerate(deltas):
+    for count, (delta, calls) in enumerate(events):
         if scripted.cut is not None and count >= scripted.cut:
             return response  # the connection ends here: no finish reason, no final usage
-        last = count == len(deltas) - 1
-        candidate = _candidate(delta, (scripted.finish or "STOP") if last else None)
+        last = count == len(events) - 1
+        candidate = _candidate(delta, (scripted.finish or "STOP") if last else None, calls)
         event = _answer(model, [candidate], usage if last else running)
         await response.write(f"data: {json.dumps(event)}\r\n\r\n".encode())
     return response
@@ -103,10 +110,43 @@ def _config_error(config: dict[str, Any]) -> str | None:
     return None
 
 
-def _candidate(text: str, finish: str | None) -> dict[str, Any]:
+def _calls(scripted: Scripted) -> list[dict[str, Any]]:
+    """The scripted calls as Gemini's ``functionCall`` parts: arguments an object, no id."""
+    return [
+        {"functionCall": {"name": name, "args": args if isinstance(args, dict) else {}}}
+        for name, args in scripted.tool_calls or ()
+    ]
+
+
+def _field(message: dict[str, Any], name: str) -> Any:
+    """A field by its JSON name or its proto name, as Google's JSON parsers take either."""
+    snake = "".join(f"_{c.lower()}" if c.isupper() else c for c in name)
+    return message.get(name, message.get(snake))
+
+
+def _tools_error(body: dict[str, Any]) -> str | None:
+    """Gemini's complaint about ``tools``: it refuses ``additionalProperties``."""
+    for tool in body.get("tools") or ():
+        for declaration in _field(tool, "functionDeclarations") or ():
+            if not declaration.get("name"):
+                return "tools[0].function_declarations[0].name: required"
+            schema = _field(declaration, "parametersJsonSchema")
+            if "additionalProperties" in json.dumps(schema):
+                return (
+                    'Invalid JSON payload received. Unknown name "additionalProperties" at '
+                    "'tools[0].function_declarations[0].parameters_json_schema'"
+                )
+    return None
+
+
+def _candidate(
+    text: str, finish: str | None, calls: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     candidate: dict[str, Any] = {"index": 0}
-    if text:
-        candidate["content"] = {"role": "model", "parts": [{"text": text}]}
+    parts: list[dict[str, Any]] = [{"text": text}] if text else []
+    parts += calls or []
+    if parts:
+        candidate["content"] = {"role": "model", "parts": parts}
     if finish is not None:
         candidate["finishReason"] = finish
     return candidate
