@@ -32,6 +32,7 @@ if TYPE_CHECKING:
         TaskResult,
         TaskStatus,
     )
+    from orchestration.model.tools import McpServer, Tool
     from orchestration.runtime.executor import TaskExecutor
     from orchestration.runtime.resilience import BreakerPolicy, RateLimit, RetryPolicy
     from orchestration.runtime.results import RunResult, RunStatus
@@ -45,6 +46,8 @@ _LAZY = {
     "GenerationSettings": "orchestration.model.agent_registry",
     "GraphValidationError": "orchestration.model.errors",
     "OutputRejected": "orchestration.model.contracts",
+    "McpServer": "orchestration.model.tools",
+    "Tool": "orchestration.model.tools",
     "UnknownAgentError": "orchestration.model.errors",
     "validate_tasks": "orchestration.model.graph",
     "BreakerPolicy": "orchestration.runtime.resilience",
@@ -70,6 +73,7 @@ __all__ = [
     "ExecutionMethod",
     "GenerationSettings",
     "GraphValidationError",
+    "McpServer",
     "OutputRejected",
     "RateLimit",
     "RetryPolicy",
@@ -80,6 +84,7 @@ __all__ = [
     "TaskProgress",
     "TaskResult",
     "TaskStatus",
+    "Tool",
     "UnknownAgentError",
     "validate_tasks",
 ]

@@ -61,6 +61,7 @@ def test_orchestration_names_resolve_lazily_and_are_locked() -> None:
         "ExecutionMethod",
         "GenerationSettings",
         "GraphValidationError",
+        "McpServer",
         "OutputRejected",
         "RateLimit",
         "RetryPolicy",
@@ -71,6 +72,7 @@ def test_orchestration_names_resolve_lazily_and_are_locked() -> None:
         "TaskProgress",
         "TaskResult",
         "TaskStatus",
+        "Tool",
         "UnknownAgentError",
         "validate_tasks",
     ]

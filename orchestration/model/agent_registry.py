@@ -63,7 +63,7 @@ from orchestration.model.settings import (
     close_setting,
     read_settings,
 )
-from orchestration.model.tools import Tool, ToolLike, tools_of
+from orchestration.model.tools import McpServer, Tool, ToolLike, tools_of
 
 __all__ = [
     "AgentConfig",
@@ -125,14 +125,16 @@ class AgentConfig(BaseModel):
     script: ScriptSettings | None = None
     cache: bool | None = None  # reuse cached answers; None: as the executor says
     # Functions its model may call (``model.tools``); Python objects, so never recorded.
-    tools: Sequence[InstanceOf[Tool] | ToolLike] = Field(default=(), exclude=True, repr=False)
+    tools: Sequence[InstanceOf[Tool] | InstanceOf[McpServer] | ToolLike] = Field(
+        default=(), exclude=True, repr=False
+    )
     # Model calls one attempt may make while it calls tools; None: DEFAULT_MAX_TURNS. Left
     # out of the JSON when not set, so agents recorded before it load and dump the same.
     max_turns: int | None = Field(default=None, gt=0, exclude_if=lambda value: value is None)
 
     @field_validator("tools", mode="before")
     @classmethod
-    def _functions_become_tools(cls, given: Any) -> tuple[Tool, ...]:
+    def _functions_become_tools(cls, given: Any) -> tuple[Tool | McpServer, ...]:
         return tools_of(given)
 
     @model_validator(mode="after")

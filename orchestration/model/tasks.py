@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, InstanceOf, field_validator, 
 from llm_abstractions.types import Usage
 from orchestration.model.settings import read_settings
 from orchestration.model.text import storable
-from orchestration.model.tools import Tool, ToolLike, tools_of
+from orchestration.model.tools import McpServer, Tool, ToolLike, tools_of
 
 __all__ = ["AgentTask", "ExecutionMethod", "TaskProgress", "TaskResult", "TaskStatus"]
 
@@ -85,12 +85,14 @@ class AgentTask(BaseModel):
     output_type: Any = Field(default=None, exclude=True)
     validators: tuple[Callable[[Any], Any], ...] = Field(default=(), exclude=True)
     # Functions its model may call, besides its agent's (``model.tools``); never recorded.
-    tools: Sequence[InstanceOf[Tool] | ToolLike] = Field(default=(), exclude=True, repr=False)
+    tools: Sequence[InstanceOf[Tool] | InstanceOf[McpServer] | ToolLike] = Field(
+        default=(), exclude=True, repr=False
+    )
     max_turns: int | None = Field(default=None, gt=0)  # None: the agent's
 
     @field_validator("tools", mode="before")
     @classmethod
-    def _functions_become_tools(cls, given: Any) -> tuple[Tool, ...]:
+    def _functions_become_tools(cls, given: Any) -> tuple[Tool | McpServer, ...]:
         return tools_of(given)
 
     @field_validator("task_id", "description")

@@ -22,11 +22,11 @@ from __future__ import annotations
 import inspect
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Union, get_type_hints
 
-import anyio
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 from pydantic.errors import PydanticSchemaGenerationError, PydanticUserError
 from pydantic_core import to_jsonable_python
@@ -36,12 +36,15 @@ from llm_abstractions.types import ToolSpec
 
 __all__ = [
     "DEFAULT_MAX_TURNS",
+    "CONNECTED",
     "DEFAULT_TOOL_TIMEOUT_S",
+    "McpServer",
     "Tool",
     "ToolArgumentsError",
     "ToolCallRecord",
     "ToolLike",
     "combined",
+    "mcp_servers",
     "tools_of",
 ]
 
@@ -76,7 +79,36 @@ class Tool:
     parameters: dict[str, Any] = field(repr=False)
     timeout_s: float = DEFAULT_TOOL_TIMEOUT_S
     idempotent: bool = False
-    _arguments: type[BaseModel] = field(repr=False, compare=False, default=BaseModel)
+    # Checks the model's arguments: a pydantic model of the function's parameters, or, for
+    # a tool known only by its JSON schema (an MCP server's), a function raising on bad ones.
+    _arguments: type[BaseModel] | Callable[[dict[str, Any]], None] = field(
+        repr=False, compare=False, default=BaseModel
+    )
+
+    @classmethod
+    def remote(
+        cls,
+        name: str,
+        description: str,
+        parameters: dict[str, Any],
+        call: Callable[..., Awaitable[Any]],
+        *,
+        timeout_s: float = DEFAULT_TOOL_TIMEOUT_S,
+        check: Callable[[dict[str, Any]], None] | None = None,
+    ) -> Tool:
+        """A tool known by its JSON schema, called through ``call(**arguments)`` (MCP's).
+
+        ``check`` raises ``ToolArgumentsError`` for arguments the schema refuses (when None,
+        any JSON object goes through, for the tool's own side to judge).
+        """
+        return cls(
+            name=name,
+            description=description,
+            function=call,
+            parameters=parameters,
+            timeout_s=timeout_s,
+            _arguments=check or (lambda _: None),
+        )
 
     @classmethod
     def of(
@@ -133,8 +165,13 @@ class Tool:
             raise ToolArgumentsError(f"the arguments are not valid JSON ({exc})") from None
         if not isinstance(given, dict):
             raise ToolArgumentsError("the arguments must be a JSON object of the parameters")
+        check = self._arguments
+        if not isinstance(check, type):  # a tool known by its schema: its own check
+            check(given)
+            return given
+        model: type[BaseModel] = check
         try:
-            checked = self._arguments.model_validate(given)
+            checked = model.model_validate(given)
         except ValidationError as exc:
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}"
@@ -152,6 +189,8 @@ class Tool:
         if inspect.iscoroutinefunction(self.function):
             result = await self.function(**arguments)
         else:
+            import anyio
+
             # Cancelled (its timeout), the caller stops waiting; the thread cannot be stopped
             # and finishes on its own, its result dropped.
             result = await anyio.to_thread.run_sync(
@@ -176,24 +215,108 @@ class ToolCallRecord:
     duration_s: float
 
 
-ToolLike = Union["Tool", Callable[..., Any]]  # what users give: a Tool or a bare function
+@dataclass(frozen=True)
+class McpServer:
+    """An MCP server whose tools an agent (or a task) may call.
+
+    Build it with ``McpServer.stdio("python", "server.py")`` (a command this process starts
+    and talks to over its stdin and stdout) or ``McpServer.http(url)`` (streamable HTTP).
+    Each run connects to it once, lists its tools once, and closes it when the run ends;
+    its tools are called through the task's tool loop and recorded like any other.
+
+    Attributes:
+        command: The server's command and arguments (stdio).
+        url: The server's MCP endpoint (streamable HTTP).
+        env: Environment for the command (by default, only what MCP's SDK passes on).
+        cwd: Its working directory.
+        prefix: Put before each tool's name (``"fs_"``), when names would clash.
+        timeout_s: Seconds one call may take.
+    """
+
+    command: tuple[str, ...] = ()
+    url: str | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    cwd: str | None = None
+    prefix: str = ""
+    timeout_s: float = DEFAULT_TOOL_TIMEOUT_S
+
+    @classmethod
+    def stdio(
+        cls,
+        command: str,
+        *args: str,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        prefix: str = "",
+        timeout_s: float = DEFAULT_TOOL_TIMEOUT_S,
+    ) -> McpServer:
+        """A server run as a subprocess, spoken to over stdio."""
+        return cls(
+            (command, *args), None, tuple(sorted((env or {}).items())), cwd, prefix, timeout_s
+        )
+
+    @classmethod
+    def http(
+        cls, url: str, *, prefix: str = "", timeout_s: float = DEFAULT_TOOL_TIMEOUT_S
+    ) -> McpServer:
+        """A server at ``url``, spoken to over streamable HTTP."""
+        if not url.startswith(("http://", "https://")):
+            raise ConfigurationError(f"MCP server URL {url!r}: give an http:// or https:// URL")
+        return cls(url=url, prefix=prefix, timeout_s=timeout_s)
+
+    @property
+    def label(self) -> str:
+        """How messages name it: its URL or its command."""
+        return self.url or " ".join(self.command)
+
+
+ToolLike = Union["Tool", McpServer, Callable[..., Any]]  # a Tool, an MCP server, a function
+
+# The tools of the MCP servers the current run connected to (set by the runtime for a run).
+CONNECTED: ContextVar[Mapping[McpServer, tuple[Tool, ...]] | None] = ContextVar(
+    "orchestra_mcp_tools", default=None
+)
 
 
 def combined(*given: Sequence[ToolLike]) -> tuple[Tool, ...]:
-    """The tools of an agent and a task together (fields ``tools_of`` already made Tools)."""
-    return tuple(
-        item if isinstance(item, Tool) else Tool.of(item) for tools in given for item in tools
+    """The tools of an agent and a task together, MCP servers' included.
+
+    Raises:
+        ConfigurationError: An MCP server is not connected (outside a run).
+    """
+    found: list[Tool] = []
+    for tools in given:
+        for item in tools:
+            if isinstance(item, McpServer):
+                connected = (CONNECTED.get() or {}).get(item)
+                if connected is None:
+                    raise ConfigurationError(
+                        f"MCP server {item.label!r} is not connected: its tools are listed when "
+                        "a TaskExecutor run starts"
+                    )
+                found += connected
+            else:
+                found.append(item if isinstance(item, Tool) else Tool.of(item))
+    return tuple(found)
+
+
+def mcp_servers(*given: Sequence[ToolLike]) -> list[McpServer]:
+    """The MCP servers among tools, each once."""
+    return list(
+        dict.fromkeys(item for tools in given for item in tools if isinstance(item, McpServer))
     )
 
 
-def tools_of(given: Sequence[ToolLike] | None) -> tuple[Tool, ...]:
-    """Tools from tools and plain functions; names must be distinct.
+def tools_of(given: Sequence[ToolLike] | None) -> tuple[Tool | McpServer, ...]:
+    """Tools from tools, plain functions and MCP servers; names must be distinct.
 
     Raises:
         ConfigurationError: A tool cannot be made, or two share a name.
     """
-    tools = tuple(item if isinstance(item, Tool) else Tool.of(item) for item in given or ())
-    names = [tool.name for tool in tools]
+    tools = tuple(
+        item if isinstance(item, Tool | McpServer) else Tool.of(item) for item in given or ()
+    )
+    names = [tool.name for tool in tools if isinstance(tool, Tool)]
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
         raise ConfigurationError(f"two tools are named {', '.join(map(repr, twice))}")

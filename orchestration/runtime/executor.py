@@ -19,11 +19,12 @@ own script. A run may have a budget; tasks it cannot afford end ``budget_exceede
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,7 @@ from orchestration.model.agent_registry import AgentConfig, AgentInterface, Agen
 from orchestration.model.errors import LedgerError
 from orchestration.model.graph import validate_tasks
 from orchestration.model.tasks import AgentTask, TaskProgress, TaskResult
+from orchestration.model.tools import mcp_servers
 from orchestration.runtime.chain import TaskRunner
 from orchestration.runtime.resilience import (
     BreakerPolicy,
@@ -354,6 +356,26 @@ class TaskExecutor:
             self._check_tools(task, default)
         return graph
 
+    @contextlib.asynccontextmanager
+    async def _mcp(self, plan: Plan, run: RunResult) -> AsyncIterator[None]:
+        """The run's MCP servers connected (each once) while it runs; a failure fails it."""
+        agents = self._agents_of(plan.tasks, plan.default_agent)
+        servers = mcp_servers(*(task.tools for task in plan.tasks), *(a.tools for a in agents))
+        if not servers:
+            yield
+            return
+        from orchestration.runtime.mcp import connected
+
+        entered = False
+        try:
+            async with connected(servers):
+                entered = True
+                yield
+        except ConfigurationError:
+            if not entered:  # no server, no task run: the run failed, before it began
+                run.status = RunStatus.FAILED
+            raise
+
     def _check_tools(self, task: AgentTask, default: str | None) -> None:
         """Refuse, before the run, tools that no link of the task's chain could call."""
         from llm_abstractions.factory import LlmFactory
@@ -431,11 +453,11 @@ class TaskExecutor:
 
             scheduler.cache = ResponseCache(self.ledger)
             self._recording.append(recorder)
-        with run_span(
-            run, len(plan.tasks), self.tracer_provider
-        ):  # ends after the run's status is known
+        # The span ends after the run's status is known; MCP servers' tools are listed once.
+        with run_span(run, len(plan.tasks), self.tracer_provider):
             try:
-                await scheduler.run()
+                async with self._mcp(plan, run):
+                    await scheduler.run()
             except ExceptionGroup as group:
                 # A ledger that cannot be written stops the run; say so plainly.
                 ledger_errors = group.subgroup(lambda e: isinstance(e, LedgerError))
