@@ -23,7 +23,7 @@ from pydantic import BaseModel
 
 from llm_abstractions import ConfigurationError
 from orchestration import AgentRegistry, AgentTask, RetryPolicy, TaskExecutor
-from orchestration.model.tools import Tool
+from orchestration.model.tools import Tool, ToolLike
 from tests.fakes.openai_api import openai_app
 from tests.fakes.server import LoopbackServer, Scripted, loopback_fixtures
 
@@ -312,3 +312,67 @@ async def test_show_report_and_export_list_the_tool_calls(
         json.loads(line) for line in cli.invoke(app, ["export", run_id]).output.splitlines()
     ]
     assert [r["type"] for r in exported].count("tool_call") == 2
+
+
+@pytest.mark.anyio
+async def test_a_resumed_task_replays_calls_of_tools_that_must_not_run_twice(
+    env: LoopbackServer,
+) -> None:
+    charged: list[int] = []
+    fetched: list[str] = []
+
+    def charge(cents: int) -> str:
+        """Charge the customer."""
+        charged.append(cents)
+        return f"receipt-{len(charged)}"
+
+    def fetch(page: str) -> str:
+        """Fetch a page."""
+        fetched.append(page)
+        return f"page {page} v{len(fetched)}"
+
+    tools: list[ToolLike] = [charge, Tool.of(fetch, idempotent=True)]
+    calls: Calls = [("charge", {"cents": 500}), ("fetch", {"page": "a"})]
+    refused = Scripted(status=400, body={"error": {"message": "bad", "type": "invalid_request"}})
+    env.script(Scripted(text="", tool_calls=calls), refused)  # the first run dies mid-loop
+    agents = AgentRegistry()
+    agents.register_agent("shop", "openai-gpt", model="gpt-4o-mini", tools=tools)
+    task = AgentTask(task_id="buy", description="Buy it.", agent="shop")
+    async with TaskExecutor(agents, retry=RetryPolicy.never()) as executor:
+        first = await executor.run([task])
+        assert not first.ok and charged == [500] and fetched == ["a"]
+        # The resumed loop asks for the same calls (keys in another order, too).
+        again: Calls = [("charge", '{ "cents":500 }'), ("fetch", {"page": "a"})]
+        env.script(Scripted(text="", tool_calls=again), Scripted(text="Bought."))
+        second = await executor.resume(first.run_id, retry_failed=True, tasks=[task])
+    assert second.ok and second.results["buy"].output == "Bought."
+    assert charged == [500]  # not charged twice: the recorded receipt was given back
+    assert fetched == ["a", "a"]  # idempotent: run again
+    told = [m["content"] for m in env.requests[-1]["messages"] if m["role"] == "tool"]
+    assert told == ["receipt-1", "page a v2"]
+    rows = ledger_rows("SELECT attempt, tool, result, replayed FROM tool_calls ORDER BY id")
+    assert sorted(rows) == [
+        (1, "charge", "receipt-1", 0),
+        (1, "fetch", "page a v1", 0),
+        (2, "charge", "receipt-1", 1),
+        (2, "fetch", "page a v2", 0),
+    ]
+
+
+@pytest.mark.anyio
+async def test_a_task_with_its_own_tools_is_resumed_only_with_them_given_again(
+    env: LoopbackServer,
+) -> None:
+    refused = Scripted(status=400, body={"error": {"message": "bad", "type": "invalid_request"}})
+    env.script(refused)
+    agents = AgentRegistry()
+    agents.register_agent("plain", "openai-gpt", model="gpt-4o-mini")
+    task = AgentTask(task_id="t", description="Add.", agent="plain", tools=[add])
+    async with TaskExecutor(agents, retry=RetryPolicy.never()) as executor:
+        first = await executor.run([task])
+        with pytest.raises(ConfigurationError, match="output_type, validators\\) or tools"):
+            await executor.resume(first.run_id, retry_failed=True)
+        env.script(Scripted(text="", tool_calls=[("add", {"a": 1, "b": 1})]), Scripted(text="2"))
+        again = await executor.resume(first.run_id, retry_failed=True, tasks=[task])
+    assert again.ok and again.results["t"].output == "2"
+    assert [m["content"] for m in env.requests[-1]["messages"] if m["role"] == "tool"] == ["2"]

@@ -28,7 +28,7 @@ from orchestration.model.agent_registry import AgentConfig
 from orchestration.model.contracts import OutputContract
 from orchestration.model.tasks import AgentTask, TaskResult
 from orchestration.model.text import storable
-from orchestration.model.tools import ToolCallRecord
+from orchestration.model.tools import McpServer, ToolCallRecord
 
 if TYPE_CHECKING:
     from llm_abstractions.types import LlmRequest
@@ -81,7 +81,8 @@ _INSERT_ATTEMPT = _insert(
 )
 _INSERT_TOOL_CALL = _insert(
     "tool_calls",
-    "run_id task_id attempt turn call_id tool arguments result error started_at duration_s",
+    "run_id task_id attempt turn call_id tool arguments result error started_at duration_s "
+    "replayed",
 )
 _TASK_KEY = "run_id, task_id"
 _TASK_STARTED = _insert(
@@ -306,6 +307,7 @@ class Recorder:
             _clean(call.error, secrets),
             _epoch_ts(call.started_at),
             call.duration_s,
+            call.replayed,
         )
         write = [(RANK_ATTEMPT, _INSERT_TOOL_CALL, [row])]
         self._unawaited[self.ledger.write_soon(write)] = None
@@ -402,9 +404,18 @@ def _clean(text: str | None, secrets: Sequence[str]) -> str | None:
 
 
 def _contract(task: AgentTask) -> str | None:
-    """The task's output contract as the ledger keeps it (the objects themselves cannot be)."""
+    """What the ledger keeps of the task's Python objects: its contract, its tools' names.
+
+    The objects themselves cannot be kept; a resume that runs the task again needs them given.
+    """
     contract = OutputContract.of(task.output_type, task.validators)
-    return None if contract is None else json.dumps(contract.describe(), ensure_ascii=False)
+    kept = {} if contract is None else contract.describe()
+    if task.tools:
+        kept["tools"] = [
+            tool.label if isinstance(tool, McpServer) else getattr(tool, "name", repr(tool))
+            for tool in task.tools
+        ]
+    return json.dumps(kept, ensure_ascii=False) if kept else None
 
 
 def _value_json(task: AgentTask, result: TaskResult) -> str | None:

@@ -145,6 +145,7 @@ class ToolCallRow(SQLModel, table=True):
     error: str | None = None  # what the model was told went wrong
     started_at: datetime
     duration_s: float
+    replayed: bool = False  # given back from an earlier run of the task, not run again
 
 
 class RunAgentRow(SQLModel, table=True):

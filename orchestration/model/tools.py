@@ -45,6 +45,7 @@ __all__ = [
     "ToolLike",
     "combined",
     "mcp_servers",
+    "replay_key",
     "tools_of",
 ]
 
@@ -213,6 +214,7 @@ class ToolCallRecord:
     error: str | None  # what the model was told went wrong
     started_at: float  # epoch seconds
     duration_s: float
+    replayed: bool = False  # its recorded result given back, the tool not run again
 
 
 @dataclass(frozen=True)
@@ -305,6 +307,15 @@ def mcp_servers(*given: Sequence[ToolLike]) -> list[McpServer]:
     return list(
         dict.fromkeys(item for tools in given for item in tools if isinstance(item, McpServer))
     )
+
+
+def replay_key(tool: str, arguments: str) -> tuple[str, str]:
+    """What identifies a call across runs: the tool and its arguments, keys in order."""
+    try:
+        canonical = json.dumps(json.loads(arguments or "{}"), sort_keys=True)
+    except ValueError:
+        canonical = arguments
+    return tool, canonical
 
 
 def tools_of(given: Sequence[ToolLike] | None) -> tuple[Tool | McpServer, ...]:

@@ -47,7 +47,7 @@ from orchestration.model.text import storable
 from orchestration.model.tools import DEFAULT_MAX_TURNS, ToolCallRecord, combined
 from orchestration.runtime.spending import ESTIMATED, estimated_cost
 from orchestration.runtime.subprocess_runner import ScriptError, run_script
-from orchestration.runtime.tool_loop import Turns, tool_loop
+from orchestration.runtime.tool_loop import Replays, Turns, tool_loop
 
 __all__ = [
     "BUNDLED_SCRIPT",
@@ -83,6 +83,7 @@ async def llm_attempt(
     build: Any,
     on_progress: Callable[[TaskProgress], None] | None = None,
     on_tool_call: Callable[[ToolCallRecord], None] | None = None,
+    replays: Replays | None = None,
 ) -> TaskResult:
     """Answer through the agent's provider in this process; ``build()`` returns it.
 
@@ -128,7 +129,7 @@ async def llm_attempt(
                         "tools, which this task's agent has; use another provider"
                     )
                 most = task.max_turns or agent.max_turns or DEFAULT_MAX_TURNS
-                response = await tool_loop(ask, request, tools, most, on_tool_call, turns)
+                response = await tool_loop(ask, request, tools, most, on_tool_call, turns, replays)
     except (TimeoutError, OrchestraError) as exc:
         failed = _failed(task, agent, exc, perf_counter() - started, meta)
         if turns.answered:  # a tool loop's turns answered before it failed: paid for

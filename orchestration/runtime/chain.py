@@ -50,6 +50,7 @@ from orchestration.runtime.resilience import (
     Waiting,
 )
 from orchestration.runtime.spending import BudgetHold
+from orchestration.runtime.tool_loop import Replays
 
 if TYPE_CHECKING:
     from llm_abstractions.base import BaseLlm
@@ -164,6 +165,7 @@ class TaskRunner:
         waiting: Waiting = contextlib.nullcontext,
         on_progress: Callable[[TaskProgress], None] | None = None,
         on_tool_call: Callable[[ToolCallRecord], None] | None = None,
+        replays: Replays | None = None,
     ) -> list[TaskResult]:
         """Every attempt at ``task``, in order; the last one is the task's outcome.
 
@@ -171,11 +173,13 @@ class TaskRunner:
         produced, such as a budget refusal) as soon as it ends. Every wait (backoff, rate
         limit, budget) happens inside ``waiting()``. An answer the task's output contract
         refuses is asked for again, with the reason, up to ``max_output_retries`` times.
-        ``on_tool_call`` hears of each tool call of an attempt's tool loop as it ends.
+        ``on_tool_call`` hears of each tool call of an attempt's tool loop as it ends;
+        ``replays`` are tool results an earlier run of the task recorded (see ``tool_loop``).
         """
         attempts = TaskAttempts(self, task, agent, upstream, cache, on_attempt, waiting, budget)
         attempts.on_progress = on_progress
         attempts.on_tool_call = on_tool_call
+        attempts.replays = replays
         try:
             request = build_request(task, agent, upstream, attempts.contract)
         except ConfigurationError as exc:  # bad settings: nothing to try

@@ -264,7 +264,7 @@ class TaskExecutor:
         crashed = saved.crashed()  # counts the attempts they were making
         with anyio.CancelScope(shield=True):
             await recorder.resume_run(run_id, crashed, run.started_at)
-        plan = Plan(graph, saved.tasks, None, budget_usd, kept, saved.attempts)
+        plan = Plan(graph, saved.tasks, None, budget_usd, kept, saved.attempts, saved.replays(kept))
         return await self._execute(plan, run, recorder, on_task_done, on_progress)
 
     async def extend(

@@ -54,6 +54,7 @@ from orchestration.runtime.resilience import (
 )
 from orchestration.runtime.spending import BudgetHold, model_of, worst_case
 from orchestration.runtime.telemetry import attempt_span
+from orchestration.runtime.tool_loop import Replays
 
 if TYPE_CHECKING:
     from llm_abstractions.base import BaseLlm
@@ -115,6 +116,7 @@ class TaskAttempts:
         self.on_attempt = on_attempt
         self.on_progress: Callable[[TaskProgress], None] | None = None
         self.on_tool_call: Callable[[ToolCallRecord], None] | None = None
+        self.replays: Replays | None = None  # tool results of an earlier run of the task
         self.tries: list[TaskResult] = []
         self.started = runner.clock.now()
         self.reason: str | None = None  # why the next attempt is on another link
@@ -386,6 +388,7 @@ class TaskAttempts:
                     lambda: self.runner.provider(link),
                     self.on_progress,
                     self.on_tool_call,
+                    self.replays,
                 )
             )
         if breaker is not None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import text
@@ -19,7 +21,9 @@ from orchestration.ledger.store import Ledger
 from orchestration.model.agent_registry import AgentConfig, AgentRegistry
 from orchestration.model.contracts import OutputContract
 from orchestration.model.tasks import AgentTask, TaskResult, TaskStatus
+from orchestration.model.tools import replay_key
 from orchestration.runtime.results import RunResult, RunStatus
+from orchestration.runtime.tool_loop import Replays
 
 __all__ = ["SavedRun", "claim_run", "load_run"]
 
@@ -39,6 +43,8 @@ class SavedRun:
     agents: list[AgentConfig] = field(default_factory=list)
     # Why recorded agents this version refuses (an older one let a setting through).
     refused_agents: list[str] = field(default_factory=list)
+    # Tool calls that returned a result, by task: (tool, arguments, result), in order.
+    tool_results: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)
     # Why recorded tasks this version refuses (an older one let a setting through), by id.
     refused_tasks: dict[str, str] = field(default_factory=dict)
     agent_of: dict[str, str] = field(default_factory=dict)  # task id -> agent, as recorded
@@ -51,7 +57,7 @@ class SavedRun:
     values: dict[str, str] = field(default_factory=dict)  # task id -> its value as JSON
 
     def with_contracts(self, tasks: Sequence[AgentTask]) -> None:
-        """Give the recorded tasks the output types and validators of ``tasks`` (by id).
+        """Give the recorded tasks the output types, validators and tools of ``tasks`` (by id).
 
         Raises:
             ConfigurationError: ``tasks`` holds a task the run does not have.
@@ -64,14 +70,16 @@ class SavedRun:
                 "with the tasks it was started with."
             )
         self.tasks = [
-            task.model_copy(update={"output_type": g.output_type, "validators": g.validators})
+            task.model_copy(
+                update={"output_type": g.output_type, "validators": g.validators, "tools": g.tools}
+            )
             if (g := given.get(task.task_id)) is not None
             else task
             for task in self.tasks
         ]
 
     def refuse_missing_contracts(self, kept: Sequence[str]) -> None:
-        """Raise if a task that runs again had an output contract the ledger could not keep.
+        """Raise if a task that runs again had a contract or tools the ledger could not keep.
 
         Raises:
             ConfigurationError: Name the tasks, and how to give their contracts back.
@@ -81,15 +89,14 @@ class SavedRun:
             for task in self.tasks
             if task.task_id in self.contracts
             and task.task_id not in kept
-            and task.output_type is None
-            and not task.validators
+            and _lacks(json.loads(self.contracts[task.task_id]), task)
         ]
         if missing:
             raise ConfigurationError(
                 f"Run {self.run_id!r}: task(s) {', '.join(map(repr, missing))} had an output "
-                "contract (output_type, validators), which the ledger cannot keep; resume with "
-                "the run's tasks (TaskExecutor.resume(..., tasks=...), or orchestra resume "
-                "--file RUN_FILE.py)."
+                "contract (output_type, validators) or tools, which the ledger cannot keep; "
+                "resume with the run's tasks (TaskExecutor.resume(..., tasks=...), or "
+                "orchestra resume --file RUN_FILE.py)."
             )
 
     def refuse_refused_tasks(self, kept: Sequence[str]) -> None:
@@ -156,6 +163,17 @@ class SavedRun:
                 result = result.model_copy(update={"value": self._value(tasks.get(tid), result)})
             kept[tid] = result
         return kept
+
+    def replays(self, kept: Mapping[str, TaskResult]) -> dict[str, Replays]:
+        """The recorded tool results of the tasks that run again, for their loops to replay."""
+        found: dict[str, Replays] = {}
+        for task_id, calls in self.tool_results.items():
+            if task_id in kept:
+                continue
+            replays = found.setdefault(task_id, {})
+            for tool, arguments, result in calls:
+                replays.setdefault(replay_key(tool, arguments), deque()).append(result)
+        return found
 
     def unfinished(self) -> list[str]:
         """The tasks that have not reached an end (never run, or left running)."""
@@ -289,6 +307,13 @@ def load_run(ledger: Ledger, run_id: str) -> SavedRun:
             text("SELECT COALESCE(SUM(cost_usd), 0) FROM attempts WHERE run_id = :id"),
             {"id": run_id},
         ).scalar_one()
+        called = session.execute(
+            text(
+                "SELECT task_id, tool, arguments, result FROM tool_calls WHERE run_id = :id "
+                "AND result IS NOT NULL ORDER BY id"
+            ),
+            {"id": run_id},
+        ).all()
     results, agent_of, started_of, values = {}, {}, {}, {}
     for row in rows:
         task_id, status, output, error, attempts, method, provider, model, i, o, cost, secs = row[
@@ -330,6 +355,7 @@ def load_run(ledger: Ledger, run_id: str) -> SavedRun:
         finished_at=_moment(run[6]),
         contracts={d[1]: d[2] for d in definitions if d[2] is not None},
         values=values,
+        tool_results=_tool_results(called),
     )
 
 
@@ -339,6 +365,21 @@ def _moment(value: object) -> datetime | None:
         return None
     moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # stored in UTC
+
+
+def _lacks(recorded: dict[str, Any], task: AgentTask) -> bool:
+    """Whether ``task`` lacks the objects its recorded contract says it had."""
+    contract = any(recorded.get(key) for key in ("output_type", "json_schema", "validators"))
+    if contract and task.output_type is None and not task.validators:
+        return True
+    return bool(recorded.get("tools")) and not task.tools
+
+
+def _tool_results(rows: Sequence[Any]) -> dict[str, list[tuple[str, str, str]]]:
+    found: dict[str, list[tuple[str, str, str]]] = {}
+    for task_id, tool, arguments, result in rows:
+        found.setdefault(task_id, []).append((tool, arguments or "{}", result))
+    return found
 
 
 def _recorded_task(definition: str) -> tuple[AgentTask, str | None]:

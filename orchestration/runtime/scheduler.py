@@ -31,6 +31,7 @@ from orchestration.runtime.chain import TaskRunner
 from orchestration.runtime.resilience import Budget
 from orchestration.runtime.results import RunResult
 from orchestration.runtime.telemetry import task_span
+from orchestration.runtime.tool_loop import Replays
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -87,6 +88,7 @@ class Scheduler:
         self.run_result = run
         self.kept = plan.kept
         self.attempts_before = plan.attempts_before
+        self.replays = plan.replays
         self.budget = Budget(plan.budget_usd) if plan.budget_usd is not None else None
         self.cache: ResponseCache | None = None
         self.agents = {
@@ -353,6 +355,7 @@ class Scheduler:
                 waiting=lambda: self._slot_given_back(task.task_id),
                 on_progress=None if self.on_progress is None else self._progress,
                 on_tool_call=tool_called,
+                replays=self.replays.get(task.task_id),
             )
         except Exception as exc:  # cancellation is a BaseException and passes through
             failed = _failed_before_trying(task, agent, exc, "unexpected ")
@@ -412,6 +415,8 @@ class Plan:
     budget_usd: float | None
     kept: Mapping[str, TaskResult] = field(default_factory=dict)  # results that stand
     attempts_before: Mapping[str, int] = field(default_factory=dict)  # recorded attempts
+    # Tool results recorded by earlier runs of the tasks, by task (what a resume replays).
+    replays: Mapping[str, Replays] = field(default_factory=dict)
 
 
 def _log_attempt(

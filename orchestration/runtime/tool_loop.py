@@ -16,6 +16,7 @@ Tokens add up over the turns: each turn is billed, its input included.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from time import perf_counter
@@ -24,16 +25,20 @@ import anyio
 
 from llm_abstractions.errors import OrchestraError
 from llm_abstractions.types import LlmRequest, LlmResponse, Message, ToolCall, Usage
-from orchestration.model.tools import Tool, ToolArgumentsError, ToolCallRecord
+from orchestration.model.tools import Tool, ToolArgumentsError, ToolCallRecord, replay_key
 
 __all__ = [
     "MAX_RESULT_CHARS",
     "MaxTurnsExceeded",
+    "Replays",
     "ToolCallRecord",
     "Turns",
     "add_usage",
     "tool_loop",
 ]
+
+# Results recorded by an earlier run of a task, by (tool, arguments): what a resume replays.
+Replays = dict[tuple[str, str], deque[str]]
 
 MAX_RESULT_CHARS = 50_000  # of one result, as the model reads it (the ledger keeps as much)
 
@@ -66,11 +71,14 @@ async def tool_loop(
     max_turns: int,
     on_call: Callable[[ToolCallRecord], None] | None = None,
     turns: Turns | None = None,
+    replays: Replays | None = None,
 ) -> LlmResponse:
     """Ask until an answer calls no tool; that answer, with the usage of every turn.
 
     ``turns``, when given, follows the loop as it goes: a caller whose loop failed or was
-    stopped reads there what the turns made so far cost.
+    stopped reads there what the turns made so far cost. ``replays`` holds results an
+    earlier run of the task recorded: a call of a tool that is not idempotent, with the
+    same arguments, gets the recorded result back instead of running the tool again.
 
     Raises:
         MaxTurnsExceeded: ``max_turns`` answers all called tools.
@@ -84,7 +92,7 @@ async def tool_loop(
             return response.model_copy(
                 update={"usage": made.usage, "metadata": {**response.metadata, "turns": turn}}
             )
-        results = await _run_calls(response.tool_calls, tools, turn, on_call)
+        results = await _run_calls(response.tool_calls, tools, turn, on_call, replays)
         request = request.model_copy(
             update={
                 "messages": (
@@ -107,15 +115,30 @@ async def _run_calls(
     tools: Mapping[str, Tool],
     turn: int,
     on_call: Callable[[ToolCallRecord], None] | None,
+    replays: Replays | None,
 ) -> list[Message]:
     """Run one turn's calls concurrently; their results as tool messages, in call order."""
     results: list[Message | None] = [None] * len(calls)
 
     async def run(index: int, call: ToolCall) -> None:
         started, clock = time.time(), perf_counter()
-        result, error = await _call(call, tools)
+        recorded = _replayed(call, tools, replays)
+        result: str | None
+        error: str | None
+        if recorded is not None:
+            result, error = recorded, None
+        else:
+            result, error = await _call(call, tools)
         record = ToolCallRecord(
-            turn, call.id, call.name, call.arguments, result, error, started, perf_counter() - clock
+            turn,
+            call.id,
+            call.name,
+            call.arguments,
+            result,
+            error,
+            started,
+            perf_counter() - clock,
+            replayed=recorded is not None,
         )
         if on_call is not None:
             on_call(record)
@@ -132,6 +155,15 @@ async def _run_calls(
         for index, call in enumerate(calls):
             group.start_soon(run, index, call)
     return [message for message in results if message is not None]
+
+
+def _replayed(call: ToolCall, tools: Mapping[str, Tool], replays: Replays | None) -> str | None:
+    """The recorded result of this very call, for a tool that must not run twice."""
+    tool = tools.get(call.name)
+    if replays is None or tool is None or tool.idempotent:
+        return None
+    waiting = replays.get(replay_key(call.name, call.arguments))
+    return waiting.popleft() if waiting else None
 
 
 async def _call(call: ToolCall, tools: Mapping[str, Tool]) -> tuple[str | None, str | None]:
