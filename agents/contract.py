@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-__all__ = ["ContractError", "ParsedOutput", "parse_files", "write_files"]
+__all__ = ["ContractError", "ParsedOutput", "parse_files", "path_problem", "write_files"]
 
 _FILE_LINE = re.compile(r"^\s*(?:\*\*)?FILE:\s*(?P<path>\S+?)(?:\*\*)?\s*$")
 _OPENING = re.compile(r"^(?P<fence>`{3,})[\w+.#-]*\s*$")
@@ -73,7 +73,7 @@ def parse_files(text: str, allowed: Sequence[str] = ("",)) -> ParsedOutput:
             parsed.problems.append(f"{path}: no fenced block after its FILE: line")
             continue
         body, index = _fenced_body(lines, index + 1, opening["fence"], path)
-        problem = _path_problem(path, allowed)
+        problem = path_problem(path, allowed)
         if problem is not None:
             parsed.problems.append(f"{path}: {problem}")
         elif path in parsed.files:
@@ -104,8 +104,8 @@ def _fenced_body(lines: list[str], start: int, fence: str, path: str) -> tuple[s
     raise ContractError(f"{path}: its code fence is never closed")
 
 
-def _path_problem(path: str, allowed: Sequence[str]) -> str | None:
-    """Why ``path`` may not be written, or None."""
+def path_problem(path: str, allowed: Sequence[str] = ("",)) -> str | None:
+    """Why ``path`` may not be written (by a role writing under ``allowed``), or None."""
     if len(path) > MAX_PATH or not _SAFE_PATH.match(path):
         return "not a plain relative path (letters, digits, '._-/' only)"
     parts = PurePosixPath(path).parts
@@ -129,7 +129,7 @@ def write_files(files: dict[str, str], root: Path) -> list[Path]:
     base = root.resolve()
     targets = []
     for name, _ in files.items():
-        problem = _path_problem(name, ("",))
+        problem = path_problem(name, ("",))
         target = (base / name).resolve()
         if problem is None and not target.is_relative_to(base):
             problem = "resolves outside the output directory"

@@ -9,7 +9,7 @@ three for a single request through a ``TaskExecutor``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from agents.contract import ContractError, ParsedOutput, parse_files
@@ -17,6 +17,7 @@ from agents.examples import example_answer, example_prompt
 from agents.grammar import file_contract_grammar
 from agents.routing import ModelChoice, Tier
 from orchestration import AgentRegistry, AgentTask, OutputRejected, TaskExecutor, TaskResult
+from orchestration.model.tools import ToolLike
 
 __all__ = [
     "ARCHITECT",
@@ -82,12 +83,15 @@ class SpecialistAgent:
         *,
         seed: int = 7,
         temperature: float = 0.2,
+        tools: Sequence[ToolLike] = (),
     ) -> None:
         """Register this role on the provider and model chosen for it.
 
         On the embedded model (``local``), decoding is held to the file contract by a
         grammar over the role's files; other providers get the contract in the prompt, and
         every answer is checked either way. ``max_tokens`` replaces the role's own budget.
+        ``tools`` (``agents.workspace.workspace_tools``) let it read, draft and test the app
+        while it works; its answer's files are still what is checked and written.
         """
         metadata: dict[str, object] = {
             "max_tokens": max_tokens or self.max_tokens,
@@ -97,7 +101,12 @@ class SpecialistAgent:
         if choice.provider == "local":
             metadata["grammar"] = file_contract_grammar(self.paths, each_once=True)
         registry.register_agent(
-            self.name, choice.provider, model=choice.model, metadata=metadata, replace=True
+            self.name,
+            choice.provider,
+            model=choice.model,
+            metadata=metadata,
+            replace=True,
+            tools=list(tools),
         )
 
     @property

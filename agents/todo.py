@@ -30,6 +30,7 @@ from agents.examples import EXAMPLE_REQUEST
 from agents.pycheck import module_names, unknown_uses
 from agents.routing import ModelChoice, route_team
 from agents.specialists import ARCHITECT, BACKEND, DEVOPS, FRONTEND, QA, REPAIR, SPECIALISTS
+from agents.workspace import workspace_tools
 from orchestration import AgentRegistry, AgentTask, OutputRejected, RunResult, TaskResult
 
 __all__ = ["DEFAULT_REQUEST", "RUN_TESTS_SCRIPT", "FileReport", "TodoBuild", "qa_verdict"]
@@ -63,6 +64,9 @@ class TodoBuild:
         seed: Sampling seed of every specialist.
         temperature: Sampling temperature of every specialist.
         max_repairs: Repair rounds at most, when the tests fail.
+        tools: Give the specialists the workspace tools (``agents.workspace``): read the
+            app's files, draft them, run its tests. Their providers must call tools (the
+            embedded model does not yet).
     """
 
     output_dir: Path
@@ -74,6 +78,7 @@ class TodoBuild:
     seed: int = 7
     temperature: float = 0.2
     max_repairs: int = 2
+    tools: bool = False
     files: dict[str, FileReport] = field(default_factory=dict)
     test_runs: list[str] = field(default_factory=lambda: ["qa-run"])
     repairs: list[AgentTask] = field(default_factory=list)
@@ -89,12 +94,18 @@ class TodoBuild:
             self.choices[REPAIR.name] = self.choices[BACKEND.name]
         self.output_dir.mkdir(parents=True, exist_ok=True)  # the test runner's cwd
         registry = AgentRegistry()
+        tools = workspace_tools(self.output_dir, test_timeout_s=self.test_timeout_s)
         for role in (*SPECIALISTS, REPAIR):
             choice = self.choices[role.name]
             if choice.provider == "local" and choice.model is None and self.local_model:
                 choice = ModelChoice("local", self.local_model, choice.reason)
             role.register(
-                registry, choice, self.max_tokens, seed=self.seed, temperature=self.temperature
+                registry,
+                choice,
+                self.max_tokens,
+                seed=self.seed,
+                temperature=self.temperature,
+                tools=tools if self.tools else (),
             )
         registry.register_agent(
             QA_RUNNER,

@@ -273,6 +273,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repairs", type=int, default=2, help="repair rounds at most")
     parser.add_argument("--test-timeout", type=float, default=60.0, help="seconds for the tests")
     parser.add_argument("--roles", type=Path, help="TOML file with [roles.<name>] overrides")
+    parser.add_argument(
+        "--tools",
+        action="store_true",
+        help="give the specialists tools to read, draft and test the app (needs providers "
+        "that call tools: a cloud key or --roles; not the embedded model)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every attempt")
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
@@ -282,6 +288,13 @@ def main(argv: list[str] | None = None) -> int:
     output_dir = args.out or OUTPUT_ROOT / run_id
     try:
         choices = route_team((*SPECIALISTS, REPAIR), config=args.roles)
+        embedded = sorted(name for name, choice in choices.items() if choice.provider == "local")
+        if args.tools and embedded:  # said before a model is pulled, not after
+            raise ConfigurationError(
+                f"--tools: {', '.join(embedded)} would run on the embedded model, which cannot "
+                "call tools yet; set a cloud key, or give those roles another provider "
+                "(--roles, ORCHESTRA_ROLE_<NAME>)"
+            )
         model = args.model
         if any(choice.provider == "local" and not choice.model for choice in choices.values()):
             model = local_model(args.model, console)
@@ -296,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             temperature=args.temperature,
             max_repairs=args.repairs,
+            tools=args.tools,
         )
         console.print(f"building {args.request!r} into {output_dir}")
         run = anyio.run(build_app, build, run_id, console)

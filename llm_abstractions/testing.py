@@ -48,6 +48,7 @@ class _DoubleLlm(BaseLlm):
     # They answer what they are told to, so any request suits them; tests check what was asked.
     supports_output_schema: ClassVar[bool] = True
     supports_grammar: ClassVar[bool] = True
+    supports_tools: ClassVar[bool] = True  # an LlmResponse with tool_calls asks for tools
 
     def __init__(self, *, model: str | None = None, latency: float = 0.0) -> None:
         super().__init__(model)

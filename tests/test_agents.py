@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import json
 import os
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,7 @@ from agents import (
 )
 from llm_abstractions import ConfigurationError, LlmFactory, LlmRequest, Usage
 from llm_abstractions.testing import FunctionLlm
+from llm_abstractions.types import LlmResponse, ToolCall
 from orchestration import OutputRejected, TaskExecutor, TaskProgress, TaskResult, TaskStatus
 from tests.support.demo import load_demo
 
@@ -582,3 +586,33 @@ def test_the_tests_run_on_a_copy_of_the_app_and_their_log_names_its_files(tmp_pa
     (app / "tests" / "test_leak.py").write_text("import missing_module\n")
     log = run_tests()
     assert "tests/test_leak.py" in log and "qa-run-" not in log, log
+
+
+@pytest.mark.anyio
+async def test_the_build_works_with_the_workspace_tools_too(tmp_path: Path) -> None:
+    answers = scripted_team("True")
+
+    def answer(request: LlmRequest) -> str | LlmResponse:
+        agent = str(request.metadata["agent"])
+        if agent == "qa" and not any(m.role == "tool" for m in request.messages):
+            calls = (
+                ToolCall(id="c1", name="list_files", arguments="{}"),
+                ToolCall(id="c2", name="read_file", arguments='{"path": "backend/server.py"}'),
+            )
+            return LlmResponse(text="", provider="function", model="m", tool_calls=calls)
+        return answers[agent]
+
+    LlmFactory.register_provider("scripted-team", lambda **_: FunctionLlm(answer), replace=True)
+    build = TodoBuild(output_dir=tmp_path / "app", test_timeout_s=60, tools=True)
+    build.choices = route_team(
+        SPECIALISTS, env={f"ORCHESTRA_ROLE_{r.name.upper()}": "scripted-team" for r in SPECIALISTS}
+    )
+    async with TaskExecutor(registry=build.registry(), max_concurrency=4) as executor:
+        run = await executor.run(build.tasks(), on_task_done=build.on_task_done)
+    assert run.ok and qa_verdict(run.results["qa-run"])["verdict"] == "passed"
+    # QA looked at what the backend had written before writing its tests.
+    path = os.environ["ORCHESTRA_DB_URL"].removeprefix("sqlite:///")
+    with closing(sqlite3.connect(path)) as db:
+        calls = dict(db.execute("SELECT tool, result FROM tool_calls WHERE task_id = 'qa-tests'"))
+    assert "backend/server.py" in json.loads(calls["list_files"])
+    assert calls["read_file"] == (tmp_path / "app" / "backend" / "server.py").read_text()
