@@ -61,6 +61,7 @@ bench: $(VENV)/.dev-installed .venv-litellm/bin/python
 	$(PY) bench/provider_path.py
 	$(PY) bench/todo_demo.py
 	$(PY) bench/faults.py
+	$(PY) bench/tool_loop.py
 
 clean:
 	rm -rf $(VENV) .venv-litellm .mypy_cache .ruff_cache .pytest_cache *.egg-info
