@@ -277,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         "--tools",
         action="store_true",
         help="give the specialists tools to read, draft and test the app (needs providers "
-        "that call tools: a cloud key or --roles; not the embedded model)",
+        "that call tools: a cloud key or --roles; not the embedded model, whose answers "
+        "follow the file-contract grammar)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every attempt")
     args = parser.parse_args(argv)
@@ -291,9 +292,10 @@ def main(argv: list[str] | None = None) -> int:
         embedded = sorted(name for name, choice in choices.items() if choice.provider == "local")
         if args.tools and embedded:  # said before a model is pulled, not after
             raise ConfigurationError(
-                f"--tools: {', '.join(embedded)} would run on the embedded model, which cannot "
-                "call tools yet; set a cloud key, or give those roles another provider "
-                "(--roles, ORCHESTRA_ROLE_<NAME>)"
+                f"--tools: {', '.join(embedded)} would run on the embedded model, whose "
+                "answers follow the file-contract grammar, which tool calls cannot go with; set "
+                "a cloud key, or give those roles another provider (--roles, "
+                "ORCHESTRA_ROLE_<NAME>)"
             )
         model = args.model
         if any(choice.provider == "local" and not choice.model for choice in choices.values()):

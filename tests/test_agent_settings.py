@@ -184,6 +184,7 @@ def test_the_keyword_arguments_name_every_setting() -> None:
         "grammar",
         "context",
         "examples",
+        "tool_choice",
     }
 
 

@@ -422,9 +422,24 @@ def test_messages_keep_tool_fields_where_they_belong() -> None:
         ToolSpec(name="has space")
 
 
-async def test_a_provider_without_tools_refuses_them_before_sending() -> None:
-    from llm_abstractions.providers.local import LocalLlm
+async def test_a_provider_without_tools_is_refused_before_the_run() -> None:
+    from llm_abstractions import ConfigurationError, LlmFactory
+    from orchestration import AgentRegistry, AgentTask, TaskExecutor
 
-    provider = LocalLlm()
-    with pytest.raises(InvalidRequestError, match="cannot call tools yet"):
-        await provider.generate(LlmRequest.build("hi", tools=(ADD,)))
+    class Plain(BaseLlm):  # a provider of the user's own, that never learned of tools
+        provider = "plain"
+
+        async def generate(self, request: LlmRequest) -> LlmResponse:
+            raise AssertionError("nothing may be sent")
+
+    LlmFactory.register_provider("plain", Plain, replace=True)
+    agents = AgentRegistry()
+    agents.register_agent("p", "plain", tools=[add_two])
+    async with TaskExecutor(agents, record=False) as executor:
+        with pytest.raises(ConfigurationError, match="provider 'plain', which cannot call tools"):
+            await executor.execute(AgentTask(task_id="t", description="Add.", agent="p"))
+
+
+def add_two(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b

@@ -269,12 +269,13 @@ def test_tools_on_a_provider_that_cannot_call_them_are_refused_before_the_run(
     env: LoopbackServer,
 ) -> None:
     agents = AgentRegistry()
-    agents.register_agent("embedded", "local", tools=[add])
-    task = AgentTask(task_id="t", description="Add.", agent="embedded")
-    with pytest.raises(ConfigurationError, match="'embedded' runs on provider 'local', which can"):
+    script = {"command": ["python", "-c", "pass"]}
+    agents.register_agent("cli", "openai-gpt", interface="script", script=script, tools=[add])
+    task = AgentTask(task_id="t", description="Add.", agent="cli")
+    with pytest.raises(ConfigurationError, match="'cli' is a script agent, which cannot call"):
         anyio.run(run_one, agents, task)
     assert env.requests == []
-    assert json.loads(agents.get("embedded").model_dump_json()).get("tools") is None
+    assert json.loads(agents.get("cli").model_dump_json()).get("tools") is None
 
 
 @pytest.mark.anyio

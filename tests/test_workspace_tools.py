@@ -90,5 +90,5 @@ def test_the_demo_with_tools_on_the_embedded_model_says_why_not(tmp_path: Path) 
     )
     assert done.returncode != 0
     said = done.stdout + done.stderr
-    assert "--tools: architect, backend" in said and "cannot call tools yet" in said, said
+    assert "--tools: architect, backend" in said and "tool calls cannot go with" in said, said
     assert "Traceback" not in said and not (tmp_path / "models").exists()  # nothing pulled

@@ -24,6 +24,7 @@ import llama_cpp
 from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar, json_schema_to_gbnf
 
 from llm_abstractions.errors import InvalidRequestError
+from llm_abstractions.providers.local_tools import tool_grammar
 from llm_abstractions.types import LlmRequest
 
 __all__ = ["GrammarCache"]
@@ -50,6 +51,8 @@ class GrammarCache:
             InvalidRequestError: llama.cpp cannot parse the grammar, or cannot convert the
                 output schema into one.
         """
+        if request.tools and request.tool_choice != "none":  # calls, or the answer
+            return self.get("gbnf", tool_grammar(request))
         if request.grammar is not None:
             return self.get("gbnf", request.grammar)
         if request.output_schema is not None:

@@ -48,7 +48,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from time import monotonic
-from typing import Any
+from typing import Any, cast
 
 import llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -56,6 +56,7 @@ from llama_cpp.llama_grammar import LlamaGrammar
 
 from llm_abstractions.errors import LLMContextLengthError, LLMError, ModelFileError
 from llm_abstractions.providers.gbnf import GrammarCache, llama_log_captured
+from llm_abstractions.providers.local_tools import template_messages
 from llm_abstractions.threads import SerialWorker
 from llm_abstractions.types import FinishReason, LlmRequest
 
@@ -129,6 +130,8 @@ class LlamaEngine:
         self.n_ctx = min(self.llama.n_ctx(), n_ctx)
         self.model_name = path.stem
         self._formatter = self._chat_formatter()
+        template = str(self.llama.metadata.get("tokenizer.chat_template", ""))
+        self._template_takes_tools = "tools" in template and "tool_call" in template
         # llama.cpp knows which tokens end a turn (eos, eot, im_end...); ask it, as
         # llama-cpp-python's own completion loop does.
         self._vocab = self.llama._model.vocab
@@ -146,12 +149,14 @@ class LlamaEngine:
         )
 
     def prompt_tokens(self, request: LlmRequest) -> list[int]:
-        """Render the chat template and tokenize it exactly as llama-cpp-python would."""
-        messages: list[Any] = (
-            [{"role": "system", "content": request.system}] if request.system else []
-        )
-        messages += [{"role": m.role, "content": m.content} for m in request.messages]
-        rendered = self._formatter(messages=messages)
+        """Render the chat template and tokenize it exactly as llama-cpp-python would.
+
+        Tools, and the turns that call them, are rendered by the template when it takes
+        them, else written into the turns in the same format (``local_tools``).
+        """
+        messages, tools = template_messages(request, self._template_takes_tools)
+        # Plain dicts of the shapes llama-cpp-python's TypedDicts describe.
+        rendered = self._formatter(messages=cast(Any, messages), tools=cast(Any, tools))
         return self.llama.tokenize(
             rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True
         )

@@ -40,7 +40,12 @@ import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectSendStream
 
 from llm_abstractions.base import BaseLlm
-from llm_abstractions.errors import ConfigurationError, LLMBadResponseError, LLMError
+from llm_abstractions.errors import (
+    ConfigurationError,
+    InvalidRequestError,
+    LLMBadResponseError,
+    LLMError,
+)
 from llm_abstractions.providers.gguf import resolve_model_path
 from llm_abstractions.providers.llama_engine import (
     LLAMA_THREAD,
@@ -50,7 +55,7 @@ from llm_abstractions.providers.llama_engine import (
     get_engine,
     stopping,
 )
-from llm_abstractions.providers.tool_wire import refuse_tools
+from llm_abstractions.providers.local_tools import parse_calls
 from llm_abstractions.types import LlmRequest, LlmResponse, StreamChunk, Usage
 
 __all__ = ["LocalLlm"]
@@ -88,6 +93,7 @@ class LocalLlm(BaseLlm):
     is_local: ClassVar[bool] = True
     supports_output_schema: ClassVar[bool] = True
     supports_grammar: ClassVar[bool] = True
+    supports_tools: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -111,12 +117,12 @@ class LocalLlm(BaseLlm):
                 its output schema into one.
             LLMContextLengthError: The prompt leaves no room in the context window.
         """
-        refuse_tools(self.provider, request)
+        _refuse_grammar_with_tools(request)
         started = perf_counter()
         async with aclosing(self._run(request, stream=False)) as items:
             async for item in items:
                 if isinstance(item, Generation):
-                    return self._response(item, perf_counter() - started)
+                    return self._response(item, perf_counter() - started, request)
         raise LLMBadResponseError("local generation ended without a result", provider="local")
 
     async def stream(self, request: LlmRequest) -> AsyncIterator[StreamChunk]:
@@ -126,14 +132,20 @@ class LocalLlm(BaseLlm):
             InvalidRequestError: As ``generate``, before the first chunk.
             LLMContextLengthError: As ``generate``.
         """
-        refuse_tools(self.provider, request)
+        _refuse_grammar_with_tools(request)
         started = perf_counter()
+        held: list[_Piece] = []  # with tools: an answer is shown, calls are not
         async with aclosing(self._run(request, stream=True)) as items:
             async for item in items:
                 if isinstance(item, _Piece):
-                    yield StreamChunk(delta=item.text, tokens=item.tokens)
+                    if _may_call(request) and (held or item.text.lstrip()[:1] in ("<", "{")):
+                        held.append(item)  # a tool call, whole at the end
+                    else:
+                        yield StreamChunk(delta=item.text, tokens=item.tokens)
                 elif isinstance(item, Generation):
-                    response = self._response(item, perf_counter() - started)
+                    response = self._response(item, perf_counter() - started, request)
+                    if held and response.text:  # held back, but an answer after all
+                        yield StreamChunk(delta=response.text, tokens=sum(p.tokens for p in held))
                     yield StreamChunk(done=True, response=response)
 
     async def _run(
@@ -175,12 +187,14 @@ class LocalLlm(BaseLlm):
         finally:
             cancelled.set()
 
-    def _response(self, result: Generation, latency: float) -> LlmResponse:
+    def _response(self, result: Generation, latency: float, request: LlmRequest) -> LlmResponse:
+        text, calls = parse_calls(result.text) if _may_call(request) else (result.text, ())
         return LlmResponse(
-            text=result.text,
+            text=text,
             provider=self.provider,
             model=self.model,
-            finish_reason=result.finish_reason,
+            tool_calls=calls,
+            finish_reason="tool_calls" if calls else result.finish_reason,
             usage=Usage(input_tokens=result.prompt_tokens, output_tokens=result.completion_tokens),
             latency_s=latency,
             metadata={"model_path": str(self.path), "n_ctx": self.n_ctx},
@@ -272,3 +286,21 @@ def _positive(name: str, given: int | None, env: str, default: int) -> int:
     if value <= 0:
         raise ConfigurationError(f"{source} must be a positive integer, not {raw!r}.")
     return value
+
+
+def _may_call(request: LlmRequest) -> bool:
+    """Whether the answer may be tool calls (decoded under ``local_tools.tool_grammar``)."""
+    return bool(request.tools) and request.tool_choice != "none"
+
+
+def _refuse_grammar_with_tools(request: LlmRequest) -> None:
+    """A request may constrain its answer with a grammar, or offer tools: not both.
+
+    Raises:
+        InvalidRequestError: It does both.
+    """
+    if request.tools and (request.grammar is not None or request.response_format == "json"):
+        raise InvalidRequestError(
+            "local: tools and a grammar (or JSON mode) cannot go together: tool calls are "
+            "decoded under a grammar of their own; describe the answer with output_schema"
+        )

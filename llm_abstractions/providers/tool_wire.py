@@ -20,9 +20,9 @@ Ollama's ``/api/chat``: tools in OpenAI's shape (Ollama has no ``tool_choice``);
 made up: ``call_0``...); a stream sends each call whole in one line. Results are ``tool``
 messages naming the tool (``tool_name``), and the assistant turn carries its calls back.
 
-A provider that cannot send tools calls ``refuse_tools`` before sending anything: a
-request with tools, or with tool turns, is refused rather than sent without them (the model
-would answer as if it had none).
+A provider that cannot send tools says so (``BaseLlm.supports_tools`` false): the executor
+then refuses a task with tools on it before the run, rather than send the request without
+them (the model would answer as if it had none).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from llm_abstractions.errors import InvalidRequestError, LLMBadResponseError
+from llm_abstractions.errors import LLMBadResponseError
 from llm_abstractions.types import LlmRequest, Message, ToolCall
 
 __all__ = [
@@ -42,34 +42,14 @@ __all__ = [
     "anthropic_messages",
     "anthropic_tool_call",
     "anthropic_tools",
-    "has_tool_turns",
     "openai_messages",
     "openai_tool_calls",
     "openai_tools",
-    "refuse_tools",
 ]
 
 
-# The providers that send tools, for messages that say which to use instead.
-TOOL_PROVIDERS = "openai-gpt, anthropic-claude, google-gemini, ollama, huggingface, lmstudio"
-
-
-def has_tool_turns(request: LlmRequest) -> bool:
-    """Whether the request offers tools, or its conversation holds tool calls or results."""
-    return bool(request.tools) or any(m.tool_calls or m.role == "tool" for m in request.messages)
-
-
-def refuse_tools(provider: str, request: LlmRequest) -> None:
-    """Raise when ``request`` involves tools, for a provider that cannot send them.
-
-    Raises:
-        InvalidRequestError: The request offers tools or holds tool turns.
-    """
-    if has_tool_turns(request):
-        raise InvalidRequestError(
-            f"{provider}: this provider cannot call tools yet; give the agent a provider "
-            f"that can ({TOOL_PROVIDERS}), or no tools"
-        )
+# The providers that call tools, for messages that say which to use instead.
+TOOL_PROVIDERS = "openai-gpt, anthropic-claude, google-gemini, ollama, huggingface, lmstudio, local"
 
 
 def openai_tools(request: LlmRequest) -> dict[str, Any]:

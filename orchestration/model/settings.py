@@ -53,6 +53,9 @@ class GenerationSettings(BaseModel):
         grammar: A GBNF grammar the answer must follow (the embedded model only).
         context: Text added to every prompt after the task's description.
         examples: ``(prompt, answer)`` pairs shown before the prompt (few-shot).
+        tool_choice: With tools: ``"auto"`` (the model decides), ``"required"`` (its first
+            turn must call a tool; later turns decide, or the loop would never end),
+            ``"none"`` (no calls).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -69,6 +72,7 @@ class GenerationSettings(BaseModel):
     grammar: str | None = Field(default=None, min_length=1, strict=True)
     context: str | None = Field(default=None, strict=True)
     examples: tuple[tuple[StrictStr, StrictStr], ...] | None = None
+    tool_choice: Literal["auto", "required", "none"] | None = None
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -110,6 +114,7 @@ class SettingsArguments(TypedDict, total=False):
     grammar: str | None
     context: str | None
     examples: Sequence[tuple[str, str]] | None
+    tool_choice: Literal["auto", "required", "none"] | None
 
 
 SETTING_NAMES: frozenset[str] = frozenset(GenerationSettings.model_fields)

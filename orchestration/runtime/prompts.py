@@ -25,6 +25,7 @@ _REQUEST_SETTINGS = (
     "stop",
     "response_format",
     "grammar",
+    "tool_choice",
 )
 
 

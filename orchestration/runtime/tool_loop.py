@@ -92,6 +92,8 @@ async def tool_loop(
             return response.model_copy(
                 update={"usage": made.usage, "metadata": {**response.metadata, "turns": turn}}
             )
+        if request.tool_choice == "required":  # the first turn had to call; now it may answer
+            request = request.model_copy(update={"tool_choice": "auto"})
         results = await _run_calls(response.tool_calls, tools, turn, on_call, replays)
         request = request.model_copy(
             update={
