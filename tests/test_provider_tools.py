@@ -9,10 +9,11 @@ does (a result must answer a call just made).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from llm_abstractions import InvalidRequestError, LlmRequest
 from llm_abstractions.base import BaseLlm
@@ -34,6 +35,24 @@ pytestmark = pytest.mark.anyio
 
 server, api = loopback_fixtures(openai_app)
 
+
+def served(app: Callable[[LoopbackServer], web.Application]) -> Any:
+    """A module-wide fixture serving ``app`` (each test resets it first)."""
+
+    @pytest.fixture(scope="module")
+    def fixture() -> Iterator[LoopbackServer]:
+        fake = LoopbackServer(app)
+        yield fake
+        fake.close()
+
+    return fixture
+
+
+claude_api = served(anthropic_app)
+ollama_api = served(ollama_app)
+hf_api = served(hf_app)
+gemini_api = served(gemini_app)
+
 ADD = ToolSpec(
     name="add",
     description="Add two integers.",
@@ -48,6 +67,18 @@ LOOKUP = ToolSpec(
     description="Look a word up.",
     parameters={"type": "object", "properties": {"word": {"type": "string"}}},
 )
+
+
+def follow_up(
+    request: LlmRequest, first: LlmResponse, *results: tuple[str, str, str, bool], text: str = ""
+) -> LlmRequest:
+    """``request`` again, after the model's calls and their results: (id, tool, text, failed)."""
+    turns = [Message(role="assistant", content=text, tool_calls=first.tool_calls)]
+    turns += [
+        Message(role="tool", content=said, tool_call_id=call_id, name=tool, is_error=failed)
+        for call_id, tool, said, failed in results
+    ]
+    return request.model_copy(update={"messages": (*request.messages, *turns)})
 
 
 async def respond(provider: BaseLlm, request: LlmRequest, streamed: bool) -> LlmResponse:
@@ -81,21 +112,11 @@ async def test_openai_format_round_trip(
             ("call_0", "add", {"a": 2, "b": 40}),
             ("call_1", "lookup", {"word": 'héllo "quoted"'}),
         ]
-        follow = request.model_copy(
-            update={
-                "messages": (
-                    *request.messages,
-                    Message(role="assistant", content="", tool_calls=first.tool_calls),
-                    Message(role="tool", content="42", tool_call_id="call_0", name="add"),
-                    Message(
-                        role="tool",
-                        content="error: no such word",
-                        tool_call_id="call_1",
-                        name="lookup",
-                        is_error=True,
-                    ),
-                )
-            }
+        follow = follow_up(
+            request,
+            first,
+            ("call_0", "add", "42", False),
+            ("call_1", "lookup", "error: no such word", True),
         )
         second = await respond(provider, follow, streamed)
     assert (second.text, second.finish_reason, second.tool_calls) == ("42, and hello.", "stop", ())
@@ -131,13 +152,6 @@ async def test_openai_format_round_trip(
     ]
 
 
-@pytest.fixture(scope="module")
-def claude_api() -> Iterator[LoopbackServer]:
-    fake = LoopbackServer(anthropic_app)
-    yield fake
-    fake.close()
-
-
 @pytest.mark.parametrize("streamed", [False, True], ids=["plain", "streamed"])
 async def test_anthropic_round_trip(claude_api: LoopbackServer, streamed: bool) -> None:
     claude_api.reset()
@@ -159,21 +173,12 @@ async def test_anthropic_round_trip(claude_api: LoopbackServer, streamed: bool) 
             ("toolu_00", "add", {"a": 2, "b": 40}),
             ("toolu_01", "lookup", {"word": 'héllo "quoted"'}),
         ]
-        follow = request.model_copy(
-            update={
-                "messages": (
-                    *request.messages,
-                    Message(role="assistant", content=first.text, tool_calls=first.tool_calls),
-                    Message(role="tool", content="42", tool_call_id="toolu_00", name="add"),
-                    Message(
-                        role="tool",
-                        content="error: no such word",
-                        tool_call_id="toolu_01",
-                        name="lookup",
-                        is_error=True,
-                    ),
-                )
-            }
+        follow = follow_up(
+            request,
+            first,
+            ("toolu_00", "add", "42", False),
+            ("toolu_01", "lookup", "error: no such word", True),
+            text=first.text,
         )
         second = await respond(provider, follow, streamed)
     assert (second.text, second.finish_reason, second.tool_calls) == ("42, and hello.", "stop", ())
@@ -231,13 +236,6 @@ async def test_anthropic_refuses_a_missing_result_as_the_api_does(
             await provider.generate(unanswered)
 
 
-@pytest.fixture(scope="module")
-def ollama_api() -> Iterator[LoopbackServer]:
-    fake = LoopbackServer(ollama_app)
-    yield fake
-    fake.close()
-
-
 @pytest.mark.parametrize("streamed", [False, True], ids=["plain", "streamed"])
 async def test_ollama_round_trip(ollama_api: LoopbackServer, streamed: bool) -> None:
     ollama_api.reset()
@@ -255,15 +253,8 @@ async def test_ollama_round_trip(ollama_api: LoopbackServer, streamed: bool) -> 
             ("call_0", "add", {"a": 2, "b": 40}),
             ("call_1", "lookup", {"word": "hello"}),
         ]
-        follow = request.model_copy(
-            update={
-                "messages": (
-                    *request.messages,
-                    Message(role="assistant", content="", tool_calls=first.tool_calls),
-                    Message(role="tool", content="42", tool_call_id="call_0", name="add"),
-                    Message(role="tool", content="hi", tool_call_id="call_1", name="lookup"),
-                )
-            }
+        follow = follow_up(
+            request, first, ("call_0", "add", "42", False), ("call_1", "lookup", "hi", False)
         )
         second = await respond(provider, follow, streamed)
     assert (second.text, second.finish_reason) == ("42, and hello.", "stop")
@@ -282,13 +273,6 @@ async def test_ollama_round_trip(ollama_api: LoopbackServer, streamed: bool) -> 
     ]
 
 
-@pytest.fixture(scope="module")
-def hf_api() -> Iterator[LoopbackServer]:
-    fake = LoopbackServer(hf_app)
-    yield fake
-    fake.close()
-
-
 @pytest.mark.parametrize("streamed", [False, True], ids=["plain", "streamed"])
 async def test_huggingface_round_trip(hf_api: LoopbackServer, streamed: bool) -> None:
     hf_api.reset()
@@ -304,15 +288,7 @@ async def test_huggingface_round_trip(hf_api: LoopbackServer, streamed: bool) ->
         assert [(c.id, c.name, json.loads(c.arguments)) for c in first.tool_calls] == [
             ("call_0", "add", {"a": 2, "b": 40})
         ]
-        follow = request.model_copy(
-            update={
-                "messages": (
-                    *request.messages,
-                    Message(role="assistant", content="", tool_calls=first.tool_calls),
-                    Message(role="tool", content="42", tool_call_id="call_0", name="add"),
-                )
-            }
-        )
+        follow = follow_up(request, first, ("call_0", "add", "42", False))
         second = await respond(provider, follow, streamed)
     assert (second.text, second.tool_calls) == ("42.", ())
     assert hf_api.requests[0]["tools"][0]["function"]["parameters"] == ADD.parameters
@@ -322,13 +298,6 @@ async def test_huggingface_round_trip(hf_api: LoopbackServer, streamed: bool) ->
         "tool_call_id": "call_0",
         "content": "42",
     }
-
-
-@pytest.fixture(scope="module")
-def gemini_api() -> Iterator[LoopbackServer]:
-    fake = LoopbackServer(gemini_app)
-    yield fake
-    fake.close()
 
 
 @pytest.mark.parametrize("streamed", [False, True], ids=["plain", "streamed"])
@@ -353,21 +322,8 @@ async def test_gemini_round_trip(gemini_api: LoopbackServer, streamed: bool) -> 
             ("call_0", "add", {"a": 2, "b": 40}),
             ("call_1", "lookup", {"word": "hello"}),
         ]
-        follow = request.model_copy(
-            update={
-                "messages": (
-                    *request.messages,
-                    Message(role="assistant", content="", tool_calls=first.tool_calls),
-                    Message(role="tool", content="42", tool_call_id="call_0", name="add"),
-                    Message(
-                        role="tool",
-                        content="no entry",
-                        tool_call_id="call_1",
-                        name="lookup",
-                        is_error=True,
-                    ),
-                )
-            }
+        follow = follow_up(
+            request, first, ("call_0", "add", "42", False), ("call_1", "lookup", "no entry", True)
         )
         second = await respond(provider, follow, streamed)
     assert (second.text, second.finish_reason) == ("42, and hello.", "stop")

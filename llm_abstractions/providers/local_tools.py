@@ -23,6 +23,7 @@ import re
 from typing import Any
 
 from llm_abstractions.errors import InvalidRequestError
+from llm_abstractions.providers.tool_wire import openai_functions
 from llm_abstractions.types import LlmRequest, Message, ToolCall
 
 __all__ = ["parse_calls", "template_messages", "tool_grammar"]
@@ -39,20 +40,6 @@ SYSTEM_TOOLS = (
 )
 
 
-def _functions(request: LlmRequest) -> list[dict[str, Any]]:
-    return [
-        {
-            "type": "function",
-            "function": {
-                "name": tool.name,
-                "description": tool.description,
-                "parameters": tool.parameters,
-            },
-        }
-        for tool in request.tools
-    ]
-
-
 def _arguments(text: str) -> Any:
     try:
         return json.loads(text or "{}")
@@ -67,7 +54,7 @@ def template_messages(
     messages: list[dict[str, Any]] = []
     system = request.system
     if request.tools and not template_takes_tools:
-        described = "\n".join(json.dumps(f) for f in _functions(request))
+        described = "\n".join(json.dumps(f) for f in openai_functions(request))
         tools_text = SYSTEM_TOOLS.format(tools=described)
         system = f"{system}\n\n{tools_text}" if system else tools_text
     if system:
@@ -75,7 +62,7 @@ def template_messages(
     for message in request.messages:
         messages.append(_message(message, template_takes_tools))
     if template_takes_tools:
-        return messages, (_functions(request) or None)
+        return messages, (openai_functions(request) or None)
     return _merged_results(messages), None
 
 

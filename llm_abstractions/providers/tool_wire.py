@@ -38,6 +38,7 @@ __all__ = [
     "TOOL_PROVIDERS",
     "AnthropicToolCalls",
     "ollama_messages",
+    "openai_functions",
     "OpenAIToolCalls",
     "anthropic_messages",
     "anthropic_tool_call",
@@ -52,23 +53,26 @@ __all__ = [
 TOOL_PROVIDERS = "openai-gpt, anthropic-claude, google-gemini, ollama, huggingface, lmstudio, local"
 
 
+def openai_functions(request: LlmRequest) -> list[dict[str, Any]]:
+    """The request's tools as OpenAI's ``{"type": "function", "function": {...}}`` entries."""
+    return [
+        {
+            "type": "function",
+            "function": {
+                "name": tool.name,
+                "description": tool.description,
+                "parameters": tool.parameters,
+            },
+        }
+        for tool in request.tools
+    ]
+
+
 def openai_tools(request: LlmRequest) -> dict[str, Any]:
     """The ``tools`` and ``tool_choice`` parameters (empty when the request has no tools)."""
     if not request.tools:
         return {}
-    params: dict[str, Any] = {
-        "tools": [
-            {
-                "type": "function",
-                "function": {
-                    "name": tool.name,
-                    "description": tool.description,
-                    "parameters": tool.parameters,
-                },
-            }
-            for tool in request.tools
-        ]
-    }
+    params: dict[str, Any] = {"tools": openai_functions(request)}
     if request.tool_choice is not None:
         params["tool_choice"] = request.tool_choice
     return params

@@ -37,7 +37,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from opentelemetry.trace import Span, Tracer
+    from opentelemetry.trace import Span, SpanKind, Tracer
 
     from llm_abstractions.types import LlmRequest
     from orchestration.model.agent_registry import AgentConfig
@@ -150,26 +150,17 @@ def task_span(task: AgentTask, agent: AgentConfig) -> Iterator[Callable[[TaskRes
     model = _model(agent)
     if model:
         attributes["gen_ai.request.model"] = model
-    with tracer.start_as_current_span(
-        f"invoke_agent {agent.name}",
-        kind=SpanKind.INTERNAL,
-        attributes=attributes,
-        record_exception=False,
-        set_status_on_exception=False,
-    ) as span:
-        ended: list[TaskResult] = []
-        try:
-            yield _keeper(ended)
-        except BaseException as exc:
-            _failed(span, _error_type(exc))
-            raise
-        if ended:
-            result = ended[-1]
-            span.set_attribute("orchestra.task.status", result.status.value)
-            span.set_attribute("orchestra.task.attempts", result.attempts)
-            _totals(span, [result])
-            if not result.succeeded:
-                _failed(span, result.metadata.get("error_type") or result.status.value)
+    name = f"invoke_agent {agent.name}"
+    with _traced(tracer, name, SpanKind.INTERNAL, attributes, _task_ended) as keep:
+        yield keep
+
+
+def _task_ended(span: Span, result: TaskResult) -> None:
+    span.set_attribute("orchestra.task.status", result.status.value)
+    span.set_attribute("orchestra.task.attempts", result.attempts)
+    _totals(span, [result])
+    if not result.succeeded:
+        _failed(span, result.metadata.get("error_type") or result.status.value)
 
 
 @contextlib.contextmanager
@@ -197,21 +188,38 @@ def attempt_span(
         value = getattr(request, setting)
         if value is not None:
             attributes[key] = list(value) if isinstance(value, tuple) else value
+    name = f"chat {model}" if model else "chat"
+    with _traced(tracer, name, SpanKind.CLIENT, attributes, _attempt_ended) as keep:
+        yield keep
+
+
+@contextlib.contextmanager
+def _traced(
+    tracer: Tracer,
+    name: str,
+    kind: SpanKind,
+    attributes: dict[str, Any],
+    ended: Callable[[Span, TaskResult], None],
+) -> Iterator[Callable[[TaskResult], TaskResult]]:
+    """A current span; ``ended`` describes on it the result handed to what this yields.
+
+    An exception through it (a cancellation, a bug) marks the span failed with its type.
+    """
     with tracer.start_as_current_span(
-        f"chat {model}" if model else "chat",
-        kind=SpanKind.CLIENT,
+        name,
+        kind=kind,
         attributes=attributes,
         record_exception=False,
         set_status_on_exception=False,
     ) as span:
-        ended: list[TaskResult] = []
+        results: list[TaskResult] = []
         try:
-            yield _keeper(ended)
+            yield _keeper(results)
         except BaseException as exc:
             _failed(span, _error_type(exc))
             raise
-        if ended:
-            _attempt_ended(span, ended[-1])
+        if results:
+            ended(span, results[-1])
 
 
 def _attempt_ended(span: Span, result: TaskResult) -> None:
