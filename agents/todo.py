@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from agents.routing import ModelChoice, route_team
 from agents.specialists import ARCHITECT, BACKEND, DEVOPS, FRONTEND, QA, REPAIR, SPECIALISTS
 from agents.workspace import workspace_tools
 from orchestration import AgentRegistry, AgentTask, OutputRejected, RunResult, TaskResult
+from orchestration.model.tools import Tool
 
 __all__ = ["DEFAULT_REQUEST", "RUN_TESTS_SCRIPT", "FileReport", "TodoBuild", "qa_verdict"]
 
@@ -65,8 +67,8 @@ class TodoBuild:
         temperature: Sampling temperature of every specialist.
         max_repairs: Repair rounds at most, when the tests fail.
         tools: Give the specialists the workspace tools (``agents.workspace``): read the
-            app's files, draft them, run its tests. Their providers must call tools (the
-            embedded model does not yet).
+            app's files, draft their own, run its tests. Not on the embedded model, whose
+            specialists answer under the file-contract grammar (tools cannot go with one).
     """
 
     output_dir: Path
@@ -94,7 +96,6 @@ class TodoBuild:
             self.choices[REPAIR.name] = self.choices[BACKEND.name]
         self.output_dir.mkdir(parents=True, exist_ok=True)  # the test runner's cwd
         registry = AgentRegistry()
-        tools = workspace_tools(self.output_dir, test_timeout_s=self.test_timeout_s)
         for role in (*SPECIALISTS, REPAIR):
             choice = self.choices[role.name]
             if choice.provider == "local" and choice.model is None and self.local_model:
@@ -105,7 +106,7 @@ class TodoBuild:
                 self.max_tokens,
                 seed=self.seed,
                 temperature=self.temperature,
-                tools=tools if self.tools else (),
+                tools=self._tools(role.writes),
             )
         registry.register_agent(
             QA_RUNNER,
@@ -118,6 +119,12 @@ class TodoBuild:
             },
         )
         return registry
+
+    def _tools(self, writes: Sequence[str]) -> list[Tool]:
+        """A role's workspace tools (writing where it writes), when the build gives them."""
+        if not self.tools:
+            return []
+        return workspace_tools(self.output_dir, test_timeout_s=self.test_timeout_s, allowed=writes)
 
     def tasks(self) -> list[AgentTask]:
         """The DAG: architect, backend and frontend in parallel, tests, their run, devops."""

@@ -3,9 +3,12 @@
 ``workspace_tools(root)`` gives a model ``list_files``, ``read_file``, ``write_file`` and
 ``run_tests``, each working under ``root`` only: a path is a plain relative path (the file
 contract's own rule, ``contract.path_problem``), resolved and refused if it lands outside
-(a symlink out of the directory included). ``run_tests`` runs ``tests/test_*.py`` the way
-the demo's ``qa-run`` does (``scripts/run_tests.py``: a copy of the app, a child interpreter,
-a timeout) and returns its verdict line and log tail.
+(a symlink out of the directory included); ``write_file`` writes only where the role
+writes (``allowed``, its path prefixes). ``run_tests`` runs ``tests/test_*.py`` the way the
+demo's ``qa-run`` does (``scripts/run_tests.py``: a copy of the app, a child interpreter, a
+timeout, its own process group) with the script agents' minimal environment: no keys. That
+is the whole of its confinement: it runs code a model wrote, as this user, and is no
+sandbox.
 
 The specialists' answers stay the contract: what a specialist writes with ``write_file`` is
 a draft, and the files of its checked answer are written over it.
@@ -14,12 +17,15 @@ a draft, and the files of its checked answer are written over it.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from agents.contract import ContractError, path_problem, write_files
 from orchestration.model.tools import Tool
+from orchestration.runtime.subprocess_runner import BASE_ENV
 
 __all__ = ["MAX_READ_CHARS", "RUN_TESTS", "workspace_tools"]
 
@@ -27,12 +33,17 @@ RUN_TESTS = Path(__file__).resolve().parent.parent / "scripts" / "run_tests.py"
 MAX_READ_CHARS = 60_000
 
 
-def workspace_tools(root: Path, *, test_timeout_s: float = 60.0) -> list[Tool]:
-    """``list_files``, ``read_file``, ``write_file`` and ``run_tests`` under ``root``."""
+def workspace_tools(
+    root: Path, *, test_timeout_s: float = 60.0, allowed: Sequence[str] = ("",)
+) -> list[Tool]:
+    """``list_files``, ``read_file``, ``write_file`` and ``run_tests`` under ``root``.
+
+    ``allowed`` are the path prefixes ``write_file`` may write (a role's ``writes``).
+    """
     base = root.resolve()
 
-    def inside(path: str) -> Path:
-        problem = path_problem(path)
+    def inside(path: str, prefixes: Sequence[str] = ("",)) -> Path:
+        problem = path_problem(path, prefixes)
         target = (base / path).resolve()
         if problem is None and not target.is_relative_to(base):
             problem = "resolves outside the output directory"
@@ -69,7 +80,7 @@ def workspace_tools(root: Path, *, test_timeout_s: float = 60.0) -> list[Tool]:
             path: Its path relative to the app's directory, such as `tests/test_app.py`.
             content: The whole file.
         """
-        inside(path)
+        inside(path, allowed)
         try:
             write_files({path: content}, base)
         except ContractError as exc:
@@ -84,6 +95,8 @@ def workspace_tools(root: Path, *, test_timeout_s: float = 60.0) -> list[Tool]:
             capture_output=True,
             text=True,
             cwd=base,
+            env={name: os.environ[name] for name in BASE_ENV if name in os.environ},
+            start_new_session=True,  # the runner kills its suite's group; this is another
             timeout=test_timeout_s + 15,
             check=False,
         )

@@ -71,6 +71,8 @@ class ToolCall(BaseModel):
         name: The tool.
         arguments: The arguments as the model wrote them: JSON text (vendors that send an
             object have it serialized), checked against the tool's schema before the call.
+        signature: What the vendor asks to be sent back with the call, untouched (Gemini's
+            thought signature, base64), when it gives one.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -78,6 +80,7 @@ class ToolCall(BaseModel):
     id: str
     name: str
     arguments: str = "{}"
+    signature: str | None = Field(default=None, exclude_if=lambda value: value is None)
 
 
 class Message(BaseModel):

@@ -8,9 +8,11 @@ tools accept.
 from __future__ import annotations
 
 import json
+from enum import Enum
 
 import anyio
 import pytest
+from pydantic import BaseModel
 
 from llm_abstractions import InvalidRequestError, LlmRequest, LlmResponse
 from llm_abstractions.providers.local import LocalLlm
@@ -36,6 +38,7 @@ def lookup(word: str) -> str:
 
 
 TOOLS = (Tool.of(add).spec(), Tool.of(lookup).spec())
+NAMES = {"add", "lookup"}
 REQUEST = LlmRequest.build("Add 2 and 40.", tools=TOOLS)
 CALL = '{"name": "add", "arguments": {"a": 2, "b": 40}}'
 
@@ -85,15 +88,45 @@ def test_required_means_a_call_and_an_output_schema_shapes_the_answer(
     assert admits(engine, tool_grammar(typed), CALL)
 
 
+class Color(Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+class Point(BaseModel):
+    x: int
+    color: Color
+
+
+def paint(at: Point, color: Color) -> str:
+    """Paint a point."""
+    return "ok"
+
+
+@pytest.mark.model
+def test_tools_with_definitions_of_their_own_have_a_grammar(llm: LocalLlm) -> None:  # noqa: F811
+    request = LlmRequest.build("Paint.", tools=(Tool.of(paint).spec(), *TOOLS))
+    schema = {"$defs": {"Point": {"type": "integer"}}, "$ref": "#/$defs/Point"}
+    typed = request.model_copy(update={"output_schema": OutputSchema(json_schema=schema)})
+    grammar = tool_grammar(typed)  # two "Point" definitions: the tool's, the answer's
+    call = '{"name": "paint", "arguments": {"at": {"x": 1, "color": "red"}, "color": "blue"}}'
+    engine = engine_of(llm)
+    assert admits(engine, grammar, call)
+    assert admits(engine, grammar, "7")
+    assert not admits(engine, grammar, call.replace('"red"', '"green"'))
+
+
 def test_calls_are_read_back_in_tags_or_bare() -> None:
     two = f'<tool_call>\n{CALL}\n</tool_call>\n{{"name": "lookup", "arguments": {{"word": "é"}}}}'
-    text, calls = parse_calls(two)
+    text, calls = parse_calls(two, NAMES)
     assert text == "" and calls == (
         ToolCall(id="call_0", name="add", arguments='{"a": 2, "b": 40}'),
         ToolCall(id="call_1", name="lookup", arguments='{"word": "é"}'),
     )
-    assert parse_calls("The sum is 42.") == ("The sum is 42.", ())
-    assert parse_calls('{"name": "add", "arguments": {"a": 2') == (
+    assert parse_calls("The sum is 42.", NAMES) == ("The sum is 42.", ())
+    # JSON that names no tool is an answer (under an output schema, say), not a call.
+    assert parse_calls('{"name": "Bob", "age": 3}', NAMES) == ('{"name": "Bob", "age": 3}', ())
+    assert parse_calls('{"name": "add", "arguments": {"a": 2', NAMES) == (
         '{"name": "add", "arguments": {"a": 2',
         (),
     )

@@ -18,7 +18,6 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 
 from llm_abstractions import ConfigurationError
@@ -186,4 +185,5 @@ def test_mcp_servers_are_described_plainly() -> None:
     with pytest.raises(ConfigurationError, match="give an http:// or https:// URL"):
         McpServer.http("localhost:8000/mcp")
     assert McpServer.stdio("npx", "server").label == "npx server"
-    assert anyio is not None
+    secret = McpServer.http("https://user:token@mcp.example/mcp?key=k")
+    assert secret.label == "https://mcp.example/mcp"  # what messages and the ledger show

@@ -25,7 +25,7 @@ from llm_abstractions.providers.ollama import OllamaLlm
 from llm_abstractions.providers.openai import OpenAILlm
 from llm_abstractions.types import LlmResponse, Message, ToolCall, ToolSpec
 from tests.fakes.anthropic_api import anthropic_app
-from tests.fakes.gemini_api import gemini_app
+from tests.fakes.gemini_api import gemini_app, signature
 from tests.fakes.hf_api import hf_app
 from tests.fakes.ollama_api import ollama_app
 from tests.fakes.openai_api import openai_app
@@ -333,11 +333,17 @@ async def test_gemini_round_trip(gemini_api: LoopbackServer, streamed: bool) -> 
     assert declared["parameters_json_schema"] == ADD.parameters  # additionalProperties dropped
     assert offered["toolConfig"] == {"functionCallingConfig": {"mode": "ANY"}}
     turns = gemini_api.requests[1]["contents"]
-    assert turns[1] == {
+    assert turns[1] == {  # each call with the signature it came with
         "role": "model",
         "parts": [
-            {"functionCall": {"name": "add", "args": {"a": 2, "b": 40}}},
-            {"functionCall": {"name": "lookup", "args": {"word": "hello"}}},
+            {
+                "functionCall": {"name": "add", "args": {"a": 2, "b": 40}},
+                "thoughtSignature": signature("add"),
+            },
+            {
+                "functionCall": {"name": "lookup", "args": {"word": "hello"}},
+                "thoughtSignature": signature("lookup"),
+            },
         ],
     }
     assert turns[2] == {  # both results in one user turn

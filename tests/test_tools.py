@@ -233,16 +233,18 @@ async def test_calls_that_go_wrong_are_told_to_the_model_which_corrects_itself(
     assert told[1].startswith("error: the arguments are not valid JSON")
     assert told[2].startswith("error: invalid arguments: a: Input should be a valid integer")
     assert told[3] == "error: lookup raised KeyError: \"no entry for 'unknown'\""
-    assert told[4] == "error: hang took longer than its 0.2 s and was stopped"
+    assert told[4] == "error: hang did not answer within 0.2 s (it may still complete)"
     errors = ledger_rows("SELECT tool, result, error FROM tool_calls ORDER BY call_id")
     assert all(result is None and error for _, result, error in errors) and len(errors) == 5
 
 
 @pytest.mark.anyio
 async def test_a_model_that_keeps_calling_tools_stops_at_max_turns(env: LoopbackServer) -> None:
-    env.script(*[Scripted(text="", tool_calls=[("add", {"a": n, "b": 1})]) for n in range(5)])
+    env.script(*[Scripted(text="", tool_calls=[("add", {"a": n, "b": 1})]) for n in range(9)])
     task = AgentTask(task_id="t", description="Loop.", agent="calc", max_turns=3)
-    result = await run_one(registry(), task)
+    fast = RetryPolicy(base_delay_s=0.01, jitter=0)  # retries on, for failures that merit one
+    async with TaskExecutor(registry(), retry=fast) as executor:
+        result = await executor.execute(task)
     assert not result.succeeded and "max_turns=3" in (result.error or "")
     assert len(env.requests) == 3  # and no retry: it would loop again
     ((status, error_type, tokens_out, cost),) = ledger_rows(
@@ -250,7 +252,7 @@ async def test_a_model_that_keeps_calling_tools_stops_at_max_turns(env: Loopback
     )
     assert (status, error_type) == ("failed", "MaxTurnsExceeded")
     assert tokens_out == 3 * 4 and cost is not None and cost > 0  # the turns were paid for
-    assert len(ledger_rows("SELECT * FROM tool_calls")) == 3
+    assert len(ledger_rows("SELECT * FROM tool_calls")) == 2  # the third turn's: not run
 
 
 @pytest.mark.anyio
@@ -377,3 +379,54 @@ async def test_a_task_with_its_own_tools_is_resumed_only_with_them_given_again(
         again = await executor.resume(first.run_id, retry_failed=True, tasks=[task])
     assert again.ok and again.results["t"].output == "2"
     assert [m["content"] for m in env.requests[-1]["messages"] if m["role"] == "tool"] == ["2"]
+
+
+@pytest.mark.anyio
+async def test_a_budget_holds_every_turn_a_tool_loop_may_make(env: LoopbackServer) -> None:
+    env.script(Scripted(text="3"))
+    agents = registry(max_tokens=100)  # about $0.00006 a call at gpt-4o-mini's prices
+    task = AgentTask(task_id="t", description="Add 1 and 2.", agent="calc")
+    async with TaskExecutor(agents, retry=RetryPolicy.never()) as executor:
+        ten_turns = await executor.run([task], budget_usd=0.0002)
+        assert ten_turns.results["t"].status.value == "budget_exceeded"
+        assert env.requests == []  # ten turns of it would not fit: nothing was sent
+        one_turn = task.model_copy(update={"max_turns": 1})
+        assert (await executor.run([one_turn], budget_usd=0.0002)).ok
+
+
+@pytest.mark.anyio
+async def test_a_retry_within_the_run_replays_what_must_not_run_twice(
+    env: LoopbackServer,
+) -> None:
+    charged: list[int] = []
+
+    def charge(cents: int) -> str:
+        """Charge the customer."""
+        charged.append(cents)
+        return f"receipt-{len(charged)}"
+
+    down = Scripted(status=500, body={"error": {"message": "down", "type": "server_error"}})
+    calls: Calls = [("charge", {"cents": 500})]
+    env.script(Scripted(text="", tool_calls=calls), down)  # the attempt dies mid-loop
+    env.script(Scripted(text="", tool_calls=calls), Scripted(text="Bought."))  # its retry
+    agents = AgentRegistry()
+    agents.register_agent("shop", "openai-gpt", model="gpt-4o-mini", tools=[charge])
+    task = AgentTask(task_id="buy", description="Buy it.", agent="shop")
+    fast = RetryPolicy(max_attempts=2, base_delay_s=0.01, jitter=0)
+    async with TaskExecutor(agents, retry=fast) as executor:
+        result = await executor.execute(task)
+    assert result.succeeded and result.output == "Bought." and charged == [500]
+    rows = ledger_rows("SELECT attempt, result, replayed FROM tool_calls ORDER BY id")
+    assert rows == [(1, "receipt-1", 0), (2, "receipt-1", 1)]
+
+
+@pytest.mark.anyio
+async def test_an_agents_and_a_tasks_tools_of_one_name_fail_the_task_saying_so(
+    env: LoopbackServer,
+) -> None:
+    task = AgentTask(
+        task_id="t", description="Add.", agent="calc", tools=[Tool.of(lookup, name="add")]
+    )
+    result = await run_one(registry(), task)
+    assert not result.succeeded and "two tools are named 'add'" in (result.error or "")
+    assert env.requests == []

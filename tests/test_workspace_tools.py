@@ -52,11 +52,23 @@ def test_files_are_read_and_written_inside_the_app_only(tmp_path: Path) -> None:
     assert (tmp_path / "secret.txt").read_text() == "not yours"
 
 
-def test_run_tests_gives_the_suites_verdict(tmp_path: Path) -> None:
+def test_a_role_drafts_only_its_own_files(tmp_path: Path) -> None:
+    found = {t.name: t for t in workspace_tools(tmp_path, allowed=("tests/",))}
+    assert call(found["write_file"], path="tests/test_x.py", content="x") == (
+        "wrote tests/test_x.py (1 bytes)"
+    )
+    with pytest.raises(ValueError, match="outside what this role writes"):
+        call(found["write_file"], path="backend/server.py", content="x")
+
+
+def test_run_tests_gives_the_suites_verdict_without_the_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-not-for-generated-code")
     (tmp_path / "tests").mkdir()
     (tmp_path / "tests" / "test_ok.py").write_text(
-        "import unittest\n\n\nclass T(unittest.TestCase):\n"
-        "    def test_one(self):\n        self.assertEqual(1 + 1, 2)\n"
+        "import os\nimport unittest\n\n\nclass T(unittest.TestCase):\n"
+        "    def test_one(self):\n        self.assertNotIn('OPENAI_API_KEY', os.environ)\n"
         "    def test_two(self):\n        self.assertEqual(2 * 2, 5)\n"
     )
     verdict, _, log = call(tools(tmp_path)["run_tests"]).partition("\n\n")

@@ -26,13 +26,15 @@ GBNF ``grammar`` is refused (``InvalidRequestError``) before anything is sent.
 Tools go out as ``functionDeclarations`` with ``parametersJsonSchema`` (the schema without
 ``additionalProperties``, which Gemini refuses), ``tool_choice`` as the function-calling
 mode (``AUTO``, ``ANY``, ``NONE``), and the SDK's automatic function calling off. Gemini's
-``functionCall`` parts carry no id: calls get ``call_0``, ``call_1``... in their order, and
-results go back as ``functionResponse`` parts (``{"result": ...}``, or ``{"error": ...}``
+``functionCall`` parts carry no id: calls get ``call_0``, ``call_1``... in their order; a
+call's ``thoughtSignature`` is kept and sent back with it (Gemini 3 requires it); results go
+back as ``functionResponse`` parts (``{"result": ...}``, or ``{"error": ...}``
 for a failed call) matched by name and order, all of one turn's in one user turn.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -360,7 +362,11 @@ def _contents(request: LlmRequest) -> list[gt.Content]:
             continue
         parts = [types.Part(text=message.content)] if message.content else []
         parts += [
-            types.Part(function_call=types.FunctionCall(name=c.name, args=_args(c.arguments)))
+            types.Part(
+                function_call=types.FunctionCall(name=c.name, args=_args(c.arguments)),
+                # Gemini 3 refuses a call sent back without the signature it came with.
+                thought_signature=base64.b64decode(c.signature) if c.signature else None,
+            )
             for c in message.tool_calls
         ]
         role = "model" if message.role == "assistant" else "user"
@@ -383,14 +389,18 @@ def _args(arguments: str) -> dict[str, Any]:
 def _calls(candidate: gt.Candidate, first: int) -> tuple[ToolCall, ...]:
     """The ``functionCall`` parts of a candidate, numbered on from ``first`` when id-less."""
     parts = candidate.content.parts if candidate.content else None
-    found = [p.function_call for p in parts or [] if p.function_call is not None]
+    found = [p for p in parts or [] if p.function_call is not None]
     return tuple(
         ToolCall(
-            id=call.id or f"call_{first + number}",
-            name=call.name or "",
-            arguments=json.dumps(call.args or {}, ensure_ascii=False),
+            id=part.function_call.id or f"call_{first + number}",
+            name=part.function_call.name or "",
+            arguments=json.dumps(part.function_call.args or {}, ensure_ascii=False),
+            signature=base64.b64encode(part.thought_signature).decode()
+            if part.thought_signature
+            else None,
         )
-        for number, call in enumerate(found)
+        for number, part in enumerate(found)
+        if part.function_call is not None
     )
 
 

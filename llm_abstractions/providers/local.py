@@ -188,7 +188,8 @@ class LocalLlm(BaseLlm):
             cancelled.set()
 
     def _response(self, result: Generation, latency: float, request: LlmRequest) -> LlmResponse:
-        text, calls = parse_calls(result.text) if _may_call(request) else (result.text, ())
+        names = {tool.name for tool in request.tools}
+        text, calls = parse_calls(result.text, names) if _may_call(request) else (result.text, ())
         return LlmResponse(
             text=text,
             provider=self.provider,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Collection
 from typing import Any
 
 from llm_abstractions.errors import InvalidRequestError
@@ -122,21 +123,24 @@ def tool_grammar(request: LlmRequest) -> str:
     """
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
-    call = {
-        "anyOf": [
+    defs: dict[str, Any] = {}
+    calls = []
+    for number, tool in enumerate(request.tools):
+        arguments = _hoisted(tool.parameters, f"t{number}-", defs)
+        calls.append(
             {
                 "type": "object",
-                "properties": {"name": {"const": tool.name}, "arguments": tool.parameters},
+                "properties": {"name": {"const": tool.name}, "arguments": arguments},
                 "required": ["name", "arguments"],
                 "additionalProperties": False,
             }
-            for tool in request.tools
-        ]
-    }
-    defs: dict[str, Any] = {"call": call}
+        )
+    defs["call"] = {"anyOf": calls}
+    roots = ["call"]
     if request.output_schema is not None:
-        defs["answer"] = request.output_schema.json_schema
-    schema = {"$defs": defs, "anyOf": [{"$ref": f"#/$defs/{name}"} for name in defs]}
+        defs["answer"] = _hoisted(request.output_schema.json_schema, "answer-", defs)
+        roots.append("answer")
+    schema = {"$defs": defs, "anyOf": [{"$ref": f"#/$defs/{name}"} for name in roots]}
     try:
         converted: str = json_schema_to_gbnf(json.dumps(schema))
     except Exception as exc:  # the converter raises bare ValueError, KeyError, TypeError...
@@ -154,10 +158,37 @@ def tool_grammar(request: LlmRequest) -> str:
     )
 
 
-def parse_calls(text: str) -> tuple[str, tuple[ToolCall, ...]]:
+def _hoisted(schema: dict[str, Any], prefix: str, defs: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` without its ``$defs``, which join ``defs`` renamed, its references too.
+
+    A schema nested in another keeps working: its ``#/$defs/X`` references point at the
+    root's ``$defs``, where ``X`` now is ``prefix + X`` (two tools may both have an ``X``).
+    """
+
+    def renamed(node: Any) -> Any:
+        if isinstance(node, list):
+            return [renamed(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        found = {}
+        for key, value in node.items():
+            if key == "$ref" and isinstance(value, str) and value.startswith("#/$defs/"):
+                found[key] = f"#/$defs/{prefix}{value.removeprefix('#/$defs/')}"
+            elif key != "$defs":
+                found[key] = renamed(value)
+        return found
+
+    for name, definition in (schema.get("$defs") or {}).items():
+        defs[f"{prefix}{name}"] = renamed(definition)
+    return dict(renamed(schema))
+
+
+def parse_calls(text: str, tools: Collection[str]) -> tuple[str, tuple[ToolCall, ...]]:
     """The answer's text and the calls it holds, numbered (none when it is an answer).
 
-    An output that starts with ``<`` or ``{`` is calls, in tags or bare (see the grammar).
+    An output that starts with ``<`` or ``{`` is calls, in tags or bare (see the grammar),
+    when its JSON objects name one of ``tools`` and give ``arguments``; else (an answer in
+    JSON, under an output schema) it is the answer.
     """
     stripped = text.strip()
     if not stripped.startswith(("<", "{")):
@@ -174,7 +205,7 @@ def parse_calls(text: str) -> tuple[str, tuple[ToolCall, ...]]:
             found, position = decoder.raw_decode(rest, start)
         except ValueError:
             break  # cut by the token limit: no call
-        if isinstance(found, dict) and "name" in found:
+        if isinstance(found, dict) and found.get("name") in tools and "arguments" in found:
             calls.append(
                 ToolCall(
                     id=f"call_{len(calls)}",

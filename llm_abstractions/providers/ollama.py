@@ -212,7 +212,7 @@ class OllamaLlm(BaseLlm):
             "options": options,
         }
         tools = openai_tools(request)
-        if tools:
+        if tools and request.tool_choice != "none":  # Ollama has no tool_choice: not offered
             body["tools"] = tools["tools"]
         if request.output_schema is not None:
             body["format"] = request.output_schema.json_schema

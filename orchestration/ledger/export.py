@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["run_records"]
 
 # Columns holding JSON as text, parsed in the records.
-_JSON_COLUMNS = ("definition", "contract", "value", "request")
+_JSON_COLUMNS = ("definition", "contract", "value", "request", "arguments")
 
 
 def run_records(ledger: Ledger, run_id: str) -> Iterator[dict[str, Any]]:

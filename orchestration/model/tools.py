@@ -268,8 +268,14 @@ class McpServer:
 
     @property
     def label(self) -> str:
-        """How messages name it: its URL or its command."""
-        return self.url or " ".join(self.command)
+        """How messages and the ledger name it: its URL (without credentials) or its command."""
+        if self.url is None:
+            return " ".join(self.command)
+        from urllib.parse import urlsplit, urlunsplit
+
+        parts = urlsplit(self.url)
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 ToolLike = Union["Tool", McpServer, Callable[..., Any]]  # a Tool, an MCP server, a function
@@ -284,7 +290,8 @@ def combined(*given: Sequence[ToolLike]) -> tuple[Tool, ...]:
     """The tools of an agent and a task together, MCP servers' included.
 
     Raises:
-        ConfigurationError: An MCP server is not connected (outside a run).
+        ConfigurationError: An MCP server is not connected (outside a run), or two tools
+            share a name.
     """
     found: list[Tool] = []
     for tools in given:
@@ -299,6 +306,13 @@ def combined(*given: Sequence[ToolLike]) -> tuple[Tool, ...]:
                 found += connected
             else:
                 found.append(item if isinstance(item, Tool) else Tool.of(item))
+    names = [tool.name for tool in found]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:  # the model could not tell them apart, and some vendors refuse the request
+        raise ConfigurationError(
+            f"two tools are named {', '.join(map(repr, twice))} (the agent's, the task's and "
+            "its MCP servers' together); rename one (Tool.of(fn, name=...), McpServer prefix=)"
+        )
     return tuple(found)
 
 

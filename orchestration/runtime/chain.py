@@ -179,7 +179,7 @@ class TaskRunner:
         attempts = TaskAttempts(self, task, agent, upstream, cache, on_attempt, waiting, budget)
         attempts.on_progress = on_progress
         attempts.on_tool_call = on_tool_call
-        attempts.replays = replays
+        attempts.recorded = {key: list(results) for key, results in (replays or {}).items()}
         try:
             request = build_request(task, agent, upstream, attempts.contract)
         except ConfigurationError as exc:  # bad settings: nothing to try

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from collections import deque
 from collections.abc import Callable, Iterator
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Protocol
@@ -32,7 +33,7 @@ from orchestration.model.tasks import (
     TaskResult,
     TaskStatus,
 )
-from orchestration.model.tools import ToolCallRecord
+from orchestration.model.tools import ToolCallRecord, replay_key
 from orchestration.runtime.attempts import (
     FailureKind,
     cancelled_attempt,
@@ -54,7 +55,6 @@ from orchestration.runtime.resilience import (
 )
 from orchestration.runtime.spending import BudgetHold, model_of, worst_case
 from orchestration.runtime.telemetry import attempt_span
-from orchestration.runtime.tool_loop import Replays
 
 if TYPE_CHECKING:
     from llm_abstractions.base import BaseLlm
@@ -116,7 +116,9 @@ class TaskAttempts:
         self.on_attempt = on_attempt
         self.on_progress: Callable[[TaskProgress], None] | None = None
         self.on_tool_call: Callable[[ToolCallRecord], None] | None = None
-        self.replays: Replays | None = None  # tool results of an earlier run of the task
+        # Results of tool calls this task made before (an earlier run's, earlier attempts'),
+        # given back to a later attempt's calls of tools that must not run twice.
+        self.recorded: dict[tuple[str, str], list[str]] = {}
         self.tries: list[TaskResult] = []
         self.started = runner.clock.now()
         self.reason: str | None = None  # why the next attempt is on another link
@@ -387,8 +389,8 @@ class TaskAttempts:
                     request,
                     lambda: self.runner.provider(link),
                     self.on_progress,
-                    self.on_tool_call,
-                    self.replays,
+                    self._tool_called,
+                    {key: deque(results) for key, results in self.recorded.items()},
                 )
             )
         if breaker is not None:
@@ -400,6 +402,13 @@ class TaskAttempts:
             else:  # asked to wait, or a failure of ours (a key, an SDK): no verdict
                 breaker.abandoned(ticket)
         return result
+
+    def _tool_called(self, call: ToolCallRecord) -> None:
+        """Keep a call's result for later attempts (a retry runs the loop again), report it."""
+        if call.result is not None and not call.replayed:
+            self.recorded.setdefault(replay_key(call.tool, call.arguments), []).append(call.result)
+        if self.on_tool_call is not None:
+            self.on_tool_call(call)
 
     @contextlib.contextmanager
     def _in_flight(

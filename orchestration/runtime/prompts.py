@@ -12,7 +12,7 @@ from orchestration.model.agent_registry import AgentConfig
 from orchestration.model.contracts import OutputContract, feedback
 from orchestration.model.settings import SETTING_NAMES
 from orchestration.model.tasks import AgentTask
-from orchestration.model.tools import combined
+from orchestration.model.tools import DEFAULT_MAX_TURNS, combined
 
 __all__ = ["build_request", "with_feedback"]
 
@@ -66,8 +66,11 @@ def build_request(
         params.pop("response_format", None)
         params["output_schema"] = OutputSchema(name=contract.schema_name, json_schema=schema)
     tools = tuple(tool.spec() for tool in combined(agent.tools, task.tools))
+    metadata: dict[str, Any] = {"task_id": task.task_id, "agent": agent.name}
     if tools:
         params["tools"] = tools
+        # A budget holds every turn the loop may make (``spending.worst_case``).
+        metadata["max_turns"] = task.max_turns or agent.max_turns or DEFAULT_MAX_TURNS
     return LlmRequest.build(
         [
             *_example_turns(settings.get("examples")),
@@ -75,7 +78,7 @@ def build_request(
         ],
         system=settings.get("system_prompt"),
         model=agent.model,
-        metadata={"task_id": task.task_id, "agent": agent.name},
+        metadata=metadata,
         **params,
     )
 

@@ -310,7 +310,7 @@ def load_run(ledger: Ledger, run_id: str) -> SavedRun:
         called = session.execute(
             text(
                 "SELECT task_id, tool, arguments, result FROM tool_calls WHERE run_id = :id "
-                "AND result IS NOT NULL ORDER BY id"
+                "AND result IS NOT NULL AND NOT replayed ORDER BY id"
             ),
             {"id": run_id},
         ).all()

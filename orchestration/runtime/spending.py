@@ -62,7 +62,12 @@ def model_of(agent: AgentConfig) -> str | None:
 
 
 def worst_case(agent: AgentConfig, request: LlmRequest) -> WorstCase:
-    """The most ``request`` can cost through ``agent``'s provider."""
+    """The most ``request`` can cost through ``agent``'s provider.
+
+    With tools, an attempt is a loop of up to ``max_turns`` calls (in the request's
+    metadata): each is held at this request's worst case. Later turns also read the tool
+    results, which no bound covers: an estimate, not a guarantee, for tool loops.
+    """
     from llm_abstractions.factory import LlmFactory
     from llm_abstractions.types import Usage
 
@@ -79,7 +84,8 @@ def worst_case(agent: AgentConfig, request: LlmRequest) -> WorstCase:
     cost, _ = cost_of(
         agent.agent_type, model, Usage(input_tokens=tokens_in, output_tokens=tokens_out)
     )
-    return WorstCase(cost or 0.0, tokens_out, bound)
+    turns = int(request.metadata.get("max_turns") or 1) if request.tools else 1
+    return WorstCase((cost or 0.0) * turns, tokens_out * turns, bound)
 
 
 def estimated_cost(

@@ -4,10 +4,10 @@ Each turn is one model call. When the answer asks for tools, they run (concurren
 asks for several, each under its own timeout), the assistant's calls and every result join
 the conversation, and the model is asked again; an answer without tool calls ends the loop.
 A call the tools cannot serve (an unknown tool, arguments that are not JSON or not what the
-schema asks for, a function that raises or times out) becomes an error result the model
-reads (``is_error``), so it can correct itself: it never crashes the task. A model still
-calling tools after ``max_turns`` calls fails the attempt (``MaxTurnsExceeded``), with the
-tokens it spent counted.
+schema asks for, a function that raises or does not answer in time) becomes an error result
+the model reads (``is_error``), so it can correct itself: it never crashes the task. A model
+still calling tools at its ``max_turns``-th call fails the attempt (``MaxTurnsExceeded``),
+those last calls not run, with the tokens it spent counted.
 
 Every call is reported as it ends (``ToolCallRecord``), for the ledger's ``tool_calls``.
 Tokens add up over the turns: each turn is billed, its input included.
@@ -92,6 +92,8 @@ async def tool_loop(
             return response.model_copy(
                 update={"usage": made.usage, "metadata": {**response.metadata, "turns": turn}}
             )
+        if turn == max_turns:  # its calls would run for results nobody reads
+            break
         if request.tool_choice == "required":  # the first turn had to call; now it may answer
             request = request.model_copy(update={"tool_choice": "auto"})
         results = await _run_calls(response.tool_calls, tools, turn, on_call, replays)
@@ -178,12 +180,13 @@ async def _call(call: ToolCall, tools: Mapping[str, Tool]) -> tuple[str | None, 
     except ToolArgumentsError as exc:
         return None, f"{exc}; the parameters' schema is {tool.parameters}"
     try:
-        with anyio.fail_after(tool.timeout_s):
+        with anyio.move_on_after(tool.timeout_s) as waited:
             return await tool.call(arguments), None
-    except TimeoutError:
-        return None, f"{call.name} took longer than its {tool.timeout_s:g} s and was stopped"
-    except Exception as exc:  # the tool's own failure: the model hears of it
+    except Exception as exc:  # the tool's own failure (its own TimeoutError too)
         return None, f"{call.name} raised {type(exc).__name__}: {exc}"
+    assert waited.cancelled_caught  # noqa: S101 - out of move_on_after only by its timeout
+    # A sync tool's thread cannot be stopped: it may still finish what it was doing.
+    return None, f"{call.name} did not answer within {tool.timeout_s:g} s (it may still complete)"
 
 
 def _bounded(text: str) -> str:

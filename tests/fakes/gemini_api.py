@@ -21,6 +21,7 @@ exclude each other; a violation is a 400 ``INVALID_ARGUMENT``.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from typing import Any
 
@@ -113,9 +114,17 @@ def _config_error(config: dict[str, Any]) -> str | None:
 def _calls(scripted: Scripted) -> list[dict[str, Any]]:
     """The scripted calls as Gemini's ``functionCall`` parts: arguments an object, no id."""
     return [
-        {"functionCall": {"name": name, "args": args if isinstance(args, dict) else {}}}
+        {
+            "functionCall": {"name": name, "args": args if isinstance(args, dict) else {}},
+            "thoughtSignature": signature(name),
+        }
         for name, args in scripted.tool_calls or ()
     ]
+
+
+def signature(name: str) -> str:
+    """The opaque thought signature the fake gives a call to ``name`` (base64, as Gemini's)."""
+    return base64.b64encode(f"signature of {name}".encode()).decode()
 
 
 def _field(message: dict[str, Any], name: str) -> Any:
@@ -125,7 +134,13 @@ def _field(message: dict[str, Any], name: str) -> Any:
 
 
 def _tools_error(body: dict[str, Any]) -> str | None:
-    """Gemini's complaint about ``tools``: it refuses ``additionalProperties``."""
+    """Gemini's complaint about ``tools`` (it refuses ``additionalProperties``), or about a
+    call sent back without the thought signature it came with (as Gemini 3 refuses it)."""
+    for turn in body.get("contents") or ():
+        for part in turn.get("parts") or ():
+            call = _field(part, "functionCall")
+            if call and _field(part, "thoughtSignature") != signature(call.get("name", "")):
+                return "Function call is missing a thought_signature in functionCall parts."
     for tool in body.get("tools") or ():
         for declaration in _field(tool, "functionDeclarations") or ():
             if not declaration.get("name"):
