@@ -37,7 +37,7 @@ __all__ = [
     "tool_loop",
 ]
 
-# Results recorded by an earlier run of a task, by (tool, arguments): what a resume replays.
+# Results a task's earlier attempts got, by (tool, arguments): what a later attempt replays.
 Replays = dict[tuple[str, str], deque[str]]
 
 MAX_RESULT_CHARS = 50_000  # of one result, as the model reads it (the ledger keeps as much)
@@ -76,9 +76,10 @@ async def tool_loop(
     """Ask until an answer calls no tool; that answer, with the usage of every turn.
 
     ``turns``, when given, follows the loop as it goes: a caller whose loop failed or was
-    stopped reads there what the turns made so far cost. ``replays`` holds results an
-    earlier run of the task recorded: a call of a tool that is not idempotent, with the
-    same arguments, gets the recorded result back instead of running the tool again.
+    stopped reads there what the turns made so far cost. ``replays`` holds the results
+    the task's earlier attempts got (in this run, or recorded before a resume): a call of a
+    tool that is not idempotent, with the same arguments, gets such a result back instead
+    of running the tool again.
 
     Raises:
         MaxTurnsExceeded: ``max_turns`` answers all called tools.
