@@ -211,9 +211,15 @@ def runs(
 
     after = None if since is None else resolve(lambda: since_time(since))
     ledger = open_ledger(missing_ok=True)
-    found = (
-        [] if ledger is None else list_runs(ledger, limit, status=status, name=name, since=after)
-    )
+    try:
+        found = (
+            []
+            if ledger is None
+            else list_runs(ledger, limit, status=status, name=name, since=after)
+        )
+    finally:
+        if ledger is not None:
+            ledger.close()
     rows = [
         [
             r["id"],
@@ -258,11 +264,14 @@ def show(
     )
 
     ledger = open_ledger()
-    run_id = resolve(lambda: resolve_run(ledger, run))
-    status = run_status(ledger, run_id)
-    tasks = run_tasks(ledger, run_id)
-    refused = refusals(ledger, run_id)
-    called = tool_call_counts(ledger, run_id)
+    try:
+        run_id = resolve(lambda: resolve_run(ledger, run))
+        status = run_status(ledger, run_id)
+        tasks = run_tasks(ledger, run_id)
+        refused = refusals(ledger, run_id)
+        called = tool_call_counts(ledger, run_id)
+    finally:
+        ledger.close()
     for found in tasks:
         found["refused"] = refused.get(found["task_id"], 0)
         found["tool_calls"], found["tool_calls_failed"] = called.get(found["task_id"], (0, 0))
@@ -309,10 +318,13 @@ def attempts(
     )
 
     ledger = open_ledger()
-    run_id = resolve(lambda: resolve_run(ledger, run))
-    found = run_attempts(ledger, run_id, task)
-    if task is not None and not found:
+    try:
+        run_id = resolve(lambda: resolve_run(ledger, run))
+        found = run_attempts(ledger, run_id, task)
         known = [t["task_id"] for t in run_tasks(ledger, run_id)]
+    finally:
+        ledger.close()
+    if task is not None and not found:
         if task not in known:
             typer.echo(
                 f"error: no task {task!r} in run {run_id}; tasks are {', '.join(known)}", err=True
@@ -354,7 +366,10 @@ def report(
     from orchestration.cli.report_data import load_report
 
     ledger = open_ledger()
-    found = resolve(lambda: load_report(ledger, run))
+    try:
+        found = resolve(lambda: load_report(ledger, run))
+    finally:
+        ledger.close()
     if html is not None:
         try:
             html.write_text(render_html(found), encoding="utf-8")
