@@ -57,7 +57,7 @@ from llm_abstractions.errors import (
 )
 from llm_abstractions.providers._loop_bound import LoopBound
 from llm_abstractions.providers.http_errors import caused_by, connection_error, error_from_status
-from llm_abstractions.providers.json_schema import refuse_grammar
+from llm_abstractions.providers.json_schema import refuse_grammar, rewrite_keywords
 from llm_abstractions.types import (
     FinishReason,
     LlmRequest,
@@ -328,17 +328,9 @@ def _tool_config(request: LlmRequest) -> dict[str, Any]:
 
 def _without_additional_properties(schema: Any) -> Any:
     """``schema`` without ``additionalProperties`` anywhere (Gemini refuses the keyword)."""
-    if isinstance(schema, list):
-        return [_without_additional_properties(item) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    return {
-        key: (
-            value if key in ("enum", "const", "default") else _without_additional_properties(value)
-        )
-        for key, value in schema.items()
-        if key != "additionalProperties"
-    }
+    return rewrite_keywords(
+        schema, lambda key, value: None if key == "additionalProperties" else (key, value)
+    )
 
 
 def _contents(request: LlmRequest) -> list[gt.Content]:

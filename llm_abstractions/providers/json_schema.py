@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from llm_abstractions.errors import InvalidRequestError
@@ -46,6 +46,7 @@ __all__ = [
     "free_form_part",
     "is_object_schema",
     "refuse_grammar",
+    "rewrite_keywords",
     "strict_json_schema",
     "strict_where_possible",
     "unwrap_object",
@@ -209,6 +210,40 @@ def free_form_part(schema: Mapping[str, Any]) -> str | None:
         if not any(key in node for key in _SHAPED):
             return f"{_where(path)} (a value of any type)"
     return None
+
+
+# Keywords whose value maps names to schemas, and keywords whose value is data, not schema.
+_NAMED_SCHEMAS = ("properties", "$defs", "definitions", "patternProperties")
+_DATA = ("enum", "const", "default", "examples")
+
+
+def rewrite_keywords(schema: Any, keyword: Callable[[str, Any], tuple[str, Any] | None]) -> Any:
+    """A copy of ``schema`` with each keyword of each (sub)schema passed to ``keyword``.
+
+    ``keyword(key, value)`` returns the pair to keep (the same or another) or None to drop
+    it; the value is then rewritten in turn where it holds schemas. Property names (under
+    ``properties``, ``$defs``...) are names, not keywords, and ``enum``, ``const``,
+    ``default`` and ``examples`` hold data: neither is passed to ``keyword``.
+    """
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        found: dict[str, Any] = {}
+        for pair in node.items():
+            kept = keyword(*pair)
+            if kept is None:
+                continue
+            key, value = kept
+            if key in _NAMED_SCHEMAS and isinstance(value, dict):
+                found[key] = {name: walk(item) for name, item in value.items()}
+            else:
+                found[key] = value if key in _DATA else walk(value)
+        return found
+
+    return walk(schema)
 
 
 def refuse_grammar(provider: str, request: LlmRequest) -> None:

@@ -24,6 +24,7 @@ from collections.abc import Collection
 from typing import Any
 
 from llm_abstractions.errors import InvalidRequestError
+from llm_abstractions.providers.json_schema import rewrite_keywords
 from llm_abstractions.providers.tool_wire import openai_functions
 from llm_abstractions.types import LlmRequest, Message, ToolCall
 
@@ -165,22 +166,16 @@ def _hoisted(schema: dict[str, Any], prefix: str, defs: dict[str, Any]) -> dict[
     root's ``$defs``, where ``X`` now is ``prefix + X`` (two tools may both have an ``X``).
     """
 
-    def renamed(node: Any) -> Any:
-        if isinstance(node, list):
-            return [renamed(item) for item in node]
-        if not isinstance(node, dict):
-            return node
-        found = {}
-        for key, value in node.items():
-            if key == "$ref" and isinstance(value, str) and value.startswith("#/$defs/"):
-                found[key] = f"#/$defs/{prefix}{value.removeprefix('#/$defs/')}"
-            elif key != "$defs":
-                found[key] = renamed(value)
-        return found
+    def renamed(key: str, value: Any) -> tuple[str, Any] | None:
+        if key == "$defs":
+            return None
+        if key == "$ref" and isinstance(value, str) and value.startswith("#/$defs/"):
+            return key, f"#/$defs/{prefix}{value.removeprefix('#/$defs/')}"
+        return key, value
 
     for name, definition in (schema.get("$defs") or {}).items():
-        defs[f"{prefix}{name}"] = renamed(definition)
-    return dict(renamed(schema))
+        defs[f"{prefix}{name}"] = rewrite_keywords(definition, renamed)
+    return dict(rewrite_keywords(schema, renamed))
 
 
 def parse_calls(text: str, tools: Collection[str]) -> tuple[str, tuple[ToolCall, ...]]:

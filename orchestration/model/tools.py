@@ -392,19 +392,12 @@ def _type_name(hint: Any) -> str:
 
 def _untitled(schema: Any) -> Any:
     """``schema`` without pydantic's ``title`` keywords (words the model would pay for)."""
-    if isinstance(schema, list):
-        return [_untitled(item) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    found = {}
-    for key, value in schema.items():
-        if key == "title" and isinstance(value, str):
-            continue
-        if key in ("properties", "$defs") and isinstance(value, dict):
-            found[key] = {name: _untitled(item) for name, item in value.items()}
-        else:
-            found[key] = _untitled(value) if isinstance(value, dict | list) else value
-    return found
+    from llm_abstractions.providers.json_schema import rewrite_keywords
+
+    return rewrite_keywords(
+        schema,
+        lambda key, value: None if key == "title" and isinstance(value, str) else (key, value),
+    )
 
 
 _SECTION = re.compile(r"^(Args|Arguments|Parameters|Returns|Raises|Yields|Examples?|Notes?):\s*$")
