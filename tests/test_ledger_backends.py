@@ -8,11 +8,19 @@ cache, breaker state, tool calls and replays, migrations, and the CLI reading it
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import SQLAlchemyError
 from typer.testing import CliRunner
 
 from llm_abstractions import LlmFactory, LlmRequest, LLMServerError
@@ -23,11 +31,14 @@ from orchestration.cli import app
 from orchestration.cli.report_data import load_report
 from orchestration.ledger import Ledger
 from orchestration.ledger.schema import MIGRATIONS, pending
+from orchestration.ledger.store import sqlite_file
 from orchestration.runtime.resume import claim_run, load_run
+from tests.fakes.faults import FaultPlan, FaultServer
 from tests.support.postgres import PostgresServer, server_binaries_missing
 
 pytestmark = pytest.mark.anyio
 cli = CliRunner()
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
@@ -193,3 +204,166 @@ def test_migrations_apply_once_and_a_reopened_ledger_needs_none(url: str) -> Non
             assert sorted(applied) == sorted(name for name, _ in MIGRATIONS)
     finally:
         reopened.close()
+
+
+WRITER = """
+import sys
+
+import anyio
+
+from llm_abstractions import LlmFactory
+from llm_abstractions.testing import FunctionLlm
+from orchestration import AgentRegistry, AgentTask, TaskExecutor
+from orchestration.ledger import Ledger
+
+url, name = sys.argv[1], sys.argv[2]
+LlmFactory.register_provider(
+    "scripted", lambda **_: FunctionLlm(lambda r: f"{name} {r.metadata['task_id']}")
+)
+registry = AgentRegistry()
+registry.register_agent("w", "scripted")
+tasks = [  # ten layers of a hundred, each task after two of the layer before
+    AgentTask(
+        task_id=f"L{layer}-{i}",
+        description=f"{name} {layer} {i}",
+        agent="w",
+        depends_on=() if layer == 0 else (f"L{layer - 1}-{i}", f"L{layer - 1}-{(i + 7) % 100}"),
+    )
+    for layer in range(10)
+    for i in range(100)
+]
+
+
+async def main() -> None:
+    async with TaskExecutor(registry, ledger=Ledger(url), max_concurrency=64) as run:
+        result = await run.run(tasks, run_id=name, name="writer")
+    sys.exit(0 if result.ok else 1)
+
+anyio.run(main)
+"""
+
+
+def query(url: str, sql: str) -> list[tuple[Any, ...]]:
+    """What ``sql`` reads from the ledger at ``url``, through a connection of its own."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return [tuple(row) for row in connection.execute(text(sql))]
+    finally:
+        engine.dispose()
+
+
+def test_four_processes_write_a_thousand_tasks_each_and_lose_no_row(
+    url: str, tmp_path: Path
+) -> None:
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    # All four open the new database at once: its migrations race as well.
+    logs = [tmp_path / f"writer-{n}.log" for n in range(4)]
+    writers = []
+    for n, log in enumerate(logs):
+        with log.open("w") as stderr:
+            writers.append(
+                subprocess.Popen(  # noqa: S603 - our interpreter, our script
+                    [sys.executable, str(script), url, f"writer-{n}"], cwd=ROOT, stderr=stderr
+                )
+            )
+    ended = [(writer.wait(timeout=600), log) for writer, log in zip(writers, logs, strict=True)]
+    failed = [log.read_text()[-2000:] for code, log in ended if code != 0]
+    assert not failed, failed
+    assert query(url, "SELECT id, status FROM runs ORDER BY id") == [
+        (f"writer-{n}", "succeeded") for n in range(4)
+    ]
+    counts = "SELECT run_id, status, count(*) FROM {} GROUP BY run_id, status ORDER BY run_id"
+    expected = [(f"writer-{n}", "succeeded", 1000) for n in range(4)]
+    assert query(url, counts.format("task_runs")) == expected
+    assert query(url, counts.format("attempts")) == expected
+    outputs = query(url, "SELECT run_id, task_id, output FROM task_runs")
+    assert all(output == f"{run} {task}" for run, task, output in outputs)
+    assert query(url, "SELECT count(*) FROM schema_migrations") == [(len(MIGRATIONS),)]
+
+
+KILLED = """
+import anyio, sys
+from orchestration import AgentRegistry, AgentTask, TaskExecutor
+from orchestration.ledger import Ledger
+
+registry = AgentRegistry()
+registry.register_agent("gpt", "openai-gpt", model="gpt-4o-mini", api_key_env="FAULT_KEY")
+tasks = []
+for layer in range(6):
+    for i in range(8):
+        deps = () if layer == 0 else (f"L{layer - 1}-{i}", f"L{layer - 1}-{(i + 1) % 8}")
+        tid = f"L{layer}-{i}"
+        tasks.append(AgentTask(task_id=tid, description=f"[[task:{tid}]] go", agent="gpt",
+                               depends_on=deps))
+
+async def main() -> None:
+    async with TaskExecutor(registry, ledger=Ledger(sys.argv[1]), max_concurrency=4) as ex:
+        await ex.run(tasks, run_id="killed")
+
+anyio.run(main)
+"""
+
+
+def test_kill_9_then_orchestra_resume_from_another_process_pays_nothing_twice(
+    url: str, server: FaultServer, tmp_path: Path
+) -> None:
+    server.plan = FaultPlan(latency=0.15)
+    env = {
+        **os.environ,
+        "OPENAI_BASE_URL": f"{server.url}/v1",
+        "FAULT_KEY": "k-fault",
+        "ORCHESTRA_DB_URL": url,
+    }
+    script = tmp_path / "child.py"
+    script.write_text(KILLED)
+    child = subprocess.Popen(  # noqa: S603 - our interpreter, our script
+        [sys.executable, str(script), url], env=env, cwd=tmp_path
+    )
+    succeeded_so_far = "SELECT count(*) FROM task_runs WHERE status = 'succeeded'"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert child.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "the run never got going"
+            try:
+                if query(url, succeeded_so_far)[0][0] >= 12:
+                    break
+            except SQLAlchemyError:  # the file or its tables are not there yet
+                pass
+            time.sleep(0.02)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+    by_status = "SELECT task_id FROM task_runs WHERE status = '{}'"
+    succeeded = {t for (t,) in query(url, by_status.format("succeeded"))}
+    running = {t for (t,) in query(url, by_status.format("running"))}
+    assert 12 <= len(succeeded) < 48 and running
+    before = Counter(c.key for c in server.log.calls)
+    server.plan = FaultPlan()
+
+    resumed = subprocess.run(  # noqa: S603 - the installed CLI, as another process
+        [Path(sys.executable).with_name("orchestra"), "resume", "killed", "--json"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    after = Counter(c.key for c in server.log.calls)
+    assert all(after[t] == before[t] for t in succeeded)  # nothing that succeeded was re-sent
+    assert set(after) == {f"L{layer}-{i}" for layer in range(6) for i in range(8)}
+    statuses = query(url, "SELECT status, count(*) FROM task_runs GROUP BY status")
+    assert statuses == [("succeeded", 48)]
+    crashed = query(url, "SELECT task_id FROM attempts WHERE status = 'crashed'")
+    assert {t for (t,) in crashed} == running  # the interrupted attempts are on record
+    assert query(url, "SELECT status FROM runs") == [("succeeded",)]
+    stored = query(url, "SELECT definition FROM run_agents UNION SELECT definition FROM run_tasks")
+    assert stored and "k-fault" not in repr(stored)  # the key was never stored
+    database = sqlite_file(url)
+    if database is not None:
+        assert query(url, "PRAGMA integrity_check") == [("ok",)]
+        assert "k-fault" not in database.read_bytes().decode("latin-1")

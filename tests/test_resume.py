@@ -1,4 +1,5 @@
-"""Resuming runs: after failures, and after ``kill -9`` of the process running them.
+"""Resuming runs after failures (``kill -9`` of the process running them: on both backends, in
+``tests/test_ledger_backends.py``).
 
 The fault server's own call log says what was sent; a task that succeeded before the resume
 must never be sent again.
@@ -7,13 +8,8 @@ must never be sent again.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import sqlite3
-import subprocess
-import sys
-import textwrap
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -95,95 +91,6 @@ async def test_resume_refuses_unknown_and_live_runs(server: FaultServer, ledger:
         with pytest.raises(ConfigurationError, match="still being run by process"):
             await executor.resume(done.run_id)
     assert len(server.log) == 1
-
-
-CHILD = """
-import anyio, sys
-from orchestration import AgentRegistry, AgentTask, TaskExecutor
-from orchestration.ledger import Ledger
-
-registry = AgentRegistry()
-registry.register_agent("gpt", "openai-gpt", model="gpt-4o-mini", api_key_env="FAULT_KEY")
-tasks = []
-for layer in range(6):
-    for i in range(8):
-        deps = () if layer == 0 else (f"L{layer - 1}-{i}", f"L{layer - 1}-{(i + 1) % 8}")
-        tid = f"L{layer}-{i}"
-        tasks.append(AgentTask(task_id=tid, description=f"[[task:{tid}]] go", agent="gpt",
-                               depends_on=deps))
-
-async def main() -> None:
-    async with TaskExecutor(registry, ledger=Ledger(sys.argv[1]), max_concurrency=4) as ex:
-        await ex.run(tasks, run_id="killed")
-
-anyio.run(main)
-"""
-
-
-def test_kill_9_then_orchestra_resume_finishes_without_paying_twice(
-    server: FaultServer, tmp_path: Path
-) -> None:
-    server.plan = FaultPlan(latency=0.15)
-    database = tmp_path / "runs.db"
-    env = {
-        **os.environ,
-        "OPENAI_BASE_URL": f"{server.url}/v1",
-        "FAULT_KEY": "k-fault",
-        "ORCHESTRA_DB_URL": f"sqlite:///{database}",
-    }
-    script = tmp_path / "child.py"
-    script.write_text(textwrap.dedent(CHILD))
-    child = subprocess.Popen(  # noqa: S603 - our interpreter, our script
-        [sys.executable, str(script), f"sqlite:///{database}"], env=env, cwd=tmp_path
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert child.poll() is None, "the run ended before it could be killed"
-            assert time.monotonic() < deadline, "the run never got going"
-            if database.exists():
-                try:
-                    done = rows(
-                        database, "SELECT COUNT(*) FROM task_runs WHERE status = ?", "succeeded"
-                    )
-                except sqlite3.OperationalError:  # tables not there yet
-                    done = [(0,)]
-                if done[0][0] >= 12:
-                    break
-            time.sleep(0.02)
-        os.kill(child.pid, signal.SIGKILL)
-    finally:
-        child.wait()
-    assert child.returncode == -signal.SIGKILL
-    succeeded = {
-        t for (t,) in rows(database, "SELECT task_id FROM task_runs WHERE status = 'succeeded'")
-    }
-    running = {
-        t for (t,) in rows(database, "SELECT task_id FROM task_runs WHERE status = 'running'")
-    }
-    assert 12 <= len(succeeded) < 48 and running
-    before = Counter(c.key for c in server.log.calls)
-    server.plan = FaultPlan()
-
-    resumed = subprocess.run(  # noqa: S603 - the installed CLI
-        [Path(sys.executable).with_name("orchestra"), "resume", "killed", "--json"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    after = Counter(c.key for c in server.log.calls)
-    assert all(after[t] == before[t] for t in succeeded)  # nothing that succeeded was re-sent
-    assert set(after) == {f"L{layer}-{i}" for layer in range(6) for i in range(8)}
-    statuses = rows(database, "SELECT status, COUNT(*) FROM task_runs GROUP BY status")
-    assert statuses == [("succeeded", 48)]
-    crashed = rows(database, "SELECT task_id, status FROM attempts WHERE status = 'crashed'")
-    assert {t for t, _ in crashed} == running  # the interrupted attempts are on record
-    assert rows(database, "PRAGMA integrity_check") == [("ok",)]
-    assert rows(database, "SELECT status FROM runs") == [("succeeded",)]
-    assert "k-fault" not in database.read_bytes().decode("latin-1")  # the key was never stored
 
 
 async def test_a_run_with_a_default_agent_resumes(server: FaultServer, ledger: Ledger) -> None:

@@ -265,8 +265,19 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
 ]
 
 
+MIGRATION_LOCK = 0x6F72636865737472  # "orchestr": the advisory lock key of migrations
+
+
 def migrate(connection: Connection) -> list[str]:
-    """Apply the migrations this database lacks, in order; return their names."""
+    """Apply the migrations this database lacks, in order; return their names.
+
+    Processes opening one new database at once migrate it one at a time: SQLite's
+    ``BEGIN IMMEDIATE`` (the writer's transactions) already serializes them; on PostgreSQL a
+    transaction-level advisory lock does, since concurrent ``CREATE TABLE IF NOT EXISTS``
+    there can fail on a unique index of the catalog.
+    """
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
     connection.execute(
         text(
             "CREATE TABLE IF NOT EXISTS schema_migrations "

@@ -34,7 +34,8 @@ def server_binaries_missing() -> str | None:
 class PostgresServer:
     """A cluster made and started in a temporary directory, until ``stop``."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, durable: bool = False) -> None:
+        """``durable``: fsync as a production server does (benchmarks); tests go without."""
         self.directory = Path(tempfile.mkdtemp(prefix="orchestra-pg-"))
         self.directory.chmod(0o755)
         self._as_postgres = os.geteuid() == 0
@@ -42,7 +43,9 @@ class PostgresServer:
             shutil.chown(self.directory, user="postgres")
         data = self.directory / "data"
         self._run(["initdb", "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"])
-        options = f"-p {PORT} -k {self.directory} -c listen_addresses='' -c fsync=off"
+        options = f"-p {PORT} -k {self.directory} -c listen_addresses=''"
+        if not durable:
+            options += " -c fsync=off"
         log = str(self.directory / "server.log")
         self._run(["pg_ctl", "-D", str(data), "-o", options, "-l", log, "-w", "start"])
         self._data = data
