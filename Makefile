@@ -19,7 +19,7 @@ $(VENV)/.local-installed: pyproject.toml | $(PY)
 	@touch $@
 
 $(VENV)/.dev-installed: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e ".[local,dev,gemini,huggingface,search,otel,mcp,postgres]"
+	$(PY) -m pip install --quiet -e ".[local,dev,gemini,huggingface,search,otel,mcp,postgres,ray]"
 	@touch $@ $(VENV)/.local-installed
 
 demo: $(VENV)/.local-installed

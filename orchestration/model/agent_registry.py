@@ -131,6 +131,21 @@ class AgentConfig(BaseModel):
     # Model calls one attempt may make while it calls tools; None: DEFAULT_MAX_TURNS. Left
     # out of the JSON when not set, so agents recorded before it load and dump the same.
     max_turns: int | None = Field(default=None, gt=0, exclude_if=lambda value: value is None)
+    # What a cluster backend reserves for the agent's work and places it by (Ray's
+    # ``num_cpus``, ``num_gpus``, ``memory`` in bytes, or custom resources such as
+    # ``{"llama": 1}``); the local backend ignores it. Left out of the JSON when not set.
+    resources: dict[str, float] | None = Field(default=None, exclude_if=lambda value: value is None)
+
+    @field_validator("resources")
+    @classmethod
+    def _resources_are_amounts(cls, given: dict[str, float] | None) -> dict[str, float] | None:
+        for name, amount in (given or {}).items():
+            if not name or amount < 0:
+                raise ValueError(
+                    f"must map names to amounts of 0 or more, e.g. "
+                    f'{{"num_cpus": 2, "llama": 1}}; got {name!r}: {amount!r}'
+                )
+        return given
 
     @field_validator("tools", mode="before")
     @classmethod
@@ -200,6 +215,7 @@ class AgentOptions(SettingsArguments, total=False):
     cache: bool | None
     tools: Sequence[ToolLike]
     max_turns: int
+    resources: Mapping[str, float] | None
 
 
 _OPTION_NAMES = AgentOptions.__optional_keys__
@@ -273,7 +289,8 @@ class AgentRegistry:
             replace: Allow replacing an agent of the same name.
             **options: ``api_key_env``, ``fallbacks`` (agent names, ``"provider"`` or
                 ``"provider:model"``, tried in order), ``max_concurrency``,
-                ``script_fallback``, ``script``, ``cache``; and the generation settings,
+                ``script_fallback``, ``script``, ``cache``, ``tools``, ``max_turns``,
+                ``resources`` (for a cluster backend); and the generation settings,
                 which join ``metadata`` (a setting given both ways must have one value).
 
         Raises:

@@ -7,9 +7,9 @@
 
 from __future__ import annotations
 
-from llm_abstractions.errors import ConfigurationError, OrchestraError
+from llm_abstractions.errors import ConfigurationError, LLMError, OrchestraError
 
-__all__ = ["GraphValidationError", "LedgerError", "UnknownAgentError"]
+__all__ = ["GraphValidationError", "LedgerError", "UnknownAgentError", "WorkerLostError"]
 
 
 class UnknownAgentError(ConfigurationError, LookupError):
@@ -44,3 +44,13 @@ class LedgerError(OrchestraError):
 
     Not a configuration error: the run stops because it could not record what it spends.
     """
+
+
+class WorkerLostError(LLMError):
+    """The cluster worker making an attempt died (its process, or its node) mid-attempt.
+
+    The attempt is recorded ``crashed`` (its call may or may not have been paid for) and the
+    task is tried again under its retry policy.
+    """
+
+    retryable = True

@@ -36,6 +36,7 @@ from llm_abstractions.types import LlmRequest, LlmResponse, Usage
 from orchestration.ledger.accounting import agent_secrets, cost_of, redact
 from orchestration.model.agent_registry import AgentConfig, AgentInterface
 from orchestration.model.contracts import OutputContract, OutputRejected, ValidatorCrashed
+from orchestration.model.errors import WorkerLostError
 from orchestration.model.tasks import (
     AgentTask,
     ExecutionMethod,
@@ -45,8 +46,9 @@ from orchestration.model.tasks import (
 )
 from orchestration.model.text import storable
 from orchestration.model.tools import DEFAULT_MAX_TURNS, ToolCallRecord, combined
+from orchestration.runtime.backend import Backend, LocalBackend
 from orchestration.runtime.spending import ESTIMATED, estimated_cost
-from orchestration.runtime.subprocess_runner import ScriptError, run_script
+from orchestration.runtime.subprocess_runner import ScriptError
 from orchestration.runtime.tool_loop import Replays, Turns, tool_loop
 
 __all__ = [
@@ -244,8 +246,13 @@ def script_can_stand_in(agent: AgentConfig) -> bool:
     return agent.agent_type in _SCRIPT_ENV and BUNDLED_SCRIPT.is_file()
 
 
-async def script_attempt(task: AgentTask, agent: AgentConfig, request: LlmRequest) -> TaskResult:
-    """Run the agent's own script (SCRIPT/CLI agents) or the bundled HTTP fallback."""
+async def script_attempt(
+    task: AgentTask, agent: AgentConfig, request: LlmRequest, backend: Backend | None = None
+) -> TaskResult:
+    """Run the agent's own script (SCRIPT/CLI agents) or the bundled HTTP fallback.
+
+    ``backend`` says where (``runtime.backend``; in this process when None).
+    """
     started = perf_counter()
     if agent.interface is not AgentInterface.API and agent.script is not None:
         argv = list(agent.script.command)
@@ -269,14 +276,14 @@ async def script_attempt(task: AgentTask, agent: AgentConfig, request: LlmReques
         "model": payload.get("model"),
     }
     try:
-        outcome = await run_script(
-            argv, payload, timeout_s=timeout_s, max_output_bytes=max_out, env=env, cwd=cwd
+        outcome = await (backend or LocalBackend()).run_script(
+            agent, argv, payload, timeout_s=timeout_s, max_output_bytes=max_out, env=env, cwd=cwd
         )
         answer = outcome.answer
         output = answer["output"]
         if not isinstance(output, str):
             raise ScriptError("protocol", "the script's `output` is not a string")
-    except (ScriptError, KeyError, OSError) as exc:
+    except (ScriptError, KeyError, OSError, OrchestraError) as exc:  # Orchestra: a lost worker
         return _failed(task, agent, exc, perf_counter() - started, meta)
     usage = answer.get("usage") or {}
     meta.update(
@@ -432,9 +439,11 @@ def _failed(
     asked = getattr(exc, "retry_after", None)  # rate limits, and 503/529 that say so
     if isinstance(asked, int | float):
         meta["retry_after_s"] = float(asked)
+    # A worker that died mid-attempt: the call may or may not have been made and paid for.
+    lost = isinstance(exc, WorkerLostError)
     return TaskResult(
         task_id=task.task_id,
-        status=TaskStatus.FAILED,
+        status=TaskStatus.CRASHED if lost else TaskStatus.FAILED,
         error=storable(redact(message, agent_secrets(agent)) or message)[0],
         latency_s=latency,
         attempts=1,

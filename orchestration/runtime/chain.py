@@ -37,6 +37,7 @@ from orchestration.ledger.cache import ResponseCache
 from orchestration.model.agent_registry import AgentConfig, AgentInterface
 from orchestration.model.tasks import AgentTask, TaskProgress, TaskResult, TaskStatus
 from orchestration.model.tools import ToolCallRecord
+from orchestration.runtime.backend import Backend, LocalBackend
 from orchestration.runtime.links import OnAttempt, TaskAttempts, not_attempted
 from orchestration.runtime.prompts import build_request
 from orchestration.runtime.resilience import (
@@ -72,9 +73,11 @@ class TaskRunner:
         rate_limits: Mapping[str, RateLimit],
         breaker: BreakerPolicy | None,
         cache: bool,
+        backend: Backend | None = None,
     ) -> None:
         self.registry = registry
         self.provider = provider
+        self.backend = backend or LocalBackend()
         self.retry = retry
         self.clock = clock
         self.limiters = {name: RateLimiter(limit, clock) for name, limit in rate_limits.items()}

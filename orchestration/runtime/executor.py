@@ -38,6 +38,7 @@ from orchestration.model.errors import LedgerError
 from orchestration.model.graph import validate_tasks
 from orchestration.model.tasks import AgentTask, TaskProgress, TaskResult
 from orchestration.model.tools import mcp_servers
+from orchestration.runtime.backend import Backend, backend_of
 from orchestration.runtime.chain import TaskRunner
 from orchestration.runtime.resilience import (
     BreakerPolicy,
@@ -83,6 +84,9 @@ class TaskExecutor:
         clock: Where waits are timed (tests inject one to skip real sleeping).
         tracer_provider: An OpenTelemetry ``TracerProvider`` to trace runs with; when
             None, the application's global one, if it set one (``runtime.telemetry``).
+        backend: Where attempts' work runs: ``"local"`` (this process, the default),
+            ``"ray"`` or a ``RayBackend(address=...)`` (a Ray cluster; the scheduling,
+            policies and ledger stay here). See ``runtime.backend``.
     """
 
     def __init__(
@@ -100,9 +104,11 @@ class TaskExecutor:
         cache: bool = False,
         clock: Clock | None = None,
         tracer_provider: Any | None = None,
+        backend: str | Backend | None = None,
     ) -> None:
         if max_concurrency < 1:
             raise ConfigurationError("max_concurrency must be at least 1")
+        self.backend = backend_of(backend)
         self.registry = registry
         self.max_concurrency = max_concurrency
         self.default_agent = default_agent
@@ -121,6 +127,7 @@ class TaskExecutor:
             rate_limits=dict(rate_limits or {}),
             breaker=(breaker or BreakerPolicy()) if breakers else None,
             cache=cache,
+            backend=self.backend,
         )
         self._recording: list[Recorder] = []  # the recorders of the runs in progress
         self.runner.on_breaker_change = self._breaker_changed
@@ -178,6 +185,7 @@ class TaskExecutor:
         if run_id is not None and not _RUN_ID.fullmatch(run_id):
             raise ConfigurationError(f"run_id {run_id!r} must be 1-64 letters, digits, '-' or '_'.")
         graph = self._validate(tasks, default, budget_usd)
+        await self.backend.start(self._agents_of(tasks, default))
         if default is not None:  # recorded with their agent, so that a resume needs no default
             tasks = [t if t.agent else t.model_copy(update={"agent": default}) for t in tasks]
         recorder = await self._recorder()
@@ -254,6 +262,7 @@ class TaskExecutor:
         if budget_usd is None and saved.budget_usd is not None:
             budget_usd = max(0.0, saved.budget_usd - saved.spent)
         graph = self._validate(saved.tasks, None, budget_usd)
+        await self.backend.start(self._agents_of(saved.tasks, None))
         if not await anyio.to_thread.run_sync(claim_run, self.ledger, saved):
             raise ConfigurationError(
                 f"Run {run_id!r} was just resumed by another process; leave it to that one."
@@ -319,6 +328,7 @@ class TaskExecutor:
         graph = self._validate(every, None, budget_usd)
         new = {task.task_id for task in tasks}
         agents = [a for a in self._agents_of(tasks, None) if a.name not in saved.agent_names()]
+        await self.backend.start(self._agents_of(tasks, None))
         if not await anyio.to_thread.run_sync(claim_run, self.ledger, saved):
             raise ConfigurationError(
                 f"Run {run_id!r} was just claimed by another process; leave it to that one."
@@ -507,6 +517,7 @@ class TaskExecutor:
         self._providers, self._retired = {}, []
         for llm in providers:
             await llm.aclose()
+        await self.backend.aclose()
         if self._owns_ledger and self.ledger is not None:
             await anyio.to_thread.run_sync(self.ledger.close)
             self.ledger, self._owns_ledger = None, False
@@ -525,8 +536,11 @@ class TaskExecutor:
             self._retired.append(built[1])
         from llm_abstractions.factory import LlmFactory
 
-        llm = LlmFactory.get_provider(
-            agent.agent_type, model=agent.model, api_key=agent.resolved_api_key()
+        llm = self.backend.provider(
+            agent,
+            LlmFactory.get_provider(
+                agent.agent_type, model=agent.model, api_key=agent.resolved_api_key()
+            ),
         )
         self._providers[key] = (agent, llm)
         return llm

@@ -59,6 +59,7 @@ from orchestration.runtime.telemetry import attempt_span
 if TYPE_CHECKING:
     from llm_abstractions.base import BaseLlm
     from llm_abstractions.types import LlmRequest
+    from orchestration.runtime.backend import Backend
 
 __all__ = ["OnAttempt", "Policies", "TaskAttempts", "not_attempted"]
 
@@ -86,6 +87,11 @@ class Policies(Protocol):
 
     def provider(self, agent: AgentConfig) -> BaseLlm:
         """The agent's provider, built once."""
+        ...
+
+    @property
+    def backend(self) -> Backend:
+        """Where scripts run (``runtime.backend``)."""
         ...
 
 
@@ -136,13 +142,29 @@ class TaskAttempts:
         self.hold.settle(self.tries)
 
     async def run_script(self, request: LlmRequest) -> None:
-        """A script agent's attempts: its own command, asked again after a refused answer."""
+        """A script agent's attempts: its own command, asked again after a refused answer.
+
+        A script's own failure is its answer; an attempt whose worker died (``crashed``, on
+        a cluster backend) is tried again under the retry policy.
+        """
         next_request: LlmRequest | None = request
+        retry, crashes = self.runner.retry, 0
         while next_request is not None:
             with self._in_flight(self.agent, next_request, ExecutionMethod.SCRIPT) as ended:
-                made = ended(await script_attempt(self.task, self.agent, next_request))
+                made = ended(
+                    await script_attempt(self.task, self.agent, next_request, self.runner.backend)
+                )
             result = check_output(self.contract, made, self.agent)
             self.add(result, next_request)
+            if result.status is TaskStatus.CRASHED:
+                crashes += 1
+                left = retry.max_total_s - (self.runner.clock.now() - self.started)
+                wait = retry.backoff(crashes, None, self.runner.rng)
+                if crashes >= retry.max_attempts or wait >= left:
+                    return
+                async with self.waiting():
+                    await self.runner.clock.sleep(wait)
+                continue
             if result.metadata.get("failure_kind") != FailureKind.OUTPUT:
                 return
             next_request = await self._ask_again(self.agent, next_request, result)
@@ -395,7 +417,9 @@ class TaskAttempts:
             )
         if breaker is not None:
             kind = result.metadata.get("failure_kind")
-            if result.succeeded or kind == FailureKind.REQUEST:
+            if result.status is TaskStatus.CRASHED:  # our worker died: says nothing of it
+                breaker.abandoned(ticket)
+            elif result.succeeded or kind == FailureKind.REQUEST:
                 breaker.succeeded(ticket)  # answered, or rightly refused: the provider is up
             elif kind == FailureKind.TRANSIENT and not _asks_to_wait(result):
                 breaker.failed(ticket)
@@ -521,7 +545,9 @@ class TaskAttempts:
         tools = bool(self.agent.tools or self.task.tools)
         if unavailable and closed and not tools and script_can_stand_in(self.agent):
             with self._in_flight(self.agent, request, ExecutionMethod.SCRIPT) as ended:
-                made = ended(await script_attempt(self.task, self.agent, request))
+                made = ended(
+                    await script_attempt(self.task, self.agent, request, self.runner.backend)
+                )
             result = check_output(self.contract, made, self.agent)
             self.add(self._annotate(result, self.agent, 0.0, None), request)
         elif not self.tries:  # every link's circuit was open
