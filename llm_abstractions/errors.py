@@ -82,6 +82,10 @@ class UnknownProviderError(ConfigurationError, LookupError):
             "Register your own with LlmFactory.register_provider()."
         )
 
+    def __reduce__(self) -> tuple[type, tuple[str, list[str], list[str]]]:
+        # Pickled whole: raised on a cluster node, it is raised again in the driver.
+        return type(self), (self.name, self.known, self.suggestions)
+
     def __str__(self) -> str:
         # LookupError would otherwise repr() the message like a missing key.
         return str(self.args[0])
@@ -99,6 +103,9 @@ class ProviderNotInstalledError(ConfigurationError, ImportError):
             f"installed. Install it with: {install_hint(missing, extra)}"
         )
 
+    def __reduce__(self) -> tuple[type, tuple[str, str, str | None]]:
+        return type(self), (self.provider, self.missing, self.extra)
+
 
 class ProviderNotImplementedError(ConfigurationError):
     """The provider name is reserved but this version of Orchestra does not ship it yet."""
@@ -115,6 +122,9 @@ class MissingCredentialsError(ConfigurationError):
             f"Provider {provider!r} needs an API key: set {names} in the environment "
             "or pass api_key=."
         )
+
+    def __reduce__(self) -> tuple[type, tuple[str, tuple[str, ...]]]:
+        return type(self), (self.provider, self.env_vars)
 
 
 class ModelFileError(ConfigurationError):

@@ -158,6 +158,12 @@ async def test_cached_answers_and_breaker_state_are_shared_through_it(ledger: Le
     with ledger.session() as session:
         state = session.execute(text("SELECT state FROM breakers WHERE provider = 'scripted'"))
         assert state.scalar_one() == "open"
+    # Another executor (another process, as far as it knows) sharing the ledger keeps off
+    # the provider until the cool-down is over: no call is sent.
+    patient = RetryPolicy(max_attempts=1, max_total_s=1)
+    async with TaskExecutor(agents(answer), ledger=ledger, retry=patient, breaker=policy) as run:
+        held = await run.run([AgentTask(task_id="t", description="again?", agent="w")])
+    assert calls == ["t"] and held.results["t"].metadata["error_type"] == "CircuitOpen"
 
 
 async def test_tool_calls_are_recorded_replayed_and_removed(ledger: Ledger) -> None:

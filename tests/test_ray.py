@@ -10,8 +10,11 @@ parent's (the Ray worker's) pid, whose ``RAY_RAYLET_PID`` names its node.
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import signal
 import sqlite3
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,11 +24,18 @@ import anyio
 import pytest
 
 from llm_abstractions import LlmFactory, LlmRequest
-from llm_abstractions.errors import ConfigurationError
+from llm_abstractions.errors import (
+    ConfigurationError,
+    MissingCredentialsError,
+    ProviderNotInstalledError,
+    UnknownProviderError,
+)
 from llm_abstractions.testing import FunctionLlm
-from orchestration import AgentRegistry, AgentTask, RetryPolicy, TaskExecutor
+from llm_abstractions.types import LlmResponse, ToolCall
+from orchestration import AgentRegistry, AgentTask, BreakerPolicy, RetryPolicy, TaskExecutor
 from orchestration.ledger import Ledger
 from orchestration.runtime.ray_backend import RayBackend
+from orchestration.runtime.subprocess_runner import ScriptError
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'orchestra[ray]')")
 
@@ -227,19 +237,43 @@ async def test_a_provider_host_killed_mid_call_is_a_crashed_attempt_then_a_retry
     registry = AgentRegistry()
     registry.register_agent("p", "dying", resources={"llama": 1})  # the head's host only
     retry = RetryPolicy(max_attempts=3, base_delay_s=0.1, jitter=0)
-    async with TaskExecutor(registry, ledger=ledger, backend="ray", retry=retry) as run:
+    # One failure would open the circuit (for ten minutes): a crash must not count as one.
+    breaker = BreakerPolicy(consecutive_failures=1, cooldown_s=600)
+    async with TaskExecutor(
+        registry, ledger=ledger, backend="ray", retry=retry, breaker=breaker
+    ) as run:
         async with anyio.create_task_group() as group:
             group.start_soon(kill_when_written, marker)
             result = await run.run([AgentTask(task_id="t", description="go", agent="p")])
-        killed = int(marker.read_text())
-        breaker = run.runner.breakers.get("dying")
+        state = run.runner.breakers["dying"].state.value
     assert result.ok, result.results["t"].error
-    assert result.results["t"].output != f"answered by {killed}"  # a new host answered
     assert attempts(ledger) == [
         ("t", 1, "crashed", "llm_factory"),
         ("t", 2, "succeeded", "llm_factory"),
     ]
-    assert breaker is None or breaker.consecutive == 0  # our worker's death is not the provider's
+    assert state == "closed"  # our worker's death says nothing of the provider
+
+
+SUICIDAL_SCRIPT = """
+import json, os, signal, sys
+json.load(sys.stdin)
+os.kill(os.getppid(), signal.SIGKILL)  # the Ray worker running it
+"""
+
+
+async def test_a_script_whose_worker_always_dies_ends_crashed_after_its_attempts(
+    cluster: Any, ledger: Ledger, tmp_path: Path
+) -> None:
+    script = tmp_path / "suicidal.py"
+    script.write_text(SUICIDAL_SCRIPT)
+    registry = AgentRegistry()
+    command = {"command": [sys.executable, str(script)]}
+    registry.register_agent("s", "local", interface="script", script=command)
+    retry = RetryPolicy(max_attempts=2, base_delay_s=0.1, jitter=0)
+    async with TaskExecutor(registry, ledger=ledger, backend="ray", retry=retry) as run:
+        result = await run.run([AgentTask(task_id="t", description="go", agent="s")])
+    assert result.results["t"].status.value == "crashed" and not result.ok
+    assert attempts(ledger) == [("t", 1, "crashed", "script"), ("t", 2, "crashed", "script")]
 
 
 async def test_resources_no_node_has_are_refused_before_the_run_is_recorded(
@@ -273,8 +307,119 @@ async def test_the_embedded_model_loads_once_per_node(
     assert len(attempts(ledger)) == 6
 
 
+async def test_tools_run_in_the_driver_and_model_turns_on_the_cluster(
+    cluster: Any, ledger: Ledger
+) -> None:
+    ran_in: list[int] = []
+
+    def lookup(city: str) -> str:
+        """Look a city up."""
+        ran_in.append(os.getpid())
+        return f"{city}: 522250"
+
+    def answer(request: LlmRequest) -> LlmResponse | str:
+        told = [m.content for m in request.messages if m.role == "tool"]
+        if not told:
+            call = ToolCall(id="c1", name="lookup", arguments='{"city": "Lyon"}')
+            return LlmResponse(text="", provider="turns", model="m", tool_calls=(call,))
+        return f"{told[0]} (answered in {os.getpid()})"
+
+    LlmFactory.register_provider("turns", lambda **_: FunctionLlm(answer))
+    registry = AgentRegistry()
+    registry.register_agent("w", "turns", tools=[lookup])
+    async with TaskExecutor(registry, ledger=ledger, backend="ray") as run:
+        result = await run.run([AgentTask(task_id="t", description="Lyon?", agent="w")])
+    assert result.ok, result.results["t"].error
+    output = result.results["t"].output or ""
+    assert output.startswith("Lyon: 522250 (answered in ")
+    assert ran_in == [os.getpid()]  # the tool ran here, in the driver
+    assert f"answered in {os.getpid()})" not in output  # the model's turns did not
+
+
+FAILS_ONCE = """
+import json, os, sys
+json.load(sys.stdin)
+marker = sys.argv[1]
+if not os.path.exists(marker):
+    open(marker, "w").close()
+    sys.exit("the first try fails")
+with open(f"/proc/{os.getppid()}/environ", "rb") as f:  # the Ray worker's: its raylet's pid
+    worker = dict(v.decode().partition("=")[::2] for v in f.read().split(b"\\0") if b"=" in v)
+print(json.dumps({"output": worker.get("RAY_RAYLET_PID", "not a Ray worker")}))
+"""
+
+
+def test_orchestra_resume_finishes_a_run_on_the_cluster_from_another_process(
+    cluster: Any, tmp_path: Path
+) -> None:
+    script, marker = tmp_path / "once.py", tmp_path / "tried"
+    script.write_text(FAILS_ONCE)
+    registry = AgentRegistry()
+    command = [sys.executable, str(script), str(marker)]
+    registry.register_agent("s", "local", interface="script", script={"command": command})
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+
+    async def first() -> str:
+        ledger = Ledger(url)
+        try:
+            async with TaskExecutor(registry, ledger=ledger, backend="ray") as run:
+                failed = await run.run([AgentTask(task_id="t", description="go", agent="s")])
+        finally:
+            ledger.close()
+        assert failed.results["t"].status.value == "failed"
+        return failed.run_id
+
+    run_id = anyio.run(first)
+    env = {**os.environ, "ORCHESTRA_DB_URL": url, "ORCHESTRA_BACKEND": "ray"}
+    env["RAY_ADDRESS"] = cluster.address
+    resumed = subprocess.run(  # noqa: S603 - the installed CLI, as another driver
+        [Path(sys.executable).with_name("orchestra"), "resume", run_id, "--retry-failed"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    with sqlite3.connect(tmp_path / "runs.db") as connection:
+        (output,) = connection.execute("SELECT output FROM task_runs").fetchone()
+    assert int(output) in raylets(cluster)  # run by a Ray worker of the cluster
+
+
+def test_the_backend_comes_from_orchestra_backend_when_none_is_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ORCHESTRA_BACKEND", "ray")
+    assert isinstance(TaskExecutor(AgentRegistry()).backend, RayBackend)
+    monkeypatch.setenv("ORCHESTRA_BACKEND", "dask")
+    with pytest.raises(ConfigurationError, match="ORCHESTRA_BACKEND 'dask' is not one"):
+        TaskExecutor(AgentRegistry())
+
+
+@pytest.mark.parametrize(
+    ("resources", "said"),
+    [({"CPU": 1}, "write num_cpus, not 'CPU'"), ({"llama": float("nan")}, "amounts of 0 or more")],
+)
+def test_resources_in_ray_s_own_names_or_not_amounts_are_refused(
+    resources: dict[str, float], said: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(said)):
+        AgentRegistry().register_agent("a", "local", resources=resources)
+
+
+def test_provider_errors_raised_on_a_node_come_back_whole() -> None:
+    for error in (
+        MissingCredentialsError("openai-gpt", ("OPENAI_API_KEY",)),
+        ProviderNotInstalledError("google-gemini", "google.genai", "gemini"),
+        UnknownProviderError("nope", ["local"], []),
+        ScriptError("exit", "exited with 3", "boom"),
+    ):
+        again = pickle.loads(pickle.dumps(error))  # noqa: S301 - our own bytes
+        assert type(again) is type(error) and str(again) == str(error)
+
+
 def test_an_unknown_backend_is_refused_in_one_line() -> None:
-    with pytest.raises(ConfigurationError, match="use 'local', 'ray'"):
+    with pytest.raises(ConfigurationError, match="backend 'dask' is not one orchestra knows"):
         TaskExecutor(AgentRegistry(), backend="dask")
 
 

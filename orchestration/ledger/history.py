@@ -23,7 +23,14 @@ from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 
 from llm_abstractions.errors import ConfigurationError
-from orchestration.ledger.schema import AttemptRow, RunRow, RunTaskRow, TaskRunRow, ToolCallRow
+from orchestration.ledger.schema import (
+    AttemptRow,
+    BreakerRow,
+    RunRow,
+    RunTaskRow,
+    TaskRunRow,
+    ToolCallRow,
+)
 from orchestration.ledger.store import Ledger
 
 __all__ = [
@@ -46,6 +53,17 @@ __all__ = [
 ]
 
 INTERRUPTED = "interrupted"
+
+
+def open_circuits(ledger: Ledger) -> dict[str, float]:
+    """Providers whose circuit some process last recorded open: when it opened (epoch s)."""
+    with ledger.session() as session:
+        rows = session.exec(select(BreakerRow).where(BreakerRow.state == "open")).all()
+    return {
+        row.provider: row.opened_at.replace(tzinfo=UTC).timestamp()
+        for row in rows
+        if row.opened_at is not None
+    }
 
 
 def process_alive(pid: int | None, host: str | None) -> bool | None:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import math
 import os
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
@@ -140,7 +141,9 @@ class AgentConfig(BaseModel):
     @classmethod
     def _resources_are_amounts(cls, given: dict[str, float] | None) -> dict[str, float] | None:
         for name, amount in (given or {}).items():
-            if not name or amount < 0:
+            if name in ("CPU", "GPU"):
+                raise ValueError(f"write num_{name.lower()}s, not {name!r} (Ray's names)")
+            if not name or not math.isfinite(amount) or amount < 0:
                 raise ValueError(
                     f"must map names to amounts of 0 or more, e.g. "
                     f'{{"num_cpus": 2, "llama": 1}}; got {name!r}: {amount!r}'

@@ -441,6 +441,8 @@ def _failed(
         meta["retry_after_s"] = float(asked)
     # A worker that died mid-attempt: the call may or may not have been made and paid for.
     lost = isinstance(exc, WorkerLostError)
+    if lost:
+        meta["price_source"] = "unknown: crashed in flight"
     return TaskResult(
         task_id=task.task_id,
         status=TaskStatus.CRASHED if lost else TaskStatus.FAILED,

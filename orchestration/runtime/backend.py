@@ -7,11 +7,13 @@ the tools themselves run in the driver) and a script or CLI agent's subprocess.
 
 ``TaskExecutor(backend=...)`` takes ``"local"`` (the default), ``"ray"`` (a ``RayBackend``
 connecting as ``ray.init()`` does: ``RAY_ADDRESS``, else a running local cluster, else a new
-one), or a backend object such as ``RayBackend(address="ray://head:10001")``.
+one), or a backend object such as ``RayBackend(address="ray://head:10001")``; given none, it
+takes ``ORCHESTRA_BACKEND`` (so the CLI's ``run`` and ``resume`` can use a cluster too).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -22,7 +24,9 @@ if TYPE_CHECKING:
     from llm_abstractions.base import BaseLlm
     from orchestration.model.agent_registry import AgentConfig
 
-__all__ = ["Backend", "LocalBackend", "backend_of"]
+__all__ = ["ENV", "Backend", "LocalBackend", "backend_of"]
+
+ENV = "ORCHESTRA_BACKEND"  # the backend of executors given none: local or ray
 
 
 class Backend(Protocol):
@@ -95,12 +99,18 @@ class LocalBackend:
 
 
 def backend_of(given: str | Backend | None) -> Backend:
-    """The backend ``TaskExecutor(backend=...)`` names.
+    """The backend ``TaskExecutor(backend=...)`` names; None: ``ORCHESTRA_BACKEND``, else local.
+
+    The variable lets a command choose without code: ``ORCHESTRA_BACKEND=ray orchestra
+    resume RUN`` finishes a run on the cluster.
 
     Raises:
         ConfigurationError: An unknown name.
     """
-    if given is None or given == "local":
+    source = "backend"
+    if given is None:
+        given, source = os.environ.get(ENV, "").strip() or "local", ENV
+    if given == "local":
         return LocalBackend()
     if given == "ray":
         from orchestration.runtime.ray_backend import RayBackend
@@ -108,7 +118,7 @@ def backend_of(given: str | Backend | None) -> Backend:
         return RayBackend()
     if isinstance(given, str):
         raise ConfigurationError(
-            f"backend {given!r} is not one orchestra knows: use 'local', 'ray', or a backend "
-            "object such as RayBackend(address=...)"
+            f"{source} {given!r} is not one orchestra knows: use 'local' or 'ray' (or, in "
+            "code, a backend object such as RayBackend(address=...))"
         )
     return given

@@ -352,6 +352,19 @@ class TaskExecutor:
                 None if opened is None else time.time() - (breaker.clock.now() - opened),
             )
 
+    async def _share_circuits(self, ledger: Ledger) -> None:
+        """Open the circuits other processes sharing the ledger opened (and we did not)."""
+        if self.runner.breaker_policy is None:
+            return
+        from orchestration.ledger.history import open_circuits
+
+        opened = await anyio.to_thread.run_sync(open_circuits, ledger)
+        now = time.time()
+        for provider, when in opened.items():
+            breaker = self.runner.breaker(provider)
+            if breaker is not None:
+                breaker.opened_elsewhere(now - when)
+
     def _validate(
         self, tasks: Sequence[AgentTask], default: str | None, budget_usd: float | None
     ) -> nx.DiGraph[str]:
@@ -463,6 +476,7 @@ class TaskExecutor:
 
             scheduler.cache = ResponseCache(self.ledger)
             self._recording.append(recorder)
+            await self._share_circuits(self.ledger)
         # The span ends after the run's status is known; MCP servers' tools are listed once.
         with run_span(run, len(plan.tasks), self.tracer_provider):
             try:

@@ -3,30 +3,36 @@
 The driver (the process running the DAG) keeps the scheduler, rate limits, budgets,
 breakers, the tool loop and the ledger. The work of each attempt runs on the cluster:
 
-- **Provider calls** go to a *provider host*: an async Ray actor, one per node (per set of
-  resources the agents ask for), that builds each provider once and answers many calls at
-  once in one process. The embedded model is a provider like the others, so its GGUF loads
-  once per node, in that node's host, not once per task. A call goes to the host, among the
-  nodes that have the agent's resources, with the fewest calls of this driver in flight.
+- **Provider calls** go to a *provider host*: an async Ray actor of this backend, one per
+  node (per set of resources the agents ask for), that builds each provider once and
+  answers many calls at once in one process. The embedded model is a provider like the
+  others, so its GGUF loads once per node, in that node's host, not once per task. A call
+  goes to the host, among the nodes that have the agent's resources, with the fewest calls
+  of this driver in flight. A host holds its resources while it lives (until ``aclose``).
 - **Scripts and CLI agents** (and the bundled script fallback) run as Ray tasks, placed by
-  the agent's resources (one CPU when it names none); the subprocess rules are the local
-  backend's (``runtime.subprocess_runner``), applied on the node.
+  the agent's resources (one CPU unless it names ``num_cpus``); the subprocess rules are the
+  local backend's (``runtime.subprocess_runner``), applied on the node.
 
 An agent's ``resources`` are Ray's: ``num_cpus``, ``num_gpus``, ``memory`` (bytes) and custom
 resources such as ``{"llama": 1}``. A run whose agents ask for more than any node has is
 refused before it starts. Ray retries nothing itself here (``max_retries=0``): a worker or
-actor that dies mid-attempt (``kill -9``, its node lost) becomes a ``crashed`` attempt in the
-ledger (``WorkerLostError``) and the task's retry policy decides what follows; after a host's
-death, hosts are placed again on the nodes that are alive (a new one where it died).
+actor that dies mid-attempt (``kill -9``, its node lost, Ray's memory monitor) becomes a
+``crashed`` attempt in the ledger (``WorkerLostError``) and the task's retry policy decides
+what follows; after a host's death, hosts are placed again on the nodes that are alive (a
+new one where it died). A host that cannot start, or an environment Ray cannot set up, ends
+the task with the reason (``HostError``).
 
 What the driver knows of a provider travels with each call: the provider's registration
-(so providers registered in the driver work on the nodes), its model, its key (over Ray's
-own channels, never recorded), and its endpoint (``base_url`` or ``host``). Nodes need
-orchestra and the agents' SDKs installed, and the files an agent names (a GGUF, a script,
-its working directory) at the same paths as the driver.
+(so providers registered in the driver work on the nodes), its model, its key and its
+endpoint (``base_url`` or ``host``). The key crosses Ray's connections in the clear unless
+Ray's TLS is on (``RAY_USE_TLS``); it is masked in errors before they leave a node, and
+Ray's task events (which keep errors) are off for this work. Nodes need orchestra and the
+agents' SDKs installed, and the files an agent names (a GGUF, a script, its working
+directory) at the same paths as the driver.
 
 Not here (yet): streaming (``on_progress`` hears nothing from calls on the cluster; they
-answer whole), and a script's process tree outliving a worker killed mid-script.
+answer whole); a script's process tree outliving a worker killed mid-script; a script
+waiting in Ray's queue has no time limit until it starts.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import functools
 import hashlib
 import inspect
 import os
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -43,11 +50,11 @@ import anyio
 import anyio.to_thread
 
 from llm_abstractions.base import BaseLlm
-from llm_abstractions.errors import ConfigurationError, LLMBadResponseError
+from llm_abstractions.errors import ConfigurationError
 from llm_abstractions.threads import LoopCompletion
 from orchestration.model.agent_registry import AgentInterface
 from orchestration.model.errors import WorkerLostError
-from orchestration.runtime.subprocess_runner import ScriptOutcome, run_script
+from orchestration.runtime.subprocess_runner import ScriptError, ScriptOutcome, run_script
 
 if TYPE_CHECKING:
     from llm_abstractions.specs import ProviderSpec
@@ -84,8 +91,16 @@ class ProviderHost:
         self._built: dict[Any, BaseLlm] = {}
 
     async def generate(self, call: ProviderCall, request: LlmRequest) -> LlmResponse:
-        """The provider's answer to ``request``."""
-        return await self._provider(call).generate(request)
+        """The provider's answer to ``request``; an error's message without the key.
+
+        (Ray keeps the errors of calls in its worker logs: the key must not be in them.)
+        """
+        try:
+            return await self._provider(call).generate(request)
+        except Exception as exc:
+            if call.api_key and call.api_key in str(exc):
+                exc.args = tuple(_masked(arg, [call.api_key]) for arg in exc.args)
+            raise
 
     def where(self) -> tuple[str, int, list[str]]:
         """This host's node id, process id, and the providers it built (name:model)."""
@@ -121,8 +136,30 @@ class ProviderHost:
 def script_on_node(
     argv: Sequence[str], payload: Mapping[str, Any], options: Mapping[str, Any]
 ) -> ScriptOutcome:
-    """Run a script attempt on this node (a Ray task's body)."""
-    return anyio.run(functools.partial(run_script, argv, payload, **options))
+    """Run a script attempt on this node (a Ray task's body).
+
+    A failure's message (a script's stderr may echo its key) leaves the node with the keys
+    in the script's environment masked: Ray keeps the errors of tasks in its worker logs.
+    """
+    try:
+        return anyio.run(functools.partial(run_script, argv, payload, **options))
+    except ScriptError as exc:
+        env: Mapping[str, str] = options.get("env") or {}
+        keys = [value for name, value in env.items() if not name.endswith(("_URL", "_HOST"))]
+        if not any(key and key in str(exc) for key in keys):
+            raise
+        raise ScriptError(
+            exc.kind, _masked(exc.message, keys), _masked(exc.stderr_tail, keys)
+        ) from None
+
+
+def _masked(text: Any, secrets: list[str]) -> Any:
+    """``text`` with ``secrets`` masked (what is not text is left alone)."""
+    if not isinstance(text, str):
+        return text
+    from orchestration.ledger.accounting import redact
+
+    return redact(text, secrets)
 
 
 @dataclass
@@ -138,12 +175,12 @@ class RayBackend:
     Args:
         address: The cluster to join (``"auto"``, ``"ray://head:10001"``...); None joins as
             ``ray.init()`` does: ``RAY_ADDRESS``, a running local cluster, or a new one.
-        namespace: The Ray namespace of the provider hosts (drivers in one namespace share
-            a node's hosts, so a GGUF loads once per node for all of them).
+        namespace: The Ray namespace this backend joins in (when it calls ``ray.init``).
         init_options: More keyword arguments for ``ray.init`` (``runtime_env``, ...).
 
-    Ray is started or joined when the first run starts, and left (``ray.shutdown``) by
-    ``aclose`` only if this backend started it.
+    Ray is started or joined when the first run starts. ``aclose`` stops this backend's
+    provider hosts (their resources go back to the cluster) and leaves Ray
+    (``ray.shutdown``) only if this backend joined it.
     """
 
     name = "ray"
@@ -159,6 +196,7 @@ class RayBackend:
         self.namespace = namespace
         self.init_options = dict(init_options or {})
         self._joined = False  # this backend called ray.init
+        self._id = uuid.uuid4().hex[:8]  # in its hosts' names: each backend has its own
         self._hosts: dict[ResourceKey, list[_Host]] = {}
         # Hosts this driver saw die, per node: a new host gets a new name (a dead actor's
         # name may still answer for a moment).
@@ -216,7 +254,7 @@ class RayBackend:
         host.in_flight += 1
         try:
             return await _result(host.handle.generate.remote(call, request))
-        except WorkerLostError:
+        except (WorkerLostError, HostError):
             self._forget(host)
             raise
         finally:
@@ -241,7 +279,8 @@ class RayBackend:
             "env": dict(env),
             "cwd": cwd,
         }
-        placed = self._script.options(**_ray_options(_wanted(agent)))
+        # Ray's task events would keep a failure's message: none for this work.
+        placed = self._script.options(**_ray_options(_wanted(agent)), enable_task_events=False)
         outcome: ScriptOutcome = await _result(placed.remote(list(argv), dict(payload), options))
         return outcome
 
@@ -251,13 +290,21 @@ class RayBackend:
         return [await _result(handle.where.remote()) for handle in handles]
 
     async def aclose(self) -> None:
-        """Forget the hosts; leave Ray if this backend joined it."""
+        """Stop this backend's provider hosts; leave Ray if this backend joined it."""
+        hosts = [host for placed in self._hosts.values() for host in placed]
         self._hosts.clear()
-        if self._joined:
-            import ray
+        if not hosts and not self._joined:
+            return
+        import ray
 
-            self._joined = False
-            await anyio.to_thread.run_sync(ray.shutdown)
+        def stop() -> None:
+            for host in hosts:
+                ray.kill(host.handle)
+            if self._joined:
+                ray.shutdown()
+
+        self._joined = False
+        await anyio.to_thread.run_sync(stop)
 
     async def _host(self, wanted: ResourceKey) -> _Host:
         hosts = self._hosts.get(wanted)
@@ -283,10 +330,10 @@ class RayBackend:
             node_id = node["NodeID"]
             generation = self._deaths.get(node_id, 0)
             handle = self._host_class.options(
-                name=f"orchestra-host-{node_id[:16]}-{suffix}-{generation}",
-                namespace=self.namespace,
+                name=f"orchestra-host-{self._id}-{node_id[:16]}-{suffix}-{generation}",
                 get_if_exists=True,
                 max_concurrency=HOST_CALLS,
+                enable_task_events=False,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
                 **_ray_options(wanted),
             ).remote()
@@ -301,21 +348,20 @@ class RayBackend:
                 del self._hosts[wanted]
 
 
+_CAPABILITIES = (
+    "provider",
+    "default_model",
+    "is_local",
+    "supports_output_schema",
+    "supports_grammar",
+    "supports_tools",
+)
+
+
 @functools.cache
-def _remote_class(built: type[BaseLlm]) -> type[RemoteProvider]:
-    """A ``RemoteProvider`` class with the capabilities of the provider class ``built``."""
-    capabilities = {
-        name: getattr(built, name)
-        for name in (
-            "provider",
-            "default_model",
-            "is_local",
-            "supports_output_schema",
-            "supports_grammar",
-            "supports_tools",
-        )
-    }
-    return type(f"Remote{built.__name__}", (RemoteProvider,), capabilities)
+def _remote_class(name: str, capabilities: tuple[tuple[str, Any], ...]) -> type[RemoteProvider]:
+    """A ``RemoteProvider`` class with a built provider's capabilities."""
+    return type(f"Remote{name}", (RemoteProvider,), dict(capabilities))
 
 
 class RemoteProvider(BaseLlm):
@@ -354,7 +400,8 @@ class RemoteProvider(BaseLlm):
 
 def remote_provider(backend: RayBackend, agent: AgentConfig, built: BaseLlm) -> BaseLlm:
     """``built``'s stand-in, with its capabilities, calling through ``backend``."""
-    return _remote_class(type(built))(backend, agent, built)
+    capabilities = tuple((name, getattr(built, name)) for name in _CAPABILITIES)
+    return _remote_class(type(built).__name__, capabilities)(backend, agent, built)
 
 
 async def _result(ref: Any) -> Any:
@@ -381,38 +428,50 @@ async def _result(ref: Any) -> Any:
         raise
 
 
+class HostError(ConfigurationError):
+    """The cluster could not run an attempt: no retry helps, the task ends with the reason.
+
+    A provider host that could not start, an environment Ray could not set up.
+    """
+
+
 def _translated(error: BaseException) -> BaseException:
     """What a failure on the cluster means here: the attempt's own error, or a lost worker."""
     from ray import exceptions
 
+    said = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if isinstance(error, exceptions.ActorDiedError) and error.actor_init_failed:
+        return HostError(f"a provider host could not start on the Ray cluster: {said}")
     if isinstance(error, exceptions.RayTaskError) and not isinstance(
-        error, exceptions.ActorDiedError
+        error, exceptions.RayActorError
     ):
         cause = error.cause
         if isinstance(cause, Exception) and not isinstance(cause, exceptions.RayError):
             return cause
     lost = (
         exceptions.WorkerCrashedError,
-        exceptions.ActorDiedError,
-        exceptions.ActorUnavailableError,
+        exceptions.RayActorError,  # the host died, or cannot be reached
         exceptions.NodeDiedError,
+        exceptions.LocalRayletDiedError,
+        exceptions.OutOfMemoryError,  # Ray's memory monitor killed the worker
         exceptions.ObjectLostError,
-        exceptions.OwnerDiedError,
+        exceptions.ActorUnschedulableError,  # its node is gone
+        exceptions.TaskUnschedulableError,
+        exceptions.RaySystemError,  # a worker that could not start
     )
-    said = (str(error).strip().splitlines() or [type(error).__name__])[0]
     if isinstance(error, lost):
         return WorkerLostError(f"the Ray worker making the attempt died ({said})")
-    return LLMBadResponseError(f"Ray could not run the attempt: {type(error).__name__}: {said}")
+    return HostError(f"Ray could not run the attempt: {type(error).__name__}: {said}")
 
 
 def _wanted(agent: AgentConfig, host: bool = False) -> ResourceKey:
     """The agent's resources, sorted: for its provider host, or for a script it runs.
 
-    A script reserves one CPU when its agent names no resources; a provider host nothing.
+    A script reserves one CPU unless its agent names ``num_cpus``; a host nothing unasked.
     """
     wanted = dict(agent.resources or {})
-    if agent.resources is None and not host:
-        wanted = {"num_cpus": SCRIPT_CPUS}
+    if not host:
+        wanted.setdefault("num_cpus", SCRIPT_CPUS)
     return tuple(sorted(wanted.items()))
 
 

@@ -411,6 +411,17 @@ class CircuitBreaker:
             self._settled = anyio.Event()
         await self._settled.wait()
 
+    def opened_elsewhere(self, seconds_ago: float) -> None:
+        """Open a closed circuit as another process did ``seconds_ago`` (read from the ledger).
+
+        Not if its cool-down has passed since (the next call is then its probe anyway).
+        """
+        if self.state is not BreakerState.CLOSED or seconds_ago >= self.policy.cooldown_s:
+            return
+        self.opened_at = self.clock.now() - max(0.0, seconds_ago)
+        self.state = BreakerState.OPEN  # not through _change: it is recorded already
+        self._wake()
+
     def _wake(self) -> None:
         self.changes += 1
         if self._settled is not None:

@@ -63,12 +63,12 @@ class ScriptError(Exception):
             tail = tail.split(None, 1)[-1] if " " in tail or "\n" in tail else ""
         self.stderr_tail = tail
         detail = f"; stderr: {self.stderr_tail.strip()}" if self.stderr_tail.strip() else ""
-        self._message = message
+        self.message = message  # without the stderr tail
         super().__init__(f"{message}{detail}")
 
     def __reduce__(self) -> tuple[type[ScriptError], tuple[str, str, str]]:
         # Pickled whole (a script run on a Ray worker fails with it in the driver).
-        return ScriptError, (self.kind, self._message, self.stderr_tail)
+        return ScriptError, (self.kind, self.message, self.stderr_tail)
 
 
 @dataclass(frozen=True)
