@@ -80,8 +80,8 @@ async def timed(
 ) -> float:
     """The makespan of the work, once a first task has started what it needs.
 
-    (The first task of an executor on Ray starts its provider hosts, or its workers: about
-    0.7 s here, printed once per shape as the cold start.)
+    (The first task of an executor on Ray starts its provider hosts, or its workers; the
+    first such run per backend is printed as the cold start.)
     """
     registry, tasks = work
     async with TaskExecutor(

@@ -272,7 +272,8 @@ class RayBackend:
         cwd: str | None,
     ) -> ScriptOutcome:
         """The script run by a Ray task placed by the agent's resources."""
-        await anyio.to_thread.run_sync(self._join)
+        if self._script is None:  # (a run joins in ``start``; this is for direct callers)
+            await anyio.to_thread.run_sync(self._join)
         options = {
             "timeout_s": timeout_s,
             "max_output_bytes": max_output_bytes,
