@@ -159,6 +159,17 @@ def _local_probe() -> str | None:
     return None
 
 
+def _on_path(command: str, install: str) -> Probe:
+    """A probe: can ``command`` be run (a coding CLI)?"""
+
+    def probe() -> str | None:
+        import shutil
+
+        return None if shutil.which(command) else f"no {command!r} on PATH ({install})"
+
+    return probe
+
+
 _PROVIDERS = "llm_abstractions.providers"
 BUILTIN_PROVIDERS: tuple[ProviderSpec, ...] = (
     ProviderSpec(
@@ -208,5 +219,13 @@ BUILTIN_PROVIDERS: tuple[ProviderSpec, ...] = (
         extra="local",
         probe=_local_probe,
         default_model="SmolLM2-135M-Instruct (bundled GGUF)",
+    ),
+    # Coding-agent CLIs, run in a directory of their own (orchestration.runtime.coding)
+    ProviderSpec(
+        "claude-code",
+        "orchestration.runtime.coding.provider:ClaudeCodeLlm",
+        env_keys=("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"),
+        probe=_on_path("claude", "npm install -g @anthropic-ai/claude-code"),
+        default_model="the CLI's own",
     ),
 )

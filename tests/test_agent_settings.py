@@ -185,6 +185,7 @@ def test_the_keyword_arguments_name_every_setting() -> None:
         "context",
         "examples",
         "tool_choice",
+        "repo",
     }
 
 

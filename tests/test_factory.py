@@ -27,6 +27,7 @@ BUILTIN = {
     "ollama",
     "lmstudio",
     "local",
+    "claude-code",
 }
 
 

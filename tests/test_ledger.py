@@ -77,6 +77,7 @@ async def test_rows_match_what_happened_attempt_by_attempt() -> None:
         ("004_checked_output",),
         ("005_agent_keys",),
         ("006_tool_calls",),
+        ("007_attempt_details",),
     ]
     assert rows("PRAGMA journal_mode") == [("wal",)]
 

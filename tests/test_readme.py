@@ -23,6 +23,7 @@ import pytest
 from tests.fakes.anthropic_api import anthropic_app
 from tests.fakes.openai_api import openai_app
 from tests.fakes.server import LoopbackServer
+from tests.support.clis import npm_cli
 
 pytestmark = pytest.mark.model  # the blocks run the embedded model
 
@@ -41,7 +42,9 @@ PYTHON_BLOCKS = blocks("python")
 @pytest.fixture(scope="module")
 def env() -> Iterator[dict[str, str]]:
     anthropic, openai = LoopbackServer(anthropic_app), LoopbackServer(openai_app)
+    claude = npm_cli("@anthropic-ai/claude-code", "claude")  # the coding-agent block's CLI
     yield {
+        "PATH": f"{claude}{os.pathsep}{os.environ['PATH']}",
         "ANTHROPIC_API_KEY": "sk-ant-readme-test",
         "ANTHROPIC_BASE_URL": anthropic.url,
         "OPENAI_API_KEY": "sk-readme-test",

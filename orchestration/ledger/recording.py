@@ -76,7 +76,7 @@ _INSERT_ATTEMPT = _insert(
     "run_id task_id agent attempt execution_method provider model status error_type "
     "error_message input_tokens output_tokens cache_read_input_tokens "
     "cache_creation_input_tokens reasoning_output_tokens cost_usd price_source latency_s "
-    "wait_s fallback_reason cached_from request response finish_reason validation "
+    "wait_s fallback_reason cached_from request response finish_reason validation details "
     "started_at finished_at",
 )
 _INSERT_TOOL_CALL = _insert(
@@ -221,7 +221,7 @@ class Recorder:
         )
         attempts = [
             (run_id, task_id, agent, number, "unknown", None, None, "crashed", "Crashed", error)
-            + (None,) * 15
+            + (None,) * 16
             + (_ts(started or now), _ts(now))
             for task_id, agent, number, started in crashed
         ]
@@ -283,6 +283,7 @@ class Recorder:
             _clean(attempt.output, secrets),
             meta.get("finish_reason"),
             meta.get("validation"),
+            _clean(json.dumps(meta["cli"]), secrets) if meta.get("cli") else None,
         )
         write = [(RANK_ATTEMPT, _INSERT_ATTEMPT, [row + (_epoch_ts(start), _epoch_ts(end))])]
         self._unawaited[self.ledger.write_soon(write)] = None

@@ -126,6 +126,9 @@ class AttemptRow(SQLModel, table=True):
     response: str | None = None  # the answer's text, redacted
     finish_reason: str | None = None
     validation: str | None = None  # accepted, refused or crashed; NULL: no contract to check
+    # JSON: what a coding CLI said of its run (version, turns, session, files it changed,
+    # its working directory); NULL for other attempts.
+    details: str | None = None
 
 
 class ToolCallRow(SQLModel, table=True):
@@ -255,6 +258,11 @@ def _add_columns(connection: Connection, added: dict[str, tuple[tuple[str, str],
                 connection.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {kind}"))
 
 
+def _m007_attempt_details(connection: Connection) -> None:
+    """Coding CLIs: what each said of its run."""
+    _add_columns(connection, {"attempts": (("details", "TEXT"),)})
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_initial_tables", _m001_initial_tables),
     ("002_resilience", _m002_resilience),
@@ -262,6 +270,7 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("004_checked_output", _m004_checked_output),
     ("005_agent_keys", _m005_agent_keys),
     ("006_tool_calls", _m006_tool_calls),
+    ("007_attempt_details", _m007_attempt_details),
 ]
 
 

@@ -87,6 +87,7 @@ class AgentType(StrEnum):
     OLLAMA = "ollama"
     LMSTUDIO = "lmstudio"
     LOCAL = "local"
+    CLAUDE_CODE = "claude-code"  # a coding-agent CLI (orchestration.runtime.coding)
 
 
 class AgentInterface(StrEnum):

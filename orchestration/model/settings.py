@@ -56,6 +56,9 @@ class GenerationSettings(BaseModel):
         tool_choice: With tools: ``"auto"`` (the model decides), ``"required"`` (its first
             turn must call a tool; later turns decide, or the loop would never end),
             ``"none"`` (no calls).
+        repo: For coding-CLI agents (``claude-code``...): the directory each task works on,
+            in a git worktree of its own (a git repository) or a copy (any other
+            directory); a new empty directory when unset.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -73,6 +76,7 @@ class GenerationSettings(BaseModel):
     context: str | None = Field(default=None, strict=True)
     examples: tuple[tuple[StrictStr, StrictStr], ...] | None = None
     tool_choice: Literal["auto", "required", "none"] | None = None
+    repo: str | None = Field(default=None, min_length=1, strict=True)
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -115,6 +119,7 @@ class SettingsArguments(TypedDict, total=False):
     context: str | None
     examples: Sequence[tuple[str, str]] | None
     tool_choice: Literal["auto", "required", "none"] | None
+    repo: str | None
 
 
 SETTING_NAMES: frozenset[str] = frozenset(GenerationSettings.model_fields)

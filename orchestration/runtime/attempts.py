@@ -134,15 +134,29 @@ async def llm_attempt(
                 response = await tool_loop(ask, request, tools, most, on_tool_call, turns, replays)
     except (TimeoutError, OrchestraError) as exc:
         failed = _failed(task, agent, exc, perf_counter() - started, meta)
-        if turns.answered:  # a tool loop's turns answered before it failed: paid for
+        spent = getattr(exc, "usage", None)  # a coding CLI that failed says what it spent
+        if isinstance(spent, Usage):
+            cost = getattr(exc, "cost_usd", None)
+            if cost is None:
+                model = meta.get("model")
+                cost, source = cost_of(agent.agent_type, str(model) if model else None, spent)
+            else:
+                source = f"{agent.agent_type}: its own report"
+            failed = failed.model_copy(update={"usage": spent, "cost_usd": cost})
+            failed.metadata["price_source"] = source
+        elif turns.answered:  # a tool loop's turns answered before it failed: paid for
             model = meta.get("model")
             cost, source = cost_of(agent.agent_type, str(model) if model else None, turns.usage)
             failed = failed.model_copy(update={"usage": turns.usage, "cost_usd": cost})
             failed.metadata.update(price_source=source, turns=turns.answered)
         return failed
     meta.update(model=response.model, finish_reason=response.finish_reason)
-    if "turns" in response.metadata:
-        meta["turns"] = response.metadata["turns"]
+    for key in ("turns", "cli"):  # a tool loop's turns; what a coding CLI said of its run
+        if key in response.metadata:
+            meta[key] = response.metadata[key]
+    reported = response.metadata.get("cost_usd")
+    if isinstance(reported, float):  # the provider's own figure (a coding CLI's)
+        meta["reported_cost"] = (reported, response.metadata.get("price_source"))
     latency = perf_counter() - started
     return _succeeded(task, response.text, response.usage, latency, meta, request)
 
@@ -399,12 +413,27 @@ def _succeeded(
         )
         _log.warning("task %s: %s", task.task_id, meta["text_repaired"])
     model = str(meta["model"]) if meta.get("model") else None
+    reported = meta.pop("reported_cost", None)
+    if reported is not None:
+        cost, meta["price_source"] = reported[0], reported[1] or "reported by the provider"
+        return _result(task, output, usage, latency, meta, cost)
     cost, meta["price_source"] = cost_of(str(meta["provider"]), model, usage)
     unreported = usage.input_tokens is None or usage.output_tokens is None
     if cost is None and unreported and request is not None:  # paid for all the same
         cost = estimated_cost(str(meta["provider"]), model, request, output)
         if cost is not None:
             meta["price_source"] = ESTIMATED
+    return _result(task, output, usage, latency, meta, cost)
+
+
+def _result(
+    task: AgentTask,
+    output: str,
+    usage: Usage,
+    latency: float,
+    meta: dict[str, Any],
+    cost: float | None,
+) -> TaskResult:
     return TaskResult(
         task_id=task.task_id,
         status=TaskStatus.SUCCEEDED,

@@ -67,6 +67,10 @@ def build_request(
         params["output_schema"] = OutputSchema(name=contract.schema_name, json_schema=schema)
     tools = tuple(tool.spec() for tool in combined(agent.tools, task.tools))
     metadata: dict[str, Any] = {"task_id": task.task_id, "agent": agent.name}
+    if settings.get("repo"):  # where a coding-CLI agent works
+        metadata["repo"] = settings["repo"]
+    if task.budget_usd is not None:  # a coding CLI keeps to it itself
+        metadata["budget_usd"] = task.budget_usd
     if tools:
         params["tools"] = tools
         # A budget holds every turn the loop may make (``spending.worst_case``).

@@ -34,13 +34,21 @@ import sys
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.abc
 import anyio.to_thread
 
-__all__ = ["RUN_COOKIE", "ScriptError", "ScriptOutcome", "run_script"]
+__all__ = [
+    "RUN_COOKIE",
+    "ProcessOutcome",
+    "ScriptError",
+    "ScriptOutcome",
+    "run_process",
+    "run_script",
+]
 
 # Variables a well-behaved program needs to start; nothing else leaks in by default.
 BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT", "TZ")
@@ -125,6 +133,43 @@ async def run_script(
         ScriptError: The script timed out, exited non-zero, printed too much, or did not
             print one JSON object.
     """
+    ran = await run_process(
+        argv,
+        json.dumps(payload).encode(),
+        timeout_s=timeout_s,
+        max_output_bytes=max_output_bytes,
+        env=env,
+        cwd=cwd,
+    )
+    return ScriptOutcome(_parse(ran.stdout, ran.code, ran.stderr), ran.stderr)
+
+
+@dataclass(frozen=True)
+class ProcessOutcome:
+    """How a process ended: its exit status, what it wrote on stdout, the tail of stderr."""
+
+    code: int
+    stdout: bytes
+    stderr: str
+
+
+async def run_process(
+    argv: Sequence[str],
+    stdin: bytes,
+    *,
+    timeout_s: float,
+    max_output_bytes: int,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+) -> ProcessOutcome:
+    """Run ``argv`` under the rules above, ``stdin`` as its input; how it ended.
+
+    The environment is ``BASE_ENV`` from ours plus ``env``, nothing else. Whatever the
+    process started is killed when it ends.
+
+    Raises:
+        ScriptError: It timed out (``timeout``) or printed too much (``output``).
+    """
     cookie = uuid.uuid4().hex
     child_env = {k: os.environ[k] for k in BASE_ENV if k in os.environ}
     child_env.update(env or {})
@@ -133,10 +178,14 @@ async def run_script(
     fds = _Fds()
     output = _Output(max_output_bytes)
     try:
-        (stdin, feed), (drain_out, stdout), (drain_err, stderr) = fds.pipe(), fds.pipe(), fds.pipe()
+        (feeding, feed), (drain_out, stdout), (drain_err, stderr) = (
+            fds.pipe(),
+            fds.pipe(),
+            fds.pipe(),
+        )
         process = await anyio.open_process(
             list(argv),
-            stdin=stdin,
+            stdin=feeding,
             stdout=stdout,
             stderr=stderr,
             env=child_env,
@@ -146,16 +195,14 @@ async def run_script(
     except BaseException:
         fds.close_all()
         raise
-    fds.close(stdin, stdout, stderr)  # the script's ends: end of file comes when it lets go
+    fds.close(feeding, stdout, stderr)  # the process's ends: end of file comes when it lets go
     for fd in (feed, drain_out, drain_err):
         os.set_blocking(fd, False)
     try:
         with anyio.fail_after(timeout_s):
-            code = await _communicate(
-                process, fds, (feed, drain_out, drain_err), json.dumps(payload).encode(), output
-            )
+            code = await _communicate(process, fds, (feed, drain_out, drain_err), stdin, output)
     except TimeoutError:
-        message = f"script timed out after {timeout_s} s"
+        message = f"{Path(argv[0]).name} timed out after {timeout_s} s"
         raise ScriptError("timeout", message, _text(output.err)) from None
     finally:
         with anyio.CancelScope(shield=True):
@@ -164,8 +211,7 @@ async def run_script(
             fds.close_all()
     if output.overflow:
         raise ScriptError("output", output.overflow[0], _text(output.err))
-    stderr_text = _text(output.err)
-    return ScriptOutcome(_parse(output.out, code, stderr_text), stderr_text)
+    return ProcessOutcome(code, bytes(output.out), _text(output.err))
 
 
 async def _communicate(
@@ -195,7 +241,7 @@ async def _communicate(
     return code
 
 
-def _parse(out: bytearray, code: int, stderr: str) -> dict[str, Any]:
+def _parse(out: bytes, code: int, stderr: str) -> dict[str, Any]:
     try:
         answer = json.loads(out.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):

@@ -11,7 +11,7 @@ Usage is in Anthropic's own fields (``input_tokens`` excludes the cache counts).
 ``Scripted(usage={})`` scripts an answer that carries no usage at all, as some gateways
 send: a Message without ``usage``, and ``message_start`` and ``message_delta`` without it.
 
-``output_config.format`` (JSON outputs) is checked as the API checks it before answering:
+``output_config.format`` (JSON outputs), when given, is checked as the API checks it:
 ``{"type": "json_schema", "schema": {...}}``, every object in the schema closed with
 ``"additionalProperties": false``; anything else is a 400 ``invalid_request_error``.
 """
@@ -19,7 +19,9 @@ send: a Message without ``usage``, and ``message_start`` and ``message_delta`` w
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import re
 from typing import Any
 
 from aiohttp import web
@@ -34,7 +36,7 @@ def anthropic_app(server: LoopbackServer) -> web.Application:
 
     async def messages(request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        scripted = server.next_answer(body, dict(request.headers))
+        scripted = _in_workdir(server.next_answer(body, dict(request.headers)), body)
         await asyncio.sleep(scripted.delay)
         stream = bool(body.get("stream"))
         refused = _output_config_error(body.get("output_config")) or _tool_turns_error(body)
@@ -57,6 +59,33 @@ def anthropic_app(server: LoopbackServer) -> web.Application:
     return app
 
 
+def _in_workdir(scripted: Scripted, body: dict[str, Any]) -> Scripted:
+    """``{cwd}`` in scripted tool arguments made the working directory the request names.
+
+    Coding CLIs tell their model where they work (Claude Code: "Primary working directory:
+    /path" in its system prompt) and want absolute paths back.
+    """
+    if not scripted.tool_calls:
+        return scripted
+    system = body.get("system")
+    blocks = [system] if isinstance(system, str) else system or []
+    said = " ".join(b if isinstance(b, str) else str(b.get("text", "")) for b in blocks)
+    found = re.search(r"working directory: (\S+)", said)
+    if found is None:
+        return scripted
+    cwd = found.group(1)
+
+    def filled(value: Any) -> Any:
+        if isinstance(value, str):
+            return value.replace("{cwd}", cwd)
+        if isinstance(value, dict):
+            return {key: filled(item) for key, item in value.items()}
+        return value
+
+    calls = [(name, filled(arguments)) for name, arguments in scripted.tool_calls]
+    return dataclasses.replace(scripted, tool_calls=calls)
+
+
 def error_body(kind: str, message: str) -> dict[str, Any]:
     """Anthropic's error body, as an HTTP answer and in an ``error`` event."""
     return {"type": "error", "error": {"type": kind, "message": message}}
@@ -66,7 +95,11 @@ def _output_config_error(config: Any) -> str | None:
     """The API's complaint about ``output_config``, or None when it is acceptable."""
     if config is None:
         return None
-    fmt = config.get("format") if isinstance(config, dict) else None
+    if not isinstance(config, dict):
+        return "output_config: Input should be a valid dictionary"
+    if "format" not in config:  # other settings only (``effort``, as Claude Code sends)
+        return None
+    fmt = config["format"]
     if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
         return "output_config.format.type: Input should be 'json_schema'"
     if not isinstance(fmt.get("schema"), dict):

@@ -1,0 +1,180 @@
+"""Coding-agent CLIs as providers: ``register_agent("coder", "claude-code")``.
+
+Each call runs the CLI once, as a subprocess under the script rules
+(``runtime.subprocess_runner.run_process``: an argument vector, the prompt on stdin, an
+environment of the CLI's own key and endpoint and nothing else of ours, the whole process
+tree killed when it ends or times out), in a working directory of its own
+(``runtime.coding.workdir``: a git worktree or a copy of the agent's ``repo``). The answer is the
+CLI's final message followed by the diff of what it changed; its usage, its own cost (priced
+by us from its tokens when it gives none), turns, session, version, changed files and
+directory go with it (``LlmResponse.metadata``), into the ledger's ``attempts.details``.
+
+Being providers, coding CLIs get everything agents have: retries, fallbacks, budgets (a
+task's ``budget_usd`` is also handed to a CLI that can keep to one), the ledger, resume,
+and the Ray backend.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from time import perf_counter
+from typing import Any, ClassVar
+
+import anyio.to_thread
+
+from llm_abstractions.base import BaseLlm
+from llm_abstractions.errors import (
+    LLMBadResponseError,
+    LLMError,
+    LLMTimeoutError,
+    ProviderNotInstalledError,
+)
+from llm_abstractions.types import LlmRequest, LlmResponse, Usage
+from orchestration.runtime.coding.clis import CLAUDE_CODE, CliReport, CodingCli, UnreadableOutput
+from orchestration.runtime.coding.workdir import prepare
+from orchestration.runtime.subprocess_runner import ScriptError, run_process
+
+__all__ = ["ClaudeCodeLlm", "CliFailed", "CliNotInstalledError", "CodingCliLlm"]
+
+DEFAULT_TIMEOUT_S = 1800.0  # a coding session may take a while; a hung one does not
+MAX_OUTPUT_BYTES = 50_000_000  # a long session's JSON events
+
+
+class CliNotInstalledError(ProviderNotInstalledError):
+    """The CLI a coding agent runs is not on PATH."""
+
+    def __init__(self, provider: str, executable: str, install: str) -> None:
+        # Not ProviderNotInstalledError's own message, which names a Python package.
+        super(ProviderNotInstalledError, self).__init__(
+            f"Agent type {provider!r} runs the {executable!r} command, which is not on PATH: "
+            f"install it with `{install}` (or put it on PATH)"
+        )
+        self.provider, self.missing, self.extra = provider, executable, None
+        self.executable, self.install = executable, install
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:
+        return type(self), (self.provider, self.executable, self.install)
+
+
+class CliFailed(LLMError):
+    """The CLI ran and ended its session with an error; what it spent is still known."""
+
+    def __init__(self, message: str, *, provider: str, report: CliReport) -> None:
+        super().__init__(message, provider=provider)
+        self.usage: Usage = report.usage
+        self.cost_usd = report.cost_usd
+
+
+class CodingCliLlm(BaseLlm):
+    """A coding-agent CLI, run once per call in a working directory of its own."""
+
+    cli: ClassVar[CodingCli]
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        super().__init__(model)
+        self._chosen = model  # None: the CLI's own default model
+        self._api_key = api_key
+        self.base_url = base_url or os.environ.get(self.cli.base_url_env)
+        self.timeout = timeout
+
+    async def generate(self, request: LlmRequest) -> LlmResponse:
+        """Run the CLI on the request's prompt; its final message and diff.
+
+        Raises:
+            CliNotInstalledError: The CLI is not on PATH.
+            LLMTimeoutError: It ran past the timeout (it and what it started are killed).
+            CliFailed: It ended its session with an error (or at its budget).
+            LLMBadResponseError: What it printed cannot be read.
+        """
+        cli = self.cli
+        executable = shutil.which(cli.executable)
+        if executable is None:
+            raise CliNotInstalledError(cli.name, cli.executable, cli.install)
+        label = str(request.metadata.get("task_id") or "task")
+        workdir = await anyio.to_thread.run_sync(prepare, request.metadata.get("repo"), label)
+        home = workdir.path.parent / "home"
+        home.mkdir(exist_ok=True)
+        budget = request.metadata.get("budget_usd")
+        argv = cli.argv(executable, self._chosen, budget if isinstance(budget, float) else None)
+        started = perf_counter()
+        try:
+            ran = await run_process(
+                argv,
+                _prompt(request).encode(),
+                timeout_s=self.timeout,
+                max_output_bytes=MAX_OUTPUT_BYTES,
+                env=cli.env(self._api_key, self.base_url, str(home)),
+                cwd=str(workdir.path),
+            )
+        except ScriptError as exc:
+            if exc.kind == "timeout":
+                raise LLMTimeoutError(
+                    f"{cli.executable} was stopped after {self.timeout:g} s (it and what it "
+                    f"started were killed); its directory: {workdir.path}",
+                    provider=cli.name,
+                ) from None
+            raise LLMBadResponseError(str(exc), provider=cli.name) from None
+        try:
+            report = cli.read(ran.stdout)
+        except UnreadableOutput as exc:
+            said = ran.stderr.strip()[-500:] or "nothing on stderr"
+            raise LLMBadResponseError(
+                f"{cli.executable} exited with status {ran.code} and {exc}: {said}",
+                provider=cli.name,
+            ) from None
+        if report.error is not None or ran.code != 0:
+            why = "stopped at its budget" if report.over_budget else f"ended with {report.error}"
+            raise CliFailed(
+                f"{cli.executable} {why} (exit status {ran.code}): {report.text[:500]}",
+                provider=cli.name,
+                report=report,
+            )
+        changed, diff = await anyio.to_thread.run_sync(workdir.changes)
+        text = report.text if not diff else f"{report.text}\n\n{diff}"
+        details: dict[str, Any] = {
+            "cli": cli.executable,
+            "version": report.version,
+            "turns": report.turns,
+            "session_id": report.session_id,
+            "files_changed": changed,
+            "workdir": str(workdir.path),
+            "workdir_kind": workdir.kind,
+        }
+        metadata: dict[str, Any] = {"cli": details}
+        if report.cost_usd is not None:
+            metadata["cost_usd"] = report.cost_usd
+            metadata["price_source"] = f"{cli.name}: its own report"
+        return LlmResponse(
+            text=text,
+            provider=cli.name,
+            model=report.model or self.model,
+            finish_reason="stop",
+            usage=report.usage,
+            latency_s=perf_counter() - started,
+            response_id=report.session_id,
+            metadata=metadata,
+        )
+
+
+class ClaudeCodeLlm(CodingCliLlm):
+    """Claude Code (``claude -p``)."""
+
+    cli = CLAUDE_CODE
+    provider = "claude-code"
+
+
+def _prompt(request: LlmRequest) -> str:
+    """One prompt of the request: its system prompt, then each message in turn."""
+    parts = [request.system] if request.system else []
+    for message in request.messages:
+        label = "" if message.role == "user" else f"[{message.role}]\n"
+        parts.append(f"{label}{message.content}")
+    return "\n\n".join(parts)

@@ -1,0 +1,206 @@
+"""Coding-agent CLIs as agents: the real CLI, against a loopback fake of its vendor's API.
+
+Claude Code (installed from the npm registry into ``.venv/clis``) talks to the Anthropic
+fake (``tests/fakes/anthropic_api.py``), which scripts the model's turns: a ``Write`` tool
+call for a file in the working directory the CLI names, then a final message. What is
+checked is what a user would: the file exists in the task's own directory, the answer
+holds the CLI's message and the diff, and usage, the CLI's own cost, its version and turns
+are in the ledger, with no key anywhere in it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestration import AgentRegistry, AgentTask, RetryPolicy, TaskExecutor
+from orchestration.ledger import Ledger
+from tests.fakes.anthropic_api import anthropic_app
+from tests.fakes.server import LoopbackServer, Scripted
+from tests.support.clis import CLI_HOME, npm_cli
+
+pytestmark = pytest.mark.anyio
+KEY = "sk-ant-coding-cli-test-key-0123456789"
+
+
+@pytest.fixture(scope="module")
+def claude_bin() -> Path:
+    return npm_cli("@anthropic-ai/claude-code", "claude")
+
+
+@pytest.fixture
+def anthropic(claude_bin: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LoopbackServer]:
+    server = LoopbackServer(anthropic_app)
+    monkeypatch.setenv("PATH", f"{claude_bin}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[Ledger]:
+    opened = Ledger(f"sqlite:///{tmp_path / 'runs.db'}")
+    yield opened
+    opened.close()
+
+
+def attempt_rows(ledger: Ledger) -> list[dict[str, Any]]:
+    assert ledger.path is not None
+    with sqlite3.connect(ledger.path) as connection:
+        connection.row_factory = sqlite3.Row
+        rows = connection.execute("SELECT * FROM attempts ORDER BY id").fetchall()
+    return [dict(row) for row in rows]
+
+
+WRITE = ("Write", {"file_path": "{cwd}/hello.py", "content": "print('hello')\n"})
+
+
+async def test_claude_code_writes_a_file_in_its_own_directory_and_its_costs_are_recorded(
+    anthropic: LoopbackServer, ledger: Ledger
+) -> None:
+    anthropic.script(
+        Scripted(text="", tool_calls=[WRITE], usage={"input_tokens": 900, "output_tokens": 40}),
+        Scripted(text="I wrote hello.py.", usage={"input_tokens": 1000, "output_tokens": 12}),
+    )
+    registry = AgentRegistry()
+    registry.register_agent("coder", "claude-code")
+    task = AgentTask(task_id="hello", description="Write hello.py printing hello.", agent="coder")
+    async with TaskExecutor(registry, ledger=ledger) as run:
+        result = await run.run([task])
+    answer = result.results["hello"]
+    assert result.ok, answer.error
+    output = answer.output or ""
+    assert output.startswith("I wrote hello.py.")
+    assert "+++ b/hello.py" in output and "+print('hello')" in output  # the diff follows
+
+    (row,) = attempt_rows(ledger)
+    details = json.loads(row["details"])
+    written = Path(details["workdir"]) / "hello.py"
+    assert written.read_text() == "print('hello')\n"
+    assert details["files_changed"] == ["hello.py"] and details["turns"] == 2
+    assert details["version"] and details["cli"] == "claude" and details["workdir_kind"] == "empty"
+    # Tokens as the fake counted them, cached ones included, over both model turns.
+    assert row["input_tokens"] >= 1900 and row["output_tokens"] >= 52
+    assert row["cost_usd"] > 0 and row["price_source"] == "claude-code: its own report"
+    assert row["provider"] == "claude-code" and row["status"] == "succeeded"
+    # The CLI was sent our key, and it went nowhere else.
+    sent = [{k.lower(): v for k, v in headers.items()} for headers in anthropic.headers]
+    assert {headers.get("x-api-key") for headers in sent} == {KEY}
+    assert ledger.path is not None and KEY not in ledger.path.read_bytes().decode("latin-1")
+    prompt = json.dumps(anthropic.requests[0]["messages"])
+    assert "Write hello.py printing hello." in prompt  # the prompt went in on stdin
+
+
+def git(where: Path, *args: str) -> str:
+    return subprocess.run(  # noqa: S603
+        ["git", "-C", str(where), *args],  # noqa: S607
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+async def test_in_a_git_repository_each_task_works_in_a_worktree_of_its_own(
+    anthropic: LoopbackServer, ledger: Ledger, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    (repo / "README.md").write_text("a project\n")
+    git(repo, "add", "-A")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
+    anthropic.script(
+        Scripted(text="", tool_calls=[WRITE]),
+        Scripted(text="Done."),
+        Scripted(text="", tool_calls=[WRITE]),
+        Scripted(text="Done."),
+    )
+    registry = AgentRegistry()
+    registry.register_agent("coder", "claude-code", repo=str(repo))
+    tasks = [AgentTask(task_id=f"t{i}", description="Add hello.py.", agent="coder") for i in (1, 2)]
+    async with TaskExecutor(registry, ledger=ledger, max_concurrency=1) as run:
+        result = await run.run(tasks)
+    assert result.ok, {t: r.error for t, r in result.results.items()}
+    places = [Path(json.loads(row["details"])["workdir"]) for row in attempt_rows(ledger)]
+    assert len(set(places)) == 2  # one directory each
+    assert all((place / "README.md").exists() and (place / "hello.py").exists() for place in places)
+    assert not (repo / "hello.py").exists()  # the user's own checkout is untouched
+    listed = git(repo, "worktree", "list")
+    assert all(str(place) in listed for place in places)
+
+
+async def test_a_missing_cli_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch, ledger: Ledger, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no claude there
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    registry = AgentRegistry()
+    registry.register_agent("coder", "claude-code", script_fallback=False)
+    async with TaskExecutor(registry, ledger=ledger) as run:
+        result = await run.run([AgentTask(task_id="t", description="Code.", agent="coder")])
+    error = result.results["t"].error or ""
+    assert "install it with `npm install -g @anthropic-ai/claude-code`" in error
+    assert [row["error_type"] for row in attempt_rows(ledger)] == ["CliNotInstalledError"]
+
+
+def cli_processes() -> list[int]:
+    """Processes running an executable installed under ``.venv/clis``."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if str(CLI_HOME) in os.readlink(f"/proc/{name}/exe"):
+                    found.append(int(name))
+            except OSError:
+                continue
+    return found
+
+
+async def test_a_cli_that_hangs_is_stopped_and_recorded(
+    anthropic: LoopbackServer, ledger: Ledger
+) -> None:
+    anthropic.script(Scripted(delay=60))  # the model never answers in time
+    registry = AgentRegistry()
+    registry.register_agent("coder", "claude-code", timeout_s=8, script_fallback=False)
+    async with TaskExecutor(registry, ledger=ledger, retry=RetryPolicy.never()) as run:
+        result = await run.run([AgentTask(task_id="t", description="Code.", agent="coder")])
+    assert result.results["t"].error == "timed out after 8.0 s"
+    assert {row["status"] for row in attempt_rows(ledger)} == {"failed"}
+    assert cli_processes() == []  # it and what it started were killed
+
+
+async def test_a_cli_stopped_at_the_task_budget_is_recorded_with_what_it_spent(
+    anthropic: LoopbackServer, ledger: Ledger
+) -> None:
+    registry = AgentRegistry()
+    registry.register_agent("coder", "claude-code", script_fallback=False)
+    task = AgentTask(task_id="t", description="Code.", agent="coder", budget_usd=0.000001)
+    async with TaskExecutor(registry, ledger=ledger) as run:
+        result = await run.run([task])
+    assert "stopped at its budget" in (result.results["t"].error or "")
+    (row, *more) = attempt_rows(ledger)
+    assert row["status"] == "failed" and row["cost_usd"] > 0 and row["input_tokens"] > 0
+    assert row["price_source"] == "claude-code: its own report"
+
+
+async def test_a_gateway_s_bearer_token_reaches_it_as_one(
+    anthropic: LoopbackServer, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY")
+    monkeypatch.setenv("ANTHROPIC_AUTH_TOKEN", KEY)
+    registry = AgentRegistry()
+    registry.register_agent("coder", "claude-code")
+    async with TaskExecutor(registry, ledger=ledger) as run:
+        result = await run.run([AgentTask(task_id="t", description="Hi.", agent="coder")])
+    assert result.ok, result.results["t"].error
+    sent = [{k.lower(): v for k, v in headers.items()} for headers in anthropic.headers]
+    assert {headers.get("authorization") for headers in sent} == {f"Bearer {KEY}"}
+    assert all("x-api-key" not in headers for headers in sent)
