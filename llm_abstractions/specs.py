@@ -228,4 +228,11 @@ BUILTIN_PROVIDERS: tuple[ProviderSpec, ...] = (
         probe=_on_path("claude", "npm install -g @anthropic-ai/claude-code"),
         default_model="the CLI's own",
     ),
+    ProviderSpec(
+        "codex",
+        "orchestration.runtime.coding.provider:CodexLlm",
+        env_keys=("OPENAI_API_KEY",),
+        probe=_on_path("codex", "npm install -g @openai/codex"),
+        default_model="the CLI's own",
+    ),
 )

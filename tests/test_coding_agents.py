@@ -1,11 +1,13 @@
 """Coding-agent CLIs as agents: the real CLI, against a loopback fake of its vendor's API.
 
-Claude Code (installed from the npm registry into ``.venv/clis``) talks to the Anthropic
-fake (``tests/fakes/anthropic_api.py``), which scripts the model's turns: a ``Write`` tool
-call for a file in the working directory the CLI names, then a final message. What is
-checked is what a user would: the file exists in the task's own directory, the answer
-holds the CLI's message and the diff, and usage, the CLI's own cost, its version and turns
-are in the ledger, with no key anywhere in it.
+The CLIs are installed from the npm registry into ``.venv/clis``. Claude Code talks to the
+Anthropic fake (``tests/fakes/anthropic_api.py``), Codex to the OpenAI Responses fake
+(``tests/fakes/openai_responses.py``); each fake scripts the model's turns: a tool call that
+writes a file in the working directory (Claude Code's ``Write``, Codex's ``exec_command``),
+then a final message. What is checked is what a user would: the file exists in the task's
+own directory, the answer holds the CLI's message and the diff, and usage, cost (the CLI's
+own, or priced from its tokens), its version and turns are in the ledger, with no key
+anywhere in it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import pytest
 from orchestration import AgentRegistry, AgentTask, RetryPolicy, TaskExecutor
 from orchestration.ledger import Ledger
 from tests.fakes.anthropic_api import anthropic_app
+from tests.fakes.openai_responses import responses_app
 from tests.fakes.server import LoopbackServer, Scripted
 from tests.support.clis import CLI_HOME, npm_cli
 
@@ -204,3 +207,66 @@ async def test_a_gateway_s_bearer_token_reaches_it_as_one(
     sent = [{k.lower(): v for k, v in headers.items()} for headers in anthropic.headers]
     assert {headers.get("authorization") for headers in sent} == {f"Bearer {KEY}"}
     assert all("x-api-key" not in headers for headers in sent)
+
+
+@pytest.fixture
+def responses(monkeypatch: pytest.MonkeyPatch) -> Iterator[LoopbackServer]:
+    """The OpenAI Responses fake, and Codex (from the npm registry) on PATH."""
+    codex_bin = npm_cli("@openai/codex", "codex")
+    server = LoopbackServer(responses_app)
+    monkeypatch.setenv("PATH", f"{codex_bin}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("OPENAI_BASE_URL", f"{server.url}/v1")
+    yield server
+    server.close()
+
+
+async def test_codex_runs_a_command_in_its_own_directory_and_its_tokens_are_priced(
+    responses: LoopbackServer, ledger: Ledger
+) -> None:
+    write = ("exec_command", {"cmd": "printf 'print(1)\\n' > hello.py"})
+    responses.script(
+        Scripted(text="", tool_calls=[write], usage={"input_tokens": 2000, "output_tokens": 30}),
+        Scripted(
+            text="I wrote hello.py.",
+            usage={"input_tokens": 2100, "output_tokens": 9, "cached_tokens": 1800},
+        ),
+    )
+    registry = AgentRegistry()
+    registry.register_agent("coder", "codex", model="gpt-5-codex")
+    task = AgentTask(task_id="hello", description="Write hello.py.", agent="coder")
+    async with TaskExecutor(registry, ledger=ledger) as run:
+        result = await run.run([task])
+    answer = result.results["hello"]
+    assert result.ok, answer.error
+    assert (answer.output or "").startswith("I wrote hello.py.")
+    assert "+print(1)" in (answer.output or "")
+    (row,) = attempt_rows(ledger)
+    details = json.loads(row["details"])
+    assert (Path(details["workdir"]) / "hello.py").read_text() == "print(1)\n"
+    assert details["files_changed"] == ["hello.py"]
+    assert details["version"].startswith("codex-cli ") and details["session_id"]
+    # Both model requests' tokens, cached input counted in the input (OpenTelemetry's rule).
+    assert (row["input_tokens"], row["output_tokens"], row["cache_read_input_tokens"]) == (
+        4100,
+        39,
+        1800,
+    )
+    assert row["cost_usd"] > 0 and "openai-gpt prices" in row["price_source"]
+    sent = [{k.lower(): v for k, v in headers.items()} for headers in responses.headers]
+    assert {headers.get("authorization") for headers in sent} == {f"Bearer {KEY}"}
+    assert ledger.path is not None and KEY not in ledger.path.read_bytes().decode("latin-1")
+
+
+async def test_a_codex_turn_that_fails_is_a_failed_attempt_saying_why(
+    responses: LoopbackServer, ledger: Ledger
+) -> None:
+    responses.script(
+        *[Scripted(status=400, body={"error": {"message": "bad model", "type": "invalid"}})] * 8
+    )
+    registry = AgentRegistry()
+    registry.register_agent("coder", "codex", model="gpt-5-codex", script_fallback=False)
+    async with TaskExecutor(registry, ledger=ledger, retry=RetryPolicy.never()) as run:
+        result = await run.run([AgentTask(task_id="t", description="Code.", agent="coder")])
+    assert "bad model" in (result.results["t"].error or "")
+    assert [row["status"] for row in attempt_rows(ledger)] == ["failed"]

@@ -28,6 +28,7 @@ BUILTIN = {
     "lmstudio",
     "local",
     "claude-code",
+    "codex",
 }
 
 

@@ -87,7 +87,8 @@ class AgentType(StrEnum):
     OLLAMA = "ollama"
     LMSTUDIO = "lmstudio"
     LOCAL = "local"
-    CLAUDE_CODE = "claude-code"  # a coding-agent CLI (orchestration.runtime.coding)
+    CLAUDE_CODE = "claude-code"  # coding-agent CLIs (orchestration.runtime.coding)
+    CODEX = "codex"
 
 
 class AgentInterface(StrEnum):

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from llm_abstractions.types import Usage
 
-__all__ = ["CLAUDE_CODE", "CLIS", "CliReport", "CodingCli", "UnreadableOutput"]
+__all__ = ["CLAUDE_CODE", "CLIS", "CODEX", "CliReport", "CodingCli", "UnreadableOutput"]
 
 
 class UnreadableOutput(ValueError):
@@ -54,8 +54,12 @@ class CodingCli(Protocol):
     install: str  # the command that installs it
     key_env: tuple[str, ...]  # where the key is read from when an agent gives none
     base_url_env: str  # the driver's variable naming its endpoint
+    prices_as: str  # the provider whose prices price its tokens when it gives no cost
+    version_args: tuple[str, ...]  # how to ask its version, when its output does not say
 
-    def argv(self, executable: str, model: str | None, budget_usd: float | None) -> list[str]:
+    def argv(
+        self, executable: str, model: str | None, budget_usd: float | None, base_url: str | None
+    ) -> list[str]:
         """The command line (the prompt goes on stdin)."""
         ...
 
@@ -80,8 +84,12 @@ class ClaudeCode:
     install = "npm install -g @anthropic-ai/claude-code"
     key_env: tuple[str, ...] = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")
     base_url_env = "ANTHROPIC_BASE_URL"
+    prices_as = "anthropic-claude"
+    version_args: tuple[str, ...] = ("--version",)
 
-    def argv(self, executable: str, model: str | None, budget_usd: float | None) -> list[str]:
+    def argv(
+        self, executable: str, model: str | None, budget_usd: float | None, base_url: str | None
+    ) -> list[str]:
         """``claude -p`` reading the prompt from stdin, edits allowed in its directory."""
         argv = [executable, "-p", "--output-format", "stream-json", "--verbose"]
         argv += ["--permission-mode", "acceptEdits"]
@@ -159,8 +167,99 @@ class ClaudeCode:
         )
 
 
+class Codex:
+    """OpenAI's Codex CLI: ``codex exec --json``, its events one JSON object a line.
+
+    ``thread.started`` (``thread_id``), ``item.completed`` items (``agent_message`` text,
+    ``command_execution``...), ``turn.completed`` with ``usage`` (``input_tokens``, which
+    include ``cached_input_tokens``, ``output_tokens``, ``reasoning_output_tokens``), or
+    ``turn.failed``/``error``. No cost: its tokens are priced at OpenAI's prices. An endpoint
+    other than OpenAI's is given as a model provider of its own speaking the Responses API
+    (``-c model_providers.orchestra...``); it works in a ``workspace-write`` sandbox.
+    """
+
+    name = "codex"
+    executable = "codex"
+    install = "npm install -g @openai/codex"
+    key_env: tuple[str, ...] = ("OPENAI_API_KEY",)
+    base_url_env = "OPENAI_BASE_URL"
+    prices_as = "openai-gpt"
+    version_args: tuple[str, ...] = ("--version",)
+
+    def argv(
+        self, executable: str, model: str | None, budget_usd: float | None, base_url: str | None
+    ) -> list[str]:
+        """``codex exec --json -`` (the prompt from stdin), writing in its directory only."""
+        argv = [executable, "exec", "--json", "--skip-git-repo-check"]
+        argv += ["--sandbox", "workspace-write"]
+        if base_url:
+            argv += [
+                "-c",
+                "model_provider=orchestra",
+                "-c",
+                'model_providers.orchestra.name="orchestra"',
+                "-c",
+                f"model_providers.orchestra.base_url={json.dumps(base_url)}",
+                "-c",
+                'model_providers.orchestra.env_key="OPENAI_API_KEY"',
+                "-c",
+                'model_providers.orchestra.wire_api="responses"',
+            ]
+        if model:
+            argv += ["-m", model]
+        return [*argv, "-"]
+
+    def env(self, api_key: str | None, base_url: str | None, home: str) -> dict[str, str]:
+        """``OPENAI_API_KEY``, and a home (``CODEX_HOME``) of its own."""
+        codex_home = os.path.join(home, ".codex")
+        os.makedirs(codex_home, exist_ok=True)
+        env = {"HOME": home, "CODEX_HOME": codex_home}
+        if api_key:
+            env["OPENAI_API_KEY"] = api_key
+        return env
+
+    def read(self, stdout: bytes) -> CliReport:
+        """The last agent message, the turns' usage summed, and how the run ended."""
+        events = _json_lines(stdout)
+        messages = [
+            str(item.get("text") or "")
+            for event in events
+            if event.get("type") == "item.completed"
+            and isinstance(item := event.get("item"), dict)
+            and item.get("type") == "agent_message"
+        ]
+        turns = [e for e in events if e.get("type") == "turn.completed"]
+        # A turn that failed ends the run; an ``error`` event alone may be a retry it made.
+        failed = [e for e in events if e.get("type") == "turn.failed"] or (
+            [] if turns else [e for e in events if e.get("type") == "error"]
+        )
+        if not turns and not failed:
+            raise UnreadableOutput("codex printed no turn.completed or turn.failed event")
+        usages = [t.get("usage") or {} for t in turns]
+        error = None
+        if failed:
+            said = failed[-1].get("error") or failed[-1]
+            error = str(said.get("message") if isinstance(said, dict) else said)
+        thread = next(
+            (e.get("thread_id") for e in events if e.get("type") == "thread.started"), None
+        )
+        return CliReport(
+            text=messages[-1] if messages else (error or ""),
+            usage=Usage(
+                input_tokens=_sum(usages, "input_tokens") if usages else None,
+                output_tokens=_sum(usages, "output_tokens") if usages else None,
+                cache_read_tokens=_sum(usages, "cached_input_tokens") if usages else None,
+                reasoning_tokens=_sum(usages, "reasoning_output_tokens") if usages else None,
+            ),
+            turns=len(turns) or None,
+            session_id=thread,
+            error="turn failed" if error is not None else None,
+        )
+
+
 CLAUDE_CODE = ClaudeCode()
-CLIS: dict[str, CodingCli] = {cli.name: cli for cli in (CLAUDE_CODE,)}
+CODEX = Codex()
+CLIS: dict[str, CodingCli] = {cli.name: cli for cli in (CLAUDE_CODE, CODEX)}
 
 
 def _json_lines(stdout: bytes) -> list[dict[str, Any]]:

@@ -16,8 +16,10 @@ and the Ray backend.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
+import subprocess
 from time import perf_counter
 from typing import Any, ClassVar
 
@@ -31,11 +33,18 @@ from llm_abstractions.errors import (
     ProviderNotInstalledError,
 )
 from llm_abstractions.types import LlmRequest, LlmResponse, Usage
-from orchestration.runtime.coding.clis import CLAUDE_CODE, CliReport, CodingCli, UnreadableOutput
+from orchestration.ledger.accounting import cost_of
+from orchestration.runtime.coding.clis import (
+    CLAUDE_CODE,
+    CODEX,
+    CliReport,
+    CodingCli,
+    UnreadableOutput,
+)
 from orchestration.runtime.coding.workdir import prepare
 from orchestration.runtime.subprocess_runner import ScriptError, run_process
 
-__all__ = ["ClaudeCodeLlm", "CliFailed", "CliNotInstalledError", "CodingCliLlm"]
+__all__ = ["ClaudeCodeLlm", "CliFailed", "CliNotInstalledError", "CodexLlm", "CodingCliLlm"]
 
 DEFAULT_TIMEOUT_S = 1800.0  # a coding session may take a while; a hung one does not
 MAX_OUTPUT_BYTES = 50_000_000  # a long session's JSON events
@@ -103,7 +112,12 @@ class CodingCliLlm(BaseLlm):
         home = workdir.path.parent / "home"
         home.mkdir(exist_ok=True)
         budget = request.metadata.get("budget_usd")
-        argv = cli.argv(executable, self._chosen, budget if isinstance(budget, float) else None)
+        argv = cli.argv(
+            executable,
+            self._chosen,
+            budget if isinstance(budget, float) else None,
+            self.base_url,
+        )
         started = perf_counter()
         try:
             ran = await run_process(
@@ -139,9 +153,12 @@ class CodingCliLlm(BaseLlm):
             )
         changed, diff = await anyio.to_thread.run_sync(workdir.changes)
         text = report.text if not diff else f"{report.text}\n\n{diff}"
+        version = report.version or await anyio.to_thread.run_sync(
+            _version, executable, cli.version_args
+        )
         details: dict[str, Any] = {
             "cli": cli.executable,
-            "version": report.version,
+            "version": version,
             "turns": report.turns,
             "session_id": report.session_id,
             "files_changed": changed,
@@ -149,13 +166,19 @@ class CodingCliLlm(BaseLlm):
             "workdir_kind": workdir.kind,
         }
         metadata: dict[str, Any] = {"cli": details}
+        model = report.model or self._chosen
         if report.cost_usd is not None:
             metadata["cost_usd"] = report.cost_usd
             metadata["price_source"] = f"{cli.name}: its own report"
+        else:  # priced from its tokens at its vendor's prices, when they are known
+            cost, source = cost_of(cli.prices_as, model, report.usage)
+            if cost is not None:
+                metadata["cost_usd"] = cost
+                metadata["price_source"] = f"{source}, {cli.prices_as} prices of its tokens"
         return LlmResponse(
             text=text,
             provider=cli.name,
-            model=report.model or self.model,
+            model=model or self.model,
             finish_reason="stop",
             usage=report.usage,
             latency_s=perf_counter() - started,
@@ -169,6 +192,26 @@ class ClaudeCodeLlm(CodingCliLlm):
 
     cli = CLAUDE_CODE
     provider = "claude-code"
+
+
+class CodexLlm(CodingCliLlm):
+    """OpenAI's Codex CLI (``codex exec``)."""
+
+    cli = CODEX
+    provider = "codex"
+
+
+@functools.cache
+def _version(executable: str, args: tuple[str, ...]) -> str | None:
+    """What ``executable ARGS`` says its version is (asked once per executable)."""
+    try:
+        done = subprocess.run(  # noqa: S603 - the CLI itself, found on PATH
+            [executable, *args], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    said = done.stdout.strip().splitlines()
+    return said[0] if done.returncode == 0 and said else None
 
 
 def _prompt(request: LlmRequest) -> str:
