@@ -270,3 +270,17 @@ async def test_a_codex_turn_that_fails_is_a_failed_attempt_saying_why(
         result = await run.run([AgentTask(task_id="t", description="Code.", agent="coder")])
     assert "bad model" in (result.results["t"].error or "")
     assert [row["status"] for row in attempt_rows(ledger)] == ["failed"]
+
+
+async def test_a_coding_agent_is_never_answered_from_the_cache(
+    anthropic: LoopbackServer, ledger: Ledger
+) -> None:
+    registry = AgentRegistry()
+    registry.register_agent("coder", "claude-code")
+    task = AgentTask(task_id="t", description="Same work.", agent="coder")
+    async with TaskExecutor(registry, ledger=ledger, cache=True) as run:
+        await run.run([task])
+        again = await run.run([task])
+    assert again.ok
+    methods = [row["execution_method"] for row in attempt_rows(ledger)]
+    assert methods == ["llm_factory", "llm_factory"]  # the CLI ran twice: its work is done again

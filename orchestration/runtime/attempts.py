@@ -137,13 +137,8 @@ async def llm_attempt(
         spent = getattr(exc, "usage", None)  # a coding CLI that failed says what it spent
         if isinstance(spent, Usage):
             cost = getattr(exc, "cost_usd", None)
-            if cost is None:
-                model = meta.get("model")
-                cost, source = cost_of(agent.agent_type, str(model) if model else None, spent)
-            else:
-                source = f"{agent.agent_type}: its own report"
             failed = failed.model_copy(update={"usage": spent, "cost_usd": cost})
-            failed.metadata["price_source"] = source
+            failed.metadata["price_source"] = str(getattr(exc, "price_source", "unknown"))
         elif turns.answered:  # a tool loop's turns answered before it failed: paid for
             model = meta.get("model")
             cost, source = cost_of(agent.agent_type, str(model) if model else None, turns.usage)

@@ -462,6 +462,8 @@ class TaskAttempts:
             llm = self.runner.provider(link)
         except ConfigurationError:  # the attempt will say what is wrong
             return None
+        if not getattr(llm, "cacheable", True):  # a coding CLI: its answer is its work
+            return None
         endpoint = getattr(llm, "base_url", None) or getattr(llm, "host", None)
         return cache_key(link.agent_type, model_of(link), request, endpoint)
 

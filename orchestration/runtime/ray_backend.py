@@ -356,6 +356,7 @@ _CAPABILITIES = (
     "supports_output_schema",
     "supports_grammar",
     "supports_tools",
+    "cacheable",
 )
 
 
@@ -401,7 +402,7 @@ class RemoteProvider(BaseLlm):
 
 def remote_provider(backend: RayBackend, agent: AgentConfig, built: BaseLlm) -> BaseLlm:
     """``built``'s stand-in, with its capabilities, calling through ``backend``."""
-    capabilities = tuple((name, getattr(built, name)) for name in _CAPABILITIES)
+    capabilities = tuple((name, getattr(built, name, True)) for name in _CAPABILITIES)
     return _remote_class(type(built).__name__, capabilities)(backend, agent, built)
 
 

@@ -97,7 +97,10 @@ def _output_config_error(config: Any) -> str | None:
         return None
     if not isinstance(config, dict):
         return "output_config: Input should be a valid dictionary"
-    if "format" not in config:  # other settings only (``effort``, as Claude Code sends)
+    unknown = sorted(set(config) - {"format", "effort"})
+    if unknown:
+        return f"output_config.{unknown[0]}: Extra inputs are not permitted"
+    if "format" not in config:  # ``effort`` alone, as Claude Code sends
         return None
     fmt = config["format"]
     if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":

@@ -145,7 +145,11 @@ class ClaudeCode:
             created = _count(usage.get("cache_creation_input_tokens"))
             output = _count(usage.get("output_tokens"))
         total_in = None if fresh is None else fresh + (cached or 0) + (created or 0)
-        models = list(per_model)
+        # The model that wrote the most (a helper model may have answered on the side).
+        models = sorted(
+            per_model,
+            key=lambda name: -(_count((per_model[name] or {}).get("outputTokens")) or 0),
+        )
         subtype = str(result.get("subtype") or "")
         failed = bool(result.get("is_error")) or subtype.startswith("error")
         text = result.get("result")
@@ -162,7 +166,7 @@ class ClaudeCode:
             turns=_count(result.get("num_turns")),
             session_id=result.get("session_id"),
             version=version,
-            error=(subtype or "error") if failed else None,
+            error=(subtype if subtype.startswith("error") else "an error") if failed else None,
             over_budget="budget" in subtype,
         )
 

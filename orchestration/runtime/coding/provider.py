@@ -27,6 +27,7 @@ import anyio.to_thread
 
 from llm_abstractions.base import BaseLlm
 from llm_abstractions.errors import (
+    ConfigurationError,
     LLMBadResponseError,
     LLMError,
     LLMTimeoutError,
@@ -41,7 +42,7 @@ from orchestration.runtime.coding.clis import (
     CodingCli,
     UnreadableOutput,
 )
-from orchestration.runtime.coding.workdir import prepare
+from orchestration.runtime.coding.workdir import plain_env, prepare
 from orchestration.runtime.subprocess_runner import ScriptError, run_process
 
 __all__ = ["ClaudeCodeLlm", "CliFailed", "CliNotInstalledError", "CodexLlm", "CodingCliLlm"]
@@ -69,16 +70,20 @@ class CliNotInstalledError(ProviderNotInstalledError):
 class CliFailed(LLMError):
     """The CLI ran and ended its session with an error; what it spent is still known."""
 
-    def __init__(self, message: str, *, provider: str, report: CliReport) -> None:
+    def __init__(
+        self, message: str, *, provider: str, report: CliReport, priced: tuple[float | None, str]
+    ) -> None:
         super().__init__(message, provider=provider)
         self.usage: Usage = report.usage
-        self.cost_usd = report.cost_usd
+        self.cost_usd, self.price_source = priced
 
 
 class CodingCliLlm(BaseLlm):
     """A coding-agent CLI, run once per call in a working directory of its own."""
 
     cli: ClassVar[CodingCli]
+    # Its answer depends on the code it found and changed: never answered from the cache.
+    cacheable: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -144,14 +149,20 @@ class CodingCliLlm(BaseLlm):
                 f"{cli.executable} exited with status {ran.code} and {exc}: {said}",
                 provider=cli.name,
             ) from None
+        model = report.model or self._chosen
+        priced = _priced(cli, model, report)
         if report.error is not None or ran.code != 0:
             why = "stopped at its budget" if report.over_budget else f"ended with {report.error}"
             raise CliFailed(
                 f"{cli.executable} {why} (exit status {ran.code}): {report.text[:500]}",
                 provider=cli.name,
                 report=report,
+                priced=priced,
             )
-        changed, diff = await anyio.to_thread.run_sync(workdir.changes)
+        try:
+            changed, diff = await anyio.to_thread.run_sync(workdir.changes)
+        except ConfigurationError as exc:  # it answered: its work is there, unread
+            changed, diff = None, f"[what it changed could not be read: {exc}]"
         text = report.text if not diff else f"{report.text}\n\n{diff}"
         version = report.version or await anyio.to_thread.run_sync(
             _version, executable, cli.version_args
@@ -165,16 +176,9 @@ class CodingCliLlm(BaseLlm):
             "workdir": str(workdir.path),
             "workdir_kind": workdir.kind,
         }
-        metadata: dict[str, Any] = {"cli": details}
-        model = report.model or self._chosen
-        if report.cost_usd is not None:
-            metadata["cost_usd"] = report.cost_usd
-            metadata["price_source"] = f"{cli.name}: its own report"
-        else:  # priced from its tokens at its vendor's prices, when they are known
-            cost, source = cost_of(cli.prices_as, model, report.usage)
-            if cost is not None:
-                metadata["cost_usd"] = cost
-                metadata["price_source"] = f"{source}, {cli.prices_as} prices of its tokens"
+        metadata: dict[str, Any] = {"cli": details, "price_source": priced[1]}
+        if priced[0] is not None:
+            metadata["cost_usd"] = priced[0]
         return LlmResponse(
             text=text,
             provider=cli.name,
@@ -201,12 +205,27 @@ class CodexLlm(CodingCliLlm):
     provider = "codex"
 
 
+def _priced(cli: CodingCli, model: str | None, report: CliReport) -> tuple[float | None, str]:
+    """The run's cost and where it comes from: the CLI's own, else its tokens' prices."""
+    if report.cost_usd is not None:
+        return report.cost_usd, f"{cli.name}: its own report"
+    if model is None:
+        return None, f"unknown: {cli.name} did not say its model (give the agent a model)"
+    cost, source = cost_of(cli.prices_as, model, report.usage)
+    return cost, source if cost is None else f"{source}, {cli.prices_as} prices of its tokens"
+
+
 @functools.cache
 def _version(executable: str, args: tuple[str, ...]) -> str | None:
     """What ``executable ARGS`` says its version is (asked once per executable)."""
     try:
         done = subprocess.run(  # noqa: S603 - the CLI itself, found on PATH
-            [executable, *args], capture_output=True, text=True, timeout=30, check=False
+            [executable, *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            env=plain_env(),  # none of our keys
         )
     except (OSError, subprocess.TimeoutExpired):
         return None

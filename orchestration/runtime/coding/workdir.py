@@ -16,6 +16,7 @@ the attempt's metadata): the agent's work is there for the user to take.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -37,12 +38,17 @@ class Workdir:
 
     path: Path
     kind: str  # worktree, copy or empty
+    base: str  # the commit it started from
 
     def changes(self) -> tuple[list[str], str]:
-        """The files changed since it was made, and the diff (cut at ``DIFF_LIMIT``)."""
+        """The files changed since it was made, and the diff (cut at ``DIFF_LIMIT``).
+
+        Against the commit it started from: commits the agent made are included.
+        """
         _git(self.path, "add", "-A")
-        names = _git(self.path, "diff", "--cached", "--name-only", "--no-renames").split()
-        diff = _git(self.path, "diff", "--cached", "--no-renames", "--no-color")
+        since = ("diff", "--cached", "--no-renames", self.base)
+        names = _git(self.path, *since, "--name-only").split()
+        diff = _git(self.path, *since, "--no-color")
         if len(diff) > DIFF_LIMIT:
             diff = diff[:DIFF_LIMIT] + f"\n[diff cut at {DIFF_LIMIT} characters]\n"
         return names, diff
@@ -61,8 +67,7 @@ def prepare(repo: str | None, label: str) -> Workdir:
     if repo is None:
         path = root / "work"
         path.mkdir()
-        _baseline(path)
-        return Workdir(path, "empty")
+        return Workdir(path, "empty", _baseline(path))
     source = Path(repo).expanduser().resolve()
     if not source.is_dir():
         raise ConfigurationError(
@@ -72,10 +77,9 @@ def prepare(repo: str | None, label: str) -> Workdir:
     if (source / ".git").exists():
         with _lock(source):  # git's own locks make a second add at once fail, not wait
             _git(source, "worktree", "add", "--detach", str(path), "HEAD")
-        return Workdir(path, "worktree")
+        return Workdir(path, "worktree", _git(path, "rev-parse", "HEAD").strip())
     shutil.copytree(source, path, ignore=shutil.ignore_patterns(".git"), symlinks=True)
-    _baseline(path)
-    return Workdir(path, "copy")
+    return Workdir(path, "copy", _baseline(path))
 
 
 _locks: dict[Path, threading.Lock] = {}
@@ -87,20 +91,37 @@ def _lock(repo: Path) -> threading.Lock:
         return _locks.setdefault(repo, threading.Lock())
 
 
-def _baseline(path: Path) -> None:
+def _baseline(path: Path) -> str:
+    """Make ``path`` a repository of one commit of what it holds; that commit."""
     _git(path, "init", "-q")
     _git(path, "add", "-A")
     _git(path, *_GIT_IDENTITY, "commit", "-q", "--allow-empty", "-m", "before the agent")
+    return _git(path, "rev-parse", "HEAD").strip()
+
+
+def plain_env() -> dict[str, str]:
+    """Our environment without anything secret: what a helper command needs to start."""
+    from orchestration.runtime.subprocess_runner import BASE_ENV
+
+    return {name: os.environ[name] for name in BASE_ENV if name in os.environ}
+
+
+# The agent may have written the directory's git configuration: none of it runs here.
+_SAFE = ["-c", "core.fsmonitor=false", "-c", "core.hooksPath=/dev/null"]
 
 
 def _git(where: Path, *args: str) -> str:
-    done = subprocess.run(  # noqa: S603 - git, our arguments
-        ["git", "-C", str(where), *args],  # noqa: S607 - git from PATH, as users run it
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    try:
+        done = subprocess.run(  # noqa: S603 - git, our arguments
+            ["git", *_SAFE, "-C", str(where), *args],  # noqa: S607 - git from PATH
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            env=plain_env(),  # none of our keys
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ConfigurationError(f"git {args[0]} failed in {where}: {exc}") from None
     if done.returncode != 0:
         said = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
         raise ConfigurationError(f"git {args[0]} failed in {where}: {said}")
