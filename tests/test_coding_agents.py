@@ -284,3 +284,16 @@ async def test_a_coding_agent_is_never_answered_from_the_cache(
     assert again.ok
     methods = [row["execution_method"] for row in attempt_rows(ledger)]
     assert methods == ["llm_factory", "llm_factory"]  # the CLI ran twice: its work is done again
+
+
+async def test_codex_without_a_model_is_recorded_unpriced_saying_why(
+    responses: LoopbackServer, ledger: Ledger
+) -> None:
+    registry = AgentRegistry()
+    registry.register_agent("coder", "codex")  # Codex picks its model and does not say it
+    async with TaskExecutor(registry, ledger=ledger) as run:
+        result = await run.run([AgentTask(task_id="t", description="Hi.", agent="coder")])
+    assert result.ok, result.results["t"].error
+    (row,) = attempt_rows(ledger)
+    assert row["cost_usd"] is None and row["input_tokens"] > 0
+    assert row["price_source"] == "unknown: codex did not say its model (give the agent a model)"

@@ -149,9 +149,10 @@ async def llm_attempt(
     for key in ("turns", "cli"):  # a tool loop's turns; what a coding CLI said of its run
         if key in response.metadata:
             meta[key] = response.metadata[key]
-    reported = response.metadata.get("cost_usd")
-    if isinstance(reported, float):  # the provider's own figure (a coding CLI's)
-        meta["reported_cost"] = (reported, response.metadata.get("price_source"))
+    if "price_source" in response.metadata:  # the provider priced it (a coding CLI)
+        reported = response.metadata.get("cost_usd")
+        cost = float(reported) if isinstance(reported, int | float) else None
+        meta["reported_cost"] = (cost, response.metadata["price_source"])
     latency = perf_counter() - started
     return _succeeded(task, response.text, response.usage, latency, meta, request)
 
