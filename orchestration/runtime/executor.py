@@ -353,12 +353,24 @@ class TaskExecutor:
             )
 
     async def _share_circuits(self, ledger: Ledger) -> None:
-        """Open the circuits other processes sharing the ledger opened (and we did not)."""
+        """Open the circuits other processes sharing the ledger opened (and we did not).
+
+        Best effort: a ledger that cannot be read here does not stop a run already recorded
+        as started (its writes will say so if the ledger is really gone).
+        """
         if self.runner.breaker_policy is None:
             return
+        from sqlalchemy.exc import SQLAlchemyError
+
         from orchestration.ledger.history import open_circuits
 
-        opened = await anyio.to_thread.run_sync(open_circuits, ledger)
+        try:
+            opened = await anyio.to_thread.run_sync(open_circuits, ledger)
+        except SQLAlchemyError as exc:
+            get_logger().warning(
+                "could not read the circuits other processes opened", error=str(exc)
+            )
+            return
         now = time.time()
         for provider, when in opened.items():
             breaker = self.runner.breaker(provider)
@@ -475,8 +487,8 @@ class TaskExecutor:
             from orchestration.ledger.cache import ResponseCache
 
             scheduler.cache = ResponseCache(self.ledger)
-            self._recording.append(recorder)
             await self._share_circuits(self.ledger)
+            self._recording.append(recorder)
         # The span ends after the run's status is known; MCP servers' tools are listed once.
         with run_span(run, len(plan.tasks), self.tracer_provider):
             try:
