@@ -37,6 +37,7 @@ from orchestration import AgentRegistry, AgentTask, TaskExecutor  # noqa: E402
 from orchestration.ledger import Ledger  # noqa: E402
 from orchestration.logs import configure_logging  # noqa: E402
 from tests.support.postgres import PostgresServer  # noqa: E402
+from tests.support.writers import layers  # noqa: E402
 
 CAP = 64
 
@@ -51,19 +52,6 @@ def chain(n: int = 300) -> list[AgentTask]:
             task_id=f"C{i}", description="c", agent="w", depends_on=(f"C{i - 1}",) if i else ()
         )
         for i in range(n)
-    ]
-
-
-def layers(name: str) -> list[AgentTask]:
-    return [
-        AgentTask(
-            task_id=f"L{layer}-{i}",
-            description=f"{name} {layer} {i}",
-            agent="w",
-            depends_on=() if layer == 0 else (f"L{layer - 1}-{i}", f"L{layer - 1}-{(i + 7) % 100}"),
-        )
-        for layer in range(10)
-        for i in range(100)
     ]
 
 

@@ -219,25 +219,19 @@ import anyio
 
 from llm_abstractions import LlmFactory
 from llm_abstractions.testing import FunctionLlm
-from orchestration import AgentRegistry, AgentTask, TaskExecutor
+from orchestration import AgentRegistry, TaskExecutor
 from orchestration.ledger import Ledger
 
 url, name = sys.argv[1], sys.argv[2]
+sys.path.insert(0, sys.argv[3])  # the repository, for tests.support
+from tests.support.writers import layers
+
 LlmFactory.register_provider(
     "scripted", lambda **_: FunctionLlm(lambda r: f"{name} {r.metadata['task_id']}")
 )
 registry = AgentRegistry()
 registry.register_agent("w", "scripted")
-tasks = [  # ten layers of a hundred, each task after two of the layer before
-    AgentTask(
-        task_id=f"L{layer}-{i}",
-        description=f"{name} {layer} {i}",
-        agent="w",
-        depends_on=() if layer == 0 else (f"L{layer - 1}-{i}", f"L{layer - 1}-{(i + 7) % 100}"),
-    )
-    for layer in range(10)
-    for i in range(100)
-]
+tasks = layers(name)
 
 
 async def main() -> None:
@@ -271,7 +265,9 @@ def test_four_processes_write_a_thousand_tasks_each_and_lose_no_row(
         with log.open("w") as stderr:
             writers.append(
                 subprocess.Popen(  # noqa: S603 - our interpreter, our script
-                    [sys.executable, str(script), url, f"writer-{n}"], cwd=ROOT, stderr=stderr
+                    [sys.executable, str(script), url, f"writer-{n}", str(ROOT)],
+                    cwd=ROOT,
+                    stderr=stderr,
                 )
             )
     ended = [(writer.wait(timeout=600), log) for writer, log in zip(writers, logs, strict=True)]
