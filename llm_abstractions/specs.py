@@ -235,4 +235,18 @@ BUILTIN_PROVIDERS: tuple[ProviderSpec, ...] = (
         probe=_on_path("codex", "npm install -g @openai/codex"),
         default_model="the CLI's own",
     ),
+    ProviderSpec(
+        "gemini-cli",
+        "orchestration.runtime.coding.provider:GeminiCliLlm",
+        env_keys=("GEMINI_API_KEY", "GOOGLE_API_KEY"),
+        probe=_on_path("gemini", "npm install -g @google/gemini-cli"),
+        default_model="the CLI's own",
+    ),
+    ProviderSpec(
+        "aider",
+        "orchestration.runtime.coding.provider:AiderLlm",
+        env_keys=("OPENAI_API_KEY",),
+        probe=_on_path("aider", "pipx install aider-chat"),
+        default_model="the CLI's own",
+    ),
 )

@@ -25,9 +25,11 @@ import pytest
 from orchestration import AgentRegistry, AgentTask, RetryPolicy, TaskExecutor
 from orchestration.ledger import Ledger
 from tests.fakes.anthropic_api import anthropic_app
+from tests.fakes.gemini_api import gemini_app
+from tests.fakes.openai_api import openai_app
 from tests.fakes.openai_responses import responses_app
 from tests.fakes.server import LoopbackServer, Scripted
-from tests.support.clis import CLI_HOME, npm_cli
+from tests.support.clis import CLI_HOME, npm_cli, pip_cli
 
 pytestmark = pytest.mark.anyio
 KEY = "sk-ant-coding-cli-test-key-0123456789"
@@ -297,3 +299,140 @@ async def test_codex_without_a_model_is_recorded_unpriced_saying_why(
     (row,) = attempt_rows(ledger)
     assert row["cost_usd"] is None and row["input_tokens"] > 0
     assert row["price_source"] == "unknown: codex did not say its model (give the agent a model)"
+
+
+@pytest.fixture
+def gemini(monkeypatch: pytest.MonkeyPatch) -> Iterator[LoopbackServer]:
+    """The Gemini fake, and the Gemini CLI (from the npm registry) on PATH."""
+    gemini_bin = npm_cli("@google/gemini-cli", "gemini")
+    server = LoopbackServer(gemini_app)
+    monkeypatch.setenv("PATH", f"{gemini_bin}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("GEMINI_API_KEY", KEY)
+    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", server.url)
+    yield server
+    server.close()
+
+
+async def test_gemini_cli_writes_a_file_and_each_model_s_tokens_are_priced(
+    gemini: LoopbackServer, ledger: Ledger
+) -> None:
+    write = ("write_file", {"file_path": "hello.py", "content": "print('hi')\n"})
+    gemini.script(
+        Scripted(
+            text="",
+            tool_calls=[write],
+            usage={"promptTokenCount": 3000, "candidatesTokenCount": 20, "thoughtsTokenCount": 100},
+        ),
+        Scripted(
+            text="I wrote hello.py.",
+            usage={
+                "promptTokenCount": 3100,
+                "candidatesTokenCount": 6,
+                "cachedContentTokenCount": 2900,
+            },
+        ),
+    )
+    registry = AgentRegistry()
+    registry.register_agent("coder", "gemini-cli", model="gemini-2.5-flash")
+    task = AgentTask(task_id="hello", description="Write hello.py.", agent="coder")
+    async with TaskExecutor(registry, ledger=ledger) as run:
+        result = await run.run([task])
+    answer = result.results["hello"]
+    assert result.ok, answer.error
+    assert (answer.output or "").startswith("I wrote hello.py.")
+    assert "+print('hi')" in (answer.output or "")
+    (row,) = attempt_rows(ledger)
+    details = json.loads(row["details"])
+    assert (Path(details["workdir"]) / "hello.py").read_text() == "print('hi')\n"
+    assert details["files_changed"] == ["hello.py"] and details["tool_calls"] == 1
+    assert details["version"] and details["session_id"] and details["turns"] == 2
+    # Thoughts are output (billed so); cached input is counted in the input.
+    assert (
+        row["input_tokens"],
+        row["output_tokens"],
+        row["cache_read_input_tokens"],
+        row["reasoning_output_tokens"],
+    ) == (6100, 126, 2900, 100)
+    assert row["model"] == "gemini-2.5-flash" and row["cost_usd"] > 0
+    assert row["price_source"] == "genai-prices, google-gemini prices of each model's tokens"
+    sent = [{k.lower(): v for k, v in headers.items()} for headers in gemini.headers]
+    assert {headers.get("x-goog-api-key") for headers in sent} == {KEY}
+    assert "Write hello.py." in json.dumps(gemini.requests[0]["contents"])
+    assert ledger.path is not None and KEY not in ledger.path.read_bytes().decode("latin-1")
+
+
+async def test_a_gemini_cli_run_that_fails_is_a_failed_attempt_saying_why(
+    gemini: LoopbackServer, ledger: Ledger
+) -> None:
+    refused = {"error": {"code": 400, "message": "bad model", "status": "INVALID_ARGUMENT"}}
+    gemini.script(*[Scripted(status=400, body=refused)] * 8)
+    registry = AgentRegistry()
+    registry.register_agent("coder", "gemini-cli", model="gemini-2.5-flash", script_fallback=False)
+    async with TaskExecutor(registry, ledger=ledger, retry=RetryPolicy.never()) as run:
+        result = await run.run([AgentTask(task_id="t", description="Code.", agent="coder")])
+    assert "bad model" in (result.results["t"].error or "")
+    (row,) = attempt_rows(ledger)
+    assert row["status"] == "failed" and row["cost_usd"] is None
+
+
+@pytest.fixture
+def chat(monkeypatch: pytest.MonkeyPatch) -> Iterator[LoopbackServer]:
+    """An OpenAI-compatible fake (chat completions), and aider (from PyPI) on PATH."""
+    aider_bin = pip_cli("aider-chat", "aider")
+    server = LoopbackServer(openai_app)
+    monkeypatch.setenv("PATH", f"{aider_bin}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("OPENAI_API_BASE", f"{server.url}/v1")
+    yield server
+    server.close()
+
+
+# aider's "diff" edit format: a new file is a SEARCH/REPLACE block with nothing to search.
+EDIT = (
+    "I'll create hello.py.\n\nhello.py\n```python\n"
+    "<<<<<<< SEARCH\n=======\nprint('hey')\n>>>>>>> REPLACE\n```\n"
+)
+
+
+async def test_aider_edits_a_file_and_its_own_cost_is_recorded(
+    chat: LoopbackServer, ledger: Ledger
+) -> None:
+    chat.script(Scripted(text=EDIT, usage={"prompt_tokens": 2000, "completion_tokens": 40}))
+    registry = AgentRegistry()
+    registry.register_agent("coder", "aider", model="openai/gpt-4o")
+    task = AgentTask(task_id="hello", description="Write hello.py.", agent="coder")
+    async with TaskExecutor(registry, ledger=ledger) as run:
+        result = await run.run([task])
+    answer = result.results["hello"]
+    assert result.ok, answer.error
+    output = answer.output or ""
+    assert output.startswith("I'll create hello.py.") and "+print('hey')" in output
+    (row,) = attempt_rows(ledger)
+    details = json.loads(row["details"])
+    assert (Path(details["workdir"]) / "hello.py").read_text() == "print('hey')\n"
+    # Its repository map's cache is there too, and is not its work.
+    assert details["files_changed"] == ["hello.py"] and details["edit_format"] == "diff"
+    assert details["version"].startswith("aider ") and details["turns"] == 1
+    assert (row["input_tokens"], row["output_tokens"]) == (2000, 40)
+    # gpt-4o at $2.50 / $10 a million tokens, as litellm prices it.
+    assert (
+        row["cost_usd"] == pytest.approx(0.0054) and row["price_source"] == "aider: its own report"
+    )
+    assert chat.requests[0]["model"] == "gpt-4o" and "Write hello.py." in json.dumps(chat.requests)
+    sent = [{k.lower(): v for k, v in headers.items()} for headers in chat.headers]
+    assert {headers.get("authorization") for headers in sent} == {f"Bearer {KEY}"}
+    assert ledger.path is not None and KEY not in ledger.path.read_bytes().decode("latin-1")
+
+
+async def test_an_aider_request_that_fails_is_a_failed_attempt_saying_why(
+    chat: LoopbackServer, ledger: Ledger
+) -> None:
+    refused = {"error": {"message": "bad model", "type": "invalid_request_error"}}
+    chat.script(*[Scripted(status=400, body=refused)] * 4)
+    registry = AgentRegistry()
+    registry.register_agent("coder", "aider", model="openai/gpt-4o", script_fallback=False)
+    async with TaskExecutor(registry, ledger=ledger, retry=RetryPolicy.never()) as run:
+        result = await run.run([AgentTask(task_id="t", description="Code.", agent="coder")])
+    assert "bad model" in (result.results["t"].error or "")
+    (row,) = attempt_rows(ledger)
+    assert row["status"] == "failed" and row["input_tokens"] is None

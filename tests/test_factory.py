@@ -29,6 +29,8 @@ BUILTIN = {
     "local",
     "claude-code",
     "codex",
+    "gemini-cli",
+    "aider",
 }
 
 

@@ -89,6 +89,8 @@ class AgentType(StrEnum):
     LOCAL = "local"
     CLAUDE_CODE = "claude-code"  # coding-agent CLIs (orchestration.runtime.coding)
     CODEX = "codex"
+    GEMINI_CLI = "gemini-cli"
+    AIDER = "aider"
 
 
 class AgentInterface(StrEnum):

@@ -36,8 +36,10 @@ from llm_abstractions.errors import (
 from llm_abstractions.types import LlmRequest, LlmResponse, Usage
 from orchestration.ledger.accounting import cost_of
 from orchestration.runtime.coding.clis import (
+    AIDER,
     CLAUDE_CODE,
     CODEX,
+    GEMINI_CLI,
     CliReport,
     CodingCli,
     UnreadableOutput,
@@ -45,7 +47,15 @@ from orchestration.runtime.coding.clis import (
 from orchestration.runtime.coding.workdir import plain_env, prepare
 from orchestration.runtime.subprocess_runner import ScriptError, run_process
 
-__all__ = ["ClaudeCodeLlm", "CliFailed", "CliNotInstalledError", "CodexLlm", "CodingCliLlm"]
+__all__ = [
+    "AiderLlm",
+    "ClaudeCodeLlm",
+    "CliFailed",
+    "CliNotInstalledError",
+    "CodexLlm",
+    "CodingCliLlm",
+    "GeminiCliLlm",
+]
 
 DEFAULT_TIMEOUT_S = 1800.0  # a coding session may take a while; a hung one does not
 MAX_OUTPUT_BYTES = 50_000_000  # a long session's JSON events
@@ -96,7 +106,7 @@ class CodingCliLlm(BaseLlm):
         super().__init__(model)
         self._chosen = model  # None: the CLI's own default model
         self._api_key = api_key
-        self.base_url = base_url or os.environ.get(self.cli.base_url_env)
+        self.base_url = base_url or os.environ.get(self.cli.endpoint_env(model))
         self.timeout = timeout
 
     async def generate(self, request: LlmRequest) -> LlmResponse:
@@ -122,15 +132,20 @@ class CodingCliLlm(BaseLlm):
             self._chosen,
             budget if isinstance(budget, float) else None,
             self.base_url,
+            str(home),
         )
+        prompt = _prompt(request).encode()
+        if cli.prompt_file is not None:  # read from a file of its home, not stdin
+            (home / cli.prompt_file).write_bytes(prompt)
+            prompt = b""
         started = perf_counter()
         try:
             ran = await run_process(
                 argv,
-                _prompt(request).encode(),
+                prompt,
                 timeout_s=self.timeout,
                 max_output_bytes=MAX_OUTPUT_BYTES,
-                env=cli.env(self._api_key, self.base_url, str(home)),
+                env=cli.env(self._api_key, self.base_url, str(home), self._chosen),
                 cwd=str(workdir.path),
             )
         except ScriptError as exc:
@@ -142,7 +157,7 @@ class CodingCliLlm(BaseLlm):
                 ) from None
             raise LLMBadResponseError(str(exc), provider=cli.name) from None
         try:
-            report = cli.read(ran.stdout)
+            report = cli.read(ran.stdout, ran.stderr, str(home))
         except UnreadableOutput as exc:
             said = ran.stderr.strip()[-500:] or "nothing on stderr"
             raise LLMBadResponseError(
@@ -160,7 +175,7 @@ class CodingCliLlm(BaseLlm):
                 priced=priced,
             )
         try:
-            changed, diff = await anyio.to_thread.run_sync(workdir.changes)
+            changed, diff = await anyio.to_thread.run_sync(workdir.changes, cli.own_files)
         except ConfigurationError as exc:  # it answered: its work is there, unread
             changed, diff = None, f"[what it changed could not be read: {exc}]"
         text = report.text if not diff else f"{report.text}\n\n{diff}"
@@ -175,6 +190,7 @@ class CodingCliLlm(BaseLlm):
             "files_changed": changed,
             "workdir": str(workdir.path),
             "workdir_kind": workdir.kind,
+            **report.extra,
         }
         metadata: dict[str, Any] = {"cli": details, "price_source": priced[1]}
         if priced[0] is not None:
@@ -205,14 +221,41 @@ class CodexLlm(CodingCliLlm):
     provider = "codex"
 
 
+class GeminiCliLlm(CodingCliLlm):
+    """Google's Gemini CLI (``gemini``)."""
+
+    cli = GEMINI_CLI
+    provider = "gemini-cli"
+
+
+class AiderLlm(CodingCliLlm):
+    """aider (``aider --message-file``)."""
+
+    cli = AIDER
+    provider = "aider"
+
+
 def _priced(cli: CodingCli, model: str | None, report: CliReport) -> tuple[float | None, str]:
-    """The run's cost and where it comes from: the CLI's own, else its tokens' prices."""
+    """The run's cost and where it comes from: the CLI's own, else its tokens' prices.
+
+    Each model's tokens at its own price when the CLI says which model used which.
+    """
     if report.cost_usd is not None:
         return report.cost_usd, f"{cli.name}: its own report"
+    if report.per_model:
+        total = 0.0
+        for name, usage in report.per_model.items():
+            provider, priced = cli.priced_as(name)
+            cost, source = cost_of(provider, priced, usage)
+            if cost is None:
+                return None, source if priced in source else f"{source} ({priced})"
+            total += cost
+        return total, f"{source}, {provider} prices of each model's tokens"
     if model is None:
         return None, f"unknown: {cli.name} did not say its model (give the agent a model)"
-    cost, source = cost_of(cli.prices_as, model, report.usage)
-    return cost, source if cost is None else f"{source}, {cli.prices_as} prices of its tokens"
+    provider, priced = cli.priced_as(model)
+    cost, source = cost_of(provider, priced, report.usage)
+    return cost, source if cost is None else f"{source}, {provider} prices of its tokens"
 
 
 @functools.cache

@@ -40,15 +40,18 @@ class Workdir:
     kind: str  # worktree, copy or empty
     base: str  # the commit it started from
 
-    def changes(self) -> tuple[list[str], str]:
+    def changes(self, own_files: tuple[str, ...] = ()) -> tuple[list[str], str]:
         """The files changed since it was made, and the diff (cut at ``DIFF_LIMIT``).
 
-        Against the commit it started from: commits the agent made are included.
+        Against the commit it started from: commits the agent made are included. Files
+        matching ``own_files`` (git patterns, whose ``*`` crosses directories: what a CLI
+        keeps for itself there) are left out.
         """
         _git(self.path, "add", "-A")
         since = ("diff", "--cached", "--no-renames", self.base)
-        names = _git(self.path, *since, "--name-only").split()
-        diff = _git(self.path, *since, "--no-color")
+        paths = ("--", ".", *(f":(exclude){pattern}" for pattern in own_files))
+        names = _git(self.path, *since, "--name-only", *paths).splitlines()
+        diff = _git(self.path, *since, "--no-color", *paths)
         if len(diff) > DIFF_LIMIT:
             diff = diff[:DIFF_LIMIT] + f"\n[diff cut at {DIFF_LIMIT} characters]\n"
         return names, diff
