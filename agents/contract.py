@@ -17,16 +17,32 @@ fences cannot be delimited, or that holds no file at all, is refused whole.
 
 ``write_files`` writes parsed files under an output directory and checks each resolved
 path again, so that a symlink inside the directory cannot lead a file outside it.
+
+A specialist on a coding CLI writes its files in a directory of its own instead, and its
+answer ends with the diff of what it changed (``orchestration.runtime.coding``);
+``files_of_diff`` reads that diff as files, the same paths checks applied.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-__all__ = ["ContractError", "ParsedOutput", "parse_files", "path_problem", "write_files"]
+from orchestration.runtime.coding.workdir import plain_env
+
+__all__ = [
+    "ContractError",
+    "ParsedOutput",
+    "files_of_diff",
+    "parse_files",
+    "path_problem",
+    "write_files",
+]
 
 _FILE_LINE = re.compile(r"^\s*(?:\*\*)?FILE:\s*(?P<path>\S+?)(?:\*\*)?\s*$")
 _OPENING = re.compile(r"^(?P<fence>`{3,})[\w+.#-]*\s*$")
@@ -147,3 +163,55 @@ def write_files(files: dict[str, str], root: Path) -> list[Path]:
                 f"written before it: {written}"
             ) from exc
     return targets
+
+
+_DIFF_FILE = re.compile(r"^diff --git a/(?P<old>\S+) b/(?P<new>\S+)$", re.MULTILINE)
+
+
+def files_of_diff(text: str, base: Path, allowed: Sequence[str] = ("",)) -> ParsedOutput:
+    """The files a coding CLI's answer changed, whole: its diff applied to ``base``'s.
+
+    ``text`` is the CLI's answer: its final message, then the ``git diff`` of its directory,
+    which started as a copy of ``base``. The diff is applied (``git apply``) to a scratch
+    copy of the files it touches, never to ``base`` itself; deleted files are not returned.
+
+    Raises:
+        ContractError: The answer holds no diff, or one that does not apply to ``base``.
+    """
+    found = _DIFF_FILE.search(text)
+    if found is None:
+        raise ContractError("no file was changed")
+    diff = text[found.start() :]
+    parsed = ParsedOutput()
+    paths = []
+    for match in _DIFF_FILE.finditer(diff):
+        path = match["new"]
+        problem = path_problem(path, allowed)
+        if problem is not None:
+            parsed.problems.append(f"{path}: {problem}")
+        elif path not in paths:
+            paths.append(path)
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        for path in paths:
+            if (base / path).is_file():
+                (root / path).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(base / path, root / path)
+        done = subprocess.run(  # noqa: S603 - git, our arguments, the diff on stdin
+            ["git", "apply", "--whitespace=nowarn", "-"],  # noqa: S607 - git from PATH
+            input=diff if diff.endswith("\n") else diff + "\n",
+            cwd=root,
+            # Outside any repository (git would apply only under the one it found).
+            env={**plain_env(), "GIT_CEILING_DIRECTORIES": str(root.parent)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if done.returncode != 0:
+            said = (done.stderr.strip().splitlines() or ["(no message)"])[0]
+            raise ContractError(f"its diff does not apply: {said}")
+        for path in paths:
+            if (root / path).is_file():
+                parsed.files[path] = (root / path).read_text(encoding="utf-8", errors="replace")
+    return parsed

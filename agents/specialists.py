@@ -5,14 +5,21 @@ in an ``AgentRegistry`` (on the provider and model ``agents.routing`` picks for 
 ``task`` turns a request into an ``AgentTask`` carrying the role's system prompt, and
 ``parse`` reads the answer under the file contract (``agents.contract``). ``run`` does all
 three for a single request through a ``TaskExecutor``.
+
+A role can also run on a coding-agent CLI (``claude-code``, ``codex``, ``gemini-cli``,
+``aider``): registered with a ``repo``, it works on a copy of that directory and writes its
+files there itself; its answer's diff is read as its files (``check_changes``), which are
+then checked as any answer's.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-from agents.contract import ContractError, ParsedOutput, parse_files
+from agents.contract import ContractError, ParsedOutput, files_of_diff, parse_files
 from agents.examples import example_answer, example_prompt
 from agents.grammar import file_contract_grammar
 from agents.routing import ModelChoice, Tier
@@ -36,6 +43,11 @@ __all__ = [
 CONTRACT = (
     "Answer with files only. For each file write a line `FILE: <path>` and then the whole "
     "file in a code block fenced with three backticks. Put no code fences inside a file."
+)
+# What a role on a coding CLI is told instead: it writes the files itself.
+CLI_WORK = (
+    "Write the files in your working directory, which holds what the team has written so "
+    "far; do not show them in your answer, which says in a few lines what you did."
 )
 
 
@@ -72,8 +84,16 @@ class SpecialistAgent:
     @property
     def system_prompt(self) -> str:
         """The instructions followed by the output contract and where files go."""
-        where = ", ".join(f"`{prefix or './'}`" for prefix in self.writes)
-        return f"{self.instructions}\n\n{CONTRACT} Paths start with {where}."
+        return f"{self.instructions}\n\n{CONTRACT} Paths start with {self._where}."
+
+    @property
+    def cli_system_prompt(self) -> str:
+        """The instructions for the role on a coding CLI, which writes its files itself."""
+        return f"{self.instructions}\n\n{CLI_WORK} Paths start with {self._where}."
+
+    @property
+    def _where(self) -> str:
+        return ", ".join(f"`{prefix or './'}`" for prefix in self.writes)
 
     def register(
         self,
@@ -84,6 +104,7 @@ class SpecialistAgent:
         seed: int = 7,
         temperature: float = 0.2,
         tools: Sequence[ToolLike] = (),
+        repo: Path | None = None,
     ) -> None:
         """Register this role on the provider and model chosen for it.
 
@@ -91,8 +112,18 @@ class SpecialistAgent:
         grammar over the role's files; other providers get the contract in the prompt, and
         every answer is checked either way. ``max_tokens`` replaces the role's own budget.
         ``tools`` (``agents.workspace.workspace_tools``) let it read, draft and test the app
-        while it works; its answer's files are still what is checked and written.
+        while it works; its answer's files are still what is checked and written. With
+        ``repo`` (for a coding CLI, which has tools of its own) it works on a copy of it.
         """
+        if repo is not None:
+            registry.register_agent(
+                self.name,
+                choice.provider,
+                model=choice.model,
+                metadata={"repo": str(repo)},
+                replace=True,
+            )
+            return
         metadata: dict[str, object] = {
             "max_tokens": max_tokens or self.max_tokens,
             "temperature": temperature,
@@ -121,6 +152,7 @@ class SpecialistAgent:
         task_id: str | None = None,
         depends_on: tuple[str, ...] = (),
         example_request: str | None = None,
+        workdir: Path | None = None,
     ) -> AgentTask:
         """The task asking this role for ``request``; dependencies' outputs become context.
 
@@ -128,7 +160,19 @@ class SpecialistAgent:
         again with the reason, and the task's value is the parsed files. The role's worked
         example comes first in the conversation, asked as ``example_request`` (``request``
         when None: a request that names no app, such as "implement this spec").
+
+        With ``workdir``, the task is for the role on a coding CLI working on a copy of that
+        directory: it is told to write its files there, and checked by ``check_changes``.
         """
+        if workdir is not None:
+            return AgentTask(
+                task_id=task_id or self.name,
+                agent=self.name,
+                description=request,
+                depends_on=depends_on,
+                metadata={"system_prompt": self.cli_system_prompt, "role": self.role},
+                validators=(functools.partial(self.check_changes, base=workdir),),
+            )
         start = f"\n\nStart your answer with the line `FILE: {self.first_file}`."
         metadata: dict[str, object] = {"system_prompt": self.system_prompt, "role": self.role}
         if self.example:
@@ -165,6 +209,29 @@ class SpecialistAgent:
             parsed = self.parse(output)
         except ContractError as exc:
             raise OutputRejected(f"{exc}. {CONTRACT}") from None
+        return self._checked(parsed)
+
+    def check_changes(self, output: str, base: Path) -> ParsedOutput:
+        """The files a coding CLI wrote, read from its answer's diff, checked as ``check``'s.
+
+        Its files that it left as they were in ``base`` count as given (a repair may fix
+        the backend alone).
+
+        Raises:
+            OutputRejected: It changed no file, its diff does not apply to ``base`` (the
+                directory it started as a copy of), or ``check`` would refuse its files.
+        """
+        try:
+            parsed = files_of_diff(output, base, self.writes)
+        except ContractError as exc:
+            files = ", ".join(self.paths)
+            raise OutputRejected(f"{exc}: write {files} in your working directory.") from None
+        for path in self.paths:  # a file of the role it left as it was is still its file
+            if path not in parsed.files and (base / path).is_file():
+                parsed.files[path] = (base / path).read_text(encoding="utf-8", errors="replace")
+        return self._checked(parsed)
+
+    def _checked(self, parsed: ParsedOutput) -> ParsedOutput:
         problems = list(parsed.problems)
         problems += [
             f"{path}: missing: give every file" for path in self.paths if path not in parsed.files

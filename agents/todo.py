@@ -30,10 +30,20 @@ from agents.contract import ContractError, ParsedOutput, write_files
 from agents.examples import EXAMPLE_REQUEST
 from agents.pycheck import module_names, unknown_uses
 from agents.routing import ModelChoice, route_team
-from agents.specialists import ARCHITECT, BACKEND, DEVOPS, FRONTEND, QA, REPAIR, SPECIALISTS
+from agents.specialists import (
+    ARCHITECT,
+    BACKEND,
+    DEVOPS,
+    FRONTEND,
+    QA,
+    REPAIR,
+    SPECIALISTS,
+    SpecialistAgent,
+)
 from agents.workspace import workspace_tools
 from orchestration import AgentRegistry, AgentTask, OutputRejected, RunResult, TaskResult
 from orchestration.model.tools import Tool
+from orchestration.runtime.coding.clis import CLIS
 
 __all__ = ["DEFAULT_REQUEST", "RUN_TESTS_SCRIPT", "FileReport", "TodoBuild", "qa_verdict"]
 
@@ -100,13 +110,15 @@ class TodoBuild:
             choice = self.choices[role.name]
             if choice.provider == "local" and choice.model is None and self.local_model:
                 choice = ModelChoice("local", self.local_model, choice.reason)
+            repo = self._workdir(role)
             role.register(
                 registry,
                 choice,
                 self.max_tokens,
                 seed=self.seed,
                 temperature=self.temperature,
-                tools=self._tools(role.writes),
+                tools=self._tools(role.writes) if repo is None else [],
+                repo=repo,
             )
         registry.register_agent(
             QA_RUNNER,
@@ -120,6 +132,11 @@ class TodoBuild:
         )
         return registry
 
+    def _workdir(self, role: SpecialistAgent) -> Path | None:
+        """The output directory, for a role on a coding CLI (which works on a copy of it)."""
+        choice = self.choices.get(role.name)
+        return self.output_dir if choice is not None and choice.provider in CLIS else None
+
     def _tools(self, writes: Sequence[str]) -> list[Tool]:
         """A role's workspace tools (writing where it writes), when the build gives them."""
         if not self.tools:
@@ -129,14 +146,27 @@ class TodoBuild:
     def tasks(self) -> list[AgentTask]:
         """The DAG: architect, backend and frontend in parallel, tests, their run, devops."""
         return [
-            ARCHITECT.task(f"Design {self.request}.", example_request=f"Design {EXAMPLE_REQUEST}."),
-            BACKEND.task("Implement the backend of this spec.", depends_on=("architect",)),
-            FRONTEND.task("Implement the web page of this spec.", depends_on=("architect",)),
+            ARCHITECT.task(
+                f"Design {self.request}.",
+                example_request=f"Design {EXAMPLE_REQUEST}.",
+                workdir=self._workdir(ARCHITECT),
+            ),
+            BACKEND.task(
+                "Implement the backend of this spec.",
+                depends_on=("architect",),
+                workdir=self._workdir(BACKEND),
+            ),
+            FRONTEND.task(
+                "Implement the web page of this spec.",
+                depends_on=("architect",),
+                workdir=self._workdir(FRONTEND),
+            ),
             _also(
                 QA.task(
                     "Write unit tests for this backend.",
                     task_id="qa-tests",
                     depends_on=("backend",),
+                    workdir=self._workdir(QA),
                 ),
                 self._tests_fit_the_written_backend,
             ),
@@ -150,6 +180,7 @@ class TodoBuild:
             DEVOPS.task(
                 "Write the run script, Dockerfile and README of this app.",
                 depends_on=("backend", "frontend"),
+                workdir=self._workdir(DEVOPS),
             ),
         ]
 
@@ -182,6 +213,7 @@ class TodoBuild:
                     "the backend or the tests, whichever is wrong.",
                     task_id=repair_id,
                     depends_on=("architect", *sources, self.test_runs[-2]),
+                    workdir=self._workdir(REPAIR),
                 ),
                 _tests_fit_their_backend,
             ),

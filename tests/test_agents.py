@@ -616,3 +616,49 @@ async def test_the_build_works_with_the_workspace_tools_too(tmp_path: Path) -> N
         calls = dict(db.execute("SELECT tool, result FROM tool_calls WHERE task_id = 'qa-tests'"))
     assert "backend/server.py" in json.loads(calls["list_files"])
     assert calls["read_file"] == (tmp_path / "app" / "backend" / "server.py").read_text()
+
+
+def test_a_coding_cli_s_diff_is_read_as_whole_files_and_checked_as_an_answer(
+    tmp_path: Path,
+) -> None:
+    from agents.contract import files_of_diff
+
+    base = tmp_path / "app"
+    (base / "backend").mkdir(parents=True)
+    (base / "backend" / "server.py").write_text("A = 1\nB = 2\n")
+    answer = """I changed the backend.
+
+diff --git a/backend/server.py b/backend/server.py
+index 1111111..2222222 100644
+--- a/backend/server.py
++++ b/backend/server.py
+@@ -1,2 +1,2 @@
+ A = 1
+-B = 2
++B = 3
+diff --git a/backend/util.py b/backend/util.py
+new file mode 100644
+index 0000000..3333333
+--- /dev/null
++++ b/backend/util.py
+@@ -0,0 +1 @@
++C = 4
+diff --git a/docs/SPEC.md b/docs/SPEC.md
+new file mode 100644
+index 0000000..4444444
+--- /dev/null
++++ b/docs/SPEC.md
+@@ -0,0 +1 @@
++not mine
+"""
+    parsed = files_of_diff(answer, base, ("backend/",))
+    assert parsed.files == {"backend/server.py": "A = 1\nB = 3\n", "backend/util.py": "C = 4\n"}
+    assert parsed.problems and parsed.problems[0].startswith("docs/SPEC.md: ")
+    assert (base / "backend" / "server.py").read_text() == "A = 1\nB = 2\n"  # base untouched
+    with pytest.raises(OutputRejected, match="outside"):
+        BACKEND.check_changes(answer, base)
+    with pytest.raises(OutputRejected, match="no file was changed: write backend/server.py"):
+        BACKEND.check_changes("I did nothing.", base)
+    (base / "backend" / "server.py").write_text("A = 9\n")  # not what it started from
+    with pytest.raises(OutputRejected, match="does not apply"):
+        BACKEND.check_changes(answer, base)

@@ -436,3 +436,89 @@ async def test_an_aider_request_that_fails_is_a_failed_attempt_saying_why(
     assert "bad model" in (result.results["t"].error or "")
     (row,) = attempt_rows(ledger)
     assert row["status"] == "failed" and row["input_tokens"] is None
+
+
+BACKEND = """TODOS = []
+
+
+def add(title):
+    TODOS.append({"title": title, "done": False})
+    return len(TODOS) - 1
+
+
+def complete(index):
+    TODOS[index]["done"] = None
+"""
+BACKEND_TESTS = """import sys
+import unittest
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "backend"))
+import server
+
+
+class TodoTest(unittest.TestCase):
+    def test_complete(self):
+        index = server.add("b")
+        server.complete(index)
+        self.assertTrue(server.TODOS[index]["done"])
+"""
+
+
+async def test_the_todo_build_runs_its_backend_and_repair_on_claude_code(
+    anthropic: LoopbackServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agents import REPAIR, SPECIALISTS, TodoBuild, route_team
+    from llm_abstractions import LlmFactory, LlmRequest
+    from llm_abstractions.testing import FunctionLlm
+
+    def answer(request: LlmRequest) -> str:  # the other roles, under the file contract
+        role = next(r for r in SPECIALISTS if r.name == request.metadata["agent"])
+        if role.name == "qa":
+            return f"FILE: tests/test_backend.py\n```python\n{BACKEND_TESTS}```\n"
+        return "".join(f"FILE: {path}\n```\n{role.name}\n```\n" for path in role.paths)
+
+    LlmFactory.register_provider("scripted-team", lambda **_: FunctionLlm(answer), replace=True)
+    for role in (*SPECIALISTS, REPAIR):
+        monkeypatch.setenv(f"ORCHESTRA_ROLE_{role.name.upper()}", "scripted-team")
+    monkeypatch.setenv("ORCHESTRA_ROLE_BACKEND", "claude-code")
+    monkeypatch.setenv("ORCHESTRA_ROLE_REPAIR", "claude-code")
+    server_py = "{cwd}/backend/server.py"
+    anthropic.script(
+        # The backend writes its file (with a bug the tests find).
+        Scripted(text="", tool_calls=[("Write", {"file_path": server_py, "content": BACKEND})]),
+        Scripted(text="I wrote backend/server.py."),
+        # The repair reads it and fixes the bug, leaving the tests as they are.
+        Scripted(text="", tool_calls=[("Read", {"file_path": server_py})]),
+        Scripted(
+            text="",
+            tool_calls=[
+                (
+                    "Edit",
+                    {
+                        "file_path": server_py,
+                        "old_string": '["done"] = None',
+                        "new_string": '["done"] = True',
+                    },
+                )
+            ],
+        ),
+        Scripted(text="complete() now marks the todo done."),
+    )
+    app = tmp_path / "app"
+    build = TodoBuild(output_dir=app, choices=route_team((*SPECIALISTS, REPAIR)))
+    async with TaskExecutor(registry=build.registry(), max_concurrency=4) as executor:
+        run = await executor.run(build.tasks(), on_task_done=build.on_task_done)
+        assert build.verdict(run)["verdict"] == "failed" and build.needs_repair(run)
+        run = await executor.extend(
+            run.run_id, build.repair_tasks(), on_task_done=build.on_task_done
+        )
+    assert run.ok and build.verdict(run)["verdict"] == "passed"
+    assert build.files["backend"].written == ["backend/server.py"]
+    assert (app / "backend" / "server.py").read_text() == BACKEND.replace("None", "True")
+    # The repair left the tests as they were: they count as given, and are written again.
+    assert build.files["repair-1"].written == ["backend/server.py", "tests/test_backend.py"]
+    assert (app / "tests" / "test_backend.py").read_text() == BACKEND_TESTS
+    # Claude Code worked on a copy of the app as it stood: the spec was there.
+    assert "docs/SPEC.md" in json.dumps(anthropic.requests[0])
+    assert run.results["backend"].metadata["provider"] == "claude-code"
