@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from orchestration import AgentRegistry, AgentTask, RetryPolicy, TaskExecutor
+from orchestration import AgentRegistry, AgentTask, OutputRejected, RetryPolicy, TaskExecutor
 from orchestration.ledger import Ledger
 from tests.fakes.anthropic_api import anthropic_app
 from tests.fakes.gemini_api import gemini_app
@@ -169,16 +169,27 @@ def cli_processes() -> list[int]:
     return found
 
 
-async def test_a_cli_that_hangs_is_stopped_and_recorded(
+async def test_a_cli_that_hangs_is_stopped_and_recorded_with_what_it_had_spent(
     anthropic: LoopbackServer, ledger: Ledger
 ) -> None:
-    anthropic.script(Scripted(delay=60))  # the model never answers in time
+    anthropic.script(
+        Scripted(text="", tool_calls=[WRITE], usage={"input_tokens": 900, "output_tokens": 40}),
+        Scripted(delay=60),  # then the model never answers in time
+    )
     registry = AgentRegistry()
-    registry.register_agent("coder", "claude-code", timeout_s=8, script_fallback=False)
+    registry.register_agent(
+        "coder", "claude-code", model="claude-sonnet-4-6", timeout_s=8, script_fallback=False
+    )
     async with TaskExecutor(registry, ledger=ledger, retry=RetryPolicy.never()) as run:
         result = await run.run([AgentTask(task_id="t", description="Code.", agent="coder")])
-    assert result.results["t"].error == "timed out after 8.0 s"
-    assert {row["status"] for row in attempt_rows(ledger)} == {"failed"}
+    assert "timed out after 8 s: claude and what it started were killed" in (
+        result.results["t"].error or ""
+    )
+    (row,) = attempt_rows(ledger)
+    # The first answer's tokens, read as it passed: it printed nothing of them itself.
+    assert row["status"] == "failed" and (row["input_tokens"], row["output_tokens"]) == (900, 40)
+    assert row["cost_usd"] == pytest.approx(900 * 3e-6 + 40 * 15e-6)
+    assert row["price_source"].startswith("claude-code: its API's answers as they passed")
     assert cli_processes() == []  # it and what it started were killed
 
 
@@ -522,3 +533,107 @@ async def test_the_todo_build_runs_its_backend_and_repair_on_claude_code(
     # Claude Code worked on a copy of the app as it stood: the spec was there.
     assert "docs/SPEC.md" in json.dumps(anthropic.requests[0])
     assert run.results["backend"].metadata["provider"] == "claude-code"
+
+
+async def test_a_cli_with_no_budget_of_its_own_is_stopped_at_the_task_s_by_the_meter(
+    responses: LoopbackServer, ledger: Ledger
+) -> None:
+    # The first answer (a command to run) costs more than the task may spend.
+    write = ("exec_command", {"cmd": "printf 'print(1)\\n' > hello.py"})
+    responses.script(
+        Scripted(text="", tool_calls=[write], usage={"input_tokens": 20000, "output_tokens": 30}),
+        Scripted(text="never asked for", delay=30),
+    )
+    registry = AgentRegistry()
+    registry.register_agent("coder", "codex", model="gpt-5-codex", script_fallback=False)
+    task = AgentTask(task_id="t", description="Code.", agent="coder", budget_usd=0.001)
+    async with TaskExecutor(registry, ledger=ledger, retry=RetryPolicy.never()) as run:
+        result = await run.run([task])
+    assert "codex was stopped at its budget of $0.0010" in (result.results["t"].error or "")
+    (row,) = attempt_rows(ledger)
+    # What its API's answers said, as they passed: the first answer, priced.
+    assert (row["input_tokens"], row["output_tokens"]) == (20000, 30)
+    assert row["status"] == "failed" and row["cost_usd"] > 0.001
+    assert row["price_source"] == "codex: its API's answers as they passed, priced by genai-prices"
+    assert cli_processes() == []  # it and what it started were killed
+
+
+async def test_each_attempt_of_a_cli_is_held_to_what_is_left_of_the_task_s_budget(
+    responses: LoopbackServer, ledger: Ledger
+) -> None:
+    write = ("exec_command", {"cmd": "printf 'print(1)\\n' > hello.py"})
+    costly = {"input_tokens": 20000, "output_tokens": 30}  # $0.0253 at gpt-5-codex's prices
+    responses.script(
+        Scripted(text="", tool_calls=[write], usage=costly),
+        Scripted(text="first try", usage={"input_tokens": 100, "output_tokens": 5}),
+        Scripted(text="", tool_calls=[write], usage=costly),
+        Scripted(text="never asked for", delay=30),
+    )
+    tries: list[str] = []
+
+    def not_the_first(output: str) -> str:
+        tries.append(output)
+        if len(tries) == 1:
+            raise OutputRejected("try again")
+        return output
+
+    registry = AgentRegistry()
+    registry.register_agent("coder", "codex", model="gpt-5-codex", script_fallback=False)
+    task = AgentTask(
+        task_id="t",
+        description="Code.",
+        agent="coder",
+        budget_usd=0.04,
+        validators=(not_the_first,),
+    )
+    async with TaskExecutor(registry, ledger=ledger) as run:
+        result = await run.run([task])
+    first, second = attempt_rows(ledger)
+    left = 0.04 - first["cost_usd"]
+    assert first["error_message"] == "invalid_output: try again"
+    assert 0.025 < first["cost_usd"] < 0.026
+    # The second attempt was given what the first left, and stopped there.
+    assert f"codex was stopped at its budget of ${left:.4f}" in (result.results["t"].error or "")
+    assert second["status"] == "failed" and second["cost_usd"] > left
+
+
+async def test_a_cli_is_stopped_at_what_is_left_of_the_run_s_budget(
+    responses: LoopbackServer, ledger: Ledger
+) -> None:
+    write = ("exec_command", {"cmd": "printf 'print(1)\\n' > hello.py"})
+    responses.script(
+        Scripted(text="", tool_calls=[write], usage={"input_tokens": 20000, "output_tokens": 30}),
+        Scripted(text="never asked for", delay=30),
+    )
+    registry = AgentRegistry()
+    registry.register_agent("coder", "codex", model="gpt-5-codex", script_fallback=False)
+    task = AgentTask(task_id="t", description="Code.", agent="coder")  # no budget of its own
+    async with TaskExecutor(registry, ledger=ledger, retry=RetryPolicy.never()) as run:
+        result = await run.run([task], budget_usd=0.01)
+    assert "codex was stopped at its budget of $0.0100" in (result.results["t"].error or "")
+    (row,) = attempt_rows(ledger)
+    assert row["status"] == "failed" and row["cost_usd"] > 0.01
+
+
+def test_a_cli_run_that_did_not_finish_pickles_whole_with_what_it_spent() -> None:
+    import pickle
+
+    from llm_abstractions.types import Usage
+    from orchestration.runtime.coding.provider import CliFailed, CliTimedOut, CliUnreadable
+
+    for kind in (CliFailed, CliTimedOut, CliUnreadable):
+        error = kind(
+            "stopped",
+            provider="codex",
+            usage=Usage(input_tokens=5, output_tokens=1),
+            cost_usd=0.5,
+            price_source="codex: its API's answers",
+        )
+        again = pickle.loads(pickle.dumps(error))  # noqa: S301 - our own bytes
+        assert type(again) is kind and str(again) == "stopped"
+        assert (again.usage, again.cost_usd, again.price_source) == (
+            error.usage,
+            0.5,
+            "codex: its API's answers",
+        )
+        assert again.retryable is (kind is not CliFailed)

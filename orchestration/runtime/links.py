@@ -231,6 +231,7 @@ class TaskAttempts:
                     link, self.hold.refusal(refused, f"not tried on {label}: its")
                 )
                 return "done"
+            self._hand_budget(request)
             if wait > 0:
                 async with self.waiting():
                     await runner.clock.sleep(wait)
@@ -529,6 +530,22 @@ class TaskAttempts:
             f"stopped: ${spent:.4f} spent and the next attempt's estimated ${worst.cost:.4f} "
             f"would exceed the task's budget of ${limit:.4f}{worst.hint()}",
         )
+
+    def _hand_budget(self, request: LlmRequest) -> None:
+        """Tell the attempt what it may spend: what is left of the task's budget and the run's.
+
+        A coding CLI, whose worst case is unknown (so a run budget admits it), is stopped
+        there (``runtime.coding``); other providers ignore it. CLIs in flight at once are
+        each told the run's whole room, so together they may pass it.
+        """
+        caps = []
+        if self.task.budget_usd is not None:
+            caps.append(self.task.budget_usd - sum(t.cost_usd or 0.0 for t in self.tries))
+        budget = self.hold.budget
+        if budget is not None:  # its room, this task's own hold included
+            caps.append(budget.limit - budget.spent - budget.reserved + self.hold.reserved)
+        if caps:
+            request.metadata["budget_usd"] = max(0.0, min(caps))
 
     def _over_run_budget(self, link: AgentConfig, why: str) -> None:
         """End the task ``budget_exceeded``, saying ``why``."""

@@ -69,8 +69,11 @@ def build_request(
     metadata: dict[str, Any] = {"task_id": task.task_id, "agent": agent.name}
     if settings.get("repo"):  # where a coding-CLI agent works
         metadata["repo"] = settings["repo"]
-    if task.budget_usd is not None:  # a coding CLI keeps to it itself
+    if task.budget_usd is not None:  # a coding CLI is held to it (and to the run's)
         metadata["budget_usd"] = task.budget_usd
+    limit = task.timeout if task.timeout is not None else agent.settings.timeout_s
+    if limit is not None:  # a coding CLI stops itself just before, to say what it spent
+        metadata["timeout_s"] = limit
     if tools:
         params["tools"] = tools
         # A budget holds every turn the loop may make (``spending.worst_case``).

@@ -67,9 +67,14 @@ class CodingCli(Protocol):
     version_args: tuple[str, ...]  # how to ask its version, when its output does not say
     prompt_file: str | None  # where in its home the prompt goes (None: on stdin)
     own_files: tuple[str, ...]  # what it writes for itself in its directory (not its work)
+    keeps_budget: bool  # it stops itself at the budget it is given (in ``argv``)
 
     def endpoint_env(self, model: str | None) -> str:
         """The variable naming the endpoint it talks to, for ``model``."""
+        ...
+
+    def default_endpoint(self, model: str | None) -> str:
+        """The endpoint it talks to when none is given, for ``model``."""
         ...
 
     def priced_as(self, model: str) -> tuple[str, str]:
@@ -106,13 +111,20 @@ class _Cli:
     """What most CLIs share: the prompt on stdin, their own files nowhere, one endpoint."""
 
     base_url_env: str
+    endpoint: str
     prices_as: str
+    version_args: tuple[str, ...] = ("--version",)
     prompt_file: str | None = None
     own_files: tuple[str, ...] = ()
+    keeps_budget = False
 
     def endpoint_env(self, model: str | None) -> str:
         """``base_url_env``, whatever the model."""
         return self.base_url_env
+
+    def default_endpoint(self, model: str | None) -> str:
+        """``endpoint``, whatever the model."""
+        return self.endpoint
 
     def priced_as(self, model: str) -> tuple[str, str]:
         """``prices_as``' prices of ``model``."""
@@ -127,8 +139,9 @@ class ClaudeCode(_Cli):
     install = "npm install -g @anthropic-ai/claude-code"
     key_env: tuple[str, ...] = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")
     base_url_env = "ANTHROPIC_BASE_URL"
+    endpoint = "https://api.anthropic.com"
+    keeps_budget = True
     prices_as = "anthropic-claude"
-    version_args: tuple[str, ...] = ("--version",)
 
     def argv(
         self,
@@ -237,8 +250,8 @@ class Codex(_Cli):
     install = "npm install -g @openai/codex"
     key_env: tuple[str, ...] = ("OPENAI_API_KEY",)
     base_url_env = "OPENAI_BASE_URL"
+    endpoint = "https://api.openai.com/v1"
     prices_as = "openai-gpt"
-    version_args: tuple[str, ...] = ("--version",)
 
     def argv(
         self,
@@ -336,8 +349,8 @@ class GeminiCli(_Cli):
     install = "npm install -g @google/gemini-cli"
     key_env: tuple[str, ...] = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
     base_url_env = "GOOGLE_GEMINI_BASE_URL"
+    endpoint = "https://generativelanguage.googleapis.com"
     prices_as = "google-gemini"
-    version_args: tuple[str, ...] = ("--version",)
 
     def argv(
         self,
@@ -439,13 +452,16 @@ class Aider(_Cli):
     executable = "aider"
     install = "pipx install aider-chat"
     key_env: tuple[str, ...] = ("OPENAI_API_KEY",)
-    version_args: tuple[str, ...] = ("--version",)
     prompt_file: str | None = "prompt.md"
     own_files: tuple[str, ...] = (".aider*",)  # its repository map's cache
 
     def endpoint_env(self, model: str | None) -> str:
         """``OLLAMA_API_BASE`` for an Ollama model, else ``OPENAI_API_BASE``."""
         return "OLLAMA_API_BASE" if _ollama(model) else "OPENAI_API_BASE"
+
+    def default_endpoint(self, model: str | None) -> str:
+        """Ollama on this machine for an Ollama model, else OpenAI's API."""
+        return "http://127.0.0.1:11434" if _ollama(model) else "https://api.openai.com/v1"
 
     def priced_as(self, model: str) -> tuple[str, str]:
         """Ollama's (free) for an Ollama model, else OpenAI's; without litellm's prefix."""

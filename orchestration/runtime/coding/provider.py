@@ -44,20 +44,25 @@ from orchestration.runtime.coding.clis import (
     CodingCli,
     UnreadableOutput,
 )
+from orchestration.runtime.coding.meter import Meter
 from orchestration.runtime.coding.workdir import plain_env, prepare
-from orchestration.runtime.subprocess_runner import ScriptError, run_process
+from orchestration.runtime.subprocess_runner import ProcessOutcome, ScriptError, run_process
 
 __all__ = [
     "AiderLlm",
     "ClaudeCodeLlm",
     "CliFailed",
     "CliNotInstalledError",
+    "CliTimedOut",
+    "CliUnreadable",
     "CodexLlm",
     "CodingCliLlm",
     "GeminiCliLlm",
 ]
 
 DEFAULT_TIMEOUT_S = 1800.0  # a coding session may take a while; a hung one does not
+STOP_MARGIN_S = 2.0  # stopped this long before its attempt's time is up
+BUDGET_GRACE_S = 5.0  # how long a CLI that keeps to a budget has to stop at it itself
 MAX_OUTPUT_BYTES = 50_000_000  # a long session's JSON events
 
 
@@ -78,14 +83,45 @@ class CliNotInstalledError(ProviderNotInstalledError):
 
 
 class CliFailed(LLMError):
-    """The CLI ran and ended its session with an error; what it spent is still known."""
+    """The CLI ran and did not finish its work; what it spent is still known."""
 
     def __init__(
-        self, message: str, *, provider: str, report: CliReport, priced: tuple[float | None, str]
+        self,
+        message: str,
+        *,
+        provider: str,
+        usage: Usage,
+        cost_usd: float | None,
+        price_source: str,
     ) -> None:
         super().__init__(message, provider=provider)
-        self.usage: Usage = report.usage
-        self.cost_usd, self.price_source = priced
+        self.usage, self.cost_usd, self.price_source = usage, cost_usd, price_source
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Whole through pickle (a CLI run on a Ray node fails with it in the driver).
+        fields = (str(self), self.provider, self.usage, self.cost_usd, self.price_source)
+        return _rebuilt, (type(self), *fields)
+
+
+class CliTimedOut(CliFailed, LLMTimeoutError):
+    """The CLI ran past its time and was killed, with what it started."""
+
+
+class CliUnreadable(CliFailed, LLMBadResponseError):
+    """What the CLI printed is not what it prints when it works (or there was too much)."""
+
+
+def _rebuilt(
+    kind: type[CliFailed],
+    message: str,
+    provider: str,
+    usage: Usage,
+    cost_usd: float | None,
+    price_source: str,
+) -> CliFailed:
+    return kind(
+        message, provider=provider, usage=usage, cost_usd=cost_usd, price_source=price_source
+    )
 
 
 class CodingCliLlm(BaseLlm):
@@ -114,10 +150,11 @@ class CodingCliLlm(BaseLlm):
 
         Raises:
             CliNotInstalledError: The CLI is not on PATH.
-            LLMTimeoutError: It ran past the timeout (it and what it started are killed).
-            CliFailed: It ended its session with an error (or at its budget).
-            LLMBadResponseError: What it printed cannot be read.
+            CliTimedOut: It ran past the timeout (it and what it started are killed).
+            CliFailed: It ended its session with an error, or was stopped at its budget.
+            CliUnreadable: What it printed cannot be read.
         """
+        started = perf_counter()
         cli = self.cli
         executable = shutil.which(cli.executable)
         if executable is None:
@@ -126,53 +163,66 @@ class CodingCliLlm(BaseLlm):
         workdir = await anyio.to_thread.run_sync(prepare, request.metadata.get("repo"), label)
         home = workdir.path.parent / "home"
         home.mkdir(exist_ok=True)
-        budget = request.metadata.get("budget_usd")
-        argv = cli.argv(
-            executable,
-            self._chosen,
-            budget if isinstance(budget, float) else None,
-            self.base_url,
-            str(home),
-        )
         prompt = _prompt(request).encode()
         if cli.prompt_file is not None:  # read from a file of its home, not stdin
             (home / cli.prompt_file).write_bytes(prompt)
             prompt = b""
-        started = perf_counter()
-        try:
-            ran = await run_process(
-                argv,
-                prompt,
-                timeout_s=self.timeout,
-                max_output_bytes=MAX_OUTPUT_BYTES,
-                env=cli.env(self._api_key, self.base_url, str(home), self._chosen),
-                cwd=str(workdir.path),
+        budget = request.metadata.get("budget_usd")
+        budget = float(budget) if isinstance(budget, int | float) else None
+        upstream = self.base_url or cli.default_endpoint(self._chosen)
+        async with Meter(upstream, self._price_of, budget) as meter:
+            argv = cli.argv(executable, self._chosen, budget, meter.url, str(home))
+            env = cli.env(self._api_key, meter.url, str(home), self._chosen)
+            limit = self._limit(request, started)
+            # A CLI that keeps to its budget itself is given time to stop and say so.
+            grace = BUDGET_GRACE_S if cli.keeps_budget else 0.0
+            ran = await _run_until(meter, grace, argv, prompt, limit, env, str(workdir.path))
+
+        def failed(message: str, kind: type[CliFailed] = CliFailed) -> CliFailed:
+            """A run that did not finish, with what its answers cost as they passed."""
+            return kind(
+                message,
+                provider=cli.name,
+                usage=meter.total,
+                cost_usd=meter.cost_usd,
+                price_source=self._metered(meter),
             )
-        except ScriptError as exc:
-            if exc.kind == "timeout":
-                raise LLMTimeoutError(
-                    f"{cli.executable} was stopped after {self.timeout:g} s (it and what it "
-                    f"started were killed); its directory: {workdir.path}",
-                    provider=cli.name,
-                ) from None
-            raise LLMBadResponseError(str(exc), provider=cli.name) from None
+
+        if ran is None:
+            raise failed(
+                f"{cli.executable} was stopped at its budget of ${budget or 0.0:.4f}: its "
+                f"answers had cost ${meter.spent_usd:.4f} (its directory: {workdir.path})"
+            )
+        if isinstance(ran, ScriptError):
+            if ran.kind == "timeout":
+                raise failed(
+                    f"timed out after {request.metadata.get('timeout_s', self.timeout):g} s: "
+                    f"{cli.executable} and what it started were killed (what its answers had "
+                    f"cost until then is recorded); its directory: {workdir.path}",
+                    CliTimedOut,
+                )
+            raise failed(str(ran), CliUnreadable)  # it printed more than we keep
         try:
             report = cli.read(ran.stdout, ran.stderr, str(home))
         except UnreadableOutput as exc:
             said = ran.stderr.strip()[-500:] or "nothing on stderr"
-            raise LLMBadResponseError(
-                f"{cli.executable} exited with status {ran.code} and {exc}: {said}",
-                provider=cli.name,
+            raise failed(
+                f"{cli.executable} exited with status {ran.code} and {exc}: {said}", CliUnreadable
             ) from None
         model = report.model or self._chosen
-        priced = _priced(cli, model, report)
+        if report.usage.input_tokens is None and meter.answers:  # it said nothing of it
+            usage: Usage = meter.total
+            priced: tuple[float | None, str] = (meter.cost_usd, self._metered(meter))
+        else:
+            usage, priced = report.usage, _priced(cli, model, report)
         if report.error is not None or ran.code != 0:
             why = "stopped at its budget" if report.over_budget else f"ended with {report.error}"
             raise CliFailed(
                 f"{cli.executable} {why} (exit status {ran.code}): {report.text[:500]}",
                 provider=cli.name,
-                report=report,
-                priced=priced,
+                usage=usage,
+                cost_usd=priced[0],
+                price_source=priced[1],
             )
         try:
             changed, diff = await anyio.to_thread.run_sync(workdir.changes, cli.own_files)
@@ -190,6 +240,7 @@ class CodingCliLlm(BaseLlm):
             "files_changed": changed,
             "workdir": str(workdir.path),
             "workdir_kind": workdir.kind,
+            "api_answers": meter.answers,  # what the meter saw pass
             **report.extra,
         }
         metadata: dict[str, Any] = {"cli": details, "price_source": priced[1]}
@@ -200,11 +251,77 @@ class CodingCliLlm(BaseLlm):
             provider=cli.name,
             model=model or self.model,
             finish_reason="stop",
-            usage=report.usage,
+            usage=usage,
             latency_s=perf_counter() - started,
             response_id=report.session_id,
             metadata=metadata,
         )
+
+    def _price_of(self, model: str | None, usage: Usage) -> float | None:
+        """One answer's cost (None: unknown): the model it names, at its vendor's prices.
+
+        The vendor is the agent's model's when it has one (it says where answers come from).
+        """
+        name = model or self._chosen
+        if name is None:
+            return None
+        provider, priced = self.cli.priced_as(name)
+        if self._chosen is not None:
+            provider = self.cli.priced_as(self._chosen)[0]
+        return cost_of(provider, priced, usage)[0]
+
+    def _metered(self, meter: Meter) -> str:
+        """Where the meter's figure comes from."""
+        if not meter.answers:
+            return "unknown: no answer of its API was read"
+        if meter.unpriced:
+            models = ", ".join(sorted(str(m) for m in meter.unpriced))
+            return f"unknown: no price for {models} (the tokens its API reported are recorded)"
+        return f"{self.cli.name}: its API's answers as they passed, priced by genai-prices"
+
+    def _limit(self, request: LlmRequest, started: float) -> float:
+        """Seconds the CLI may run: its own limit, or just inside the attempt's.
+
+        So it is stopped here, saying what it spent, before the attempt is.
+        """
+        attempt = request.metadata.get("timeout_s")
+        if not isinstance(attempt, int | float):
+            return self.timeout
+        left = float(attempt) - (perf_counter() - started) - STOP_MARGIN_S
+        return max(0.1, min(self.timeout, left))
+
+
+async def _run_until(
+    meter: Meter,
+    grace: float,
+    argv: list[str],
+    prompt: bytes,
+    limit: float,
+    env: dict[str, str],
+    cwd: str,
+) -> ProcessOutcome | ScriptError | None:
+    """Run the CLI until it exits (its outcome), fails to (the error), or passes its budget.
+
+    None: its answers passed the meter's budget, and it was killed (``grace`` seconds
+    later), with what it started.
+    """
+    outcome: ProcessOutcome | ScriptError | None = None
+    async with anyio.create_task_group() as group:
+
+        async def stop_at_budget() -> None:
+            await meter.over_budget.wait()
+            await anyio.sleep(grace)
+            group.cancel_scope.cancel()
+
+        group.start_soon(stop_at_budget)
+        try:
+            outcome = await run_process(
+                argv, prompt, timeout_s=limit, max_output_bytes=MAX_OUTPUT_BYTES, env=env, cwd=cwd
+            )
+        except ScriptError as exc:
+            outcome = exc
+        group.cancel_scope.cancel()
+    return outcome
 
 
 class ClaudeCodeLlm(CodingCliLlm):
