@@ -11,6 +11,7 @@ Reported per shape: median seconds a request direct and metered, the ratio, and 
 the meter adds to each request.
 
 Run: ``.venv/bin/python bench/coding_meter.py [--requests 200] [--rounds 5] [--latency 0.02]``
+(``--through direct`` or ``meter``: one way only, to time whole processes from outside).
 """
 
 from __future__ import annotations
@@ -67,6 +68,11 @@ async def _measure(server: LoopbackServer, count: int, stream: bool, metered: bo
 
 def main() -> None:
     server = LoopbackServer(anthropic_app)
+    if ARGS.through != "both":  # one way only, for a timer of whole processes
+        for stream in (False, True):
+            anyio.run(_measure, server, ARGS.requests, stream, ARGS.through == "meter")
+        server.close()
+        return
     print(f"{ARGS.requests} requests a round, {ARGS.rounds} rounds, latency {ARGS.latency}s")
     print(f"{'shape':<10}{'direct ms':>12}{'metered ms':>12}{'ratio':>8}{'added ms':>10}")
     for stream in (False, True):
@@ -85,5 +91,11 @@ if __name__ == "__main__":
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--latency", type=float, default=0.02)
+    parser.add_argument(
+        "--through",
+        choices=("both", "direct", "meter"),
+        default="both",
+        help="both, paired round by round (the default), or one way only",
+    )
     ARGS = parser.parse_args()
     main()
