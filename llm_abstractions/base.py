@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from time import perf_counter
 from types import TracebackType
 from typing import Any, ClassVar, Self
@@ -19,13 +19,16 @@ class BaseLlm(ABC):
 
     Subclasses set the class attributes that describe them and implement ``generate``.
     Streaming is an optional ability: providers that can stream set ``can_stream`` and
-    override ``stream``. Providers own their clients and release them in ``aclose``; use
-    them as async context managers to make that automatic.
+    override ``stream``. A provider whose answer comes whole but whose work can be followed
+    (a coding CLI: each of its model's answers as it passes) sets ``reports_progress`` and
+    overrides ``generate_reporting``. Providers own their clients and release them in
+    ``aclose``; use them as async context managers to make that automatic.
 
     Attributes:
         provider: The provider's registered name (``"local"``, ``"anthropic-claude"``...).
         default_model: Model used when none is given.
         can_stream: Whether ``stream`` is implemented.
+        reports_progress: Whether ``generate_reporting`` reports tokens as they are made.
         is_local: Whether calls run on this machine (and so cost nothing).
         supports_output_schema: Whether it sends ``LlmRequest.output_schema`` as the
             provider's own structured output (a provider without it must not be given one).
@@ -38,6 +41,7 @@ class BaseLlm(ABC):
     provider: ClassVar[str] = "unknown"
     default_model: ClassVar[str | None] = None
     can_stream: ClassVar[bool] = False
+    reports_progress: ClassVar[bool] = False
     is_local: ClassVar[bool] = False
     supports_output_schema: ClassVar[bool] = False
     supports_grammar: ClassVar[bool] = False
@@ -62,6 +66,16 @@ class BaseLlm(ABC):
         """
         raise NotImplementedError(f"streaming is not supported by {type(self).__name__}")
         yield StreamChunk()  # pragma: no cover - makes this an async generator
+
+    async def generate_reporting(
+        self, request: LlmRequest, progress: Callable[[int], None]
+    ) -> LlmResponse:
+        """Answer one request whole, calling ``progress(tokens)`` as output tokens are made.
+
+        Providers that set ``reports_progress`` override it; others answer as ``generate``,
+        reporting nothing.
+        """
+        return await self.generate(request)
 
     async def health_check(self) -> HealthStatus:
         """Send a one-token request and report whether it was answered.

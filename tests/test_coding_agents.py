@@ -637,3 +637,26 @@ def test_a_cli_run_that_did_not_finish_pickles_whole_with_what_it_spent() -> Non
             "codex: its API's answers",
         )
         assert again.retryable is (kind is not CliFailed)
+
+
+async def test_a_cli_s_work_is_reported_as_its_model_s_answers_pass(
+    anthropic: LoopbackServer, ledger: Ledger
+) -> None:
+    from orchestration import TaskProgress
+
+    anthropic.script(
+        Scripted(text="", tool_calls=[WRITE], usage={"input_tokens": 900, "output_tokens": 40}),
+        Scripted(text="I wrote hello.py.", usage={"input_tokens": 1000, "output_tokens": 12}),
+    )
+    registry = AgentRegistry()
+    registry.register_agent("coder", "claude-code")
+    reports: list[TaskProgress] = []
+    async with TaskExecutor(registry, ledger=ledger) as run:
+        result = await run.run(
+            [AgentTask(task_id="t", description="Code.", agent="coder")],
+            on_progress=reports.append,
+        )
+    assert result.ok, result.results["t"].error
+    # One report an answer, its tokens added up, no text (the answer comes whole at the end).
+    assert [(r.output_tokens, r.delta) for r in reports] == [(40, ""), (52, "")]
+    assert reports[0].provider == "claude-code" and reports[1].elapsed_s >= reports[0].elapsed_s

@@ -172,7 +172,9 @@ class TaskProgress:
     """How far the answer of a task being generated has come (``run(on_progress=...)``).
 
     Sent as text arrives, for providers that stream (the embedded model does, in batches
-    of at most 50 ms); others report nothing until their answer is whole.
+    of at most 50 ms); a coding CLI reports each of its model's answers as it passes, with
+    its tokens and no text (``delta`` empty); others report nothing until their answer is
+    whole.
 
     Attributes:
         task_id: The task.

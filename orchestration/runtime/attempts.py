@@ -7,6 +7,7 @@ latency, and ``metadata`` with ``execution_method``, ``provider``, ``model``,
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -117,6 +118,8 @@ async def llm_attempt(
         async def ask(sent: LlmRequest) -> LlmResponse:
             if reporter is not None and llm.can_stream:
                 return await _streamed(llm, sent, reporter)
+            if reporter is not None and llm.reports_progress:  # its work, as it goes
+                return await llm.generate_reporting(sent, functools.partial(reporter.piece, ""))
             return await llm.generate(sent)
 
         tools = {tool.name: tool for tool in combined(agent.tools, task.tools)}

@@ -59,7 +59,8 @@ class Meter:
     """A loopback proxy to ``upstream`` counting what each answer used.
 
     Use as ``async with Meter(upstream, price) as meter``: give the CLI ``meter.url``
-    (``upstream``'s path on the meter's port) instead of ``upstream``.
+    (``upstream``'s path on the meter's port) instead of ``upstream``. ``on_answer`` is told
+    each answer's usage as it is counted (the attempt's progress).
     """
 
     def __init__(
@@ -67,6 +68,7 @@ class Meter:
         upstream: str,
         price: Callable[[str | None, Usage], float | None],
         budget_usd: float | None = None,
+        on_answer: Callable[[Usage], None] | None = None,
     ) -> None:
         parts = urlsplit(upstream.rstrip("/"))
         if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -74,6 +76,7 @@ class Meter:
         self._origin = f"{parts.scheme}://{parts.netloc}"
         self._path = parts.path
         self._price = price
+        self._on_answer = on_answer  # told each answer's usage once it is counted
         self.budget_usd = budget_usd
         self.usage: dict[str | None, Usage] = {}  # by model (None: the answer named none)
         self.spent_usd = 0.0
@@ -168,6 +171,8 @@ class Meter:
             self.spent_usd += cost
         if self.budget_usd is not None and self.spent_usd > self.budget_usd:
             self.over_budget.set()
+        if self._on_answer is not None:
+            self._on_answer(usage)
 
 
 class _Reading:

@@ -20,6 +20,7 @@ import functools
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from time import perf_counter
 from typing import Any, ClassVar
 
@@ -130,6 +131,7 @@ class CodingCliLlm(BaseLlm):
     cli: ClassVar[CodingCli]
     # Its answer depends on the code it found and changed: never answered from the cache.
     cacheable: ClassVar[bool] = False
+    reports_progress: ClassVar[bool] = True  # its model's answers, as they pass the meter
 
     def __init__(
         self,
@@ -146,6 +148,21 @@ class CodingCliLlm(BaseLlm):
         self.timeout = timeout
 
     async def generate(self, request: LlmRequest) -> LlmResponse:
+        """Run the CLI on the request's prompt; its final message and diff (``_run``)."""
+        return await self._run(request, None)
+
+    async def generate_reporting(
+        self, request: LlmRequest, progress: Callable[[int], None]
+    ) -> LlmResponse:
+        """As ``generate``, telling ``progress`` each of its model's answers' output tokens.
+
+        Each answer is told as it passes the meter: the CLI's work, as it goes.
+        """
+        return await self._run(request, progress)
+
+    async def _run(
+        self, request: LlmRequest, progress: Callable[[int], None] | None
+    ) -> LlmResponse:
         """Run the CLI on the request's prompt; its final message and diff.
 
         Raises:
@@ -170,7 +187,8 @@ class CodingCliLlm(BaseLlm):
         budget = request.metadata.get("budget_usd")
         budget = float(budget) if isinstance(budget, int | float) else None
         upstream = self.base_url or cli.default_endpoint(self._chosen)
-        async with Meter(upstream, self._price_of, budget) as meter:
+        told = None if progress is None else _told(progress)
+        async with Meter(upstream, self._price_of, budget, told) as meter:
             argv = cli.argv(executable, self._chosen, budget, meter.url, str(home))
             env = cli.env(self._api_key, meter.url, str(home), self._chosen)
             limit = self._limit(request, started)
@@ -350,6 +368,15 @@ class AiderLlm(CodingCliLlm):
 
     cli = AIDER
     provider = "aider"
+
+
+def _told(progress: Callable[[int], None]) -> Callable[[Usage], None]:
+    """``progress`` told the output tokens of each answer (0 when it gives none)."""
+
+    def tell(usage: Usage) -> None:
+        progress(usage.output_tokens or 0)
+
+    return tell
 
 
 def _priced(cli: CodingCli, model: str | None, report: CliReport) -> tuple[float | None, str]:
