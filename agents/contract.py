@@ -191,6 +191,8 @@ def files_of_diff(text: str, base: Path, allowed: Sequence[str] = ("",)) -> Pars
             parsed.problems.append(f"{path}: {problem}")
         elif path not in paths:
             paths.append(path)
+    if not paths:
+        return parsed  # it changed nothing its role may
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         for path in paths:
@@ -198,7 +200,8 @@ def files_of_diff(text: str, base: Path, allowed: Sequence[str] = ("",)) -> Pars
                 (root / path).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(base / path, root / path)
         done = subprocess.run(  # noqa: S603 - git, our arguments, the diff on stdin
-            ["git", "apply", "--whitespace=nowarn", "-"],  # noqa: S607 - git from PATH
+            # Only what its role may change: the rest was reported above.
+            ["git", "apply", "--whitespace=nowarn", *_only(paths), "-"],  # noqa: S607
             input=diff if diff.endswith("\n") else diff + "\n",
             cwd=root,
             # Outside any repository (git would apply only under the one it found).
@@ -215,3 +218,11 @@ def files_of_diff(text: str, base: Path, allowed: Sequence[str] = ("",)) -> Pars
             if (root / path).is_file():
                 parsed.files[path] = (root / path).read_text(encoding="utf-8", errors="replace")
     return parsed
+
+
+def _only(paths: Sequence[str]) -> list[str]:
+    """``git apply`` options applying the patches of ``paths`` alone (taken literally)."""
+    return ["--include=" + _GLOB.sub(r"\\\1", path) for path in paths]
+
+
+_GLOB = re.compile(r"([][*?\\])")  # wildmatch's special characters

@@ -644,13 +644,16 @@ index 0000000..3333333
 @@ -0,0 +1 @@
 +C = 4
 diff --git a/docs/SPEC.md b/docs/SPEC.md
-new file mode 100644
-index 0000000..4444444
---- /dev/null
+index 4444444..5555555 100644
+--- a/docs/SPEC.md
 +++ b/docs/SPEC.md
-@@ -0,0 +1 @@
+@@ -1 +1 @@
+-the spec
 +not mine
 """
+    (base / "docs").mkdir()
+    (base / "docs" / "SPEC.md").write_text("the spec\n")
+    # The file outside its role is reported, and the rest applies without it.
     parsed = files_of_diff(answer, base, ("backend/",))
     assert parsed.files == {"backend/server.py": "A = 1\nB = 3\n", "backend/util.py": "C = 4\n"}
     assert parsed.problems and parsed.problems[0].startswith("docs/SPEC.md: ")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 from collections.abc import Iterator
@@ -299,7 +300,7 @@ async def test_a_coding_agent_is_never_answered_from_the_cache(
     assert methods == ["llm_factory", "llm_factory"]  # the CLI ran twice: its work is done again
 
 
-async def test_codex_without_a_model_is_recorded_unpriced_saying_why(
+async def test_codex_without_a_model_is_priced_by_the_model_its_api_named(
     responses: LoopbackServer, ledger: Ledger
 ) -> None:
     registry = AgentRegistry()
@@ -308,8 +309,34 @@ async def test_codex_without_a_model_is_recorded_unpriced_saying_why(
         result = await run.run([AgentTask(task_id="t", description="Hi.", agent="coder")])
     assert result.ok, result.results["t"].error
     (row,) = attempt_rows(ledger)
-    assert row["cost_usd"] is None and row["input_tokens"] > 0
-    assert row["price_source"] == "unknown: codex did not say its model (give the agent a model)"
+    assert row["input_tokens"] > 0 and row["cost_usd"] is not None and row["cost_usd"] > 0
+    assert row["price_source"] == "codex: its API's answers as they passed, priced by genai-prices"
+
+
+def test_a_workdir_s_diff_leaves_out_bytecode_and_carries_binary_files_whole(
+    tmp_path: Path,
+) -> None:
+    from orchestration.runtime.coding.workdir import prepare
+
+    repo = tmp_path / "home"  # a repository named like the directory CLIs keep their files in
+    (repo / "pkg").mkdir(parents=True)
+    (repo / "pkg" / "mod.py").write_text("A = 1\n")
+    (repo / "logo.png").write_bytes(b"\x89PNG\0old")
+    work = prepare(str(repo), "t")
+    assert work.home != work.path and work.home.parent == work.path.parent
+    (work.path / "pkg" / "__pycache__").mkdir()
+    (work.path / "pkg" / "__pycache__" / "mod.cpython-311.pyc").write_bytes(b"\0\1")
+    (work.path / "pkg" / "mod.py").write_text("A = 2\n")
+    (work.path / "logo.png").write_bytes(b"\x89PNG\0new")
+    (work.path / "café.txt").write_text("au lait\n")
+    names, diff = work.changes()
+    assert sorted(names) == ["café.txt", "logo.png", "pkg/mod.py"]
+    assert "GIT binary patch" in diff and "__pycache__" not in diff
+    copy = tmp_path / "copy"
+    shutil.copytree(repo, copy)
+    git(copy, "init", "-q")
+    subprocess.run(["git", "-C", str(copy), "apply", "-"], input=diff.encode(), check=True)  # noqa: S603, S607
+    assert (copy / "logo.png").read_bytes() == b"\x89PNG\0new"
 
 
 @pytest.fixture

@@ -170,6 +170,59 @@ async def test_an_api_it_cannot_reach_is_a_502_saying_so() -> None:
     assert meter.answers == 0 and meter.cost_usd is None
 
 
+async def test_a_count_a_vendor_leaves_out_is_zero_and_its_answer_priced() -> None:
+    (server,) = served_once(gemini_app)
+    server.script(Scripted(text="", usage={"promptTokenCount": 40}))  # a blocked prompt
+    body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+    async with Meter(server.url, free) as meter, aiohttp.ClientSession() as session:
+        url = f"{meter.url}/v1beta/models/gemini-2.5-flash:generateContent"
+        async with session.post(url, json=body, headers={"x-goog-api-key": KEY}) as answer:
+            await answer.read()
+    assert meter.total == Usage(input_tokens=40, output_tokens=0)
+    assert meter.cost_usd == 0.0 and not meter.unpriced
+
+
+async def test_an_answer_the_api_cuts_off_is_cut_off_for_the_cli_and_its_last_event_counts() -> (
+    None
+):
+    """A body the API broke off must not reach the CLI as a whole one; an event stream
+    whose last line has no line end still counts."""
+
+    async def cut(request: web.Request) -> web.StreamResponse:
+        answer = web.StreamResponse(headers={"Content-Type": "application/json"})
+        answer.content_length = 1000
+        await answer.prepare(request)
+        await answer.write(b'{"type": "message", "usage": {"input_tok')
+        assert request.transport is not None
+        request.transport.abort()
+        return answer
+
+    async def unended(request: web.Request) -> web.StreamResponse:
+        answer = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await answer.prepare(request)
+        usage = {"input_tokens": 7, "output_tokens": 3}
+        last = {"type": "message_delta", "delta": {}, "usage": usage}
+        await answer.write(f"event: message_delta\ndata: {json.dumps(last)}".encode())
+        await answer.write_eof()
+        return answer
+
+    def app(_: LoopbackServer) -> web.Application:
+        made = web.Application()
+        made.router.add_post("/cut", cut)
+        made.router.add_post("/unended", unended)
+        return made
+
+    (server,) = served_once(app)
+    async with Meter(server.url, free) as meter, aiohttp.ClientSession() as session:
+        async with session.post(f"{meter.url}/cut", json={}) as answer:
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await answer.read()
+        assert meter.answers == 0
+        async with session.post(f"{meter.url}/unended", json={}) as answer:
+            assert (await answer.read()).endswith(b'"output_tokens": 3}}')
+    assert meter.answers == 1 and meter.total == Usage(input_tokens=7, output_tokens=3)
+
+
 _open: list[LoopbackServer] = []
 
 

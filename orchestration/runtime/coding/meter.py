@@ -154,7 +154,9 @@ class Meter:
                     await answer.write(chunk)
                 await answer.write_eof()
         except (ClientError, OSError):  # the CLI hung up (killed), or the API did
-            pass
+            # Cut off, not ended: the CLI must see the answer was not whole.
+            if request.transport is not None:
+                request.transport.abort()
         finally:  # what was read of it was used, and counts
             self._count(*reading.done())
         return answer
@@ -198,15 +200,20 @@ class _Reading:
                 self._read(line[5:])
 
     def done(self) -> tuple[str | None, Usage | None]:
-        if self.events or not self._read(self.buffer):  # else lines of JSON (Ollama's stream)
+        """The answer's model and usage (None: it reported no tokens)."""
+        if self.events:  # a last event without its line end
+            if self.buffer.startswith(b"data:"):
+                self._read(self.buffer[5:])
+        elif not self._read(self.buffer):  # else lines of JSON (Ollama's stream)
             for line in self.buffer.split(b"\n"):
                 self._read(line)
-        if not self.seen:
-            return self.model, None
         get = self.counts.get
+        if not self.seen or (get("input") is None and get("output") is None):
+            return self.model, None
+        # A vendor may leave out a count that is zero (Gemini, for a prompt it blocked).
         return self.model, Usage(
-            input_tokens=get("input"),
-            output_tokens=get("output"),
+            input_tokens=get("input", 0),
+            output_tokens=get("output", 0),
             cache_read_tokens=get("cache_read"),
             cache_write_tokens=get("cache_write"),
             reasoning_tokens=get("reasoning"),

@@ -63,6 +63,7 @@ __all__ = [
 
 DEFAULT_TIMEOUT_S = 1800.0  # a coding session may take a while; a hung one does not
 STOP_MARGIN_S = 2.0  # stopped this long before its attempt's time is up
+READ_LIMIT_S = 30.0  # at most this long to read what a CLI that answered changed
 BUDGET_GRACE_S = 5.0  # how long a CLI that keeps to a budget has to stop at it itself
 MAX_OUTPUT_BYTES = 50_000_000  # a long session's JSON events
 
@@ -178,7 +179,7 @@ class CodingCliLlm(BaseLlm):
             raise CliNotInstalledError(cli.name, cli.executable, cli.install)
         label = str(request.metadata.get("task_id") or "task")
         workdir = await anyio.to_thread.run_sync(prepare, request.metadata.get("repo"), label)
-        home = workdir.path.parent / "home"
+        home = workdir.home
         home.mkdir(exist_ok=True)
         prompt = _prompt(request).encode()
         if cli.prompt_file is not None:  # read from a file of its home, not stdin
@@ -233,6 +234,8 @@ class CodingCliLlm(BaseLlm):
             priced: tuple[float | None, str] = (meter.cost_usd, self._metered(meter))
         else:
             usage, priced = report.usage, _priced(cli, model, report)
+            if priced[0] is None and meter.cost_usd is not None:  # its tokens, unpriced
+                priced = (meter.cost_usd, self._metered(meter))
         if report.error is not None or ran.code != 0:
             why = "stopped at its budget" if report.over_budget else f"ended with {report.error}"
             raise CliFailed(
@@ -242,14 +245,24 @@ class CodingCliLlm(BaseLlm):
                 cost_usd=priced[0],
                 price_source=priced[1],
             )
-        try:
-            changed, diff = await anyio.to_thread.run_sync(workdir.changes, cli.own_files)
-        except ConfigurationError as exc:  # it answered: its work is there, unread
-            changed, diff = None, f"[what it changed could not be read: {exc}]"
+        # It answered, and its answer was paid for: reading its work is not cut short by the
+        # attempt's time running out (it was stopped STOP_MARGIN_S before; this is bounded).
+        changed: list[str] | None = None
+        diff = "[what it changed could not be read in time]"
+        version = report.version
+        with anyio.CancelScope(shield=True) as reading:
+            reading.deadline = anyio.current_time() + READ_LIMIT_S
+            try:
+                changed, diff = await anyio.to_thread.run_sync(
+                    workdir.changes, cli.own_files, abandon_on_cancel=True
+                )
+            except ConfigurationError as exc:  # its work is there, unread
+                diff = f"[what it changed could not be read: {exc}]"
+            if version is None:
+                version = await anyio.to_thread.run_sync(
+                    _version, executable, cli.version_args, abandon_on_cancel=True
+                )
         text = report.text if not diff else f"{report.text}\n\n{diff}"
-        version = report.version or await anyio.to_thread.run_sync(
-            _version, executable, cli.version_args
-        )
         details: dict[str, Any] = {
             "cli": cli.executable,
             "version": version,

@@ -30,6 +30,8 @@ __all__ = ["Workdir", "prepare"]
 
 _GIT_IDENTITY = ["-c", "user.name=orchestra", "-c", "user.email=orchestra@localhost"]
 DIFF_LIMIT = 200_000  # characters of diff kept in the task's output
+# What running the code leaves behind is not the agent's work.
+_BUILT = ("*__pycache__/*", "*.pyc")
 
 
 @dataclass(frozen=True)
@@ -40,18 +42,29 @@ class Workdir:
     kind: str  # worktree, copy or empty
     base: str  # the commit it started from
 
+    @property
+    def home(self) -> Path:
+        """A directory beside it for the CLI's own files (its configuration, its logs).
+
+        Its name cannot be the working directory's: that is the repository's, or ``work``.
+        """
+        return self.path.parent / ".cli-home"
+
     def changes(self, own_files: tuple[str, ...] = ()) -> tuple[list[str], str]:
         """The files changed since it was made, and the diff (cut at ``DIFF_LIMIT``).
 
         Against the commit it started from: commits the agent made are included. Files
         matching ``own_files`` (git patterns, whose ``*`` crosses directories: what a CLI
-        keeps for itself there) are left out.
+        keeps for itself there) are left out, and so is Python's bytecode. Binary files are
+        in the diff whole (``--binary``), so that it applies.
         """
         _git(self.path, "add", "-A")
         since = ("diff", "--cached", "--no-renames", self.base)
-        paths = ("--", ".", *(f":(exclude){pattern}" for pattern in own_files))
-        names = _git(self.path, *since, "--name-only", *paths).splitlines()
-        diff = _git(self.path, *since, "--no-color", *paths)
+        left_out = (*own_files, *_BUILT)
+        paths = ("--", ".", *(f":(exclude){pattern}" for pattern in left_out))
+        names = _git(self.path, *since, "--name-only", "-z", *paths).split("\0")
+        names = [name for name in names if name]
+        diff = _git(self.path, *since, "--no-color", "--binary", *paths)
         if len(diff) > DIFF_LIMIT:
             diff = diff[:DIFF_LIMIT] + f"\n[diff cut at {DIFF_LIMIT} characters]\n"
         return names, diff
