@@ -687,3 +687,20 @@ async def test_a_cli_s_work_is_reported_as_its_model_s_answers_pass(
     # One report an answer, its tokens added up, no text (the answer comes whole at the end).
     assert [(r.output_tokens, r.delta) for r in reports] == [(40, ""), (52, "")]
     assert reports[0].provider == "claude-code" and reports[1].elapsed_s >= reports[0].elapsed_s
+
+
+async def test_a_cli_that_cannot_start_fails_its_attempt_saying_why(
+    monkeypatch: pytest.MonkeyPatch, ledger: Ledger, tmp_path: Path
+) -> None:
+    broken = tmp_path / "claude"
+    broken.write_text("#!/no/such/interpreter\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    registry = AgentRegistry()
+    registry.register_agent("coder", "claude-code", script_fallback=False)
+    async with TaskExecutor(registry, ledger=ledger, retry=RetryPolicy.never()) as run:
+        result = await run.run([AgentTask(task_id="t", description="Code.", agent="coder")])
+    (row,) = attempt_rows(ledger)
+    assert row["status"] == "failed" and row["error_type"] == "FileNotFoundError"
+    assert "ExceptionGroup" not in (result.results["t"].error or "")

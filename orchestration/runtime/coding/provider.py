@@ -337,6 +337,7 @@ async def _run_until(
     later), with what it started.
     """
     outcome: ProcessOutcome | ScriptError | None = None
+    failure: Exception | None = None  # raised as itself, not inside an exception group
     async with anyio.create_task_group() as group:
 
         async def stop_at_budget() -> None:
@@ -351,7 +352,11 @@ async def _run_until(
             )
         except ScriptError as exc:
             outcome = exc
+        except Exception as exc:  # it could not be started
+            failure = exc
         group.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
     return outcome
 
 
