@@ -21,6 +21,7 @@ Run: ``.venv/bin/python bench/executor.py [--repeat 3] [--dags layered,wide,chai
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import random
 import statistics
@@ -156,6 +157,7 @@ async def measure(dag: str, latency: float, mode: str, workdir: Path) -> float:
     LlmFactory.register_provider("bench", lambda **_: llm, replace=True)
     registry = AgentRegistry()
     registry.register_agent("w", "bench")
+    gc.collect()  # every mode starts from a collected heap: no collection owed by another
     if mode in BASELINES:
         started = time.perf_counter()
         await BASELINES[mode](tasks, llm)
@@ -168,6 +170,7 @@ async def measure(dag: str, latency: float, mode: str, workdir: Path) -> float:
     executor = TaskExecutor(
         registry=registry, max_concurrency=CAP, ledger=ledger, record=ledger is not None
     )
+    gc.collect()
     started = time.perf_counter()
     run = await executor.run(tasks)
     elapsed = time.perf_counter() - started

@@ -85,16 +85,19 @@ class SerialWorker:
 class LoopCompletion(Generic[T]):
     """A result that another thread delivers to the event loop that created this object.
 
-    Create it in async code, hand it to a thread, ``await wait()``. The thread calls
-    ``set_result`` or ``set_exception`` once; if the loop is gone by then, the result is
-    dropped.
+    Create it in async code, hand it to a thread, ``await wait()`` (or give it callbacks,
+    which run on the loop when it is done). The thread calls ``set_result`` or
+    ``set_exception`` once; if the loop is gone by then, the result is dropped. The loop's
+    own thread may deliver it too (from a callback): then it completes at once.
     """
 
     def __init__(self) -> None:
         self._event = anyio.Event()
         self._token = anyio.lowlevel.current_token()
+        self._loop_thread = threading.get_ident()
         self._result: T | None = None
         self._error: BaseException | None = None
+        self._callbacks: list[Callable[[LoopCompletion[T]], None]] = []
 
     def set_result(self, value: T) -> None:
         """Deliver a value (from any thread)."""
@@ -109,12 +112,40 @@ class LoopCompletion(Generic[T]):
     async def wait(self) -> T:
         """Wait for the result; raise the delivered exception, if any."""
         await self._event.wait()
+        return self.result()
+
+    async def settled(self) -> None:
+        """Wait until it is done, whichever way (its callbacks have run by then)."""
+        await self._event.wait()
+
+    def done(self) -> bool:
+        """Whether the result has reached the loop."""
+        return self._event.is_set()
+
+    def result(self) -> T:
+        """The result of a completion that is done; raise its exception, if any."""
         if self._error is not None:
             raise self._error
         return self._result  # type: ignore[return-value]
 
+    def add_done_callback(self, callback: Callable[[LoopCompletion[T]], None]) -> None:
+        """Call ``callback(self)`` on the loop once it is done (at once if it is)."""
+        if self._event.is_set():
+            callback(self)
+        else:
+            self._callbacks.append(callback)
+
+    def _complete(self) -> None:
+        self._event.set()
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback(self)
+
     def _wake(self) -> None:
+        if threading.get_ident() == self._loop_thread:  # delivered by the loop itself
+            self._complete()
+            return
         try:
-            self._token.backend_class.run_sync_soon(self._event.set, (), self._token.native_token)
+            self._token.backend_class.run_sync_soon(self._complete, (), self._token.native_token)
         except (anyio.RunFinishedError, RuntimeError):
             pass  # the waiting loop is gone: nobody to tell

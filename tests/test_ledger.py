@@ -348,3 +348,105 @@ async def test_a_lost_write_nobody_awaited_is_the_error_of_its_own_run(tmp_path:
         await other.finish_run("r2", "succeeded", datetime.now(UTC))
     finally:
         ledger.close()
+
+
+async def test_while_another_connection_holds_the_lock_commits_wait_off_the_event_loop(
+    tmp_path: Path,
+) -> None:
+    """A commit on the event loop never waits for the lock: the writer thread does.
+
+    The lock is released by a coroutine on the same loop once a job has gone to the thread;
+    had the loop waited for the lock itself, nothing could release it (the run would fail
+    after the busy timeout).
+    """
+    import anyio
+
+    path = tmp_path / "l.db"
+    ledger = Ledger(f"sqlite:///{path}")
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # another process, say, writing
+    executor = TaskExecutor(registry=registry_answering(lambda _: "ok"), ledger=ledger)
+    released = False
+
+    async def release_once_queued() -> None:
+        nonlocal released
+        while not ledger._on_thread:  # noqa: ASYNC110 - the writer thread's state, polled
+            await anyio.sleep(0.01)
+        holder.execute("COMMIT")
+        released = True
+
+    try:
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as group:
+                group.start_soon(release_once_queued)
+                run = await executor.run([task("a"), task("b", "a")])
+        await executor.aclose()
+    finally:
+        holder.close()
+        ledger.close()
+    assert released and run.ok
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT task_id, status FROM task_runs ORDER BY task_id").fetchall() == [
+            ("a", "succeeded"),
+            ("b", "succeeded"),
+        ]
+
+
+async def test_a_task_s_running_row_is_stored_while_it_runs_though_nothing_waits_for_it(
+    tmp_path: Path,
+) -> None:
+    import anyio
+
+    path = tmp_path / "l.db"
+    ledger = Ledger(f"sqlite:///{path}")
+    answer = anyio.Event()
+
+    async def slow(_: LlmRequest) -> str:
+        await answer.wait()
+        return "done"
+
+    executor = TaskExecutor(registry=registry_answering(slow), ledger=ledger)
+
+    def stored() -> list[tuple[str, str]]:
+        with sqlite3.connect(path) as db:
+            return db.execute("SELECT task_id, status FROM task_runs").fetchall()
+
+    async def watch() -> None:
+        while stored() != [("a", "running")]:  # noqa: ASYNC110 - another connection, polled
+            await anyio.sleep(0.005)
+        answer.set()
+
+    try:
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as group:
+                group.start_soon(watch)
+                run = await executor.run([task("a")])
+        await executor.aclose()
+    finally:
+        ledger.close()
+    assert run.ok and stored() == [("a", "succeeded")]
+
+
+async def test_the_wal_is_checkpointed_while_commits_are_made_on_the_event_loop(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "l.db"
+    ledger = Ledger(f"sqlite:///{path}")
+    wal = Path(f"{path}-wal")
+    sizes = []
+
+    def handler(_: LlmRequest) -> str:
+        sizes.append(wal.stat().st_size if wal.exists() else 0)
+        return "ok"
+
+    executor = TaskExecutor(registry=registry_answering(handler), ledger=ledger)
+    chain = [task("t0")] + [task(f"t{i}", f"t{i - 1}") for i in range(1, 1500)]
+    try:
+        run = await executor.run(chain)  # a commit for each task, each on the loop
+        await executor.aclose()
+    finally:
+        ledger.close()
+    assert run.ok
+    # Each commit adds pages to the WAL (about 20 KB here); without checkpoints it would
+    # pass 25 MB by the end.
+    assert max(sizes) < 8_000_000, max(sizes)

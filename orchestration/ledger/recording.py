@@ -23,7 +23,7 @@ import anyio
 
 from orchestration.ledger.accounting import agent_secrets, redact
 from orchestration.ledger.cache import ResponseCache
-from orchestration.ledger.store import Commit, Ledger, Row, Statement
+from orchestration.ledger.store import Commit, Ledger, Row, Statement, Write
 from orchestration.model.agent_registry import AgentConfig
 from orchestration.model.contracts import OutputContract
 from orchestration.model.tasks import AgentTask, TaskResult
@@ -132,6 +132,21 @@ class Recorder:
         # one is this run's error, raised by this run.
         self._unawaited: dict[Commit, None] = {}
         self._started: dict[tuple[str, str], float] = {}  # when each task started running
+        # Each running task's "running" row while it waits in an open group commit: a task
+        # that ends in that same commit needs none (its result's row replaces it).
+        self._start_rows: dict[tuple[str, str], tuple[Commit, list[Row]]] = {}
+        # Each task's last answer as masked for its attempt row, for its result's row.
+        self._masked: dict[tuple[str, str], tuple[str | None, str | None]] = {}
+
+    def _lazily(self, write: Write) -> Commit:
+        """Queue a write nothing waits for (``finish_run`` awaits it).
+
+        It goes with the next write something waits for (a task's result), or on its own
+        within ``store.LAZY_WITHIN_S``.
+        """
+        commit = self.ledger.write_soon(write, urgent=False)
+        self._unawaited[commit] = None
+        return commit
 
     def _secrets(self, agent: AgentConfig) -> list[str]:
         """The agent's secrets, looked up once per recorder (one run)."""
@@ -248,14 +263,15 @@ class Recorder:
             _epoch_ts(time.time()),
             os.getpid(),
         )
-        self._unawaited[self.ledger.write_soon([(RANK_BREAKER, _BREAKER, [row])])] = None
+        self._lazily([(RANK_BREAKER, _BREAKER, [row])])
 
     def task_started(self, run_id: str, task_id: str, agent: str) -> None:
         """Mark a task running (queued, not awaited)."""
         now = time.time()
         self._started[(run_id, task_id)] = now
-        row = (run_id, task_id, agent, "running", _epoch_ts(now), 0)
-        self._unawaited[self.ledger.write_soon([(RANK_STARTED, _TASK_STARTED, [row])])] = None
+        rows = [(run_id, task_id, agent, "running", _epoch_ts(now), 0)]
+        commit = self._lazily([(RANK_STARTED, _TASK_STARTED, rows)])
+        self._start_rows[(run_id, task_id)] = (commit, rows)
 
     def attempt_made(
         self,
@@ -278,15 +294,17 @@ class Recorder:
         if request is not None:
             sent = _request_json(request)
         meta = attempt.metadata
+        answer = _clean(attempt.output, secrets)
+        self._masked[(run_id, task_id)] = (attempt.output, answer)
         row += (
             _clean(sent, secrets),
-            _clean(attempt.output, secrets),
+            answer,
             meta.get("finish_reason"),
             meta.get("validation"),
             _clean(json.dumps(meta["cli"]), secrets) if meta.get("cli") else None,
         )
         write = [(RANK_ATTEMPT, _INSERT_ATTEMPT, [row + (_epoch_ts(start), _epoch_ts(end))])]
-        self._unawaited[self.ledger.write_soon(write)] = None
+        self._lazily(write)
 
     def tool_called(
         self, run_id: str, task_id: str, agent: AgentConfig, attempt: int, call: ToolCallRecord
@@ -311,7 +329,7 @@ class Recorder:
             call.replayed,
         )
         write = [(RANK_ATTEMPT, _INSERT_TOOL_CALL, [row])]
-        self._unawaited[self.ledger.write_soon(write)] = None
+        self._lazily(write)
 
     def task_finished(
         self, run_id: str, task: AgentTask, agent: AgentConfig, result: TaskResult
@@ -325,15 +343,19 @@ class Recorder:
             The commit that will hold it; the caller must await its ``wait()``.
         """
         finished = time.time()
-        started = self._started.pop((run_id, task.task_id), finished)
+        key = (run_id, task.task_id)
+        started = self._started.pop(key, finished)
         meta = result.metadata
         secrets = self._secrets(agent)
+        answer, masked = self._masked.pop(key, (None, None))
+        if answer is None or answer is not result.output:  # not its last attempt's answer
+            masked = _clean(result.output, secrets)  # a model may echo what it was sent
         task_row = (
             run_id,
             task.task_id,
             agent.name,
             result.status.value,
-            _clean(result.output, secrets),  # a model may echo what it was sent
+            masked,
             _clean(result.error, secrets),
             result.attempts,
             meta.get("execution_method"),
@@ -348,21 +370,26 @@ class Recorder:
             _clean(_value_json(task, result), secrets),
         )
         write = [(RANK_TASK, _TASK_FINISHED, [task_row])]
-        key = meta.get("cache_key")
-        if key is not None and result.succeeded and result.output is not None:
-            row = _cache_row(key, result, run_id, task.task_id, meta["attempt"], finished)
+        cache_key = meta.get("cache_key")
+        if cache_key is not None and result.succeeded and result.output is not None:
+            row = _cache_row(cache_key, result, run_id, task.task_id, meta["attempt"], finished)
             write.append((RANK_CACHE, ResponseCache.statement, [row]))
-        return self.ledger.write_soon(write)
+        commit = self.ledger.write_soon(write)
+        start = self._start_rows.pop(key, None)
+        if start is not None and start[0] is commit:  # not handed to the database yet
+            start[1].clear()  # it started and ended in one commit: this row says it all
+        return commit
 
     def task_ended_without_running(
         self, run_id: str, task_id: str, agent: str, result: TaskResult
     ) -> None:
         """Record a skipped or cancelled task (queued, not awaited)."""
-        self._started.pop((run_id, task_id), None)
+        for kept in (self._started, self._start_rows, self._masked):
+            kept.pop((run_id, task_id), None)
         now = _epoch_ts(time.time())
         error = _clean(result.error, ())
         row = (run_id, task_id, agent, result.status.value, error, now, result.attempts)
-        self._unawaited[self.ledger.write_soon([(RANK_NOT_RUN, _TASK_NOT_RUN, [row])])] = None
+        self._lazily([(RANK_NOT_RUN, _TASK_NOT_RUN, [row])])
 
     async def finish_run(self, run_id: str, status: str, finished: datetime) -> None:
         """Record how the run ended; runs even when the run was cancelled.

@@ -7,6 +7,7 @@ latency, and ``metadata`` with ``execution_method``, ``provider``, ``model``,
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -124,7 +125,8 @@ async def llm_attempt(
 
         tools = {tool.name: tool for tool in combined(agent.tools, task.tools)}
         turns = Turns()
-        with anyio.fail_after(_timeout(task, agent)):  # None: no limit
+        limit = _timeout(task, agent)  # a cancel scope costs 10-20 us: none without a limit
+        with anyio.fail_after(limit) if limit is not None else contextlib.nullcontext():
             if not tools:
                 response = await ask(request)
             else:
@@ -354,6 +356,8 @@ def check_output(
     if not attempt.succeeded or attempt.output is None:
         return attempt
     if contract is None:
+        if attempt.value is attempt.output:  # made so: no copy
+            return attempt
         return attempt.model_copy(update={"value": attempt.output})
     cut = attempt.metadata.get("finish_reason") == "length"
     try:
@@ -442,6 +446,7 @@ def _result(
         latency_s=latency,
         attempts=1,
         metadata=meta,
+        value=output,  # the text, unless its task's contract makes something of it
     )
 
 

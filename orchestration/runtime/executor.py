@@ -35,7 +35,7 @@ from llm_abstractions.errors import ConfigurationError
 from orchestration.logs import get_logger
 from orchestration.model.agent_registry import AgentConfig, AgentInterface, AgentRegistry
 from orchestration.model.errors import LedgerError
-from orchestration.model.graph import validate_tasks
+from orchestration.model.graph import TaskGraph, checked_graph
 from orchestration.model.tasks import AgentTask, TaskProgress, TaskResult
 from orchestration.model.tools import mcp_servers
 from orchestration.runtime.backend import Backend, backend_of
@@ -53,8 +53,6 @@ from orchestration.runtime.scheduler import Plan, Scheduler
 from orchestration.runtime.telemetry import run_span
 
 if TYPE_CHECKING:
-    import networkx as nx
-
     from orchestration.ledger.recording import Recorder
     from orchestration.ledger.store import Ledger
 
@@ -379,10 +377,10 @@ class TaskExecutor:
 
     def _validate(
         self, tasks: Sequence[AgentTask], default: str | None, budget_usd: float | None
-    ) -> nx.DiGraph[str]:
+    ) -> TaskGraph:
         if budget_usd is not None and not budget_usd >= 0:
             raise ConfigurationError(f"budget_usd must be 0 or more, not {budget_usd!r}.")
-        graph = validate_tasks(tasks, self.registry, default)
+        graph = checked_graph(tasks, self.registry, default)
         for agent in self._agents_of(tasks, default):
             self.runner.chain(agent)  # a fallback that names nothing fails here, not later
         for task in tasks:

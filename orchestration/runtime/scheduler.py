@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -34,12 +35,11 @@ from orchestration.runtime.telemetry import task_span
 from orchestration.runtime.tool_loop import Replays
 
 if TYPE_CHECKING:
-    import networkx as nx
-
     from llm_abstractions.types import LlmRequest
     from orchestration.ledger.cache import ResponseCache
     from orchestration.ledger.recording import Recorder
     from orchestration.ledger.store import Commit
+    from orchestration.model.graph import TaskGraph
 
 __all__ = ["Plan", "Scheduler"]
 
@@ -94,7 +94,7 @@ class Scheduler:
         self.agents = {
             tid: registry.get(task.agent or plan.default_agent or "") for tid, task in tasks.items()
         }
-        self.waiting_on = {tid: graph.in_degree(tid) for tid in tasks}
+        self.waiting_on = graph.waiting_on()
         self.free = max_concurrency
         self.agent_free = {
             a.name: a.max_concurrency for a in self.agents.values() if a.max_concurrency
@@ -103,12 +103,15 @@ class Scheduler:
         self.order = itertools.count()
         self.unfinished = 0  # claimed tasks whose dependents are not released yet
         self.idle: list[_IdleWorker] = []
+        # Group commits not stored yet, and the results each will publish.
         self.committing: dict[Commit, list[tuple[str, TaskResult]]] = {}
+        self.failed_commit: Exception | None = None  # one that failed after the run ended
         self.made: dict[str, int] = {}  # attempts numbered so far, by task
         self.started_order: dict[str, int] = {}  # the place each task took in the queue
         self.resuming: dict[str, anyio.Event] = {}  # tasks waiting to get their slot back
         # Bound once: binding at every event cost more than the rest of the logging.
         self.log = get_logger().bind(run=run.run_id)
+        self.logging_attempts = _enabled(self.log, logging.INFO)
         self.tg: anyio.abc.TaskGroup | None = None
         self.recorder: Recorder | None = None
         self.on_task_done: Callable[[TaskResult], None] | None = None
@@ -124,18 +127,20 @@ class Scheduler:
                     if count == 0 and tid not in self.run_result.results:
                         self._queue(tid)
                 self._dispatch()
-        except anyio.get_cancelled_exc_class():
-            self._cancel_queued()
-            raise
-        # A task can end its worker with a stray cancellation that is not the run's own:
-        # what it left queued never ran.
-        self._cancel_queued()
+        finally:
+            self.tg = None
+            try:
+                await self._settle()
+            finally:
+                # Ready tasks that never got a slot end as cancelled: the run was cancelled,
+                # or a task ended its worker with a stray cancellation not the run's own.
+                self._cancel_queued()
 
     def _start_from_kept(self) -> None:
         """A resumed run's standing results: what succeeded feeds, what failed holds back."""
         for tid, result in self.kept.items():
             if result.succeeded:
-                for child in self.graph.successors(tid):
+                for child in self.graph.dependents[tid]:
                     self.waiting_on[child] -= 1
         for tid, result in self.kept.items():
             if not result.succeeded:
@@ -268,8 +273,7 @@ class Scheduler:
         finishing = self.committing.get(commit)
         if finishing is None:
             finishing = self.committing[commit] = []
-            assert self.tg is not None  # noqa: S101 - set before any task runs
-            self.tg.start_soon(self._after_commit, commit, name="orchestra commit")
+            commit.add_done_callback(self._committed)
         finishing.append((tid, result))
 
     def _final(self, tid: str, tries: list[TaskResult]) -> TaskResult:
@@ -284,15 +288,38 @@ class Scheduler:
             changes["cost_usd"] = (result.cost_usd or 0.0) + earlier
         return result.model_copy(update=changes) if changes else result
 
-    async def _after_commit(self, commit: Commit) -> None:
-        # Shielded: a call that was paid for is recorded even if the run is cancelled now.
+    def _committed(self, commit: Commit) -> None:
+        """Publish the results of a group commit, on the loop, as soon as it is stored.
+
+        A callback, not a coroutine per commit (spawning one cost 30-50 us, as much as the
+        rest of a task's scheduling). A failed commit fails the run; its results are not
+        published (they were not stored). After the run's task group has ended (cancelled),
+        results are still published (``run`` waits for them) but nothing new starts.
+        """
+        finishing = self.committing.pop(commit)
+        try:
+            commit.result()
+            for tid, result in finishing:
+                self._finish(tid, result)
+            if self.tg is not None and not self.tg.cancel_scope.cancel_called:
+                self._dispatch()
+                self._over()
+        except Exception as exc:  # a write that failed, or a bug of ours: the run fails
+            if self.tg is None:
+                self.failed_commit = self.failed_commit or exc
+            else:
+                self.tg.start_soon(_raise, exc, name="orchestra commit failed")
+
+    async def _settle(self) -> None:
+        """Wait for the commits still pending when the task group ended (cancelled).
+
+        A call that was paid for is recorded, and its result published, even then.
+        """
         with anyio.CancelScope(shield=True):
-            await commit.wait()
-        for tid, result in self.committing.pop(commit):
-            self._finish(tid, result)
-        await anyio.lowlevel.checkpoint_if_cancelled()  # cancelled: start nothing new
-        self._dispatch()
-        self._over()
+            while self.committing:
+                await next(iter(self.committing)).settled()
+        if self.failed_commit is not None:
+            raise self.failed_commit
 
     def _finish(self, tid: str, result: TaskResult) -> None:
         """Publish a task's result (recorded by now) and release its dependents."""
@@ -316,7 +343,8 @@ class Scheduler:
         tid = task.task_id
         number = self.made[tid] = self.made.get(tid, self.attempts_before.get(tid, 0)) + 1
         attempt.metadata["attempt"] = number
-        _log_attempt(self.log, task, agent, number, attempt)
+        if self.logging_attempts:
+            _log_attempt(self.log, task, agent, number, attempt)
         if self.recorder is not None:
             run_id = self.run_result.run_id
             self.recorder.attempt_made(run_id, tid, agent, number, attempt, request)
@@ -391,15 +419,13 @@ class Scheduler:
     def _release_dependents(self, tid: str, result: TaskResult) -> None:
         results = self.run_result.results
         if not result.succeeded:
-            import networkx as nx
-
             reason = f"not run: task {tid!r} {result.status.value}"
-            for descendant in nx.descendants(self.graph, tid):
+            for descendant in self.graph.descendants(tid):
                 if descendant not in results:
                     self._end_without_running(descendant, TaskStatus.SKIPPED, reason)
             return
         waiting_on = self.waiting_on
-        for child in self.graph.successors(tid):
+        for child in self.graph.dependents[tid]:
             waiting_on[child] -= 1
             if waiting_on[child] == 0 and child not in results:
                 self._queue(child)
@@ -409,7 +435,7 @@ class Scheduler:
 class Plan:
     """What a run (or the rest of a resumed one) executes."""
 
-    graph: nx.DiGraph[str]
+    graph: TaskGraph
     tasks: Sequence[AgentTask]
     default_agent: str | None
     budget_usd: float | None
@@ -417,6 +443,21 @@ class Plan:
     attempts_before: Mapping[str, int] = field(default_factory=dict)  # recorded attempts
     # Tool results recorded by earlier runs of the tasks, by task (what a resume replays).
     replays: Mapping[str, Replays] = field(default_factory=dict)
+
+
+def _enabled(log: Any, level: int) -> bool:
+    """Whether ``log`` would emit an event at ``level`` (if it cannot say: yes).
+
+    An attempt's event has sixteen fields: building them for a logger that drops them cost
+    more than the rest of recording the attempt without a ledger.
+    """
+    check = getattr(log, "is_enabled_for", None)  # structlog's filtering loggers
+    if check is None:  # a structlog logger around a standard one
+        check = getattr(getattr(log, "_logger", None), "isEnabledFor", None)
+    try:
+        return True if check is None else bool(check(level))
+    except Exception:  # noqa: BLE001 - a logger of the application's that cannot say
+        return True
 
 
 def _log_attempt(
@@ -461,3 +502,8 @@ def _failed_before_trying(
             "error_type": type(exc).__name__,
         },
     )
+
+
+async def _raise(error: Exception) -> None:
+    """Raise ``error`` in the run's task group (from a callback, which cannot)."""
+    raise error
