@@ -138,13 +138,9 @@ class Recorder:
         # Each task's last answer as masked for its attempt row, for its result's row.
         self._masked: dict[tuple[str, str], tuple[str | None, str | None]] = {}
 
-    def _lazily(self, write: Write) -> Commit:
-        """Queue a write nothing waits for (``finish_run`` awaits it).
-
-        It goes with the next write something waits for (a task's result), or on its own
-        within ``store.LAZY_WITHIN_S``.
-        """
-        commit = self.ledger.write_soon(write, urgent=False)
+    def _queued(self, write: Write) -> Commit:
+        """Queue a write nothing waits for (``finish_run`` awaits it)."""
+        commit = self.ledger.write_soon(write)
         self._unawaited[commit] = None
         return commit
 
@@ -263,14 +259,14 @@ class Recorder:
             _epoch_ts(time.time()),
             os.getpid(),
         )
-        self._lazily([(RANK_BREAKER, _BREAKER, [row])])
+        self._queued([(RANK_BREAKER, _BREAKER, [row])])
 
     def task_started(self, run_id: str, task_id: str, agent: str) -> None:
         """Mark a task running (queued, not awaited)."""
         now = time.time()
         self._started[(run_id, task_id)] = now
         rows = [(run_id, task_id, agent, "running", _epoch_ts(now), 0)]
-        commit = self._lazily([(RANK_STARTED, _TASK_STARTED, rows)])
+        commit = self._queued([(RANK_STARTED, _TASK_STARTED, rows)])
         self._start_rows[(run_id, task_id)] = (commit, rows)
 
     def attempt_made(
@@ -304,7 +300,7 @@ class Recorder:
             _clean(json.dumps(meta["cli"]), secrets) if meta.get("cli") else None,
         )
         write = [(RANK_ATTEMPT, _INSERT_ATTEMPT, [row + (_epoch_ts(start), _epoch_ts(end))])]
-        self._lazily(write)
+        self._queued(write)
 
     def tool_called(
         self, run_id: str, task_id: str, agent: AgentConfig, attempt: int, call: ToolCallRecord
@@ -329,7 +325,7 @@ class Recorder:
             call.replayed,
         )
         write = [(RANK_ATTEMPT, _INSERT_TOOL_CALL, [row])]
-        self._lazily(write)
+        self._queued(write)
 
     def task_finished(
         self, run_id: str, task: AgentTask, agent: AgentConfig, result: TaskResult
@@ -389,7 +385,7 @@ class Recorder:
         now = _epoch_ts(time.time())
         error = _clean(result.error, ())
         row = (run_id, task_id, agent, result.status.value, error, now, result.attempts)
-        self._lazily([(RANK_NOT_RUN, _TASK_NOT_RUN, [row])])
+        self._queued([(RANK_NOT_RUN, _TASK_NOT_RUN, [row])])
 
     async def finish_run(self, run_id: str, status: str, finished: datetime) -> None:
         """Record how the run ended; runs even when the run was cancelled.

@@ -4,9 +4,7 @@ A write is a list of operations (a rank, a ``Statement``, its rows as tuples). E
 made during one event-loop iteration (all the tasks that just finished) becomes one job,
 committed in one transaction after the iteration; callers await its commit (or not).
 Operations are ordered by rank (stable, so a task's "running" row always precedes its
-result) and each statement runs once with all its rows (``executemany``). A write nothing
-waits for (``urgent=False``: a task started, an attempt made) does not make a commit of its
-own: it goes with the next urgent one, or within ``LAZY_WITHIN_S``.
+result) and each statement runs once with all its rows (``executemany``).
 
 Where a job is committed:
 
@@ -86,7 +84,6 @@ __all__ = [
 ]
 
 BUSY_TIMEOUT_S = 30.0
-LAZY_WITHIN_S = 0.01  # a write nothing waits for is committed within this (asyncio)
 INLINE_ROWS = 400  # a bigger batch is committed on the writer thread, not the event loop
 CHECKPOINT_EVERY = 100  # commits on the event loop between two WAL checkpoints
 CHECKPOINT_WAIT_MS = 50  # how long a checkpoint waits for readers to leave the WAL
@@ -129,8 +126,6 @@ class _Job:
 
     write: Write
     done: LoopCompletion[None]
-    handed: bool = False  # its hand-over is scheduled (an urgent write is in it)
-    timed: bool = False  # a timer will hand it over (only writes nothing waits for)
 
 
 _CHECKPOINT = "checkpoint"  # asks the writer thread to checkpoint the WAL
@@ -229,13 +224,11 @@ class Ledger:
         """
         await self.write_soon(write).wait()
 
-    def write_soon(self, write: Write, *, urgent: bool = True) -> Commit:
+    def write_soon(self, write: Write) -> Commit:
         """Queue ``write`` without waiting; await the returned commit to learn how it went.
 
         Every write of one event-loop iteration (all the tasks that just finished) goes to
-        the database as one job, committed after the iteration. A write that is not
-        ``urgent`` (nothing waits for it) waits for the next urgent one, or for
-        ``LAZY_WITHIN_S`` at most: iterations in which tasks only start commit nothing.
+        the database as one job, committed after the iteration.
 
         Raises:
             LedgerError: The ledger is closed.
@@ -249,18 +242,15 @@ class Ledger:
             job = self._gathering.get(token)
             if job is None:
                 job = self._gathering[token] = _Job([], LoopCompletion())
+                loop = token.native_token
+                if isinstance(loop, asyncio.AbstractEventLoop):  # on it: no wake-up to send
+                    loop.call_soon(self._hand_over, token)
+                else:
+                    token.backend_class.run_sync_soon(self._hand_over, (token,), loop)
             job.write.extend(write)
-            if job.handed:
-                return job.done
-            if urgent or not isinstance(token.native_token, asyncio.AbstractEventLoop):
-                job.handed = True
-                token.backend_class.run_sync_soon(self._hand_over, (token,), token.native_token)
-            elif not job.timed:
-                job.timed = True
-                token.native_token.call_later(LAZY_WITHIN_S, self._hand_over, token, job)
         return job.done
 
-    def _hand_over(self, token: EventLoopToken, lazy: _Job | None = None) -> None:
+    def _hand_over(self, token: EventLoopToken) -> None:
         """Commit the iteration's job here, on the loop, or hand it to the writer thread.
 
         Here when it can be done at once: a SQLite file, a small job, nothing queued on the
@@ -270,10 +260,9 @@ class Ledger:
         on two busy cores, against 0.1-0.2 ms of SQLite work a batch.
         """
         with self._lock:  # never after close() has queued the writer's stop
-            job = self._gathering.get(token)
-            if job is None or (lazy is not None and job is not lazy):
-                return  # a lazy job's timer, after an urgent write took it
-            del self._gathering[token]
+            job = self._gathering.pop(token, None)
+            if job is None:
+                return
             rows = sum(len(rows) for _, _, rows in job.write)
             small = rows <= INLINE_ROWS
             if not (self._here and not self._on_thread and small and self._commit_here(job)):

@@ -178,16 +178,22 @@ class AgentConfig(BaseModel):
         Read once per ``metadata`` (13 us a read, and every task's request starts from it);
         a copy with other metadata (``model_copy(update=...)``) reads its own.
         """
+        return self._settings_read()[1]
+
+    def _settings_read(self) -> tuple[dict[str, Any], GenerationSettings, dict[str, Any]]:
         cached = _read.get(id(self.metadata))
         if cached is None or cached[0] is not self.metadata:  # (an id can be reused)
-            cached = _read[id(self.metadata)] = (
-                self.metadata,
-                read_settings(self.name, self.metadata),
-            )
+            read = read_settings(self.name, self.metadata)
+            cached = _read[id(self.metadata)] = (self.metadata, read, read.given())
             if len(_read) > _READ_SIZE:
                 with contextlib.suppress(RuntimeError, StopIteration, KeyError):  # threads
                     del _read[next(iter(_read))]  # the oldest
-        return cached[1]
+        return cached
+
+    @property
+    def given_settings(self) -> Mapping[str, Any]:
+        """``settings.given()``, read once per ``metadata`` as ``settings`` is (not to change)."""
+        return self._settings_read()[2]
 
     def resolved_api_key(self) -> str | None:
         """The key to use: the explicit one, else the variable named by ``api_key_env``.
@@ -207,7 +213,7 @@ class AgentConfig(BaseModel):
 
 # Settings read, by the id of the metadata they were read from (kept with it: an id can be
 # reused once its object is gone). Agents are few; the oldest go first past the size.
-_read: dict[int, tuple[dict[str, Any], GenerationSettings]] = {}
+_read: dict[int, tuple[dict[str, Any], GenerationSettings, dict[str, Any]]] = {}
 _READ_SIZE = 1024
 
 

@@ -293,6 +293,8 @@ def combined(*given: Sequence[ToolLike]) -> tuple[Tool, ...]:
         ConfigurationError: An MCP server is not connected (outside a run), or two tools
             share a name.
     """
+    if not any(given):  # most tasks have none
+        return ()
     found: list[Tool] = []
     for tools in given:
         for item in tools:

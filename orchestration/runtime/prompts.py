@@ -51,7 +51,7 @@ def build_request(
         InvalidRequestError: A setting has an invalid value.
     """
     own = {key: value for key, value in task.metadata.items() if key in SETTING_NAMES}
-    settings: dict[str, Any] = {**agent.settings.given(), **own}
+    settings: dict[str, Any] = {**agent.given_settings, **own}
     parts = [task.description]
     if settings.get("context"):
         parts.append(f"Context:\n{settings['context']}")
