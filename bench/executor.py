@@ -15,7 +15,8 @@ Reported: at latency 0, wall time per task (the overhead of scheduling, prompt b
 result objects and, with the ledger, recording); at 20 ms, makespan divided by the
 critical-path bound (depth x latency, or the rounds the cap forces, whichever is larger).
 
-Run: ``.venv/bin/python bench/executor.py [--repeat 3] [--dags layered,wide,chain]``
+Run: ``.venv/bin/python bench/executor.py [--repeat 3] [--dags layered,wide,chain]
+[--latencies 0,20]``
 """
 
 from __future__ import annotations
@@ -182,12 +183,12 @@ async def measure(dag: str, latency: float, mode: str, workdir: Path) -> float:
     return elapsed
 
 
-async def main(dags: list[str], repeat: int) -> None:
+async def main(dags: list[str], repeat: int, latencies: list[float]) -> None:
     configure_logging(verbose=False)
     modes = ["baseline", "worker pool", "ledger off", "ledger on"]
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        for latency in (0.0, 0.02):
+        for latency in latencies:
             unit = "us/task" if latency == 0 else "makespan/bound"
             print(f"\nlatency {latency * 1000:.0f} ms, cap {CAP}, median of {repeat}: {unit}")
             print("(in brackets: the ratio to the baseline, a task group with a limiter)")
@@ -212,5 +213,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--dags", default="layered,wide,chain")
+    parser.add_argument("--latencies", default="0,20", help="milliseconds, comma-separated")
     args = parser.parse_args()
-    anyio.run(main, args.dags.split(","), args.repeat)
+    latencies = [float(ms) / 1000 for ms in args.latencies.split(",")]
+    anyio.run(main, args.dags.split(","), args.repeat, latencies)

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
-import anyio.lowlevel
 
 from orchestration.ledger.accounting import agent_secrets, redact
 from orchestration.logs import get_logger
