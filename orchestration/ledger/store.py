@@ -48,6 +48,7 @@ what is wrong and what to do.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import queue
 import re
@@ -474,22 +475,17 @@ def _busy(exc: Exception) -> bool:
 
 
 def _close(connection: Any) -> None:
-    if connection is None:
-        return
-    try:
-        connection.close()
-    except Exception:  # noqa: S110 - it is being thrown away anyway
-        pass
+    """Close the event loop's connection (detached from the pool), if there is one."""
+    if connection is not None:
+        with contextlib.suppress(Exception):  # it is being thrown away anyway
+            connection.close()
 
 
 def _discard(connection: Any) -> None:
     """Close a connection that saw a failure, and take it out of the pool."""
-    if connection is None:
-        return
-    try:
-        connection.invalidate()
-    except Exception:  # noqa: S110 - it is being thrown away anyway
-        pass
+    if connection is not None:
+        with contextlib.suppress(Exception):  # it is being thrown away anyway
+            connection.invalidate()
 
 
 def _grouped(operations: list[Operation]) -> list[_Group]:

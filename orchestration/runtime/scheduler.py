@@ -104,7 +104,7 @@ class Scheduler:
         self.idle: list[_IdleWorker] = []
         # Group commits not stored yet, and the results each will publish.
         self.committing: dict[Commit, list[tuple[str, TaskResult]]] = {}
-        self.failed_commit: Exception | None = None  # one that failed after the run ended
+        self.failed_commit: Exception | None = None  # one that failed as the run ended
         self.made: dict[str, int] = {}  # attempts numbered so far, by task
         self.started_order: dict[str, int] = {}  # the place each task took in the queue
         self.resuming: dict[str, anyio.Event] = {}  # tasks waiting to get their slot back
@@ -304,7 +304,7 @@ class Scheduler:
                 self._dispatch()
                 self._over()
         except Exception as exc:  # a write that failed, or a bug of ours: the run fails
-            if self.tg is None:
+            if self.tg is None or self.tg.cancel_scope.cancel_called:  # raised by _settle
                 self.failed_commit = self.failed_commit or exc
             else:
                 self.tg.start_soon(_raise, exc, name="orchestra commit failed")
