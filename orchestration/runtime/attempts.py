@@ -356,8 +356,6 @@ def check_output(
     if not attempt.succeeded or attempt.output is None:
         return attempt
     if contract is None:
-        if attempt.value is attempt.output:  # made so: no copy
-            return attempt
         return attempt.model_copy(update={"value": attempt.output})
     cut = attempt.metadata.get("finish_reason") == "length"
     try:
@@ -446,7 +444,6 @@ def _result(
         latency_s=latency,
         attempts=1,
         metadata=meta,
-        value=output,  # the text, unless its task's contract makes something of it
     )
 
 
