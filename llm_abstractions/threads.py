@@ -118,10 +118,6 @@ class LoopCompletion(Generic[T]):
         """Wait until it is done, whichever way (its callbacks have run by then)."""
         await self._event.wait()
 
-    def done(self) -> bool:
-        """Whether the result has reached the loop."""
-        return self._event.is_set()
-
     def result(self) -> T:
         """The result of a completion that is done; raise its exception, if any."""
         if self._error is not None:

@@ -66,6 +66,30 @@ def attempt_rows(ledger: Ledger) -> list[dict[str, Any]]:
     return [dict(row) for row in rows]
 
 
+def sent_headers(server: LoopbackServer) -> list[dict[str, str]]:
+    """Each request's headers as the fake received them, names in lower case."""
+    return [{k.lower(): v for k, v in headers.items()} for headers in server.headers]
+
+
+def key_not_stored(ledger: Ledger) -> bool:
+    return ledger.path is not None and KEY not in ledger.path.read_bytes().decode("latin-1")
+
+
+async def write_hello(
+    ledger: Ledger, provider: str, model: str | None = None, description: str = "Write hello.py."
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """Run one task asking ``provider``'s CLI for hello.py; its output, attempt row, details."""
+    registry = AgentRegistry()
+    registry.register_agent("coder", provider, model=model)
+    task = AgentTask(task_id="hello", description=description, agent="coder")
+    async with TaskExecutor(registry, ledger=ledger) as run:
+        result = await run.run([task])
+    answer = result.results["hello"]
+    assert result.ok, answer.error
+    (row,) = attempt_rows(ledger)
+    return answer.output or "", row, json.loads(row["details"])
+
+
 WRITE = ("Write", {"file_path": "{cwd}/hello.py", "content": "print('hello')\n"})
 
 
@@ -76,19 +100,12 @@ async def test_claude_code_writes_a_file_in_its_own_directory_and_its_costs_are_
         Scripted(text="", tool_calls=[WRITE], usage={"input_tokens": 900, "output_tokens": 40}),
         Scripted(text="I wrote hello.py.", usage={"input_tokens": 1000, "output_tokens": 12}),
     )
-    registry = AgentRegistry()
-    registry.register_agent("coder", "claude-code")
-    task = AgentTask(task_id="hello", description="Write hello.py printing hello.", agent="coder")
-    async with TaskExecutor(registry, ledger=ledger) as run:
-        result = await run.run([task])
-    answer = result.results["hello"]
-    assert result.ok, answer.error
-    output = answer.output or ""
+    output, row, details = await write_hello(
+        ledger, "claude-code", description="Write hello.py printing hello."
+    )
     assert output.startswith("I wrote hello.py.")
     assert "+++ b/hello.py" in output and "+print('hello')" in output  # the diff follows
 
-    (row,) = attempt_rows(ledger)
-    details = json.loads(row["details"])
     written = Path(details["workdir"]) / "hello.py"
     assert written.read_text() == "print('hello')\n"
     assert details["files_changed"] == ["hello.py"] and details["turns"] == 2
@@ -98,9 +115,8 @@ async def test_claude_code_writes_a_file_in_its_own_directory_and_its_costs_are_
     assert row["cost_usd"] > 0 and row["price_source"] == "claude-code: its own report"
     assert row["provider"] == "claude-code" and row["status"] == "succeeded"
     # The CLI was sent our key, and it went nowhere else.
-    sent = [{k.lower(): v for k, v in headers.items()} for headers in anthropic.headers]
-    assert {headers.get("x-api-key") for headers in sent} == {KEY}
-    assert ledger.path is not None and KEY not in ledger.path.read_bytes().decode("latin-1")
+    assert {headers.get("x-api-key") for headers in sent_headers(anthropic)} == {KEY}
+    assert key_not_stored(ledger)
     prompt = json.dumps(anthropic.requests[0]["messages"])
     assert "Write hello.py printing hello." in prompt  # the prompt went in on stdin
 
@@ -218,7 +234,7 @@ async def test_a_gateway_s_bearer_token_reaches_it_as_one(
     async with TaskExecutor(registry, ledger=ledger) as run:
         result = await run.run([AgentTask(task_id="t", description="Hi.", agent="coder")])
     assert result.ok, result.results["t"].error
-    sent = [{k.lower(): v for k, v in headers.items()} for headers in anthropic.headers]
+    sent = sent_headers(anthropic)
     assert {headers.get("authorization") for headers in sent} == {f"Bearer {KEY}"}
     assert all("x-api-key" not in headers for headers in sent)
 
@@ -246,17 +262,9 @@ async def test_codex_runs_a_command_in_its_own_directory_and_its_tokens_are_pric
             usage={"input_tokens": 2100, "output_tokens": 9, "cached_tokens": 1800},
         ),
     )
-    registry = AgentRegistry()
-    registry.register_agent("coder", "codex", model="gpt-5-codex")
-    task = AgentTask(task_id="hello", description="Write hello.py.", agent="coder")
-    async with TaskExecutor(registry, ledger=ledger) as run:
-        result = await run.run([task])
-    answer = result.results["hello"]
-    assert result.ok, answer.error
-    assert (answer.output or "").startswith("I wrote hello.py.")
-    assert "+print(1)" in (answer.output or "")
-    (row,) = attempt_rows(ledger)
-    details = json.loads(row["details"])
+    output, row, details = await write_hello(ledger, "codex", "gpt-5-codex")
+    assert output.startswith("I wrote hello.py.")
+    assert "+print(1)" in output
     assert (Path(details["workdir"]) / "hello.py").read_text() == "print(1)\n"
     assert details["files_changed"] == ["hello.py"]
     assert details["version"].startswith("codex-cli ") and details["session_id"]
@@ -267,9 +275,9 @@ async def test_codex_runs_a_command_in_its_own_directory_and_its_tokens_are_pric
         1800,
     )
     assert row["cost_usd"] > 0 and "openai-gpt prices" in row["price_source"]
-    sent = [{k.lower(): v for k, v in headers.items()} for headers in responses.headers]
+    sent = sent_headers(responses)
     assert {headers.get("authorization") for headers in sent} == {f"Bearer {KEY}"}
-    assert ledger.path is not None and KEY not in ledger.path.read_bytes().decode("latin-1")
+    assert key_not_stored(ledger)
 
 
 async def test_a_codex_turn_that_fails_is_a_failed_attempt_saying_why(
@@ -370,17 +378,9 @@ async def test_gemini_cli_writes_a_file_and_each_model_s_tokens_are_priced(
             },
         ),
     )
-    registry = AgentRegistry()
-    registry.register_agent("coder", "gemini-cli", model="gemini-2.5-flash")
-    task = AgentTask(task_id="hello", description="Write hello.py.", agent="coder")
-    async with TaskExecutor(registry, ledger=ledger) as run:
-        result = await run.run([task])
-    answer = result.results["hello"]
-    assert result.ok, answer.error
-    assert (answer.output or "").startswith("I wrote hello.py.")
-    assert "+print('hi')" in (answer.output or "")
-    (row,) = attempt_rows(ledger)
-    details = json.loads(row["details"])
+    output, row, details = await write_hello(ledger, "gemini-cli", "gemini-2.5-flash")
+    assert output.startswith("I wrote hello.py.")
+    assert "+print('hi')" in output
     assert (Path(details["workdir"]) / "hello.py").read_text() == "print('hi')\n"
     assert details["files_changed"] == ["hello.py"] and details["tool_calls"] == 1
     assert details["version"] and details["session_id"] and details["turns"] == 2
@@ -393,10 +393,9 @@ async def test_gemini_cli_writes_a_file_and_each_model_s_tokens_are_priced(
     ) == (6100, 126, 2900, 100)
     assert row["model"] == "gemini-2.5-flash" and row["cost_usd"] > 0
     assert row["price_source"] == "genai-prices, google-gemini prices of each model's tokens"
-    sent = [{k.lower(): v for k, v in headers.items()} for headers in gemini.headers]
-    assert {headers.get("x-goog-api-key") for headers in sent} == {KEY}
+    assert {headers.get("x-goog-api-key") for headers in sent_headers(gemini)} == {KEY}
     assert "Write hello.py." in json.dumps(gemini.requests[0]["contents"])
-    assert ledger.path is not None and KEY not in ledger.path.read_bytes().decode("latin-1")
+    assert key_not_stored(ledger)
 
 
 async def test_a_gemini_cli_run_that_fails_is_a_failed_attempt_saying_why(
@@ -436,17 +435,8 @@ async def test_aider_edits_a_file_and_its_own_cost_is_recorded(
     chat: LoopbackServer, ledger: Ledger
 ) -> None:
     chat.script(Scripted(text=EDIT, usage={"prompt_tokens": 2000, "completion_tokens": 40}))
-    registry = AgentRegistry()
-    registry.register_agent("coder", "aider", model="openai/gpt-4o")
-    task = AgentTask(task_id="hello", description="Write hello.py.", agent="coder")
-    async with TaskExecutor(registry, ledger=ledger) as run:
-        result = await run.run([task])
-    answer = result.results["hello"]
-    assert result.ok, answer.error
-    output = answer.output or ""
+    output, row, details = await write_hello(ledger, "aider", "openai/gpt-4o")
     assert output.startswith("I'll create hello.py.") and "+print('hey')" in output
-    (row,) = attempt_rows(ledger)
-    details = json.loads(row["details"])
     assert (Path(details["workdir"]) / "hello.py").read_text() == "print('hey')\n"
     # Its repository map's cache is there too, and is not its work.
     assert details["files_changed"] == ["hello.py"] and details["edit_format"] == "diff"
@@ -457,9 +447,9 @@ async def test_aider_edits_a_file_and_its_own_cost_is_recorded(
         row["cost_usd"] == pytest.approx(0.0054) and row["price_source"] == "aider: its own report"
     )
     assert chat.requests[0]["model"] == "gpt-4o" and "Write hello.py." in json.dumps(chat.requests)
-    sent = [{k.lower(): v for k, v in headers.items()} for headers in chat.headers]
+    sent = sent_headers(chat)
     assert {headers.get("authorization") for headers in sent} == {f"Bearer {KEY}"}
-    assert ledger.path is not None and KEY not in ledger.path.read_bytes().decode("latin-1")
+    assert key_not_stored(ledger)
 
 
 async def test_an_aider_request_that_fails_is_a_failed_attempt_saying_why(
