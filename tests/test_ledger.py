@@ -149,6 +149,28 @@ def test_attempt_events_follow_the_applications_logging(setup: str, tmp_path: Pa
         assert "INFO:orchestra:event='attempt'" in ran.stderr and "task='t'" in ran.stderr
 
 
+def test_attempt_events_are_built_only_for_a_logger_that_emits_them() -> None:
+    """An unconfigured structlog logger answers any attribute: the check must not ask it."""
+    from orchestration.logs import configure_logging, get_logger
+    from orchestration.runtime.scheduler import _enabled
+
+    library = logging.getLogger("orchestra")
+    structlog.reset_defaults()  # as a library user who set up nothing has it
+    try:
+        library.setLevel(logging.WARNING)
+        assert not _enabled(get_logger().bind(run="r"), logging.INFO)
+        assert _enabled(get_logger().bind(run="r"), logging.WARNING)
+        library.setLevel(logging.INFO)
+        assert _enabled(get_logger().bind(run="r"), logging.INFO)
+        configure_logging(verbose=False)
+        assert not _enabled(get_logger().bind(run="r"), logging.INFO)
+        configure_logging(verbose=True)
+        assert _enabled(get_logger().bind(run="r"), logging.INFO)
+    finally:
+        library.setLevel(logging.NOTSET)
+        structlog.reset_defaults()
+
+
 async def test_unwritable_ledger_stops_before_spending(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -448,15 +448,19 @@ def _enabled(log: Any, level: int) -> bool:
     """Whether ``log`` would emit an event at ``level`` (if it cannot say: yes).
 
     An attempt's event has sixteen fields: building them for a logger that drops them cost
-    more than the rest of recording the attempt without a ledger.
+    more than the rest of recording the attempt without a ledger. Looked up on the logger's
+    type: structlog's generic ``BoundLogger`` answers any attribute with a logging method.
     """
-    check = getattr(log, "is_enabled_for", None)  # structlog's filtering loggers
-    if check is None:  # a structlog logger around a standard one
-        check = getattr(getattr(log, "_logger", None), "isEnabledFor", None)
     try:
-        return True if check is None else bool(check(level))
+        check = getattr(type(log), "is_enabled_for", None)  # structlog's filtering loggers
+        if check is not None:
+            return bool(check(log, level))
+        inner = getattr(log, "_logger", None)  # a structlog logger around a standard one
+        if isinstance(inner, logging.Logger):
+            return inner.isEnabledFor(level)
     except Exception:  # noqa: BLE001 - a logger of the application's that cannot say
         return True
+    return True
 
 
 def _log_attempt(
