@@ -10,19 +10,43 @@ hold one of anyio's worker threads for the whole wait.)
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
 import anyio
 import anyio.lowlevel
+from anyio.lowlevel import EventLoopToken
 
-__all__ = ["LoopCompletion", "SerialWorker"]
+__all__ = ["LoopCompletion", "SerialWorker", "loop_token"]
 
 T = TypeVar("T")
 _log = logging.getLogger(__name__)
+_tokens: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, EventLoopToken] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def loop_token() -> EventLoopToken:
+    """``anyio.lowlevel.current_token()``, kept per asyncio loop.
+
+    Building it costs about 1.5 us (finding the async library, then the loop), several
+    times a task on the executor's path; looking up the running loop costs a sixth of that.
+    """
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # not asyncio (trio): anyio knows
+        return anyio.lowlevel.current_token()
+    token = _tokens.get(loop)
+    if token is None:
+        token = anyio.lowlevel.current_token()
+        if token.native_token is loop:
+            _tokens[loop] = token
+    return token
 
 
 class SerialWorker:
@@ -92,9 +116,10 @@ class LoopCompletion(Generic[T]):
     """
 
     def __init__(self) -> None:
-        self._event = anyio.Event()
-        self._token = anyio.lowlevel.current_token()
+        self._token = loop_token()
         self._loop_thread = threading.get_ident()
+        self._done = False
+        self._event: anyio.Event | None = None  # made for the first waiter: most have none
         self._result: T | None = None
         self._error: BaseException | None = None
         self._callbacks: list[Callable[[LoopCompletion[T]], None]] = []
@@ -111,11 +136,16 @@ class LoopCompletion(Generic[T]):
 
     async def wait(self) -> T:
         """Wait for the result; raise the delivered exception, if any."""
-        await self._event.wait()
+        await self.settled()
         return self.result()
 
     async def settled(self) -> None:
         """Wait until it is done, whichever way (its callbacks have run by then)."""
+        if self._done:
+            await anyio.lowlevel.checkpoint()
+            return
+        if self._event is None:
+            self._event = anyio.Event()
         await self._event.wait()
 
     def result(self) -> T:
@@ -126,13 +156,15 @@ class LoopCompletion(Generic[T]):
 
     def add_done_callback(self, callback: Callable[[LoopCompletion[T]], None]) -> None:
         """Call ``callback(self)`` on the loop once it is done (at once if it is)."""
-        if self._event.is_set():
+        if self._done:
             callback(self)
         else:
             self._callbacks.append(callback)
 
     def _complete(self) -> None:
-        self._event.set()
+        self._done = True
+        if self._event is not None:
+            self._event.set()
         callbacks, self._callbacks = self._callbacks, []
         for callback in callbacks:
             callback(self)

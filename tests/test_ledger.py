@@ -273,6 +273,28 @@ def test_redact_masks_known_secrets_and_key_shapes() -> None:
     assert redact(None) is None
 
 
+@pytest.mark.parametrize(
+    "key",
+    [
+        "sk-abcdefgh12345",
+        "sk-ant-abcdefgh12345",
+        "AIza" + "b" * 20,
+        "hf_abcdefghij",
+        "Bearer abcdefghijklmnop",
+        "BEARER\tabcdefghijklmnop",
+        "bEaReR abcdefghijklmnop",
+    ],
+)
+@pytest.mark.parametrize("secrets", [[], ["some-other-secret-value"]])
+def test_redact_masks_every_key_shape_without_being_told_the_key(
+    key: str, secrets: list[str]
+) -> None:
+    assert redact(f"said {key} once", secrets) == "said [REDACTED] once"
+    assert redact("sk- AIza hf_ bearer: no key here", secrets) == (
+        "sk- AIza hf_ bearer: no key here"
+    )
+
+
 WRITER = """
 import anyio, sys
 from llm_abstractions import LlmFactory

@@ -61,14 +61,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import anyio.lowlevel
 from anyio.lowlevel import EventLoopToken
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine.url import URL, make_url
 from sqlalchemy.exc import DBAPIError, NoSuchModuleError, OperationalError, SQLAlchemyError
 from sqlmodel import Session
 
-from llm_abstractions.threads import LoopCompletion
+from llm_abstractions.threads import LoopCompletion, loop_token
 from orchestration.ledger.location import default_db_url, ledger_url, user_ledger
 from orchestration.ledger.schema import migrate, pending
 from orchestration.model.errors import LedgerError
@@ -165,7 +164,8 @@ class Ledger:
         self._sqlite = self.engine.dialect.name == "sqlite"
         self._statements: dict[Statement, tuple[str, Callable[[Row], Any] | None]] = {}
         self._jobs: queue.SimpleQueue[_Job | str | None] = queue.SimpleQueue()
-        self._gathering: dict[EventLoopToken, _Job] = {}
+        # The job each event loop is gathering, by loop (its token's hash costs 1 us).
+        self._gathering: dict[object, _Job] = {}
         self._lock = threading.Lock()
         # Committing on the event loop itself (a SQLite file): its own connection, and how
         # many jobs the writer thread holds (while it holds any, they go first, in order).
@@ -234,15 +234,15 @@ class Ledger:
         Raises:
             LedgerError: The ledger is closed.
         """
-        token = anyio.lowlevel.current_token()
+        token = loop_token()
         with self._lock:
             if self._closed:
                 raise LedgerError(f"The run ledger at {self.shown_url} is closed.")
             if self.read_only:
                 raise LedgerError(f"The run ledger at {self.shown_url} is open read-only.")
-            job = self._gathering.get(token)
+            job = self._gathering.get(token.native_token)
             if job is None:
-                job = self._gathering[token] = _Job([], LoopCompletion())
+                job = self._gathering[token.native_token] = _Job([], LoopCompletion())
                 loop = token.native_token
                 if isinstance(loop, asyncio.AbstractEventLoop):  # on it: no wake-up to send
                     loop.call_soon(self._hand_over, token)
@@ -261,7 +261,7 @@ class Ledger:
         on two busy cores, against 0.1-0.2 ms of SQLite work a batch.
         """
         with self._lock:  # never after close() has queued the writer's stop
-            job = self._gathering.pop(token, None)
+            job = self._gathering.pop(token.native_token, None)
             if job is None:
                 return
             rows = sum(len(rows) for _, _, rows in job.write)
@@ -323,9 +323,9 @@ class Ledger:
             if self._closed:
                 return
             self._closed = True
-            for token in list(self._gathering):
+            for loop in list(self._gathering):
                 self._on_thread += 1
-                self._jobs.put(self._gathering.pop(token))
+                self._jobs.put(self._gathering.pop(loop))
             self._jobs.put(None)
             _close(self._here_connection)
             self._here_connection = None

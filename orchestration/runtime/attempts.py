@@ -127,8 +127,8 @@ async def llm_attempt(
         turns = Turns()
         limit = _timeout(task, agent)  # a cancel scope costs 10-20 us: none without a limit
         with anyio.fail_after(limit) if limit is not None else contextlib.nullcontext():
-            if not tools:
-                response = await ask(request)
+            if not tools:  # without progress, straight to the provider: a coroutine less
+                response = await (llm.generate(request) if reporter is None else ask(request))
             else:
                 if not llm.supports_tools:
                     raise InvalidRequestError(

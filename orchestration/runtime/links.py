@@ -12,11 +12,11 @@ providers outlive one task, these attempts do not.
 
 from __future__ import annotations
 
-import contextlib
 import random
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from time import perf_counter
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
@@ -435,24 +435,11 @@ class TaskAttempts:
         if self.on_tool_call is not None:
             self.on_tool_call(call)
 
-    @contextlib.contextmanager
     def _in_flight(
         self, link: AgentConfig, request: LlmRequest, method: ExecutionMethod
-    ) -> Iterator[Callable[[TaskResult], TaskResult]]:
-        """Around a call, which gives what it yields its result (and gets it back).
-
-        Cancelled in flight, the call is recorded as a ``cancelled`` attempt. A traced run
-        has a span for the call (``runtime.telemetry``).
-        """
-        started = perf_counter()
-        try:
-            with attempt_span(self.task, link, request, method.value) as ended:
-                yield ended
-        except anyio.get_cancelled_exc_class():
-            attempt = cancelled_attempt(self.task, link, method, perf_counter() - started)
-            attempt.metadata["agent"] = link.name
-            self.add(attempt, request)
-            raise
+    ) -> _InFlight:
+        """Around a call, which gives what it yields its result (and gets it back)."""
+        return _InFlight(self, link, request, method)
 
     def _cache_key(self, link: AgentConfig, request: LlmRequest) -> str | None:
         """The request's cache key, if the cache is on for this link (and it can be built)."""
@@ -580,6 +567,49 @@ class TaskAttempts:
                 ),
                 None,
             )
+
+
+class _InFlight:
+    """Around a call, which gives what it yields its result (and gets it back).
+
+    Cancelled in flight, the call is recorded as a ``cancelled`` attempt. A traced run
+    has a span for the call (``runtime.telemetry``). A class, not a generator: it is on
+    every attempt's path, and a generator's context manager costs twice as much.
+    """
+
+    __slots__ = ("attempts", "link", "method", "request", "span", "started")
+
+    def __init__(
+        self,
+        attempts: TaskAttempts,
+        link: AgentConfig,
+        request: LlmRequest,
+        method: ExecutionMethod,
+    ) -> None:
+        self.attempts = attempts
+        self.link = link
+        self.request = request
+        self.method = method
+        self.span = attempt_span(attempts.task, link, request, method.value)
+        self.started = 0.0
+
+    def __enter__(self) -> Callable[[TaskResult], TaskResult]:
+        self.started = perf_counter()
+        return self.span.__enter__()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool | None:
+        suppressed = self.span.__exit__(kind, error, traceback)
+        if kind is not None and issubclass(kind, anyio.get_cancelled_exc_class()):
+            task, link = self.attempts.task, self.link
+            attempt = cancelled_attempt(task, link, self.method, perf_counter() - self.started)
+            attempt.metadata["agent"] = link.name
+            self.attempts.add(attempt, self.request)
+        return suppressed
 
 
 def _asks_to_wait(result: TaskResult) -> bool:

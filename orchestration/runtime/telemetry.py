@@ -132,13 +132,20 @@ def run_span(run: RunResult, task_count: int, provider: Any | None = None) -> It
         _TRACER.reset(token)
 
 
-@contextlib.contextmanager
-def task_span(task: AgentTask, agent: AgentConfig) -> Iterator[Callable[[TaskResult], TaskResult]]:
+def task_span(
+    task: AgentTask, agent: AgentConfig
+) -> contextlib.AbstractContextManager[Callable[[TaskResult], TaskResult]]:
     """Around a task's attempts; what it yields takes the task's final result (and returns it)."""
     tracer = _TRACER.get()
-    if tracer is None:
-        yield _ignore
-        return
+    if tracer is None:  # one shared context manager: a generator's costs 2 us a task
+        return _UNTRACED
+    return _task_span(tracer, task, agent)
+
+
+@contextlib.contextmanager
+def _task_span(
+    tracer: Tracer, task: AgentTask, agent: AgentConfig
+) -> Iterator[Callable[[TaskResult], TaskResult]]:
     from opentelemetry.trace import SpanKind
 
     attributes: dict[str, Any] = {
@@ -163,15 +170,20 @@ def _task_ended(span: Span, result: TaskResult) -> None:
         _failed(span, result.metadata.get("error_type") or result.status.value)
 
 
-@contextlib.contextmanager
 def attempt_span(
     task: AgentTask, link: AgentConfig, request: LlmRequest, method: str
-) -> Iterator[Callable[[TaskResult], TaskResult]]:
+) -> contextlib.AbstractContextManager[Callable[[TaskResult], TaskResult]]:
     """Around one call of a model or script; what it yields takes its result (and returns it)."""
     tracer = _TRACER.get()
     if tracer is None:
-        yield _ignore
-        return
+        return _UNTRACED
+    return _attempt_span(tracer, task, link, request, method)
+
+
+@contextlib.contextmanager
+def _attempt_span(
+    tracer: Tracer, task: AgentTask, link: AgentConfig, request: LlmRequest, method: str
+) -> Iterator[Callable[[TaskResult], TaskResult]]:
     from opentelemetry.trace import SpanKind
 
     model = request.model or _model(link)
@@ -284,3 +296,6 @@ def _keeper(ended: list[TaskResult]) -> Callable[[TaskResult], TaskResult]:
 def _ignore(result: TaskResult) -> TaskResult:
     """What an untraced span's owner hands its result to."""
     return result
+
+
+_UNTRACED = contextlib.nullcontext(_ignore)  # reusable: it holds no state
