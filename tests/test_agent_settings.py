@@ -425,3 +425,46 @@ def test_a_tasks_own_settings_are_checked_when_it_is_made(
         AgentTask(task_id="t", description="d", metadata=metadata)
     mine = AgentTask(task_id="t", description="d", metadata={"owner": "me", "max_tokens": 9})
     assert mine.metadata == {"owner": "me", "max_tokens": 9}
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {"system_prompt": "be brief", "context": "for tests", "max_tokens": 32, "stop": "END"},
+        {"examples": [["2+2?", "4"], ["3+3?", "6"]], "temperature": 0.5, "seed": 3},
+        {"response_format": "json", "top_p": 0.5, "timeout_s": 9.0},
+        {"repo": "some/checkout", "grammar": 'root ::= "a"'},
+    ],
+)
+@pytest.mark.parametrize(
+    "task",
+    [
+        AgentTask(task_id="t", description="plain"),
+        AgentTask(task_id="t", description="with \ud7ff text", budget_usd=0.5, timeout=3.0),
+        AgentTask(task_id="t", description="d", metadata={"owner": "me"}, depends_on=("a", "b")),
+    ],
+)
+def test_a_request_from_the_agents_template_is_the_request_built_field_by_field(
+    settings: dict[str, Any], task: AgentTask
+) -> None:
+    """Tasks without settings of their own reuse their agent's checked request."""
+    from orchestration.runtime import prompts
+
+    agent = AgentRegistry().register_agent("x", "ollama", model="m", metadata=settings)
+    upstream = {dep: f"output of {dep}" for dep in task.depends_on}
+    made = prompts.build_request(task, agent, upstream)
+    again = prompts.build_request(task, agent, upstream)  # from the kept template
+    full = prompts._assembled(task, agent, upstream, None, {})
+    for request in (made, again):
+        assert request == full
+        assert request.model_fields_set == full.model_fields_set
+        assert request.model_dump_json() == full.model_dump_json()
+        assert [m.model_fields_set for m in request.messages] == [
+            m.model_fields_set for m in full.messages
+        ]
+    made.metadata["budget_usd"] = 1.0  # a link hands its budget on in place
+    assert (
+        "budget_usd"
+        not in prompts.build_request(AgentTask(task_id="u", description="x"), agent, {}).metadata
+    )
