@@ -88,8 +88,12 @@ async def llm_attempt(
     on_progress: Callable[[TaskProgress], None] | None = None,
     on_tool_call: Callable[[ToolCallRecord], None] | None = None,
     replays: Replays | None = None,
+    plain: bool = False,
 ) -> TaskResult:
     """Answer through the agent's provider in this process; ``build()`` returns it.
+
+    ``plain``: the task has no output contract, so an answer's value is its text (what
+    ``check_output`` would make of it, without a copy of the result).
 
     With ``on_progress``, a provider that can stream is asked to, and the callback hears
     of every piece of text as it arrives. With tools (the agent's and the task's), the
@@ -159,7 +163,7 @@ async def llm_attempt(
         cost = float(reported) if isinstance(reported, int | float) else None
         meta["reported_cost"] = (cost, response.metadata["price_source"])
     latency = perf_counter() - started
-    return _succeeded(task, response.text, response.usage, latency, meta, request)
+    return _succeeded(task, response.text, response.usage, latency, meta, request, plain)
 
 
 class _Reporter:
@@ -356,6 +360,8 @@ def check_output(
     if not attempt.succeeded or attempt.output is None:
         return attempt
     if contract is None:
+        if attempt.value is attempt.output:  # made so (``llm_attempt(plain=True)``)
+            return attempt
         return attempt.model_copy(update={"value": attempt.output})
     cut = attempt.metadata.get("finish_reason") == "length"
     try:
@@ -398,8 +404,11 @@ def _succeeded(
     latency: float,
     meta: dict[str, Any],
     request: LlmRequest | None = None,
+    plain: bool = False,
 ) -> TaskResult:
     """A successful attempt, priced; ``metadata["price_source"]`` says where the cost came from.
+
+    With ``plain`` (no output contract), its value is its text.
 
     An answer without usage is priced by estimate from ``request`` and its text, and its
     ``price_source`` says so (``spending.ESTIMATED``).
@@ -417,14 +426,14 @@ def _succeeded(
     reported = meta.pop("reported_cost", None)
     if reported is not None:
         cost, meta["price_source"] = reported[0], reported[1] or "reported by the provider"
-        return _result(task, output, usage, latency, meta, cost)
+        return _result(task, output, usage, latency, meta, cost, plain)
     cost, meta["price_source"] = cost_of(str(meta["provider"]), model, usage)
     unreported = usage.input_tokens is None or usage.output_tokens is None
     if cost is None and unreported and request is not None:  # paid for all the same
         cost = estimated_cost(str(meta["provider"]), model, request, output)
         if cost is not None:
             meta["price_source"] = ESTIMATED
-    return _result(task, output, usage, latency, meta, cost)
+    return _result(task, output, usage, latency, meta, cost, plain)
 
 
 def _result(
@@ -434,6 +443,7 @@ def _result(
     latency: float,
     meta: dict[str, Any],
     cost: float | None,
+    plain: bool = False,
 ) -> TaskResult:
     return TaskResult(
         task_id=task.task_id,
@@ -444,6 +454,7 @@ def _result(
         latency_s=latency,
         attempts=1,
         metadata=meta,
+        value=output if plain else None,
     )
 
 

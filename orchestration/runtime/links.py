@@ -414,6 +414,7 @@ class TaskAttempts:
                     self.on_progress,
                     self._tool_called,
                     {key: deque(results) for key, results in self.recorded.items()},
+                    plain=self.contract is None,
                 )
             )
         if breaker is not None:
