@@ -64,6 +64,25 @@ def fast(**changes: Any) -> RetryPolicy:
     return RetryPolicy(base_delay_s=0, jitter=0, **changes)
 
 
+async def test_without_a_contract_the_value_is_the_text_and_the_ledger_keeps_no_copy(
+    ledger: Ledger,
+) -> None:
+    scripted("plain words", '{"title": "cached"}')
+    plain = AgentTask(task_id="p", agent="writer", description="Say something.")
+    typed = AgentTask(
+        task_id="t", agent="writer", description="One todo.", output_type=Todo, depends_on=("p",)
+    )
+    async with TaskExecutor(agents(), ledger=ledger) as executor:
+        run = await executor.run([plain, typed])
+    assert run.ok
+    assert run.results["p"].value == run.results["p"].output == "plain words"
+    assert run.results["t"].value == Todo(title="cached")
+    assert rows(ledger, "SELECT task_id, value FROM task_runs ORDER BY task_id") == [
+        ("p", None),
+        ("t", '{"title":"cached","done":false}'),
+    ]
+
+
 async def test_a_typed_answer_becomes_the_value_and_the_ledger_keeps_its_json(
     ledger: Ledger,
 ) -> None:
