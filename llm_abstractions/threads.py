@@ -148,6 +148,14 @@ class LoopCompletion(Generic[T]):
             self._event = anyio.Event()
         await self._event.wait()
 
+    def done(self) -> bool:
+        """Whether it is done (on the loop: its callbacks have run)."""
+        return self._done
+
+    def failed(self) -> BaseException | None:
+        """The exception delivered, if any (None while it is not done)."""
+        return self._error
+
     def result(self) -> T:
         """The result of a completion that is done; raise its exception, if any."""
         if self._error is not None:

@@ -139,10 +139,17 @@ class Recorder:
         self._masked: dict[tuple[str, str], tuple[str | None, str | None]] = {}
 
     def _queued(self, write: Write) -> Commit:
-        """Queue a write nothing waits for (``finish_run`` awaits it)."""
+        """Queue a write nothing waits for (``finish_run`` awaits it, if not done by then)."""
         commit = self.ledger.write_soon(write)
-        self._unawaited[commit] = None
+        if commit not in self._unawaited:
+            self._unawaited[commit] = None
+            commit.add_done_callback(self._settled)
         return commit
+
+    def _settled(self, commit: Commit) -> None:
+        """A commit nobody awaits is kept only if it failed (``finish_run`` raises it)."""
+        if commit.failed() is None:
+            self._unawaited.pop(commit, None)
 
     def _secrets(self, agent: AgentConfig) -> list[str]:
         """The agent's secrets, looked up once per recorder (one run)."""
@@ -328,12 +335,18 @@ class Recorder:
         self._queued(write)
 
     def task_finished(
-        self, run_id: str, task: AgentTask, agent: AgentConfig, result: TaskResult
+        self,
+        run_id: str,
+        task: AgentTask,
+        agent: AgentConfig,
+        result: TaskResult,
+        alone: bool = False,
     ) -> Commit:
         """Record the task's outcome (its attempts are recorded as they end).
 
         A successful answer marked with a ``cache_key`` is stored in the response cache,
-        in the same commit.
+        in the same commit. ``alone``: no other task is in flight, so no other write will
+        join this iteration's commit: it is made now (``Ledger.commit_now``).
 
         Returns:
             The commit that will hold it; the caller must await its ``wait()``.
@@ -374,6 +387,8 @@ class Recorder:
         start = self._start_rows.pop(key, None)
         if start is not None and start[0] is commit:  # not handed to the database yet
             start[1].clear()  # it started and ended in one commit: this row says it all
+        if alone:
+            self.ledger.commit_now(commit)
         return commit
 
     def task_ended_without_running(
@@ -397,7 +412,10 @@ class Recorder:
         with anyio.CancelScope(shield=True):
             ended = self.ledger.write_soon([(RANK_END, _FINISH_RUN, [row])])
             for commit in [*self._unawaited, ended]:
-                await commit.wait()
+                if commit.done():
+                    commit.result()
+                else:
+                    await commit.wait()
 
 
 def _agent_row(run_id: str, agent: AgentConfig) -> Row:

@@ -301,13 +301,20 @@ class Scheduler:
             self._finish(tid, result)
             return
         # Committed before any dependent starts: a resumed run never pays for it again. The
-        # tasks of one group commit are finished together, by its callback.
-        commit = self.recorder.task_finished(run_id, task, agent, result)
+        # tasks of one group commit are finished together, by its callback. The only task
+        # in flight commits at once (a chain's step): nothing else would join its commit.
+        alone = self.unfinished == 1
+        commit = self.recorder.task_finished(run_id, task, agent, result, alone)
+        if commit.done():  # committed on the spot: this worker takes what it freed
+            commit.result()  # a failed commit fails the run
+            self._finish(tid, result)
+            return
         finishing = self.committing.get(commit)
-        if finishing is None:
-            finishing = self.committing[commit] = []
+        if finishing is not None:
+            finishing.append((tid, result))
+        else:
+            self.committing[commit] = [(tid, result)]
             commit.add_done_callback(self._committed)
-        finishing.append((tid, result))
 
     def _final(self, tid: str, tries: list[TaskResult]) -> TaskResult:
         """A task's result: its last attempt's, with every attempt's count and cost."""
