@@ -91,15 +91,17 @@ async def write_hello(
 
 
 WRITE = ("Write", {"file_path": "{cwd}/hello.py", "content": "print('hello')\n"})
+# Claude's two turns for hello.py: the tool call, then its answer.
+WRITE_HELLO = (
+    Scripted(text="", tool_calls=[WRITE], usage={"input_tokens": 900, "output_tokens": 40}),
+    Scripted(text="I wrote hello.py.", usage={"input_tokens": 1000, "output_tokens": 12}),
+)
 
 
 async def test_claude_code_writes_a_file_in_its_own_directory_and_its_costs_are_recorded(
     anthropic: LoopbackServer, ledger: Ledger
 ) -> None:
-    anthropic.script(
-        Scripted(text="", tool_calls=[WRITE], usage={"input_tokens": 900, "output_tokens": 40}),
-        Scripted(text="I wrote hello.py.", usage={"input_tokens": 1000, "output_tokens": 12}),
-    )
+    anthropic.script(*WRITE_HELLO)
     output, row, details = await write_hello(
         ledger, "claude-code", description="Write hello.py printing hello."
     )
@@ -661,10 +663,7 @@ async def test_a_cli_s_work_is_reported_as_its_model_s_answers_pass(
 ) -> None:
     from orchestration import TaskProgress
 
-    anthropic.script(
-        Scripted(text="", tool_calls=[WRITE], usage={"input_tokens": 900, "output_tokens": 40}),
-        Scripted(text="I wrote hello.py.", usage={"input_tokens": 1000, "output_tokens": 12}),
-    )
+    anthropic.script(*WRITE_HELLO)
     registry = AgentRegistry()
     registry.register_agent("coder", "claude-code")
     reports: list[TaskProgress] = []
